@@ -1,0 +1,49 @@
+//! One module per subcommand; each has `Args` and a `run`.
+
+pub mod check;
+pub mod export;
+pub mod init;
+pub mod run;
+
+use r2rc::error::render;
+use r2rc::Error;
+
+/// Prints an error to stderr and returns the exit code.
+pub fn report_error(e: &Error) -> i32 {
+    if let Error::Rendered(text) = e {
+        eprintln!("{}", text.trim_end());
+        return e.exit_code();
+    }
+    eprintln!("error: {e}");
+    if let Some(h) = e.hint_text() {
+        eprintln!("  help: {h}");
+    }
+    e.exit_code()
+}
+
+/// Reads an `.arch` file and compiles it, rendering source errors with file:line:col.
+pub fn load_arch(path: &std::path::Path, sets: &[String]) -> Result<r2rc::ir::Graph, Error> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(&shown, e))?;
+    let src = String::from_utf8_lossy(&bytes).into_owned();
+    let sets = parse_sets(sets)?;
+    r2rc::lower::compile(&src, &sets).map_err(|e| {
+        let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Error::Rendered(render(&e, &shown, &src, color))
+    })
+}
+
+/// `--set r=3/16` into (name, expression) pairs.
+pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, Error> {
+    sets.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(Error::usage(
+                format!("--set {s}: expected NAME=EXPR"),
+                Some("for example --set r=3/16".into()),
+            )),
+        })
+        .collect()
+}

@@ -1,0 +1,17 @@
+//! r2rc: a compiler for neural-network architectures that grows trained networks with
+//! function-preserving transforms (R2R, Net2Net, NetMorph), proving every rewrite.
+//!
+//! Stages: [`syntax::parse`] (text to AST), [`lower::lower`] (AST to [`ir::Graph`] with
+//! shapes), [`print::print`] (graph back to canonical text), [`params`] (weights),
+//! [`exec`] (forward pass), [`emit`] (ONNX, JSON).
+
+pub mod error;
+pub mod exec;
+pub mod ir;
+pub mod lower;
+pub mod params;
+pub mod print;
+pub mod stats;
+pub mod syntax;
+
+pub use error::{Error, Result};

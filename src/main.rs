@@ -1,0 +1,47 @@
+//! The `r2rc` command line: a thin clap layer over the library.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "r2rc",
+    version,
+    about = "Grow trained networks with function-preserving transforms"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse, infer shapes and print a per-layer table with parameter and MAC totals.
+    Check(commands::check::Args),
+    /// Print the canonical form of an architecture.
+    Print(commands::check::PrintArgs),
+    /// Print the graph as Graphviz dot or JSON.
+    Graph(commands::check::GraphArgs),
+    /// Write seeded PyTorch-style initial weights as safetensors.
+    Init(commands::init::Args),
+    /// Run the network forward on inputs from .npy or seeded random inputs.
+    Run(commands::run::Args),
+    /// Export to ONNX or graph JSON.
+    Export(commands::export::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => commands::check::run(a),
+        Command::Print(a) => commands::check::print(a),
+        Command::Graph(a) => commands::check::graph(a),
+        Command::Init(a) => commands::init::run(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Export(a) => commands::export::run(a),
+    };
+    if let Err(e) = result {
+        std::process::exit(commands::report_error(&e));
+    }
+}

@@ -1,0 +1,1 @@
+//! Graph to canonical text (being written).

@@ -1,0 +1,1 @@
+//! Parameter and MAC counts (being written).

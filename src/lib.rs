@@ -5,6 +5,7 @@
 //! shapes), [`print::print`] (graph back to canonical text), [`params`] (weights),
 //! [`exec`] (forward pass), [`emit`] (ONNX, JSON).
 
+pub mod emit;
 pub mod error;
 pub mod exec;
 pub mod ir;

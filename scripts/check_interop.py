@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Cross-checks r2rc against runtimes it did not write.
+
+For every examples/*.arch:
+  1. `r2rc init --random-stats --seed S` writes weights; the `safetensors` package (numpy
+     API) must load them with exactly the keys, shapes and dtypes of `r2rc export --json`
+     (float32, int64 for num_batches_tracked).
+  2. `r2rc export --onnx` must pass `onnx.checker.check_model(full_check=True)`.
+  3. onnxruntime's output on a random f32 batch must match `r2rc run --input x.npy
+     --output y.npy` within max|diff| <= 1e-4 * max|output|.
+
+Prints a table of errors and exits non-zero on any failure.
+"""
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from safetensors.numpy import load_file
+
+TOLERANCE = 1e-4
+
+
+def r2rc(binary, *args):
+    """Runs r2rc; raises with its stderr on failure."""
+    p = subprocess.run([binary, *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"r2rc {' '.join(args)} exited {p.returncode}:\n{p.stderr.strip()}")
+    return p
+
+
+def check_safetensors(path, graph):
+    """Keys, shapes and dtypes of the weights file against the graph JSON."""
+    tensors = load_file(path)
+    expected = {p["name"]: p for p in graph["params"]}
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise AssertionError(f"safetensors keys differ: missing {missing[:5]}, extra {extra[:5]}")
+    for name, spec in expected.items():
+        t = tensors[name]
+        if list(t.shape) != spec["shape"]:
+            raise AssertionError(f"{name}: shape {list(t.shape)}, expected {spec['shape']}")
+        want = np.int64 if spec["dtype"] == "int64" else np.float32
+        if t.dtype != want:
+            raise AssertionError(f"{name}: dtype {t.dtype}, expected {np.dtype(want)}")
+    return len(tensors)
+
+
+def check_example(binary, arch, work, seed, batch):
+    stem = os.path.splitext(os.path.basename(arch))[0]
+    w = os.path.join(work, f"{stem}.safetensors")
+    model_path = os.path.join(work, f"{stem}.onnx")
+    graph_path = os.path.join(work, f"{stem}.json")
+    x_path = os.path.join(work, f"{stem}.x.npy")
+    y_path = os.path.join(work, f"{stem}.y.npy")
+
+    r2rc(binary, "init", arch, "-o", w, "--seed", str(seed), "--random-stats")
+    r2rc(binary, "export", arch, "--weights", w, "--onnx", model_path, "--json", graph_path)
+    with open(graph_path) as f:
+        graph = json.load(f)
+    n_tensors = check_safetensors(w, graph)
+
+    model = onnx.load(model_path)
+    onnx.checker.check_model(model, full_check=True)
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *graph["input"]["shape"])).astype(np.float32)
+    np.save(x_path, x)
+    t0 = time.perf_counter()
+    r2rc(binary, "run", arch, "--weights", w, "--input", x_path, "--output", y_path,
+         "--dtype", "f32", "--mode", "eval")
+    t_r2rc = time.perf_counter() - t0
+    ours = np.load(y_path).astype(np.float32)
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+    (theirs,) = sess.run(["output"], {"input": x})
+
+    expected_shape = (batch, *graph["output"]["shape"])
+    if ours.shape != expected_shape or theirs.shape != expected_shape:
+        raise AssertionError(
+            f"output shapes: r2rc {ours.shape}, onnxruntime {theirs.shape}, graph {expected_shape}")
+    scale = float(np.max(np.abs(theirs)))
+    err = float(np.max(np.abs(ours - theirs)))
+    return {
+        "example": stem,
+        "tensors": n_tensors,
+        "max_abs_out": scale,
+        "max_abs_err": err,
+        "rel": err / scale if scale > 0 else err,
+        "passed": err <= TOLERANCE * scale and np.all(np.isfinite(ours)),
+        "r2rc_s": t_r2rc,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--r2rc", default="target/release/r2rc", help="path to the r2rc binary")
+    ap.add_argument("--examples", default="examples", help="folder of .arch files")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--keep", help="write files here instead of a temporary folder")
+    args = ap.parse_args()
+
+    arches = sorted(glob.glob(os.path.join(args.examples, "*.arch")))
+    if not arches:
+        print(f"no .arch files in {args.examples}", file=sys.stderr)
+        return 2
+    work = args.keep or tempfile.mkdtemp(prefix="r2rc-interop-")
+    os.makedirs(work, exist_ok=True)
+
+    print(f"onnx {onnx.__version__}, onnxruntime {ort.__version__}, numpy {np.__version__}")
+    print(f"{'example':<20} {'tensors':>7} {'max|out|':>10} {'max|err|':>10} {'err/max':>9} "
+          f"{'r2rc s':>7}  result")
+    failed = 0
+    for i, arch in enumerate(arches):
+        stem = os.path.splitext(os.path.basename(arch))[0]
+        try:
+            r = check_example(args.r2rc, arch, work, args.seed + i, args.batch)
+        except Exception as e:  # report every example, then fail
+            failed += 1
+            print(f"{stem:<20} FAILED: {e}")
+            continue
+        if not r["passed"]:
+            failed += 1
+        print(f"{r['example']:<20} {r['tensors']:>7} {r['max_abs_out']:>10.3e} "
+              f"{r['max_abs_err']:>10.3e} {r['rel']:>9.2e} {r['r2rc_s']:>7.2f}  "
+              f"{'ok' if r['passed'] else 'FAILED (tolerance %.0e)' % TOLERANCE}")
+    passed = len(arches) - failed
+    print(f"interop: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,393 @@
-//! Graph to canonical text (being written).
+//! Graph to canonical `.arch` text, the inverse of lowering: resolved integer widths,
+//! options only where they differ from the defaults, identical consecutive blocks merged
+//! into `x N`. `compile(&print(g)) == g` for every graph lowering can produce.
+
+use std::fmt::Write;
+
+use crate::ir::*;
+
+/// Canonical text of a graph.
+pub fn print(graph: &Graph) -> String {
+    let rows = group_rows(graph);
+    let mut lines: Vec<(String, String, Vec<String>)> = Vec::new();
+    for (row, nodes) in &rows {
+        let last = *nodes.last().expect("rows are not empty");
+        let size = match graph.g[last].shape.as_slice() {
+            [_, h, w] => format!("{h}x{w}"),
+            _ => "1x1".to_string(),
+        };
+        lines.push((row.clone(), size, row_items(graph, nodes)));
+    }
+    let name_w = lines.iter().map(|l| l.0.chars().count()).max().unwrap_or(0) + 2;
+    let size_w = lines.iter().map(|l| l.1.len()).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    let d = &graph.defaults;
+    writeln!(out, "arch {}", graph.name).unwrap();
+    writeln!(out, "input {}", show_shape(graph.input_shape())).unwrap();
+    if !d.norm {
+        out.push_str("norm none\n");
+    }
+    if d.act != Activation::Relu {
+        writeln!(out, "act {}", act_text(&d.act)).unwrap();
+    }
+    if d.shortcut != ShortcutKind::Projection {
+        writeln!(out, "shortcut {}", d.shortcut.keyword()).unwrap();
+    }
+    if d.eps != 1e-5 {
+        writeln!(out, "eps {}", d.eps).unwrap();
+    }
+    out.push('\n');
+    for (name, size, items) in lines {
+        // Blocks start their own line, as in the paper's tables.
+        let mut row_lines: Vec<String> = Vec::new();
+        for item in items {
+            match row_lines.last_mut() {
+                Some(line) if !item.starts_with('[') && !line.starts_with('[') => {
+                    line.push_str(", ");
+                    line.push_str(&item);
+                }
+                _ => row_lines.push(item),
+            }
+        }
+        for (k, line) in row_lines.iter().enumerate() {
+            let (n, z) = if k == 0 {
+                (name.as_str(), size.as_str())
+            } else {
+                ("", "")
+            };
+            writeln!(out, "{n:name_w$}{z:size_w$}{line}").unwrap();
+        }
+    }
+    out
+}
+
+/// Consecutive nodes (in topological order) of the same row.
+fn group_rows(graph: &Graph) -> Vec<(String, Vec<NodeIndex>)> {
+    let mut rows: Vec<(String, Vec<NodeIndex>)> = Vec::new();
+    for n in graph.order() {
+        if n == graph.input {
+            continue;
+        }
+        let row = &graph.g[n].row;
+        match rows.last_mut() {
+            Some((r, nodes)) if r == row => nodes.push(n),
+            _ => rows.push((row.clone(), vec![n])),
+        }
+    }
+    rows
+}
+
+fn act_text(a: &Activation) -> String {
+    match a {
+        Activation::LeakyRelu { slope } if *slope != 0.01 => format!("leaky_relu({slope})"),
+        a => a.keyword().to_string(),
+    }
+}
+
+fn same_act(a: &Activation, b: &Activation) -> bool {
+    match (a, b) {
+        (Activation::Prelu { .. }, Activation::Prelu { .. }) => true,
+        _ => a == b,
+    }
+}
+
+/// Item texts of a row, with consecutive identical blocks merged.
+fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut blocks: Vec<BlockSpec> = Vec::new();
+    let mut i = 0;
+    let last_linear = graph
+        .order()
+        .into_iter()
+        .filter(|n| matches!(graph.g[*n].op, Op::Linear(_)))
+        .next_back();
+    while i < nodes.len() {
+        let n = nodes[i];
+        if let Some(b) = graph.g[n].block {
+            let end = nodes[i..]
+                .iter()
+                .position(|m| graph.g[*m].block != Some(b))
+                .map_or(nodes.len(), |p| i + p);
+            blocks.push(block_spec(graph, &nodes[i..end]));
+            i = end;
+            continue;
+        }
+        flush_blocks(graph, &mut blocks, &mut items);
+        let node = &graph.g[n];
+        let at = i;
+        let next = |k: usize| nodes.get(at + k).map(|m| &graph.g[*m].op);
+        match &node.op {
+            Op::Conv2d(c) => {
+                let mut layer = LayerSpec::from_conv(c);
+                let mut k = 1;
+                if let Some(Op::BatchNorm(_)) = next(k) {
+                    layer.norm = true;
+                    k += 1;
+                }
+                if let Some(Op::Activation(a)) = next(k) {
+                    layer.act = Some(a.clone());
+                    k += 1;
+                }
+                i += k;
+                items.push(layer.text(&graph.defaults, true));
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                let kind = if matches!(node.op, Op::MaxPool(_)) {
+                    "max"
+                } else {
+                    "avg"
+                };
+                let mut s = format!("{}x{} {kind} pool", p.kernel[0], p.kernel[1]);
+                if p.stride != 1 {
+                    write!(s, ", stride {}", p.stride).unwrap();
+                }
+                if p.padding != (p.kernel[0] - 1) / 2 {
+                    write!(s, ", pad {}", p.padding).unwrap();
+                }
+                items.push(s);
+                i += 1;
+            }
+            Op::GlobalAvgPool => {
+                items.push("avg pool".into());
+                i += 1;
+            }
+            Op::Flatten if matches!(next(1), Some(Op::Linear(_))) => i += 1,
+            Op::Linear(l) => {
+                let mut s = format!("{}-d fc", l.out_features);
+                if !l.bias {
+                    s.push_str(", no bias");
+                }
+                let is_last = Some(n) == last_linear;
+                let act = match next(1) {
+                    Some(Op::Activation(a)) => {
+                        i += 1;
+                        Some(a.clone())
+                    }
+                    _ => None,
+                };
+                let default = (!is_last).then(|| graph.defaults.act.clone());
+                push_act_option(&mut s, &act, &default);
+                items.push(s);
+                i += 1;
+            }
+            Op::Softmax => {
+                items.push("softmax".into());
+                i += 1;
+            }
+            op => {
+                // Lowering never produces this outside a block; say so instead of guessing.
+                items.push(format!("# cannot print {} ({})", node.name, op.kind_name()));
+                i += 1;
+            }
+        }
+    }
+    flush_blocks(graph, &mut blocks, &mut items);
+    items
+}
+
+fn push_act_option(s: &mut String, act: &Option<Activation>, default: &Option<Activation>) {
+    match (act, default) {
+        (None, None) => {}
+        (None, Some(_)) => s.push_str(", no act"),
+        (Some(a), Some(d)) if same_act(a, d) => {}
+        (Some(a), _) => write!(s, ", act {}", act_text(a)).unwrap(),
+    }
+}
+
+/// A convolution with what follows it.
+#[derive(Debug, Clone, PartialEq)]
+struct LayerSpec {
+    kernel: usize,
+    width: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+    bias: bool,
+    norm: bool,
+    act: Option<Activation>,
+}
+
+impl LayerSpec {
+    fn from_conv(c: &Conv2d) -> LayerSpec {
+        LayerSpec {
+            kernel: c.kernel[0],
+            width: c.out_channels,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            groups: c.groups,
+            bias: c.bias,
+            norm: false,
+            act: None,
+        }
+    }
+
+    /// `3x3, 64, stride 2, ...`; `act_by_default` is false for a block's last layer.
+    fn text(&self, d: &Defaults, act_by_default: bool) -> String {
+        let mut s = format!("{}x{}, {}", self.kernel, self.kernel, self.width);
+        if self.stride != 1 {
+            write!(s, ", stride {}", self.stride).unwrap();
+        }
+        if self.padding != self.dilation * (self.kernel - 1) / 2 {
+            write!(s, ", pad {}", self.padding).unwrap();
+        }
+        if self.dilation != 1 {
+            write!(s, ", dilation {}", self.dilation).unwrap();
+        }
+        if self.groups != 1 {
+            write!(s, ", groups {}", self.groups).unwrap();
+        }
+        if self.norm != d.norm {
+            s.push_str(if self.norm { ", norm" } else { ", no norm" });
+        }
+        if self.bias != !self.norm {
+            s.push_str(if self.bias { ", bias" } else { ", no bias" });
+        }
+        let default = act_by_default.then(|| d.act.clone());
+        push_act_option(&mut s, &self.act, &default);
+        s
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shortcut {
+    Identity,
+    Projection,
+    Pad,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct BlockSpec {
+    layers: Vec<LayerSpec>,
+    shortcut: Shortcut,
+}
+
+impl BlockSpec {
+    fn without_strides(&self) -> BlockSpec {
+        let mut b = self.clone();
+        for l in &mut b.layers {
+            l.stride = 1;
+        }
+        b
+    }
+}
+
+/// Reads a block back: the residual branch from the block input to the add (port 0), and
+/// what the shortcut (port 1) is.
+fn block_spec(graph: &Graph, nodes: &[NodeIndex]) -> BlockSpec {
+    let add = nodes.iter().copied().find(|n| graph.g[*n].op == Op::Add);
+    let post = *nodes.last().expect("blocks are not empty");
+    let (branch_end, shortcut) = match add {
+        Some(add) => {
+            let ins = graph.inputs(add);
+            let short = match &graph.g[ins[1]].op {
+                _ if !nodes.contains(&ins[1]) => Shortcut::Identity,
+                Op::ShortcutPad(_) => Shortcut::Pad,
+                _ => Shortcut::Projection,
+            };
+            (ins[0], short)
+        }
+        None => (graph.inputs(post)[0], Shortcut::None),
+    };
+    // Walk back from the end of the branch to the block input.
+    let mut chain = vec![branch_end];
+    loop {
+        let ins = graph.inputs(*chain.last().expect("chain is not empty"));
+        match ins.first() {
+            Some(p) if nodes.contains(p) => chain.push(*p),
+            _ => break,
+        }
+    }
+    chain.reverse();
+    let mut layers: Vec<LayerSpec> = Vec::new();
+    for n in chain {
+        match &graph.g[n].op {
+            Op::Conv2d(c) => layers.push(LayerSpec::from_conv(c)),
+            Op::BatchNorm(_) => {
+                if let Some(l) = layers.last_mut() {
+                    l.norm = true;
+                }
+            }
+            Op::Activation(a) => {
+                if let Some(l) = layers.last_mut() {
+                    l.act = Some(a.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    BlockSpec { layers, shortcut }
+}
+
+fn flush_blocks(graph: &Graph, blocks: &mut Vec<BlockSpec>, items: &mut Vec<String>) {
+    let d = &graph.defaults;
+    let mut i = 0;
+    while i < blocks.len() {
+        let first = &blocks[i];
+        let follower = BlockSpec {
+            shortcut: if first.shortcut == Shortcut::None {
+                Shortcut::None
+            } else {
+                Shortcut::Identity
+            },
+            ..first.without_strides()
+        };
+        let mut count = 1;
+        while i + count < blocks.len() && blocks[i + count] == follower {
+            count += 1;
+        }
+        let n = first.layers.len();
+        let layers: Vec<String> = first
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(k, l)| l.text(d, k + 1 < n))
+            .collect();
+        let mut s = format!("[{}] x {count}", layers.join("; "));
+        let option = match (first.shortcut, d.shortcut) {
+            (Shortcut::None, ShortcutKind::None) => None,
+            (Shortcut::None, _) => Some("none"),
+            (Shortcut::Identity, ShortcutKind::None) => Some("projection"),
+            (Shortcut::Projection, ShortcutKind::Projection) => None,
+            (Shortcut::Projection, _) => Some("projection"),
+            (Shortcut::Pad, ShortcutKind::Pad) => None,
+            (Shortcut::Pad, _) => Some("pad"),
+            (Shortcut::Identity, _) => None,
+        };
+        if let Some(o) = option {
+            write!(s, ", shortcut {o}").unwrap();
+        }
+        items.push(s);
+        i += count;
+    }
+    blocks.clear();
+}
+
+/// Graphviz dot: one box per node with its name, op and output shape.
+pub fn dot(graph: &Graph) -> String {
+    let mut out = format!(
+        "digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\"];\n",
+        graph.name
+    );
+    for n in graph.order() {
+        let node = &graph.g[n];
+        writeln!(
+            out,
+            "  n{} [label=\"{}\\n{}\\n{}\"];",
+            n.index(),
+            node.name,
+            node.op.kind_name(),
+            show_shape(&node.shape)
+        )
+        .unwrap();
+    }
+    for n in graph.order() {
+        for i in graph.inputs(n) {
+            writeln!(out, "  n{} -> n{};", i.index(), n.index()).unwrap();
+        }
+    }
+    out.push_str("}\n");
+    out
+}

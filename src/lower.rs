@@ -166,7 +166,9 @@ pub fn eval(e: &Expr, env: &BTreeMap<String, f64>) -> Result<f64, SourceError> {
                 ast::BinOp::Mul => a * b,
                 ast::BinOp::Div => {
                     if b == 0.0 {
-                        return Err(err(SourceErrorKind::Value, e.span(), "division by zero"));
+                        return Err(err(SourceErrorKind::Value, e.span(), "division by zero")
+                            .label("divides by 0")
+                            .hint("check the divisor and the parameters it uses"));
                     }
                     a / b
                 }
@@ -262,6 +264,7 @@ fn read_headers(file: &ast::File) -> Result<(Defaults, Shape), SourceError> {
             Header::Eps(v, s) => {
                 if *v <= 0.0 {
                     return Err(err(SourceErrorKind::Value, *s, "eps must be positive")
+                        .label("not positive")
                         .hint("PyTorch's default is 1e-5"));
                 }
                 defaults.eps = *v;
@@ -524,7 +527,11 @@ impl Lowering {
             }
             ItemKind::GlobalAvgPool => {
                 if let Some(o) = item.options.first() {
-                    return Err(not_for(o, "global average pooling", "none"));
+                    // `head 2x2 avg pool, stride 2` without a size column reads `2x2` as the
+                    // size column; say how to write a pooling window there.
+                    return Err(not_for(o, "global average pooling", "none").hint(
+                        "global average pooling takes no options; for a KxK average pool at the start of a row, write the row's size column first (`pool  8x8  2x2 avg pool, stride 2`)",
+                    ));
                 }
                 let c = self.cursor();
                 self.cursor =

@@ -125,6 +125,8 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> SourceError {
         .unwrap_or(pos);
     let found = if rest.is_empty() {
         "the end of the file".to_string()
+    } else if rest.starts_with(['\n', '\r']) {
+        "the end of the line".to_string()
     } else if token.is_empty() {
         format!("`{}`", rest.chars().next().unwrap_or(' ').escape_debug())
     } else {
@@ -135,12 +137,22 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> SourceError {
     } else {
         format!("expected {}, found {found}", join_or(&expected))
     };
-    let hint = syntax_hint(src, pos, &token, &expected);
-    let mut error = err(SourceErrorKind::Syntax, Span::new(pos, end), message).label("here");
-    if let Some(h) = hint {
-        error = error.hint(h);
-    }
-    error
+    let hint = syntax_hint(src, pos, &token, &expected).unwrap_or_else(|| {
+        if expected.contains(&"a name") {
+            "names start with a letter or `_` and continue with letters, digits and `_`".into()
+        } else if rest
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_control() || c == '\u{fffd}')
+        {
+            "the file contains bytes that are not text; is this an .arch file?".into()
+        } else {
+            "rows are `NAME [HxW] ITEM, ITEM, ...` as in the ResNet tables (see LANGUAGE.md)".into()
+        }
+    });
+    err(SourceErrorKind::Syntax, Span::new(pos, end), message)
+        .label("here")
+        .hint(hint)
 }
 
 fn join_or(items: &[&str]) -> String {
@@ -162,6 +174,11 @@ fn syntax_hint(src: &str, pos: usize, token: &str, expected: &[&str]) -> Option<
             "a line that starts with white space continues the row above; start a new row at the first column".into(),
         );
     }
+    let unclosed =
+        |open: char, close: char| before.matches(open).count() > before.matches(close).count();
+    if unclosed('⌊', '⌋') || unclosed('(', ')') {
+        return Some("a bracket is opened but not closed on this line".into());
+    }
     let lower = token.to_ascii_lowercase();
     if let Some(stripped) = lower.strip_suffix("x") {
         if stripped.chars().all(|c| c.is_ascii_digit()) && !stripped.is_empty() {
@@ -176,7 +193,13 @@ fn syntax_hint(src: &str, pos: usize, token: &str, expected: &[&str]) -> Option<
     if before.ends_with("max") || before.ends_with("avg") {
         return Some("pooling is written `3x3 max pool` or `avg pool` for global pooling".into());
     }
-    if before.ends_with(['[', ';']) || before.ends_with(']') {
+    let open_block = before.rfind('[')
+        > before
+            .rfind(']')
+            .or(Some(0))
+            .filter(|_| before.contains(']'));
+    if before.ends_with(['[', ';']) || before.ends_with(']') || token.starts_with(']') || open_block
+    {
         return Some(
             "a residual block is `[3x3, 64; 3x3, 64] x 2`: layers separated by `;`, then `x` and a count".into(),
         );
@@ -262,10 +285,13 @@ fn number(p: &Pair<Rule>) -> Result<f64, SourceError> {
             span(p),
             "this number cannot be read",
         )
+        .hint("numbers are written like 12, 0.5 or 1e-5")
     })?;
     if !v.is_finite() {
         return Err(
-            err(SourceErrorKind::Value, span(p), "this number is too large").label("too large"),
+            err(SourceErrorKind::Value, span(p), "this number is too large")
+                .label("too large")
+                .hint("use a smaller number"),
         );
     }
     Ok(v)

@@ -1,0 +1,105 @@
+//! Every example parses, checks and prints; snapshots of `check` and `print` live in
+//! snapshots/examples/. Adding an example adds its tests.
+
+use std::path::Path;
+
+use r2rc::lower::compile;
+use r2rc::print::print;
+use r2rc::stats::{layer_stats, table};
+
+fn settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/examples"));
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
+
+#[test]
+fn check_and_print_snapshots() {
+    settings().bind(|| {
+        insta::glob!("../examples", "*.arch", |path| {
+            let src = std::fs::read_to_string(path).unwrap();
+            let graph = compile(&src, &[]).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            insta::assert_snapshot!("check", table(&graph));
+            insta::assert_snapshot!("print", print(&graph));
+        });
+    });
+}
+
+#[test]
+fn printing_round_trips_for_every_example() {
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")).unwrap()
+    {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("arch") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).unwrap();
+        let graph = compile(&src, &[]).unwrap();
+        let text = print(&graph);
+        let again =
+            compile(&text, &[]).unwrap_or_else(|e| panic!("{}: {e:?}\n{text}", path.display()));
+        assert!(
+            graph == again,
+            "{}: parse(print(g)) differs:\n{text}",
+            path.display()
+        );
+        assert_eq!(print(&again), text, "printing is not a fixed point");
+    }
+}
+
+fn totals(file: &str, sets: &[(&str, &str)]) -> (u64, u64) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(file);
+    let sets: Vec<(String, String)> = sets
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let graph = compile(&std::fs::read_to_string(path).unwrap(), &sets).unwrap();
+    let t = layer_stats(&graph).1;
+    (t.params, t.macs)
+}
+
+/// torchvision's `sum(p.numel() for p in model.parameters())` and its published GFLOPS.
+#[test]
+fn imagenet_resnets_match_torchvision() {
+    for (file, params, gmacs) in [
+        ("resnet18.arch", 11_689_512u64, 1.81),
+        ("resnet34.arch", 21_797_672, 3.66),
+        ("resnet50.arch", 25_557_032, 4.09),
+    ] {
+        let (p, m) = totals(file, &[]);
+        assert_eq!(p, params, "{file} parameters");
+        let rel = (m as f64 / 1e9 - gmacs).abs() / gmacs;
+        assert!(
+            rel < 0.01,
+            "{file}: {m} MACs is {rel:.4} away from {gmacs} G"
+        );
+    }
+}
+
+/// ResNetCifar18(r) counted by hand from the paper's Table 4: widths w1 = ⌊64r⌋, w2 = ⌊128r⌋.
+fn cifar18_by_hand(w1: u64, w2: u64) -> u64 {
+    let conv = |k: u64, cin: u64, cout: u64| k * k * cin * cout;
+    let bn = |c: u64| 2 * c;
+    let stem = conv(7, 3, w1) + bn(w1);
+    let stage2 = 4 * 2 * (conv(3, w1, w1) + bn(w1));
+    let first3 = conv(3, w1, w2) + bn(w2) + conv(3, w2, w2) + bn(w2) + conv(1, w1, w2) + bn(w2);
+    let rest3 = 3 * 2 * (conv(3, w2, w2) + bn(w2));
+    let fc = w2 * 10 + 10;
+    stem + stage2 + first3 + rest3 + fc
+}
+
+#[test]
+fn resnet_cifar18_parameters_by_hand() {
+    // r = 2^-3: widths 8 and 16.
+    assert_eq!(totals("resnet_cifar18.arch", &[]).0, cifar18_by_hand(8, 16));
+    assert_eq!(cifar18_by_hand(8, 16), 23_794);
+    // r = 2^-3.5 = 0.0884: 64r = 5.66 -> 5, 128r = 11.31 -> 11.
+    assert_eq!(
+        totals("resnet_cifar18.arch", &[("r", "2^-3.5")]).0,
+        cifar18_by_hand(5, 11)
+    );
+    assert_eq!(cifar18_by_hand(5, 11), 11_116);
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test of r2rc: the Rust suite (unit, integration, snapshots, property tests,
+# the tract-onnx cross-check) and the Python cross-checks against onnx, onnxruntime and
+# safetensors. This is the command README.md gives and CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --all-targets
+cargo build --release
+scripts/ci_python.sh target/release/r2rc

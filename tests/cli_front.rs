@@ -1,0 +1,87 @@
+//! The front-end commands as users run them: exit codes, stdout, rendered diagnostics.
+
+use std::process::Command;
+
+fn r2rc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_r2rc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("r2rc runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_totals() {
+    let (code, out, _) = r2rc(&["check", "examples/resnet18.arch"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("trainable parameters: 11,689,512"), "{out}");
+    assert!(out.contains("conv2_1.conv1"), "{out}");
+}
+
+#[test]
+fn check_json_has_layers_and_totals() {
+    let (code, out, _) = r2rc(&[
+        "check",
+        "examples/resnet_cifar18.arch",
+        "--set",
+        "r=3/16",
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["layers"][1]["name"], "conv1");
+    assert_eq!(v["layers"][1]["shape"], serde_json::json!([12, 16, 16]));
+    assert_eq!(v["totals"]["params"].as_u64().unwrap() > 23_794, true);
+}
+
+#[test]
+fn print_is_canonical() {
+    let (code, out, _) = r2rc(&["print", "examples/resnet_cifar18.arch", "--set", "r=1/4"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("[3x3, 16; 3x3, 16] x 4"), "{out}");
+    assert!(out.contains("[3x3, 32, stride 2; 3x3, 32] x 4"), "{out}");
+}
+
+#[test]
+fn graph_dot_lists_edges() {
+    let (code, out, _) = r2rc(&["graph", "examples/smallconv.arch", "--format", "dot"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("digraph \"SmallConv\""), "{out}");
+    assert!(out.contains("fc2\\nlinear\\n10"), "{out}");
+    assert!(out.contains(" -> "), "{out}");
+}
+
+#[test]
+fn bad_file_gives_located_diagnostic_and_exit_2() {
+    let (code, out, err) = r2rc(&["check", "tests/fixtures/errors/size_column_lie.arch"]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("tests/fixtures/errors/size_column_lie.arch:3:8"),
+        "{err}"
+    );
+    assert!(err.contains("help:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_set_is_refused() {
+    let (code, _, err) = r2rc(&["check", "examples/resnet_cifar18.arch", "--set", "q=1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no parameter `q`"), "{err}");
+    let (code, _, err) = r2rc(&["check", "examples/resnet_cifar18.arch", "--set", "r"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("expected NAME=EXPR"), "{err}");
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let (code, _, err) = r2rc(&["check", "no/such/file.arch"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no/such/file.arch"), "{err}");
+}

@@ -5,6 +5,7 @@
 //! shapes), [`print::print`] (graph back to canonical text), [`params`] (weights),
 //! [`exec`] (forward pass), [`emit`] (ONNX, JSON).
 
+pub mod analysis;
 pub mod emit;
 pub mod error;
 pub mod exec;
@@ -12,7 +13,9 @@ pub mod ir;
 pub mod lower;
 pub mod params;
 pub mod print;
+pub mod prove;
 pub mod stats;
 pub mod syntax;
+pub mod transform;
 
 pub use error::{Error, Result};

@@ -1,0 +1,237 @@
+//! Proofs of function preservation (DESIGN.md "Proofs").
+//!
+//! Teacher and student run on the same seeded random inputs, in each batch-norm mode, and
+//! every value the two graphs share by node name is compared on the teacher's part of it:
+//! the first `C` channels (and, after a flatten, the first `C*H*W` features, since new
+//! channels are appended and flatten is channel-major), i.e. the leading block of every
+//! axis. A value's relative error is `max |s - t| / max |t|`; the proof passes when the
+//! largest over all values is within the tolerance. The first value in topological order
+//! that exceeds it names the layer where the networks part.
+
+use ndarray::{ArrayD, Slice};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::exec::{random_input, Executor, Float, Mode};
+use crate::ir::Graph;
+use crate::params::Params;
+
+/// Arithmetic of a proof run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Precision> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f64" => Ok(Precision::F64),
+            _ => Err(Error::usage(
+                format!("unknown proof precision `{s}`"),
+                Some("use f32 or f64".into()),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F64 => "f64",
+        }
+    }
+
+    /// The default relative tolerance: 1e-9 in f64, 1e-5 in f32.
+    pub fn tolerance(self) -> f64 {
+        match self {
+            Precision::F32 => 1e-5,
+            Precision::F64 => 1e-9,
+        }
+    }
+}
+
+/// How to run a proof.
+#[derive(Debug, Clone)]
+pub struct ProveOptions {
+    pub modes: Vec<Mode>,
+    pub precision: Precision,
+    /// Batch size of the random input.
+    pub inputs: usize,
+    pub seed: u64,
+    /// Relative tolerance; `None` for the precision's default.
+    pub tolerance: Option<f64>,
+}
+
+impl Default for ProveOptions {
+    fn default() -> Self {
+        ProveOptions {
+            modes: vec![Mode::Eval, Mode::Train],
+            precision: Precision::F64,
+            inputs: 2,
+            seed: 0,
+            tolerance: None,
+        }
+    }
+}
+
+/// The outcome of one proof run (one mode).
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub mode: String,
+    pub dtype: String,
+    pub inputs: usize,
+    pub seed: u64,
+    pub max_abs_err: f64,
+    pub max_rel_err: f64,
+    pub tolerance: f64,
+    pub passed: bool,
+    /// Values compared (shared by name).
+    pub values: usize,
+    /// The value with the largest relative error.
+    pub worst: Option<String>,
+    /// The first value (topological order) beyond the tolerance.
+    pub first_divergence: Option<String>,
+}
+
+impl Evidence {
+    /// `eval f64 x2: max abs 0.0e0, max rel 0.0e0 (tolerance 1e-9) passed`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {} x{} seed {}: max abs {:.3e}, max rel {:.3e} (tolerance {:.0e}) {}",
+            self.mode,
+            self.dtype,
+            self.inputs,
+            self.seed,
+            self.max_abs_err,
+            self.max_rel_err,
+            self.tolerance,
+            if self.passed { "passed" } else { "FAILED" }
+        )
+    }
+}
+
+/// Max abs and relative error of `s` against `t` on `t`'s extent (leading block of each
+/// axis), or `None` when `s` does not contain `t`'s shape.
+fn compare<T: Float>(t: &ArrayD<T>, s: &ArrayD<T>) -> Option<(f64, f64)> {
+    if t.ndim() != s.ndim() || t.shape().iter().zip(s.shape()).any(|(a, b)| a > b) {
+        return None;
+    }
+    let ts = t.shape().to_vec();
+    let part = s.slice_each_axis(|ax| Slice::from(0..ts[ax.axis.index()]));
+    let mut abs = 0f64;
+    let mut scale = 0f64;
+    for (a, b) in t.iter().zip(part.iter()) {
+        let (a, b) = (a.to_f64(), b.to_f64());
+        let d = (a - b).abs();
+        if d.is_nan() || !b.is_finite() {
+            return Some((f64::INFINITY, f64::INFINITY));
+        }
+        abs = abs.max(d);
+        scale = scale.max(a.abs());
+    }
+    let rel = if abs == 0.0 {
+        0.0
+    } else {
+        abs / scale.max(f64::MIN_POSITIVE)
+    };
+    Some((abs, rel))
+}
+
+fn run_mode<T: Float>(
+    teacher: &Graph,
+    tp: &Params,
+    student: &Graph,
+    sp: &Params,
+    mode: Mode,
+    opts: &ProveOptions,
+) -> Result<Evidence> {
+    let te = Executor::<T>::new(teacher, tp)?;
+    let se = Executor::<T>::new(student, sp)?;
+    if teacher.input_shape() != student.input_shape() {
+        return Err(Error::usage(
+            format!(
+                "teacher and student take different inputs ({:?} and {:?})",
+                teacher.input_shape(),
+                student.input_shape()
+            ),
+            None,
+        ));
+    }
+    let x = random_input(teacher, opts.inputs, opts.seed).mapv(T::from_f64);
+    let tv = te.forward_all(x.clone(), mode)?;
+    let sv = se.forward_all(x, mode)?;
+    let tol = opts.tolerance.unwrap_or(opts.precision.tolerance());
+    let mut ev = Evidence {
+        mode: mode.name().into(),
+        dtype: opts.precision.name().into(),
+        inputs: opts.inputs,
+        seed: opts.seed,
+        max_abs_err: 0.0,
+        max_rel_err: 0.0,
+        tolerance: tol,
+        passed: true,
+        values: 0,
+        worst: None,
+        first_divergence: None,
+    };
+    let by_name: std::collections::HashMap<&str, &ArrayD<T>> =
+        sv.iter().map(|v| (v.name.as_str(), &v.data)).collect();
+    for v in &tv {
+        let Some(s) = by_name.get(v.name.as_str()) else {
+            continue;
+        };
+        ev.values += 1;
+        let (abs, rel) = compare(&v.data, s).unwrap_or((f64::INFINITY, f64::INFINITY));
+        if rel > ev.max_rel_err || ev.worst.is_none() && rel > 0.0 {
+            ev.worst = Some(v.name.clone());
+        }
+        ev.max_abs_err = ev.max_abs_err.max(abs);
+        ev.max_rel_err = ev.max_rel_err.max(rel);
+        if !(rel <= tol) && ev.first_divergence.is_none() {
+            ev.first_divergence = Some(v.name.clone());
+        }
+    }
+    ev.passed = ev.first_divergence.is_none();
+    if ev.values == 0 {
+        return Err(Error::usage(
+            "teacher and student share no layer name, so there is nothing to compare",
+            None,
+        ));
+    }
+    Ok(ev)
+}
+
+/// Runs the proof in every mode of `opts`. Errors only when the networks cannot run;
+/// a failed comparison is a returned `Evidence` with `passed == false`.
+pub fn check_equivalence(
+    teacher: &Graph,
+    tp: &Params,
+    student: &Graph,
+    sp: &Params,
+    opts: &ProveOptions,
+) -> Result<Vec<Evidence>> {
+    opts.modes
+        .iter()
+        .map(|&mode| match opts.precision {
+            Precision::F64 => run_mode::<f64>(teacher, tp, student, sp, mode, opts),
+            Precision::F32 => run_mode::<f32>(teacher, tp, student, sp, mode, opts),
+        })
+        .collect()
+}
+
+/// The error for a failed proof, naming where the networks part.
+pub fn failure(evidence: &[Evidence]) -> Option<Error> {
+    let bad = evidence.iter().find(|e| !e.passed)?;
+    Some(Error::ProofFailed {
+        message: format!(
+            "proof failed: the student parts from the teacher at `{}` ({} mode, {}): max relative error {:.3e} exceeds the tolerance {:.0e}",
+            bad.first_divergence.as_deref().unwrap_or("?"),
+            bad.mode,
+            bad.dtype,
+            bad.max_rel_err,
+            bad.tolerance
+        ),
+    })
+}

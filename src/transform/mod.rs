@@ -1,0 +1,638 @@
+//! Function-preserving widening: one structural rewrite, four fills.
+//!
+//! [`widen`] resolves the target to channel spaces ([`crate::analysis::spaces`]), then for
+//! each space appends `E` channels at the end of every value in it: producers get new
+//! output rows, batch norms and PReLUs new entries, consumers new input columns (a block
+//! of `cols` columns per channel after a flatten). What goes into the new rows, entries and
+//! columns is the method's [`Fill`] (one file each: [`r2r`], [`netmorph`], [`net2net`],
+//! [`random`]). Spaces are widened one after another; each step is exact on its own, so
+//! their composition is too (a conv whose input and output spaces both widen gets its new
+//! rows first, then new columns across all rows).
+//!
+//! Transforms are pure: `(graph, params, args, seed) -> (graph', params')`; they never run
+//! the network. Proving is [`crate::prove`]'s job.
+
+pub mod net2net;
+pub mod netmorph;
+pub mod r2r;
+pub mod random;
+
+use ndarray::{concatenate, ArrayD, Axis, IxDyn};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::analysis::{channel_spaces, Space, Spaces};
+use crate::error::{Error, Result};
+use crate::ir::{Activation, Graph, NodeIndex, Op, ParamKind};
+use crate::params::Params;
+
+/// A widening method (DESIGN.md's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// R2WiderR: 2E new channels, rows U/U, columns V/-V.
+    R2r,
+    /// NetMorph: arbitrary rows, zero consumer columns.
+    Netmorph,
+    /// Net2WiderNet: replicas of existing channels, one map per space.
+    Net2net,
+    /// Random padding: He-initialised rows and columns; not function preserving.
+    Random,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Method> {
+        match s {
+            "r2r" => Ok(Method::R2r),
+            "netmorph" => Ok(Method::Netmorph),
+            "net2net" => Ok(Method::Net2net),
+            "random" => Ok(Method::Random),
+            _ => Err(Error::usage(
+                format!("unknown widening method `{s}`"),
+                Some("use r2r, netmorph, net2net or random".into()),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::R2r => "r2r",
+            Method::Netmorph => "netmorph",
+            Method::Net2net => "net2net",
+            Method::Random => "random",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Method::R2r => "R2WiderR",
+            Method::Netmorph => "NetMorph",
+            Method::Net2net => "Net2WiderNet",
+            Method::Random => "random padding",
+        }
+    }
+}
+
+/// How free new weights are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    /// Uniform with the standard deviation of the layer's existing kernel (paper section 6).
+    Match,
+    /// He (kaiming normal, fan-in) init, which the paper's appendix E shows is too large.
+    He,
+}
+
+impl Init {
+    pub fn parse(s: &str) -> Result<Init> {
+        match s {
+            "match" | "std" => Ok(Init::Match),
+            "he" => Ok(Init::He),
+            _ => Err(Error::usage(
+                format!("unknown init `{s}`"),
+                Some("use match (the existing kernel's standard deviation) or he".into()),
+            )),
+        }
+    }
+}
+
+/// How many channels to add to each space.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Amount {
+    /// New width `floor(C * F)`.
+    By(f64),
+    /// New width `C`.
+    To(usize),
+    /// `E` more channels.
+    Add(usize),
+}
+
+/// What to widen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// A layer, block, single-layer row or stage name (LANGUAGE.md "What a command's
+    /// target names").
+    Name(String),
+    /// Every widenable space.
+    All,
+}
+
+impl Target {
+    pub fn show(&self) -> String {
+        match self {
+            Target::Name(n) => n.clone(),
+            Target::All => "--all".into(),
+        }
+    }
+}
+
+/// A widening request.
+#[derive(Debug, Clone, Serialize)]
+pub struct WidenArgs {
+    pub target: Target,
+    pub amount: Amount,
+    pub method: Method,
+    pub init: Init,
+    /// Net2WiderNet only: noise of this many kernel standard deviations on new weights.
+    pub noise: Option<f64>,
+}
+
+/// One widened space, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpaceChange {
+    pub label: String,
+    pub rows: Vec<String>,
+    pub from: usize,
+    pub to: usize,
+    pub members: Vec<String>,
+    pub producers: Vec<String>,
+    pub params: Vec<String>,
+    pub consumers: Vec<String>,
+}
+
+/// The student of a widening.
+#[derive(Debug, Clone)]
+pub struct Widened {
+    pub graph: Graph,
+    pub params: Params,
+    pub changes: Vec<SpaceChange>,
+    /// Sentences for the user: rounding, streams that widen together.
+    pub notes: Vec<String>,
+    /// Whether the method is function preserving (noisy Net2Net and random pad are not).
+    pub exact: bool,
+}
+
+/// What a method puts into the new rows, entries and columns of one space.
+pub trait Fill {
+    /// New output rows `[E, ...]` of producer weight `w` (`[C, ...]`).
+    fn rows(&mut self, w: &ArrayD<f64>) -> ArrayD<f64>;
+    /// New entries `[E]` of a producer's bias `b` (`[C]`).
+    fn bias(&mut self, b: &ArrayD<f64>) -> ArrayD<f64>;
+    /// New entries `[E * cols]` of a channel-wise parameter `t` (`[C * cols]`).
+    fn entries(&mut self, kind: ParamKind, t: &ArrayD<f64>, cols: usize) -> ArrayD<f64>;
+    /// The whole new consumer weight `[O, (C + E) * cols, ...]` from `w` (`[O, C * cols, ...]`).
+    fn columns(&mut self, w: &ArrayD<f64>, cols: usize) -> ArrayD<f64>;
+}
+
+/// Shared state of a fill: sizes, RNG and init rule.
+pub struct FillCtx {
+    /// Channels before.
+    pub c: usize,
+    /// Channels added.
+    pub e: usize,
+    pub rng: ChaCha8Rng,
+    pub init: Init,
+}
+
+impl FillCtx {
+    /// Free weights shaped like `shape`, scaled like `existing` (or He for `fan_in`).
+    pub fn free(&mut self, shape: &[usize], existing: &ArrayD<f64>, fan_in: usize) -> ArrayD<f64> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = match self.init {
+            Init::Match => {
+                // U(-s*sqrt(3), s*sqrt(3)) has standard deviation s (the paper's section 6
+                // writes s/sqrt(3), which would give s/3).
+                let s = std_of(existing);
+                let s = if s > 0.0 {
+                    s
+                } else {
+                    (2.0 / fan_in.max(1) as f64).sqrt()
+                };
+                let b = s * 3f64.sqrt();
+                (0..n).map(|_| uniform(&mut self.rng, -b, b)).collect()
+            }
+            Init::He => {
+                let s = (2.0 / fan_in.max(1) as f64).sqrt();
+                (0..n)
+                    .map(|_| s * crate::params::normal(&mut self.rng))
+                    .collect()
+            }
+        };
+        ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
+    }
+
+    /// He-normal weights for `shape` with `fan_in` (random padding).
+    pub fn he(&mut self, shape: &[usize], fan_in: usize) -> ArrayD<f64> {
+        let s = (2.0 / fan_in.max(1) as f64).sqrt();
+        let n: usize = shape.iter().product();
+        let v = (0..n)
+            .map(|_| s * crate::params::normal(&mut self.rng))
+            .collect();
+        ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
+    }
+}
+
+pub(crate) fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
+    use rand::Rng;
+    lo + (hi - lo) * rng.random::<f64>()
+}
+
+/// Population standard deviation of a tensor's values.
+pub fn std_of(t: &ArrayD<f64>) -> f64 {
+    let n = t.len().max(1) as f64;
+    let mean = t.sum() / n;
+    (t.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt()
+}
+
+/// The shape of `t` with dimension `axis` set to `len`.
+pub fn with_dim(t: &ArrayD<f64>, axis: usize, len: usize) -> Vec<usize> {
+    let mut s = t.shape().to_vec();
+    s[axis] = len;
+    s
+}
+
+/// Fan-in of a weight whose input dimension becomes `inputs`.
+pub fn fan_in(t: &ArrayD<f64>, inputs: usize) -> usize {
+    inputs * t.shape().iter().skip(2).product::<usize>()
+}
+
+/// Default entries of a channel-wise parameter (BN: gamma 1, beta 0, mean 0, var 1;
+/// PReLU 0.25), `n` of them.
+pub fn default_entries(kind: ParamKind, n: usize) -> ArrayD<f64> {
+    let v = match kind {
+        ParamKind::BnWeight | ParamKind::RunningVar => 1.0,
+        ParamKind::PreluWeight => 0.25,
+        _ => 0.0,
+    };
+    ArrayD::from_elem(IxDyn(&[n]), v)
+}
+
+/// Channel indices expanded to column indices, `cols` per channel.
+pub fn block_index(channels: impl IntoIterator<Item = usize>, cols: usize) -> Vec<usize> {
+    channels
+        .into_iter()
+        .flat_map(|c| c * cols..(c + 1) * cols)
+        .collect()
+}
+
+/// `[a; b]` along `axis`.
+pub fn cat(axis: usize, parts: &[&ArrayD<f64>]) -> ArrayD<f64> {
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    concatenate(Axis(axis), &views).expect("parts agree off the axis")
+}
+
+fn make_fill(method: Method, ctx: FillCtx, noise: Option<f64>) -> Box<dyn Fill> {
+    match method {
+        Method::R2r => Box::new(r2r::R2r::new(ctx)),
+        Method::Netmorph => Box::new(netmorph::NetMorph::new(ctx)),
+        Method::Net2net => Box::new(net2net::Net2Net::new(ctx, noise)),
+        Method::Random => Box::new(random::RandomPad::new(ctx)),
+    }
+}
+
+/// Every name a target may use: nodes, blocks (`conv2_1`) and rows (`conv2_x`, `head`).
+pub fn target_names(graph: &Graph) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for n in graph.order() {
+        let node = &graph.g[n];
+        if n == graph.input {
+            continue;
+        }
+        for name in [
+            Some(node.row.clone()),
+            block_name(graph, n),
+            Some(node.name.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !v.contains(&name) {
+                v.push(name);
+            }
+        }
+    }
+    v
+}
+
+/// `conv2_1` for a node of block 1 of row `conv2_x` (the prefix of its dotted name).
+fn block_name(graph: &Graph, n: NodeIndex) -> Option<String> {
+    let node = &graph.g[n];
+    node.block?;
+    node.name.split_once('.').map(|(b, _)| b.to_string())
+}
+
+/// The spaces a target names, and a sentence saying what that is.
+pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<usize>> {
+    let name = match target {
+        Target::All => {
+            let v: Vec<usize> = spaces
+                .spaces
+                .iter()
+                .filter(|s| s.widenable())
+                .map(|s| s.id)
+                .collect();
+            if v.is_empty() {
+                return Err(Error::usage(
+                    format!(
+                        "network `{}` has no channel space that can be widened",
+                        graph.name
+                    ),
+                    Some("`r2rc spaces FILE` lists every space and why it is fixed".into()),
+                ));
+            }
+            return Ok(v);
+        }
+        Target::Name(n) => n.as_str(),
+    };
+    let order = graph.order();
+    let check = |ids: Vec<usize>, what: &str| -> Result<Vec<usize>> {
+        for &id in &ids {
+            let s = &spaces.spaces[id];
+            if !s.widenable() {
+                return Err(Error::usage(
+                    format!(
+                        "cannot widen `{name}` ({what}): its channel space {} cannot be widened because {}",
+                        s.describe(),
+                        s.blockers.join("; and ")
+                    ),
+                    Some("`r2rc spaces FILE` lists the spaces that can be widened".into()),
+                ));
+            }
+        }
+        Ok(ids)
+    };
+    // A row (single-layer row or stage): the stream its last value lies in.
+    let row_nodes: Vec<NodeIndex> = order
+        .iter()
+        .copied()
+        .filter(|&n| n != graph.input && graph.g[n].row == name)
+        .collect();
+    if let Some(&last) = row_nodes.last() {
+        return check(vec![spaces.of[&last]], "a row: its output stream");
+    }
+    // A layer: the channels of its output.
+    if let Some(n) = graph.find(name) {
+        if n != graph.input {
+            return check(vec![spaces.of[&n]], "a layer: its output channels");
+        }
+    }
+    // A block: its hidden widths, the spaces of its producers except the block output's.
+    let block: Vec<NodeIndex> = order
+        .iter()
+        .copied()
+        .filter(|&n| block_name(graph, n).as_deref() == Some(name))
+        .collect();
+    if let Some(&last) = block.last() {
+        let out = spaces.of[&last];
+        let mut ids = Vec::new();
+        for &n in &block {
+            let id = spaces.of[&n];
+            if id != out
+                && matches!(graph.g[n].op, Op::Conv2d(_) | Op::Linear(_))
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            return Err(Error::usage(
+                format!("block `{name}` has no hidden width to widen"),
+                Some(format!("name the stream instead: `{}`", graph.g[last].row)),
+            ));
+        }
+        return check(ids, "a block: its hidden widths");
+    }
+    let names = target_names(graph);
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let hint = match crate::lower::closest(name, &refs) {
+        Some(c) => format!("did you mean `{c}`?"),
+        None => "`r2rc check FILE` lists every layer name".into(),
+    };
+    Err(Error::usage(
+        format!(
+            "network `{}` has no layer, block or row named `{name}`",
+            graph.name
+        ),
+        Some(hint),
+    ))
+}
+
+/// Channels to add to a space of width `c`, and a note when R2R rounded it up.
+fn added(c: usize, amount: Amount, method: Method, label: &str) -> Result<(usize, Option<String>)> {
+    let e = match amount {
+        Amount::By(f) => {
+            if !(f.is_finite() && f > 1.0) {
+                return Err(Error::usage(
+                    format!("--by {f} does not widen: the factor must be greater than 1"),
+                    Some("for example --by 1.5".into()),
+                ));
+            }
+            // The language's floor, forgiving rounding error like 8 * 1.5.
+            let to = (c as f64 * f + 1e-9 * (c as f64 * f)).floor() as usize;
+            to.saturating_sub(c)
+        }
+        Amount::To(t) => {
+            if t <= c {
+                return Err(Error::usage(
+                    format!(
+                        "--to {t} does not widen space `{label}`, which already has {c} channels"
+                    ),
+                    Some(format!("give a width above {c}")),
+                ));
+            }
+            t - c
+        }
+        Amount::Add(e) => {
+            if method == Method::R2r && e % 2 == 1 {
+                return Err(Error::usage(
+                    format!("R2WiderR adds channels in pairs (rows U/U, columns V/-V), so --add must be even, not {e}"),
+                    Some(format!("use --add {} or --add {}", e.saturating_sub(1).max(2), e + 1)),
+                ));
+            }
+            e
+        }
+    };
+    if e == 0 {
+        return Err(Error::usage(
+            format!("widening space `{label}` ({c} channels) by this amount adds no channel"),
+            Some("use a larger --by, --to or --add".into()),
+        ));
+    }
+    if method == Method::R2r && e % 2 == 1 {
+        return Ok((
+            e + 1,
+            Some(format!(
+                "R2WiderR adds channels in pairs: space `{label}` grows by {} to {} channels instead of {} to {}",
+                e + 1,
+                c + e + 1,
+                e,
+                c + e
+            )),
+        ));
+    }
+    Ok((e, None))
+}
+
+/// Recomputes every node's shape from the input's, in topological order.
+pub fn reinfer_shapes(graph: &mut Graph) -> Result<()> {
+    for n in graph.order() {
+        if n == graph.input {
+            continue;
+        }
+        let ins = graph.inputs(n);
+        let shapes: Vec<&Vec<usize>> = ins.iter().map(|&i| &graph.g[i].shape).collect();
+        let shape = graph.g[n]
+            .op
+            .infer_shape(&shapes)
+            .map_err(|m| Error::usage(format!("layer `{}`: {m}", graph.g[n].name), None))?;
+        graph.g[n].shape = shape;
+    }
+    Ok(())
+}
+
+/// The same network with another input size (for fast proofs of ImageNet-sized nets).
+pub fn resize_input(graph: &Graph, shape: &[usize]) -> Result<Graph> {
+    let mut g = graph.clone();
+    let input = g.input;
+    g.g[input].shape = shape.to_vec();
+    reinfer_shapes(&mut g)?;
+    Ok(g)
+}
+
+fn tensor<'a>(params: &'a Params, name: &str) -> Result<&'a ArrayD<f64>> {
+    params.get(name).ok_or_else(|| {
+        Error::weights(format!(
+            "the weights lack tensor `{name}`, which widening needs"
+        ))
+    })
+}
+
+/// Widens one space by `e` channels in place.
+fn widen_space(
+    graph: &mut Graph,
+    params: &mut Params,
+    space: &Space,
+    fill: &mut dyn Fill,
+) -> Result<()> {
+    for p in &space.producers {
+        let name = &graph.g[p.node].name.clone();
+        let wname = format!("{name}.weight");
+        let w = tensor(params, &wname)?.clone();
+        let rows = fill.rows(&w);
+        let added = rows.shape()[0];
+        params.tensors.insert(wname, cat(0, &[&w, &rows]));
+        let bname = format!("{name}.bias");
+        if let Some(b) = params.get(&bname).cloned() {
+            let nb = fill.bias(&b);
+            params.tensors.insert(bname, cat(0, &[&b, &nb]));
+        }
+        match &mut graph.g[p.node].op {
+            Op::Conv2d(c) => c.out_channels += added,
+            Op::Linear(l) => l.out_features += added,
+            _ => unreachable!("producers are convs and linears"),
+        }
+    }
+    for p in &space.params {
+        let cols = space.member(p.node).map_or(1, |m| m.cols);
+        let name = graph.g[p.node].name.clone();
+        let slots = graph.g[p.node].op.param_slots();
+        let mut added = 0;
+        for slot in slots {
+            if slot.kind == ParamKind::NumBatchesTracked {
+                continue;
+            }
+            let tname = format!("{name}.{}", slot.suffix);
+            let t = tensor(params, &tname)?.clone();
+            let new = fill.entries(slot.kind, &t, cols);
+            added = new.len();
+            params.tensors.insert(tname, cat(0, &[&t, &new]));
+        }
+        match &mut graph.g[p.node].op {
+            Op::BatchNorm(b) => b.channels += added,
+            Op::Activation(Activation::Prelu { channels }) => *channels += added,
+            _ => unreachable!("channel-wise parameters are batch norms and PReLUs"),
+        }
+    }
+    for c in &space.consumers {
+        let name = graph.g[c.node].name.clone();
+        let wname = format!("{name}.weight");
+        let w = tensor(params, &wname)?.clone();
+        let nw = fill.columns(&w, c.cols);
+        let added = nw.shape()[1] - w.shape()[1];
+        params.tensors.insert(wname, nw);
+        match &mut graph.g[c.node].op {
+            Op::Conv2d(conv) => conv.in_channels += added,
+            Op::Linear(l) => l.in_features += added,
+            _ => unreachable!("consumers are convs and linears"),
+        }
+    }
+    Ok(())
+}
+
+/// Widens `graph` as `args` asks, filling new weights by `args.method`, seeded.
+pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Result<Widened> {
+    params.check(graph)?;
+    if args.noise.is_some() && args.method != Method::Net2net {
+        return Err(Error::usage(
+            format!(
+                "--noise only applies to net2net, not {}",
+                args.method.name()
+            ),
+            None,
+        ));
+    }
+    let spaces = channel_spaces(graph);
+    let ids = resolve(graph, &spaces, &args.target)?;
+    let mut g = graph.clone();
+    let mut p = params.clone();
+    let mut changes = Vec::new();
+    let mut notes = Vec::new();
+    for (k, &id) in ids.iter().enumerate() {
+        let space = &spaces.spaces[id];
+        let (e, note) = added(space.width, args.amount, args.method, &space.label)?;
+        notes.extend(note);
+        let ctx = FillCtx {
+            c: space.width,
+            e,
+            // One stream per space, so widening one space does not shift another's draws.
+            rng: ChaCha8Rng::seed_from_u64(
+                seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k as u64 + 1)),
+            ),
+            init: args.init,
+        };
+        let mut fill = make_fill(args.method, ctx, args.noise);
+        widen_space(&mut g, &mut p, space, fill.as_mut())?;
+        if let Target::Name(name) = &args.target {
+            let adds: Vec<&str> = space
+                .members
+                .iter()
+                .filter(|m| m.op == "add")
+                .map(|m| m.name.as_str())
+                .collect();
+            if !adds.is_empty() {
+                notes.push(format!(
+                    "`{name}` lies in a residual stream: channels joined by shortcuts widen together, so rows {} widen with it (through {})",
+                    space.rows.join(", "),
+                    adds.join(", ")
+                ));
+            }
+        }
+        changes.push(SpaceChange {
+            label: space.label.clone(),
+            rows: space.rows.clone(),
+            from: space.width,
+            to: space.width + e,
+            members: space.members.iter().map(|m| m.name.clone()).collect(),
+            producers: space.producers.iter().map(|m| m.name.clone()).collect(),
+            params: space.params.iter().map(|m| m.name.clone()).collect(),
+            consumers: space.consumers.iter().map(|m| m.name.clone()).collect(),
+        });
+    }
+    reinfer_shapes(&mut g)?;
+    p.check(&g)?;
+    let exact = match args.method {
+        Method::R2r | Method::Netmorph => true,
+        Method::Net2net => args.noise.is_none_or(|s| s == 0.0),
+        Method::Random => false,
+    };
+    Ok(Widened {
+        graph: g,
+        params: p,
+        changes,
+        notes,
+        exact,
+    })
+}

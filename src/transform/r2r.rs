@@ -1,0 +1,51 @@
+//! R2WiderR (paper eq. 8-9, appendix C.1-C.2): `2H` new channels in two halves L and R.
+//! Every producer gets the same new rows `U` for both halves, so `x_L = x_R` in every value
+//! of the space (channel-wise ops and residual adds keep them equal; batch norm gets equal
+//! entries for both halves); every consumer gets columns `V` for L and `-V` for R, so their
+//! contributions cancel exactly. Existing parameters are untouched.
+
+use ndarray::ArrayD;
+
+use super::{cat, default_entries, fan_in, with_dim, Fill, FillCtx};
+use crate::ir::ParamKind;
+
+pub struct R2r {
+    ctx: FillCtx,
+}
+
+impl R2r {
+    /// `ctx.e` must be even (the caller rounds or refuses).
+    pub fn new(ctx: FillCtx) -> R2r {
+        debug_assert!(ctx.e % 2 == 0, "R2WiderR adds channels in pairs");
+        R2r { ctx }
+    }
+}
+
+impl Fill for R2r {
+    fn rows(&mut self, w: &ArrayD<f64>) -> ArrayD<f64> {
+        let half = self.ctx.e / 2;
+        let u = self
+            .ctx
+            .free(&with_dim(w, 0, half), w, fan_in(w, w.shape()[1]));
+        cat(0, &[&u, &u])
+    }
+
+    fn bias(&mut self, _b: &ArrayD<f64>) -> ArrayD<f64> {
+        ArrayD::zeros(ndarray::IxDyn(&[self.ctx.e]))
+    }
+
+    fn entries(&mut self, kind: ParamKind, _t: &ArrayD<f64>, cols: usize) -> ArrayD<f64> {
+        // Equal for L and R: the defaults are.
+        default_entries(kind, self.ctx.e * cols)
+    }
+
+    fn columns(&mut self, w: &ArrayD<f64>, cols: usize) -> ArrayD<f64> {
+        let half = self.ctx.e / 2;
+        let inputs = (self.ctx.c + self.ctx.e) * cols;
+        let v = self
+            .ctx
+            .free(&with_dim(w, 1, half * cols), w, fan_in(w, inputs));
+        let minus = v.mapv(|x| -x);
+        cat(1, &[w, &v, &minus])
+    }
+}

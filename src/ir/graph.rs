@@ -88,6 +88,30 @@ pub struct ParamSpec {
     pub slot: ParamSlot,
 }
 
+/// Bounds that keep every count of a network well inside 64-bit arithmetic and keep
+/// hostile files from asking for absurd allocations.
+pub const MAX_NODES: usize = 100_000;
+/// The most elements one value or one parameter tensor may have (per sample).
+pub const MAX_ELEMENTS: usize = 1 << 34;
+
+fn check_size(shape: &Shape, what: &str) -> Result<(), String> {
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+        .filter(|c| *c <= MAX_ELEMENTS);
+    match count {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "this layer's {what} would have {} elements, more than r2rc handles (2^34)",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("x")
+        )),
+    }
+}
+
 /// A whole network: one input, one output, ops in between.
 #[derive(Debug, Clone)]
 pub struct Graph {
@@ -130,8 +154,17 @@ impl Graph {
         place: (&str, Option<usize>),
         span: Option<Span>,
     ) -> Result<NodeIndex, String> {
+        if self.g.node_count() >= MAX_NODES {
+            return Err(format!(
+                "the network has more than {MAX_NODES} layers, more than r2rc handles"
+            ));
+        }
         let shapes: Vec<&Shape> = inputs.iter().map(|&i| &self.g[i].shape).collect();
         let shape = op.infer_shape(&shapes)?;
+        check_size(&shape, "output")?;
+        for slot in op.param_slots() {
+            check_size(&slot.shape, slot.suffix)?;
+        }
         let node = self.g.add_node(Node {
             name,
             op,

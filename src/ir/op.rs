@@ -225,7 +225,7 @@ impl Op {
                     * c.kernel[0]
                     * c.kernel[1]) as u64
             }
-            Op::Linear(l) => (l.in_features * l.out_features) as u64,
+            Op::Linear(l) => (l.in_features as u64).saturating_mul(l.out_features as u64),
             _ => 0,
         }
     }

@@ -36,7 +36,35 @@ pub fn parse_expr(src: &str) -> Result<Expr, SourceError> {
     build_expr(expr)
 }
 
+/// Longer lines are refused: expressions are parsed and evaluated recursively.
+const MAX_LINE: usize = 1000;
+
 fn check_nesting(src: &str) -> Result<(), SourceError> {
+    let mut offset = 0;
+    for line in src.split('\n') {
+        let too = |what: &str, hint: &str| {
+            Err(SourceError::new(
+                SourceErrorKind::Syntax,
+                Span::new(offset, offset + line.len().min(MAX_LINE)),
+                what.to_string(),
+            )
+            .label("here")
+            .hint(hint.to_string()))
+        };
+        if line.len() > MAX_LINE {
+            return too(
+                &format!("this line is longer than {MAX_LINE} bytes"),
+                "split the row over continuation lines that start with white space",
+            );
+        }
+        if line.matches('^').count() > MAX_NESTING {
+            return too(
+                &format!("this line has more than {MAX_NESTING} powers"),
+                "simplify the expression",
+            );
+        }
+        offset += line.len() + 1;
+    }
     let mut depth = 0usize;
     for (i, c) in src.char_indices() {
         match c {

@@ -1,15 +1,48 @@
-//! `r2rc init` (being written).
+//! `r2rc init FILE -o W.safetensors [--seed N] [--random-stats] [--dtype f32|f64|f16|bf16]`.
 
-use r2rc::{Error, Result};
+use std::path::PathBuf;
+
+use r2rc::params::{self, DType};
+use r2rc::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    file: std::path::PathBuf,
+    /// The architecture (.arch) file.
+    file: PathBuf,
+    /// Where to write the weights (safetensors).
+    #[arg(short = 'o', long = "output", value_name = "W.safetensors")]
+    output: PathBuf,
+    /// Seed of the random initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also randomise biases, BN affine parameters and running statistics, and PReLU
+    /// slopes (what proofs need: identity-looking statistics can hide bugs).
+    #[arg(long)]
+    random_stats: bool,
+    /// Element type of the file: f32, f64, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Architecture parameters, e.g. `--set r=1/8`.
+    #[arg(long = "set", value_name = "NAME=EXPR")]
+    sets: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    Err(Error::usage(
-        format!("{}: `init` is not available yet", args.file.display()),
-        None,
-    ))
+    let dtype = DType::parse(&args.dtype)?;
+    let graph = super::load_arch(&args.file, &args.sets)?;
+    let p = params::init(&graph, args.seed, args.random_stats).with_dtype(dtype);
+    params::save(&p, &graph, &args.output, None)?;
+    let values: usize = p.tensors.values().map(|t| t.len()).sum();
+    eprintln!(
+        "wrote {} ({} tensors, {values} values, {dtype}, seed {}{})",
+        args.output.display(),
+        p.tensors.len(),
+        args.seed,
+        if args.random_stats {
+            ", random statistics"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }

@@ -1,15 +1,164 @@
-//! `r2rc run` (being written).
+//! `r2rc run FILE --weights W [--input X.npy | --random N] [--seed S] [--mode eval|train]
+//! [--dtype f32|f64] [--output Y.npy] [--repeat K] [--threads T]`.
 
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::ArrayD;
+use ndarray_npy::{ReadNpyExt, WritableElement, WriteNpyExt};
+use r2rc::exec::{self, Executor, Float, Mode};
+use r2rc::ir::Graph;
+use r2rc::params::{self, Params};
 use r2rc::{Error, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
-    file: std::path::PathBuf,
+    /// The architecture (.arch) file.
+    file: PathBuf,
+    /// Weights (.safetensors) in PyTorch's naming.
+    #[arg(long, value_name = "W")]
+    weights: PathBuf,
+    /// Input batch as .npy (f32 or f64), shaped N x the network's input shape.
+    #[arg(long, value_name = "X.npy", conflicts_with = "random")]
+    input: Option<PathBuf>,
+    /// Run on N seeded standard-normal inputs instead (the default is 1).
+    #[arg(long, value_name = "N")]
+    random: Option<usize>,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Batch norm statistics: eval (running) or train (of the batch).
+    #[arg(long, default_value = "eval")]
+    mode: String,
+    /// Precision of the run: f32 or f64.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Write the output as .npy (in the run's precision) instead of printing a summary.
+    #[arg(long, value_name = "Y.npy")]
+    output: Option<PathBuf>,
+    /// Time K forward passes after one warm-up; prints images/s to stderr.
+    #[arg(long, value_name = "K")]
+    repeat: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "T")]
+    threads: Option<usize>,
+    /// Architecture parameters, e.g. `--set r=1/8`.
+    #[arg(long = "set", value_name = "NAME=EXPR")]
+    sets: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    Err(Error::usage(
-        format!("{}: `run` is not available yet", args.file.display()),
-        None,
-    ))
+    if let Some(t) = args.threads {
+        if t == 0 {
+            return Err(Error::usage("--threads must be at least 1", None));
+        }
+        // matrixmultiply reads this once, at its first product.
+        std::env::set_var("MATMUL_NUM_THREADS", t.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .map_err(|e| Error::usage(format!("cannot start {t} threads: {e}"), None))?;
+    }
+    match std::env::var("R2RC_CONV_PAR").as_deref() {
+        Ok("images") => exec::set_image_parallel(Some(true)),
+        Ok("gemm") => exec::set_image_parallel(Some(false)),
+        _ => {}
+    }
+    let mode = Mode::parse(&args.mode)?;
+    let graph = super::load_arch(&args.file, &args.sets)?;
+    let p = params::load(&graph, &args.weights)?;
+    let input = match (&args.input, args.random) {
+        (Some(path), _) => read_input(path)?,
+        (None, n) => exec::random_input(&graph, n.unwrap_or(1), args.seed),
+    };
+    match args.dtype.as_str() {
+        "f32" => go::<f32>(&args, &graph, &p, input, mode),
+        "f64" => go::<f64>(&args, &graph, &p, input, mode),
+        other => Err(Error::usage(
+            format!("--dtype {other}: runs are in f32 or f64"),
+            None,
+        )),
+    }
+}
+
+/// Reads an f32 or f64 `.npy` into f64.
+fn read_input(path: &PathBuf) -> Result<ArrayD<f64>> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(&shown, e))?;
+    if let Ok(a) = ArrayD::<f32>::read_npy(&bytes[..]) {
+        return Ok(a.mapv(|v| v as f64));
+    }
+    ArrayD::<f64>::read_npy(&bytes[..]).map_err(|e| Error::Usage {
+        message: format!("{shown}: not an f32 or f64 .npy array ({e})"),
+        hint: Some("save it with numpy.save(path, x.astype(numpy.float32))".into()),
+    })
+}
+
+fn go<T: Float + WritableElement>(
+    args: &Args,
+    graph: &Graph,
+    p: &Params,
+    input: ArrayD<f64>,
+    mode: Mode,
+) -> Result<()> {
+    let ex = Executor::<T>::new(graph, p)?;
+    let x: ArrayD<T> = input.mapv(T::from_f64);
+    let batch = x.shape().first().copied().unwrap_or(0);
+    let y = ex.forward(x.clone(), mode)?;
+    if let Some(k) = args.repeat {
+        let mut times = Vec::with_capacity(k);
+        for _ in 0..k.max(1) {
+            let t = Instant::now();
+            ex.forward(x.clone(), mode)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        let mean = times.iter().sum::<f64>() / times.len() as f64;
+        eprintln!(
+            "{} x {batch} images, {} threads, {}: mean {:.2} ms, best {:.2} ms per batch: {:.1} images/s",
+            times.len(),
+            rayon::current_num_threads(),
+            T::NAME,
+            mean * 1e3,
+            best * 1e3,
+            batch as f64 / best
+        );
+    }
+    match &args.output {
+        Some(path) => {
+            let mut bytes = Vec::new();
+            y.write_npy(&mut bytes)
+                .map_err(|e| Error::io(path.display(), e))?;
+            params::write_atomic(path, &bytes)
+        }
+        None => {
+            print!("{}", summary(&y));
+            Ok(())
+        }
+    }
+}
+
+/// Shape, range, mean and the argmax of the first rows.
+fn summary<T: Float>(y: &ArrayD<T>) -> String {
+    let v: Vec<f64> = y.iter().map(|x| x.to_f64()).collect();
+    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let shape: Vec<String> = y.shape().iter().map(|d| d.to_string()).collect();
+    let mut s = format!(
+        "output {}  min {min:.6}  max {max:.6}  mean {mean:.6}\n",
+        shape.join("x")
+    );
+    let n = y.shape().first().copied().unwrap_or(0);
+    let row = if n == 0 { 0 } else { v.len() / n };
+    for i in 0..n.min(5) {
+        let r = &v[i * row..(i + 1) * row];
+        let (arg, best) =
+            r.iter().enumerate().fold(
+                (0, f64::NEG_INFINITY),
+                |(a, m), (j, &x)| if x > m { (j, x) } else { (a, m) },
+            );
+        s.push_str(&format!("row {i}: argmax {arg} ({best:.6})\n"));
+    }
+    s
 }

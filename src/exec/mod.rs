@@ -1,1 +1,355 @@
-//! Forward pass (being written).
+//! Forward pass of a [`Graph`]: batched NCHW, in f32 or f64, BN in eval or train mode.
+//!
+//! [`Executor::new`] converts the weights once to the run's precision; [`Executor::forward`]
+//! frees every intermediate value as soon as its last consumer ran (and lets element-wise
+//! ops reuse that buffer), while [`Executor::forward_all`] keeps every node's value for the
+//! proofs. Semantics follow PyTorch op by op (see each file).
+
+mod act;
+mod conv;
+mod float;
+mod linear;
+mod norm;
+mod pool;
+mod shape;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+
+pub use act::{erf, gelu};
+pub use float::{gemm, Float};
+pub use norm::BnParams;
+
+use crate::error::{Error, Result};
+use crate::ir::{show_shape, Activation, Graph, NodeIndex, Op, Shape};
+use crate::params::Params;
+
+/// `n` seeded standard-normal inputs shaped `[n, ...graph input shape]`.
+pub fn random_input(graph: &Graph, n: usize, seed: u64) -> ArrayD<f64> {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut shape = vec![n];
+    shape.extend_from_slice(graph.input_shape());
+    let len: usize = shape.iter().product();
+    let v = (0..len).map(|_| crate::params::normal(&mut rng)).collect();
+    ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length matches shape")
+}
+
+/// Which statistics batch norm uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Running statistics from the weights (inference).
+    Eval,
+    /// Statistics of the batch itself, biased variance (training forward pass); the
+    /// running statistics are not updated.
+    Train,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "eval" => Ok(Mode::Eval),
+            "train" => Ok(Mode::Train),
+            _ => Err(Error::usage(
+                format!("unknown mode `{s}`"),
+                Some("use eval or train".into()),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Eval => "eval",
+            Mode::Train => "train",
+        }
+    }
+}
+
+/// A dense row-major tensor whose first dimension is the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor<T> {
+    pub shape: Vec<usize>,
+    pub data: Vec<T>,
+}
+
+impl<T: Float> Tensor<T> {
+    pub fn from_array(a: ArrayD<T>) -> Tensor<T> {
+        let shape = a.shape().to_vec();
+        let data = if a.is_standard_layout() {
+            let (v, offset) = a.into_raw_vec_and_offset();
+            if offset.unwrap_or(0) == 0 && v.len() == shape.iter().product::<usize>() {
+                v
+            } else {
+                // A view into a larger buffer: copy it out in logical order.
+                let a = ArrayD::from_shape_vec(IxDyn(&[v.len()]), v).expect("1-d");
+                let off = offset.unwrap_or(0);
+                a.iter()
+                    .skip(off)
+                    .take(shape.iter().product())
+                    .copied()
+                    .collect()
+            }
+        } else {
+            a.iter().copied().collect()
+        };
+        Tensor { shape, data }
+    }
+
+    pub fn into_array(self) -> ArrayD<T> {
+        ArrayD::from_shape_vec(IxDyn(&self.shape), self.data).expect("shape matches data")
+    }
+
+    /// `[N, C, H, W]` of a feature map.
+    pub fn dims4(&self) -> [usize; 4] {
+        match self.shape.as_slice() {
+            [n, c, h, w] => [*n, *c, *h, *w],
+            s => panic!("expected a 4-d tensor, got {s:?}"),
+        }
+    }
+}
+
+/// How convolutions split their work: 0 automatic, 1 over images, 2 inside the GEMM.
+static CONV_PARALLELISM: AtomicU8 = AtomicU8::new(0);
+
+/// Chooses how convolutions use threads: `Some(true)` runs images in parallel (one
+/// single-threaded-sized GEMM each), `Some(false)` runs images in turn and leaves the
+/// threads to the GEMM, `None` picks by batch size.
+pub fn set_image_parallel(choice: Option<bool>) {
+    let v = match choice {
+        None => 0,
+        Some(true) => 1,
+        Some(false) => 2,
+    };
+    CONV_PARALLELISM.store(v, Ordering::Relaxed);
+}
+
+fn parallel_images(batch: usize) -> bool {
+    match CONV_PARALLELISM.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => batch >= rayon::current_num_threads().max(2),
+    }
+}
+
+/// A node's weights in the run's precision.
+enum Weights<T> {
+    None,
+    Dense { w: Vec<T>, b: Option<Vec<T>> },
+    Bn(BnParams<T>),
+    Prelu(Vec<T>),
+}
+
+struct Step<T> {
+    node: NodeIndex,
+    name: String,
+    op: Op,
+    /// Positions (in `steps`) of the inputs, in port order.
+    inputs: Vec<usize>,
+    /// How many input edges read this step's value.
+    uses: usize,
+    weights: Weights<T>,
+}
+
+/// One node's value from [`Executor::forward_all`].
+#[derive(Debug, Clone)]
+pub struct Value<T> {
+    pub node: NodeIndex,
+    pub name: String,
+    /// `[N, ...node shape]`.
+    pub data: ArrayD<T>,
+}
+
+/// A graph with its weights, ready to run in precision `T`.
+pub struct Executor<T> {
+    steps: Vec<Step<T>>,
+    input: usize,
+    output: usize,
+    input_shape: Shape,
+}
+
+impl<T: Float> Executor<T> {
+    /// Checks `params` against `graph` and converts them to `T` once.
+    pub fn new(graph: &Graph, params: &Params) -> Result<Executor<T>> {
+        params.check(graph)?;
+        let order = graph.order();
+        let position: std::collections::HashMap<NodeIndex, usize> =
+            order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let conv = |name: &str, suffix: &str| -> Vec<T> {
+            params.tensors[&format!("{name}.{suffix}")]
+                .iter()
+                .map(|&v| T::from_f64(v))
+                .collect()
+        };
+        let mut steps: Vec<Step<T>> = Vec::with_capacity(order.len());
+        for &n in &order {
+            let node = &graph.g[n];
+            let inputs: Vec<usize> = graph.inputs(n).iter().map(|i| position[i]).collect();
+            let name = node.name.as_str();
+            let weights = match &node.op {
+                Op::Conv2d(c) => Weights::Dense {
+                    w: conv(name, "weight"),
+                    b: c.bias.then(|| conv(name, "bias")),
+                },
+                Op::Linear(l) => Weights::Dense {
+                    w: conv(name, "weight"),
+                    b: l.bias.then(|| conv(name, "bias")),
+                },
+                Op::BatchNorm(b) => Weights::Bn(BnParams {
+                    gamma: conv(name, "weight"),
+                    beta: conv(name, "bias"),
+                    mean: conv(name, "running_mean"),
+                    var: conv(name, "running_var"),
+                    eps: b.eps,
+                }),
+                Op::Activation(Activation::Prelu { .. }) => Weights::Prelu(conv(name, "weight")),
+                _ => Weights::None,
+            };
+            steps.push(Step {
+                node: n,
+                name: node.name.clone(),
+                op: node.op.clone(),
+                inputs,
+                uses: 0,
+                weights,
+            });
+        }
+        for i in 0..steps.len() {
+            for j in steps[i].inputs.clone() {
+                steps[j].uses += 1;
+            }
+        }
+        Ok(Executor {
+            steps,
+            input: position[&graph.input],
+            output: position[&graph.output],
+            input_shape: graph.input_shape().clone(),
+        })
+    }
+
+    /// The network's output for a batch `[N, ...input shape]`.
+    pub fn forward(&self, input: ArrayD<T>, mode: Mode) -> Result<ArrayD<T>> {
+        let mut vals = self.run(Tensor::from_array(input), mode, false)?;
+        let out = vals[self.output].take().expect("the output was computed");
+        Ok(own(out).into_array())
+    }
+
+    /// Every node's value, in the graph's topological order (the input first).
+    pub fn forward_all(&self, input: ArrayD<T>, mode: Mode) -> Result<Vec<Value<T>>> {
+        let vals = self.run(Tensor::from_array(input), mode, true)?;
+        Ok(self
+            .steps
+            .iter()
+            .zip(vals)
+            .filter_map(|(s, v)| {
+                v.map(|v| Value {
+                    node: s.node,
+                    name: s.name.clone(),
+                    data: own(v).into_array(),
+                })
+            })
+            .collect())
+    }
+
+    fn run(
+        &self,
+        input: Tensor<T>,
+        mode: Mode,
+        keep_all: bool,
+    ) -> Result<Vec<Option<Arc<Tensor<T>>>>> {
+        if input.shape.len() != self.input_shape.len() + 1
+            || input.shape[1..] != self.input_shape[..]
+            || input.shape[0] == 0
+        {
+            return Err(Error::usage(
+                format!(
+                    "the input has shape {} but the network takes N x {} (N >= 1)",
+                    show_shape(&input.shape),
+                    show_shape(&self.input_shape)
+                ),
+                Some("the first dimension is the batch; check the image size and channels".into()),
+            ));
+        }
+        let mut vals: Vec<Option<Arc<Tensor<T>>>> = vec![None; self.steps.len()];
+        let mut left: Vec<usize> = self.steps.iter().map(|s| s.uses).collect();
+        vals[self.input] = Some(Arc::new(input));
+        for (i, step) in self.steps.iter().enumerate() {
+            if i == self.input {
+                continue;
+            }
+            let mut args = Vec::with_capacity(step.inputs.len());
+            for &j in &step.inputs {
+                left[j] -= 1;
+                let last = left[j] == 0 && !keep_all && j != self.output;
+                let v = if last {
+                    vals[j].take()
+                } else {
+                    vals[j].clone()
+                };
+                args.push(v.expect("inputs run before their consumers"));
+            }
+            let out = eval(step, args, mode)
+                .map_err(|m| Error::usage(format!("layer `{}`: {m}", step.name), None))?;
+            if step.uses > 0 || keep_all || i == self.output {
+                vals[i] = Some(Arc::new(out));
+            }
+        }
+        Ok(vals)
+    }
+}
+
+/// The tensor itself when nobody else holds it, else a copy.
+fn own<T: Float>(a: Arc<Tensor<T>>) -> Tensor<T> {
+    Arc::try_unwrap(a).unwrap_or_else(|a| (*a).clone())
+}
+
+fn eval<T: Float>(
+    step: &Step<T>,
+    mut args: Vec<Arc<Tensor<T>>>,
+    mode: Mode,
+) -> std::result::Result<Tensor<T>, String> {
+    let dense = || match &step.weights {
+        Weights::Dense { w, b } => (w.as_slice(), b.as_deref()),
+        _ => unreachable!("convs and linears carry dense weights"),
+    };
+    Ok(match &step.op {
+        Op::Input => unreachable!("the input is placed before the loop"),
+        Op::Conv2d(c) => {
+            let (w, b) = dense();
+            conv::conv2d(&args[0], c, w, b)
+        }
+        Op::Linear(l) => {
+            let (w, b) = dense();
+            linear::linear(&args[0], l.out_features, w, b)
+        }
+        Op::BatchNorm(_) => {
+            let Weights::Bn(bn) = &step.weights else {
+                unreachable!("batch norms carry BN weights")
+            };
+            let x = own(args.remove(0));
+            match mode {
+                Mode::Eval => norm::batch_norm_eval(x, bn),
+                Mode::Train => norm::batch_norm_train(x, bn)?,
+            }
+        }
+        Op::Activation(a) => {
+            let slopes = match &step.weights {
+                Weights::Prelu(s) => Some(s.as_slice()),
+                _ => None,
+            };
+            act::activation(own(args.remove(0)), a, slopes)
+        }
+        Op::MaxPool(p) => pool::pool2d(&args[0], p, true),
+        Op::AvgPool(p) => pool::pool2d(&args[0], p, false),
+        Op::GlobalAvgPool => pool::global_avg_pool(&args[0]),
+        Op::Flatten => shape::flatten(own(args.remove(0))),
+        Op::Softmax => act::softmax(own(args.remove(0))),
+        Op::Add => {
+            let first = own(args.remove(0));
+            let rest: Vec<&Tensor<T>> = args.iter().map(|a| a.as_ref()).collect();
+            shape::add(first, &rest)
+        }
+        Op::ShortcutPad(p) => shape::shortcut_pad(&args[0], p),
+    })
+}

@@ -1,0 +1,175 @@
+//! Element-wise activations, softmax, and the error function GELU needs.
+
+use rayon::prelude::*;
+
+use super::float::Float;
+use super::Tensor;
+use crate::ir::Activation;
+
+const CHUNK: usize = 1 << 14;
+
+/// Applies `a` in place; `prelu` holds the per-channel slopes of a PReLU.
+pub fn activation<T: Float>(mut x: Tensor<T>, a: &Activation, prelu: Option<&[T]>) -> Tensor<T> {
+    match a {
+        Activation::Identity => {}
+        Activation::Relu => map(&mut x, |v| {
+            if v > T::zero() {
+                v
+            } else if v.is_nan() {
+                v
+            } else {
+                T::zero()
+            }
+        }),
+        Activation::LeakyRelu { slope } => {
+            let s = T::from_f64(*slope);
+            map(&mut x, move |v| if v > T::zero() { v } else { v * s })
+        }
+        Activation::Prelu { .. } => {
+            let slopes = prelu.expect("the executor passes PReLU slopes");
+            let c = x.shape[1];
+            let inner: usize = x.shape[2..].iter().product::<usize>().max(1);
+            x.data.par_chunks_mut(c * inner).for_each(|sample| {
+                for (plane, &s) in sample.chunks_mut(inner).zip(slopes) {
+                    plane.iter_mut().for_each(|v| {
+                        if !(*v > T::zero()) {
+                            *v = *v * s
+                        }
+                    });
+                }
+            });
+        }
+        Activation::Tanh => map(&mut x, |v| v.tanh()),
+        Activation::Sigmoid => map(&mut x, |v| T::one() / (T::one() + (-v).exp())),
+        Activation::Gelu => map(&mut x, |v| T::from_f64(gelu(v.to_f64()))),
+    }
+    x
+}
+
+fn map<T: Float>(x: &mut Tensor<T>, f: impl Fn(T) -> T + Sync + Send) {
+    x.data
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+}
+
+/// Softmax over dimension 1 (the features of `[N, F]`, the channels of `[N, C, H, W]`).
+pub fn softmax<T: Float>(mut x: Tensor<T>) -> Tensor<T> {
+    let c = x.shape[1];
+    let inner: usize = x.shape[2..].iter().product::<usize>().max(1);
+    for sample in x.data.chunks_mut(c * inner) {
+        for i in 0..inner {
+            let max = (0..c)
+                .map(|ch| sample[ch * inner + i])
+                .fold(T::neg_infinity(), |m, v| if v > m { v } else { m });
+            let mut sum = T::zero();
+            for ch in 0..c {
+                let e = (sample[ch * inner + i] - max).exp();
+                sample[ch * inner + i] = e;
+                sum += e;
+            }
+            for ch in 0..c {
+                sample[ch * inner + i] = sample[ch * inner + i] / sum;
+            }
+        }
+    }
+    x
+}
+
+/// Exact GELU, `x * Phi(x)`, PyTorch's default (`approximate='none'`).
+pub fn gelu(x: f64) -> f64 {
+    let z = x * std::f64::consts::FRAC_1_SQRT_2;
+    if z < -2.5 {
+        // 1 + erf(z) would cancel; erfc keeps the small tail accurate.
+        0.5 * x * erfc_large(-z)
+    } else {
+        0.5 * x * (1.0 + erf(z))
+    }
+}
+
+/// The error function to about 1e-15 relative accuracy.
+pub fn erf(x: f64) -> f64 {
+    if x.is_nan() {
+        return x;
+    }
+    let a = x.abs();
+    let r = if a < 2.5 {
+        // erf(a) = 2/sqrt(pi) exp(-a^2) sum 2^n a^(2n+1) / (1*3*...*(2n+1)): all terms
+        // positive, so no cancellation.
+        let a2 = a * a;
+        let mut term = a;
+        let mut sum = a;
+        let mut n = 0.0;
+        while term > sum * 1e-17 {
+            term *= 2.0 * a2 / (2.0 * n + 3.0);
+            sum += term;
+            n += 1.0;
+        }
+        std::f64::consts::FRAC_2_SQRT_PI * (-a2).exp() * sum
+    } else {
+        1.0 - erfc_large(a)
+    };
+    r.copysign(x)
+}
+
+/// erfc(z) for z >= 2.5 by its continued fraction
+/// `exp(-z^2)/sqrt(pi) / (z + (1/2)/(z + 1/(z + (3/2)/(z + ...))))`.
+fn erfc_large(z: f64) -> f64 {
+    if z > 27.0 {
+        return 0.0;
+    }
+    let mut f = z;
+    for k in (1..=80).rev() {
+        f = z + (k as f64 / 2.0) / f;
+    }
+    (-z * z).exp() / std::f64::consts::PI.sqrt() / f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_reference_values() {
+        // Reference values from CPython's math.erf / math.erfc.
+        let table = [
+            (0.0, 0.0),
+            (0.1, 0.1124629160182849),
+            (0.5, 0.5204998778130465),
+            (1.0, 0.8427007929497149),
+            (2.0, 0.9953222650189527),
+            (2.4999, 0.9995928300996666),
+            (3.0, 0.9999779095030014),
+            (-1.5, -0.9661051464753108),
+        ];
+        for (x, want) in table {
+            assert!(
+                (erf(x) - want).abs() < 1e-15,
+                "erf({x}) = {} not {want}",
+                erf(x)
+            );
+        }
+        assert!((erfc_large(3.0) - 2.2090496998585438e-05).abs() < 1e-19);
+        assert!((erfc_large(5.0) - 1.5374597944280351e-12).abs() < 1e-25);
+        assert!((erfc_large(2.5) - 4.069520174449589e-04).abs() < 1e-17);
+    }
+
+    #[test]
+    fn gelu_matches_reference_values() {
+        // 0.5 * x * math.erfc(-x / sqrt(2)) in CPython.
+        let table = [
+            (-3.0, -0.004049694094890287),
+            (-1.0, -0.15865525393145707),
+            (0.0, 0.0),
+            (0.5, 0.34573123063700656),
+            (2.0, 1.9544997361036416),
+            (-5.0, -1.4332578593959731e-06),
+        ];
+        for (x, want) in table {
+            let got = gelu(x);
+            assert!(
+                (got - want).abs() < 1e-12 * want.abs().max(1.0),
+                "gelu({x}) = {got} not {want}"
+            );
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! 2-d convolution as im2col + GEMM, one image per task.
+
+use rayon::prelude::*;
+
+use super::float::{gemm, Float};
+use super::Tensor;
+use crate::ir::Conv2d;
+
+/// PyTorch `conv2d`: cross-correlation with zero padding, stride, dilation and groups.
+/// `x` is `[N, C, H, W]`, `w` is OIHW, the result `[N, O, OH, OW]`.
+pub fn conv2d<T: Float>(x: &Tensor<T>, c: &Conv2d, w: &[T], bias: Option<&[T]>) -> Tensor<T> {
+    let [n, ci, h, wd] = x.dims4();
+    let [kh, kw] = c.kernel;
+    let (s, p, d, g) = (c.stride, c.padding, c.dilation, c.groups);
+    let oh = (h + 2 * p - d * (kh - 1) - 1) / s + 1;
+    let ow = (wd + 2 * p - d * (kw - 1) - 1) / s + 1;
+    let co = c.out_channels;
+    let (cig, cog) = (ci / g, co / g);
+    let kk = cig * kh * kw;
+    let ohw = oh * ow;
+    // A 1x1, stride-1, unpadded conv reads the input planes as they are.
+    let direct = kh == 1 && kw == 1 && s == 1 && p == 0;
+    let geo = Geometry {
+        c: cig,
+        h,
+        w: wd,
+        kh,
+        kw,
+        s,
+        p,
+        d,
+        oh,
+        ow,
+    };
+    let mut out = vec![T::zero(); n * co * ohw];
+    let threads = rayon::current_num_threads().max(1);
+    // Images per GEMM: small feature maps share one product so the weights are packed
+    // once per group rather than once per image, keeping enough groups for the threads.
+    let per_group = if ohw >= GROUP_COLUMNS {
+        1
+    } else {
+        GROUP_COLUMNS.div_ceil(ohw).min(n.div_ceil(threads)).max(1)
+    };
+    if per_group == 1 {
+        let image = |img: usize, y: &mut [T], buf: &mut Vec<T>| {
+            let xi = &x.data[img * ci * h * wd..(img + 1) * ci * h * wd];
+            for grp in 0..g {
+                let xg = &xi[grp * cig * h * wd..(grp + 1) * cig * h * wd];
+                let cols: &[T] = if direct {
+                    xg
+                } else {
+                    buf.resize(kk * ohw, T::zero());
+                    im2col(xg, &geo, buf, ohw);
+                    buf
+                };
+                let wg = &w[grp * cog * kk..(grp + 1) * cog * kk];
+                let yg = &mut y[grp * cog * ohw..(grp + 1) * cog * ohw];
+                gemm(cog, kk, ohw, wg, kk, cols, ohw, false, yg, ohw);
+            }
+        };
+        if super::parallel_images(n) {
+            out.par_chunks_mut(co * ohw)
+                .enumerate()
+                .for_each_init(Vec::new, |buf, (img, y)| image(img, y, buf));
+        } else {
+            let mut buf = Vec::new();
+            for (img, y) in out.chunks_mut(co * ohw).enumerate() {
+                image(img, y, &mut buf);
+            }
+        }
+    } else {
+        let group = |first: usize, y: &mut [T], bufs: &mut (Vec<T>, Vec<T>)| {
+            let count = y.len() / (co * ohw);
+            let ld = count * ohw;
+            let (cols, prod) = bufs;
+            cols.resize(kk * ld, T::zero());
+            prod.resize(cog * ld, T::zero());
+            for grp in 0..g {
+                for i in 0..count {
+                    let img = first + i;
+                    let xg = &x.data
+                        [(img * ci + grp * cig) * h * wd..(img * ci + (grp + 1) * cig) * h * wd];
+                    im2col(xg, &geo, &mut cols[i * ohw..], ld);
+                }
+                let wg = &w[grp * cog * kk..(grp + 1) * cog * kk];
+                gemm(cog, kk, ld, wg, kk, cols, ld, false, prod, ld);
+                // [O, images * HW] back to [images, O, HW].
+                for i in 0..count {
+                    for o in 0..cog {
+                        let dst = (i * co + grp * cog + o) * ohw;
+                        y[dst..dst + ohw]
+                            .copy_from_slice(&prod[o * ld + i * ohw..o * ld + (i + 1) * ohw]);
+                    }
+                }
+            }
+        };
+        if super::parallel_images(n.div_ceil(per_group)) {
+            out.par_chunks_mut(per_group * co * ohw)
+                .enumerate()
+                .for_each_init(Default::default, |bufs, (k, y)| {
+                    group(k * per_group, y, bufs)
+                });
+        } else {
+            let mut bufs = Default::default();
+            for (k, y) in out.chunks_mut(per_group * co * ohw).enumerate() {
+                group(k * per_group, y, &mut bufs);
+            }
+        }
+    }
+    if let Some(b) = bias {
+        out.par_chunks_mut(ohw).enumerate().for_each(|(i, plane)| {
+            let bv = b[i % co];
+            plane.iter_mut().for_each(|v| *v += bv);
+        });
+    }
+    Tensor {
+        shape: vec![n, co, oh, ow],
+        data: out,
+    }
+}
+
+/// Columns one GEMM should have at least before images are grouped (matrixmultiply's
+/// sgemm column block is 1024).
+const GROUP_COLUMNS: usize = 1024;
+
+/// The sliding-window geometry of one group of one image.
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    s: usize,
+    p: usize,
+    d: usize,
+    oh: usize,
+    ow: usize,
+}
+
+/// Unfolds `x` (`[C, H, W]`) into `dst` as a `[C*kh*kw, OH*OW]` matrix whose rows start
+/// `ld` apart; padding reads 0.
+fn im2col<T: Float>(x: &[T], g: &Geometry, dst: &mut [T], ld: usize) {
+    let ohw = g.oh * g.ow;
+    let mut row = 0;
+    for ch in 0..g.c {
+        let src = &x[ch * g.h * g.w..(ch + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let dst = &mut dst[row * ld..row * ld + ohw];
+                row += 1;
+                // Output columns whose input column lies inside the image: [lo, hi).
+                let off = (kj * g.d) as isize - g.p as isize;
+                let lo = if off < 0 {
+                    ((-off) as usize).div_ceil(g.s)
+                } else {
+                    0
+                };
+                let hi = if (g.w as isize) > off {
+                    ((g.w as isize - off) as usize).div_ceil(g.s).min(g.ow)
+                } else {
+                    0
+                }
+                .max(lo.min(g.ow));
+                let lo = lo.min(hi);
+                for oy in 0..g.oh {
+                    let ih = (oy * g.s + ki * g.d) as isize - g.p as isize;
+                    let drow = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                    if ih < 0 || ih >= g.h as isize {
+                        drow.fill(T::zero());
+                        continue;
+                    }
+                    let srow = &src[ih as usize * g.w..(ih as usize + 1) * g.w];
+                    drow[..lo].fill(T::zero());
+                    drow[hi..].fill(T::zero());
+                    if g.s == 1 {
+                        let start = (lo as isize + off) as usize;
+                        drow[lo..hi].copy_from_slice(&srow[start..start + hi - lo]);
+                    } else {
+                        for (ox, v) in drow[lo..hi].iter_mut().enumerate() {
+                            *v = srow[(((lo + ox) * g.s) as isize + off) as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

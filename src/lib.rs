@@ -14,6 +14,7 @@ pub mod lower;
 pub mod params;
 pub mod print;
 pub mod prove;
+pub mod report;
 pub mod stats;
 pub mod syntax;
 pub mod transform;

@@ -29,6 +29,14 @@ enum Command {
     Run(commands::run::Args),
     /// Export to ONNX or graph JSON.
     Export(commands::export::Args),
+    /// List channel spaces: what widening each touches, and whether it can be widened.
+    Spaces(commands::spaces::Args),
+    /// Widen a layer, block, stream or every space with a proved function-preserving transform.
+    Widen(commands::widen::Args),
+    /// Check that a student computes the teacher's function on every shared value.
+    Prove(commands::prove::Args),
+    /// Unified diff of two architectures' canonical prints.
+    Diff(commands::diff::Args),
 }
 
 fn main() {
@@ -40,6 +48,10 @@ fn main() {
         Command::Init(a) => commands::init::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Export(a) => commands::export::run(a),
+        Command::Spaces(a) => commands::spaces::run(a),
+        Command::Widen(a) => commands::widen::run(a),
+        Command::Prove(a) => commands::prove::run(a),
+        Command::Diff(a) => commands::diff::run(a),
     };
     if let Err(e) = result {
         std::process::exit(commands::report_error(&e));

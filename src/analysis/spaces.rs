@@ -264,3 +264,50 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
     }
     Spaces { spaces, of }
 }
+
+/// The text listing of `r2rc spaces`.
+pub fn table(spaces: &Spaces) -> String {
+    let list = |v: &[Named]| -> String {
+        if v.is_empty() {
+            "-".into()
+        } else {
+            v.iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let mut out = String::new();
+    for s in &spaces.spaces {
+        let state = if s.widenable() {
+            "widenable".to_string()
+        } else {
+            format!("fixed: {}", s.blockers.join("; "))
+        };
+        out.push_str(&format!("{}: {state}\n", s.describe()));
+        let members: Vec<&str> = s.members.iter().map(|m| m.name.as_str()).collect();
+        out.push_str(&format!("  members:   {}\n", members.join(", ")));
+        out.push_str(&format!("  producers: {}\n", list(&s.producers)));
+        out.push_str(&format!("  per-channel params: {}\n", list(&s.params)));
+        let consumers: Vec<String> = s
+            .consumers
+            .iter()
+            .map(|c| {
+                if c.cols > 1 {
+                    format!("{} ({} columns per channel)", c.name, c.cols)
+                } else {
+                    c.name.clone()
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "  consumers: {}\n",
+            if consumers.is_empty() {
+                "-".into()
+            } else {
+                consumers.join(", ")
+            }
+        ));
+    }
+    out
+}

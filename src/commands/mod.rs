@@ -1,9 +1,13 @@
 //! One module per subcommand; each has `Args` and a `run`.
 
 pub mod check;
+pub mod diff;
 pub mod export;
 pub mod init;
+pub mod prove;
 pub mod run;
+pub mod spaces;
+pub mod widen;
 
 use r2rc::error::render;
 use r2rc::Error;

@@ -12,10 +12,16 @@
 //! Transforms are pure: `(graph, params, args, seed) -> (graph', params')`; they never run
 //! the network. Proving is [`crate::prove`]'s job.
 
+pub mod deepen;
+pub mod morph_kernel;
 pub mod net2net;
+pub mod net2net_deeper;
 pub mod netmorph;
+pub mod netmorph_deeper;
 pub mod r2r;
+pub mod r2r_deeper;
 pub mod random;
+pub mod random_deeper;
 
 use ndarray::{concatenate, ArrayD, Axis, IxDyn};
 use rand::SeedableRng;
@@ -344,7 +350,7 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
             if !s.widenable() {
                 return Err(Error::usage(
                     format!(
-                        "cannot widen `{name}` ({what}): its channel space {} cannot be widened because {}",
+                        "cannot widen `{name}` ({what}): {} cannot be widened because {}",
                         s.describe(),
                         s.blockers.join("; and ")
                     ),
@@ -365,9 +371,7 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
     }
     // A layer: the channels of its output.
     if let Some(n) = graph.find(name) {
-        if n != graph.input {
-            return check(vec![spaces.of[&n]], "a layer: its output channels");
-        }
+        return check(vec![spaces.of[&n]], "a layer: its output channels");
     }
     // A block: its hidden widths, the spaces of its producers except the block output's.
     let block: Vec<NodeIndex> = order

@@ -1,0 +1,75 @@
+//! `r2rc prove TEACHER.arch TEACHER.safetensors STUDENT.arch STUDENT.safetensors
+//! [--mode eval|train|both] [--dtype f32|f64] [--inputs N] [--seed S] [--tolerance T]
+//! [--json]`: checks a teacher/student pair on its own.
+
+use std::path::PathBuf;
+
+use r2rc::exec::Mode;
+use r2rc::params;
+use r2rc::prove::{check_equivalence, failure, Precision, ProveOptions};
+use r2rc::{Error, Result};
+
+#[derive(clap::Args)]
+pub struct Args {
+    teacher: PathBuf,
+    teacher_weights: PathBuf,
+    student: PathBuf,
+    student_weights: PathBuf,
+    /// Batch norm statistics: eval, train or both.
+    #[arg(long, default_value = "both")]
+    mode: String,
+    /// Precision: f64 (tolerance 1e-9) or f32 (1e-5).
+    #[arg(long, default_value = "f64")]
+    dtype: String,
+    /// Batch size of the random input.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    inputs: usize,
+    /// Seed of the random input.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Relative tolerance instead of the precision's default.
+    #[arg(long, value_name = "T")]
+    tolerance: Option<f64>,
+    /// Print the evidence as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Parameters of the teacher architecture, e.g. `--set r=1/8`.
+    #[arg(long = "set", value_name = "NAME=EXPR")]
+    sets: Vec<String>,
+    /// Parameters of the student architecture.
+    #[arg(long = "student-set", value_name = "NAME=EXPR")]
+    student_sets: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let modes = match args.mode.as_str() {
+        "both" => vec![Mode::Eval, Mode::Train],
+        m => vec![Mode::parse(m)?],
+    };
+    if args.inputs == 0 {
+        return Err(Error::usage("--inputs must be at least 1", None));
+    }
+    let t = super::load_arch(&args.teacher, &args.sets)?;
+    let s = super::load_arch(&args.student, &args.student_sets)?;
+    let tp = params::load(&t, &args.teacher_weights)?;
+    let sp = params::load(&s, &args.student_weights)?;
+    let opts = ProveOptions {
+        modes,
+        precision: Precision::parse(&args.dtype)?,
+        inputs: args.inputs,
+        seed: args.seed,
+        tolerance: args.tolerance,
+    };
+    let ev = check_equivalence(&t, &tp, &s, &sp, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&ev).expect("json"));
+    } else {
+        for e in &ev {
+            println!("{} ({} values compared)", e.summary(), e.values);
+        }
+    }
+    match failure(&ev) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,169 @@
+//! `r2rc widen FILE (--layer NAME | --all) (--by F | --to C | --add E) [--method M]
+//! [--weights W] [-o DIR] [--force] [--seed S] [--init match|he] [--noise SIGMA]
+//! [--no-prove] [--dtype f32|f64] [--inputs N] [--json]`.
+
+use std::path::PathBuf;
+
+use r2rc::params::{self, DType};
+use r2rc::prove::{Precision, ProveOptions};
+use r2rc::report::{student_arch, widen_proved, write_outputs};
+use r2rc::transform::{Amount, Init, Method, Target, WidenArgs};
+use r2rc::{Error, Result};
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["layer", "all"])))]
+#[command(group(clap::ArgGroup::new("amount").required(true).args(["by", "to", "add"])))]
+pub struct Args {
+    /// The teacher architecture (.arch).
+    file: PathBuf,
+    /// A layer (its output channels), block (its hidden widths), single-layer row or stage
+    /// (its residual stream).
+    #[arg(long, value_name = "NAME")]
+    layer: Option<String>,
+    /// Widen every channel space that can be widened.
+    #[arg(long)]
+    all: bool,
+    /// New width = floor(width * F) in every space widened.
+    #[arg(long, value_name = "F")]
+    by: Option<f64>,
+    /// New width of every space widened.
+    #[arg(long, value_name = "C")]
+    to: Option<usize>,
+    /// Channels added to every space widened (even for r2r).
+    #[arg(long, value_name = "E")]
+    add: Option<usize>,
+    /// r2r, netmorph, net2net or random.
+    #[arg(long, default_value = "r2r")]
+    method: String,
+    /// New free weights: match (uniform, the existing kernel's standard deviation) or he.
+    #[arg(long, default_value = "match")]
+    init: String,
+    /// Net2WiderNet: add noise (SIGMA kernel standard deviations) to the new weights; the
+    /// student is then only approximately the teacher.
+    #[arg(long, value_name = "SIGMA")]
+    noise: Option<f64>,
+    /// Teacher weights (.safetensors); without, a seeded random teacher with random biases
+    /// and BN statistics.
+    #[arg(long, value_name = "W")]
+    weights: Option<PathBuf>,
+    /// Write DIR/<stem>.arch, DIR/<stem>.safetensors and DIR/report.json.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// Overwrite existing outputs.
+    #[arg(long)]
+    force: bool,
+    /// Seed of new weights, the random teacher and the proof inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Skip the proof.
+    #[arg(long)]
+    no_prove: bool,
+    /// Precision of the proof: f64 (tolerance 1e-9) or f32 (1e-5).
+    #[arg(long, default_value = "f64")]
+    dtype: String,
+    /// Batch size of the proof's random input.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    inputs: usize,
+    /// Print the report as JSON on stdout (with the student text when there is no -o).
+    #[arg(long)]
+    json: bool,
+    /// Architecture parameters, e.g. `--set r=1/8`.
+    #[arg(long = "set", value_name = "NAME=EXPR")]
+    sets: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let graph = super::load_arch(&args.file, &args.sets)?;
+    let method = Method::parse(&args.method)?;
+    let amount = match (args.by, args.to, args.add) {
+        (Some(f), _, _) => Amount::By(f),
+        (_, Some(c), _) => Amount::To(c),
+        (_, _, Some(e)) => Amount::Add(e),
+        _ => unreachable!("clap requires one amount"),
+    };
+    let target = match &args.layer {
+        Some(n) => Target::Name(n.clone()),
+        None => Target::All,
+    };
+    let wargs = WidenArgs {
+        target,
+        amount,
+        method,
+        init: Init::parse(&args.init)?,
+        noise: args.noise,
+    };
+    if args.inputs == 0 {
+        return Err(Error::usage("--inputs must be at least 1", None));
+    }
+    let (teacher, source) = match &args.weights {
+        Some(w) => (params::load(&graph, w)?, w.display().to_string()),
+        None => (
+            params::init(&graph, args.seed, true),
+            format!(
+                "random (seed {}, random biases and BN statistics)",
+                args.seed
+            ),
+        ),
+    };
+    let opts = ProveOptions {
+        precision: Precision::parse(&args.dtype)?,
+        inputs: args.inputs,
+        seed: args.seed,
+        ..ProveOptions::default()
+    };
+    let outcome = widen_proved(
+        &graph,
+        &teacher,
+        &wargs,
+        args.seed,
+        (!args.no_prove).then_some(&opts),
+        &source,
+    )?;
+    let arch = student_arch(&outcome);
+    let report_json = serde_json::to_string_pretty(&outcome.report).expect("the report serialises");
+    match &args.output {
+        Some(dir) => {
+            let stem = args
+                .file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "student".into());
+            let meta = outcome.report.metadata();
+            let st =
+                params::to_bytes(&outcome.widened.params, &outcome.widened.graph, Some(&meta))?;
+            let files = vec![
+                (format!("{stem}.arch"), arch.into_bytes()),
+                (format!("{stem}.safetensors"), st),
+                (
+                    "report.json".to_string(),
+                    format!("{report_json}\n").into_bytes(),
+                ),
+            ];
+            let written = write_outputs(dir, &files, args.force)?;
+            if args.json {
+                println!("{report_json}");
+            } else {
+                eprint!("{}", outcome.report.summary());
+                for p in written {
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+            if teacher.dtype != DType::F64 && args.weights.is_none() && !args.json {
+                eprintln!(
+                    "(the random teacher and the student weights are {})",
+                    teacher.dtype
+                );
+            }
+        }
+        None if args.json => {
+            let mut v = serde_json::to_value(&outcome.report).expect("the report serialises");
+            v["student_arch"] = serde_json::Value::String(arch);
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        }
+        None => {
+            print!("{arch}");
+            eprint!("{}", outcome.report.summary());
+        }
+    }
+    Ok(())
+}

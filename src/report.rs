@@ -1,0 +1,283 @@
+//! The transactional widening pipeline (transform, then prove, then describe) and what it
+//! writes: the student's `.arch` with an evidence header, safetensors metadata,
+//! `report.json`; also `diff` of two architectures.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ir::Graph;
+use crate::params::{DType, Params};
+use crate::prove::{check_equivalence, failure, Evidence, ProveOptions};
+use crate::transform::{widen, Method, SpaceChange, WidenArgs, Widened};
+
+/// `report.json` of a widening (CLI.md lists the fields).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub command: String,
+    pub method: String,
+    /// Whether the method preserves the function (noisy Net2Net and random pad do not).
+    pub function_preserving: bool,
+    pub site: Site,
+    /// Old layer name -> new name (widening renames nothing).
+    pub name_map: BTreeMap<String, String>,
+    pub params_before: u64,
+    pub params_after: u64,
+    pub macs_before: u64,
+    pub macs_after: u64,
+    pub seed: u64,
+    pub init: String,
+    /// Where the teacher weights came from.
+    pub teacher: String,
+    pub notes: Vec<String>,
+    pub proved: bool,
+    pub evidence: Vec<Evidence>,
+}
+
+/// What was widened.
+#[derive(Debug, Clone, Serialize)]
+pub struct Site {
+    pub target: String,
+    pub spaces: Vec<SpaceChange>,
+}
+
+/// A proved (or measured) student with its report.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub widened: Widened,
+    pub report: Report,
+}
+
+/// Widens, rounds the new weights to the teacher's dtype (what will be written is what is
+/// proved) and proves. A function-preserving method whose proof fails is an
+/// [`Error::ProofFailed`]; a method that is not one gets its deviation measured instead.
+/// `prove == None` skips the proof.
+pub fn widen_proved(
+    graph: &Graph,
+    params: &Params,
+    args: &WidenArgs,
+    seed: u64,
+    prove: Option<&ProveOptions>,
+    teacher: &str,
+) -> Result<Outcome> {
+    let mut w = widen(graph, params, args, seed)?;
+    w.params = w.params.with_dtype(params.dtype);
+    let mut notes = w.notes.clone();
+    let evidence = match prove {
+        None => vec![],
+        Some(opts) => {
+            let mut opts = opts.clone();
+            // Net2Net divides weights by replica counts; stored in a narrow dtype that
+            // rounding is part of the student, so the tolerance widens to that dtype's.
+            if args.method == Method::Net2net && opts.tolerance.is_none() {
+                let storage = storage_tolerance(params.dtype);
+                if storage > opts.precision.tolerance() {
+                    opts.tolerance = Some(storage);
+                    notes.push(format!(
+                        "Net2WiderNet divides weights by replica counts and the weights are stored as {}, so the proof tolerance is {storage:.0e}",
+                        params.dtype
+                    ));
+                }
+            }
+            let ev = check_equivalence(graph, params, &w.graph, &w.params, &opts)?;
+            if w.exact {
+                if let Some(e) = failure(&ev) {
+                    return Err(e);
+                }
+            } else {
+                let dev = ev.iter().map(|e| e.max_rel_err).fold(0.0, f64::max);
+                notes.push(format!(
+                    "{} is not function preserving: the student deviates from the teacher by up to {dev:.3e} (relative)",
+                    method_label(args)
+                ));
+            }
+            ev
+        }
+    };
+    let name_map = graph
+        .order()
+        .into_iter()
+        .map(|n| (graph.g[n].name.clone(), graph.g[n].name.clone()))
+        .collect();
+    let report = Report {
+        command: "widen".into(),
+        method: args.method.name().into(),
+        function_preserving: w.exact,
+        site: Site {
+            target: args.target.show(),
+            spaces: w.changes.clone(),
+        },
+        name_map,
+        params_before: crate::stats::param_count(graph),
+        params_after: crate::stats::param_count(&w.graph),
+        macs_before: crate::stats::mac_count(graph),
+        macs_after: crate::stats::mac_count(&w.graph),
+        seed,
+        init: format!("{:?}", args.init).to_lowercase(),
+        teacher: teacher.into(),
+        notes,
+        proved: prove.is_some() && w.exact,
+        evidence,
+    };
+    Ok(Outcome { widened: w, report })
+}
+
+fn method_label(args: &WidenArgs) -> String {
+    match (args.method, args.noise) {
+        (Method::Net2net, Some(s)) => format!("Net2WiderNet with noise {s}"),
+        (m, _) => m.title().to_string(),
+    }
+}
+
+/// The relative error rounding to a stored dtype may introduce.
+fn storage_tolerance(d: DType) -> f64 {
+    match d {
+        DType::F64 => 0.0,
+        DType::F32 => 1e-5,
+        DType::F16 | DType::BF16 => 1e-2,
+    }
+}
+
+impl Report {
+    /// Comment lines recording the transform and its evidence.
+    pub fn header(&self) -> String {
+        let mut out = String::new();
+        let widths: Vec<String> = self
+            .site
+            .spaces
+            .iter()
+            .map(|s| format!("{} {}->{}", s.label, s.from, s.to))
+            .collect();
+        out.push_str(&format!(
+            "# r2rc widen {} --method {} --seed {} (init {}): {}\n",
+            self.site.target,
+            self.method,
+            self.seed,
+            self.init,
+            widths.join(", ")
+        ));
+        out.push_str(&format!("# teacher weights: {}\n", self.teacher));
+        for n in &self.notes {
+            out.push_str(&format!("# note: {n}\n"));
+        }
+        if self.evidence.is_empty() {
+            out.push_str("# not proved (--no-prove)\n");
+        }
+        for e in &self.evidence {
+            out.push_str(&format!("# proof: {}\n", e.summary()));
+        }
+        out
+    }
+
+    /// `__metadata__` of the student's safetensors.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("r2rc.command".into(), self.command.clone());
+        m.insert("r2rc.method".into(), self.method.clone());
+        m.insert("r2rc.site".into(), self.site.target.clone());
+        m.insert("r2rc.seed".into(), self.seed.to_string());
+        m.insert(
+            "r2rc.function_preserving".into(),
+            self.function_preserving.to_string(),
+        );
+        m.insert(
+            "r2rc.evidence".into(),
+            serde_json::to_string(&self.evidence).expect("evidence serialises"),
+        );
+        m
+    }
+
+    /// A short human summary for stderr.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for s in &self.site.spaces {
+            out.push_str(&format!(
+                "widened space `{}` ({}) from {} to {} channels\n",
+                s.label,
+                s.rows.join(", "),
+                s.from,
+                s.to
+            ));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("note: {n}\n"));
+        }
+        out.push_str(&format!(
+            "params {} -> {}, MACs {} -> {}\n",
+            self.params_before, self.params_after, self.macs_before, self.macs_after
+        ));
+        for e in &self.evidence {
+            out.push_str(&format!("proof: {}\n", e.summary()));
+        }
+        out
+    }
+}
+
+/// The student's `.arch` text: the evidence header, then the canonical print.
+pub fn student_arch(outcome: &Outcome) -> String {
+    format!(
+        "{}\n{}",
+        outcome.report.header(),
+        crate::print::print(&outcome.widened.graph)
+    )
+}
+
+/// Writes `files` (name, bytes) into `dir` atomically: refuses before writing anything if
+/// one exists and `force` is off, then writes each through a temporary file and a rename.
+pub fn write_outputs(dir: &Path, files: &[(String, Vec<u8>)], force: bool) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    let paths: Vec<PathBuf> = files.iter().map(|(n, _)| dir.join(n)).collect();
+    if !force {
+        if let Some(p) = paths.iter().find(|p| p.exists()) {
+            return Err(Error::usage(
+                format!("{} exists; nothing was written", p.display()),
+                Some("pass --force to overwrite, or choose another -o DIR".into()),
+            ));
+        }
+    }
+    for (p, (_, bytes)) in paths.iter().zip(files) {
+        crate::params::write_atomic(p, bytes)?;
+    }
+    Ok(paths)
+}
+
+/// A unified diff of the canonical prints of `a` and `b`.
+pub fn diff(a: &Graph, b: &Graph, a_name: &str, b_name: &str) -> String {
+    let (ta, tb) = (crate::print::print(a), crate::print::print(b));
+    similar::TextDiff::from_lines(&ta, &tb)
+        .unified_diff()
+        .context_radius(3)
+        .header(a_name, b_name)
+        .to_string()
+}
+
+/// Graphviz dot of `b`, new nodes green and nodes whose op or shape changed from `a`
+/// yellow.
+pub fn diff_dot(a: &Graph, b: &Graph) -> String {
+    let mut out = format!(
+        "digraph \"{}\" {{\n  node [shape=box, style=filled, fillcolor=white];\n",
+        b.name
+    );
+    for n in b.order() {
+        let node = &b.g[n];
+        let color = match a.find(&node.name) {
+            None => "palegreen",
+            Some(m) if a.g[m].op != node.op || a.g[m].shape != node.shape => "khaki",
+            Some(_) => "white",
+        };
+        out.push_str(&format!(
+            "  \"{}\" [label=\"{}\\n{} {}\", fillcolor={color}];\n",
+            node.name,
+            node.name,
+            node.op.kind_name(),
+            crate::ir::show_shape(&node.shape)
+        ));
+        for i in b.inputs(n) {
+            out.push_str(&format!("  \"{}\" -> \"{}\";\n", b.g[i].name, node.name));
+        }
+    }
+    out.push_str("}\n");
+    out
+}

@@ -1,0 +1,69 @@
+//! Snapshots of `diff(teacher, student)` for every example x method x a representative
+//! target (`--by 1.5`), kept in snapshots/widen/.
+
+use r2rc::params;
+use r2rc::report::diff;
+use r2rc::transform::{widen, Amount, Init, Method, Target, WidenArgs};
+
+/// A target per example: a head row, a block, a stage, a stream, a layer.
+const CASES: [(&str, &str); 6] = [
+    ("smallconv", "fc1"),
+    ("resnet_cifar10", "conv3_1"),
+    ("resnet_cifar18", "conv2_x"),
+    ("resnet18", "conv1"),
+    ("resnet34", "conv3_2.conv1"),
+    ("resnet50", "conv4_1"),
+];
+
+#[test]
+fn widen_diffs() {
+    let dir = format!("{}/examples", env!("CARGO_MANIFEST_DIR"));
+    // The glob keeps the cases in step with the examples folder.
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "arch"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let mut listed: Vec<String> = CASES.iter().map(|c| c.0.to_string()).collect();
+    listed.sort();
+    assert_eq!(found, listed, "every example needs a snapshot case");
+    for (name, target) in CASES {
+        let src = std::fs::read_to_string(format!("{dir}/{name}.arch")).unwrap();
+        let g = r2rc::lower::compile(&src, &[]).unwrap();
+        let tp = params::init(&g, 0, false);
+        for method in [
+            Method::R2r,
+            Method::Netmorph,
+            Method::Net2net,
+            Method::Random,
+        ] {
+            let a = WidenArgs {
+                target: Target::Name(target.into()),
+                amount: Amount::By(1.5),
+                method,
+                init: Init::Match,
+                noise: None,
+            };
+            let w = widen(&g, &tp, &a, 0).unwrap();
+            // The student's printed text compiles back to the student.
+            let back = r2rc::lower::compile(&r2rc::print::print(&w.graph), &[]).unwrap();
+            assert!(
+                back == w.graph,
+                "{name} {target} {method:?}: print does not round-trip"
+            );
+            let mut text = diff(&g, &w.graph, &format!("{name}.arch"), "student.arch");
+            for n in &w.notes {
+                text.push_str(&format!("# note: {n}\n"));
+            }
+            insta::with_settings!({
+                snapshot_path => "../snapshots/widen",
+                prepend_module_to_snapshot => false,
+                description => format!("r2rc widen examples/{name}.arch --layer {target} --by 1.5 --method {}", method.name()),
+            }, {
+                insta::assert_snapshot!(format!("{name}__{}__{}", target.replace('.', "_"), method.name()), text);
+            });
+        }
+    }
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cross-checks r2rc against runtimes it did not write.
 
-For every examples/*.arch:
+For every examples/*.arch, and the all-ops fixtures in scripts/interop/*.arch:
   1. `r2rc init --random-stats --seed S` writes weights; the `safetensors` package (numpy
      API) must load them with exactly the keys, shapes and dtypes of `r2rc export --json`
      (float32, int64 for num_batches_tracked).
@@ -113,6 +113,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--r2rc", default="target/release/r2rc", help="path to the r2rc binary")
     ap.add_argument("--examples", default="examples", help="folder of .arch files")
+    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "interop"),
+                    help="folder of extra .arch files covering every op")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--keep", help="write files here instead of a temporary folder")
@@ -122,6 +124,7 @@ def main():
     if not arches:
         print(f"no .arch files in {args.examples}", file=sys.stderr)
         return 2
+    arches += sorted(glob.glob(os.path.join(args.fixtures, "*.arch")))
     work = args.keep or tempfile.mkdtemp(prefix="r2rc-interop-")
     os.makedirs(work, exist_ok=True)
     cases = []

@@ -181,16 +181,21 @@ fn run_r2rc(graph: &Graph, params: &Params, x: &ArrayD<f32>) -> ArrayD<f32> {
         .expect("forward pass")
 }
 
-/// Every `examples/*.arch`, compiled with its defaults.
+/// Every `examples/*.arch` and the all-ops fixtures `scripts/interop/*.arch` that the
+/// Python check also uses, compiled with their defaults.
 fn examples() -> Vec<Graph> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .expect("examples folder")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "arch"))
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "no examples in {}", dir.display());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut paths = Vec::new();
+    for dir in [root.join("examples"), root.join("scripts/interop")] {
+        let mut found: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "arch"))
+            .collect();
+        assert!(!found.is_empty(), "no .arch files in {}", dir.display());
+        found.sort();
+        paths.extend(found);
+    }
     paths
         .iter()
         .map(|p| {
@@ -299,4 +304,122 @@ fn a_wrong_weight_is_caught() {
         .zip(theirs.iter())
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!((err - 0.5).abs() < 1e-3, "perturbation seen as {err}");
+}
+
+/// `r2rc export` writes what `emit::to_onnx` produces, needs no weights for JSON, refuses
+/// to overwrite without `--force` and writes nothing when the weights do not fit.
+#[test]
+fn export_command_writes_and_refuses_overwrite() {
+    let bin = env!("CARGO_BIN_EXE_r2rc");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let arch = root.join("examples/smallconv.arch");
+    let other = root.join("examples/resnet_cifar10.arch");
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("w.safetensors");
+    let onnx = dir.path().join("m.onnx");
+    let json = dir.path().join("g.json");
+    let run =
+        |args: &[&std::ffi::OsStr]| std::process::Command::new(bin).args(args).output().unwrap();
+    let s = |p: &std::path::Path| p.as_os_str().to_owned();
+
+    let out = run(&[
+        "init".as_ref(),
+        arch.as_os_str(),
+        "-o".as_ref(),
+        &s(&w),
+        "--seed".as_ref(),
+        "5".as_ref(),
+        "--random-stats".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // JSON alone needs no weights.
+    let out = run(&[
+        "export".as_ref(),
+        arch.as_os_str(),
+        "--json".as_ref(),
+        &s(&json),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["name"], "SmallConv");
+    assert_eq!(v["output"]["shape"], serde_json::json!([10]));
+
+    // ONNX needs weights.
+    let out = run(&[
+        "export".as_ref(),
+        arch.as_os_str(),
+        "--onnx".as_ref(),
+        &s(&onnx),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--weights"));
+    assert!(!onnx.exists());
+
+    let export = |force: bool| {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "export".into(),
+            arch.clone().into(),
+            "--weights".into(),
+            s(&w),
+            "--onnx".into(),
+            s(&onnx),
+        ];
+        if force {
+            a.push("--force".into());
+        }
+        std::process::Command::new(bin).args(&a).output().unwrap()
+    };
+    let out = export(false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let graph = r2rc::lower::compile(&std::fs::read_to_string(&arch).unwrap(), &[]).unwrap();
+    let params = params::load(&graph, &w).unwrap();
+    let bytes = std::fs::read(&onnx).unwrap();
+    assert_eq!(bytes, r2rc::emit::to_onnx(&graph, &params).unwrap());
+
+    // An existing file is kept without --force.
+    std::fs::write(&onnx, b"keep me").unwrap();
+    let out = export(false);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(&onnx).unwrap(), b"keep me");
+    let out = export(true);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read(&onnx).unwrap(), bytes);
+
+    // Weights of another network: an error naming a tensor, nothing written.
+    let json2 = dir.path().join("g2.json");
+    let out = run(&[
+        "export".as_ref(),
+        other.as_os_str(),
+        "--weights".as_ref(),
+        &s(&w),
+        "--onnx".as_ref(),
+        &s(&dir.path().join("other.onnx")),
+        "--json".as_ref(),
+        &s(&json2),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains('`'), "the error names a tensor: {err}");
+    assert!(!json2.exists() && !dir.path().join("other.onnx").exists());
+    // No temporary files are left behind.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["g.json", "m.onnx", "w.safetensors"]);
 }

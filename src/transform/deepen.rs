@@ -229,6 +229,10 @@ pub struct Deepened {
     pub inserted: Vec<String>,
     /// Existing layers whose weights changed (NetMorph-dense readers).
     pub changed: Vec<String>,
+    /// Existing values that hold the mixed channels `N x` by design (NetMorph-dense: the
+    /// flatten or global pool between N and its fc reader); proofs compare the readers'
+    /// outputs instead.
+    pub mixed: Vec<String>,
     pub exactness: Exactness,
     pub notes: Vec<String>,
     /// `after conv2_2 (new block conv2_3)`.
@@ -693,9 +697,20 @@ pub fn apply_insertion(
         dtype: params.dtype,
     };
     let mut changed = Vec::new();
+    let mut mixed = Vec::new();
     if let Some(mix) = &ins.mix {
         let out = *new_ix.last().expect("an insertion has nodes");
         changed = netmorph_deeper::absorb(&g, &mut p, out, mix)?;
+        // Pass-through readers (flatten, global pool, its flatten) carry N x.
+        let mut stack = vec![out];
+        while let Some(n) = stack.pop() {
+            for r in g.consumers(n) {
+                if matches!(g.g[r].op, Op::Flatten | Op::GlobalAvgPool) {
+                    mixed.push(g.g[r].name.clone());
+                    stack.push(r);
+                }
+            }
+        }
     }
     p.check(&g)?;
     let where_ = match (site.block, ins.form) {
@@ -712,6 +727,7 @@ pub fn apply_insertion(
         name_map,
         inserted,
         changed,
+        mixed,
         exactness: ins.exactness,
         notes: ins.notes,
         site: format!("after {} ({where_})", site.label),
@@ -783,7 +799,12 @@ pub fn prove(
     d: &Deepened,
     opts: &ProveOptions,
 ) -> Result<Vec<Evidence>> {
-    let (t, p) = rename(teacher, tp, &d.name_map);
+    let mut map = d.name_map.clone();
+    for m in &d.mixed {
+        // Out of the comparison: the student's value is the teacher's mixed by N.
+        map.insert(m.clone(), format!("{m} (before the mix)"));
+    }
+    let (t, p) = rename(teacher, tp, &map);
     check_equivalence(&t, &p, &d.graph, &d.params, opts)
 }
 

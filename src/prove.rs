@@ -189,7 +189,9 @@ fn run_mode<T: Float>(
         }
         ev.max_abs_err = ev.max_abs_err.max(abs);
         ev.max_rel_err = ev.max_rel_err.max(rel);
-        if !(rel <= tol) && ev.first_divergence.is_none() {
+        // NaN counts as parting, so compare with `>` negated carefully.
+        let within = rel <= tol;
+        if !within && ev.first_divergence.is_none() {
             ev.first_divergence = Some(v.name.clone());
         }
     }

@@ -440,7 +440,7 @@ fn added(c: usize, amount: Amount, method: Method, label: &str) -> Result<(usize
             t - c
         }
         Amount::Add(e) => {
-            if method == Method::R2r && e % 2 == 1 {
+            if method == Method::R2r && !e.is_multiple_of(2) {
                 return Err(Error::usage(
                     format!("R2WiderR adds channels in pairs (rows U/U, columns V/-V), so --add must be even, not {e}"),
                     Some(format!("use --add {} or --add {}", e.saturating_sub(1).max(2), e + 1)),
@@ -455,7 +455,7 @@ fn added(c: usize, amount: Amount, method: Method, label: &str) -> Result<(usize
             Some("use a larger --by, --to or --add".into()),
         ));
     }
-    if method == Method::R2r && e % 2 == 1 {
+    if method == Method::R2r && !e.is_multiple_of(2) {
         return Ok((
             e + 1,
             Some(format!(

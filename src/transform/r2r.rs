@@ -16,7 +16,7 @@ pub struct R2r {
 impl R2r {
     /// `ctx.e` must be even (the caller rounds or refuses).
     pub fn new(ctx: FillCtx) -> R2r {
-        debug_assert!(ctx.e % 2 == 0, "R2WiderR adds channels in pairs");
+        debug_assert!(ctx.e.is_multiple_of(2), "R2WiderR adds channels in pairs");
         R2r { ctx }
     }
 }

@@ -9,6 +9,9 @@ For every examples/*.arch, and the all-ops fixtures in scripts/interop/*.arch:
   3. onnxruntime's output on a random f32 batch must match `r2rc run --input x.npy
      --output y.npy` within max|diff| <= 1e-4 * max|output|.
 
+Weights stored as f64, f16 and bf16 are exported as f32 too: a few examples are repeated
+with `r2rc init --dtype` (numpy has no bfloat16, so that file's package check is skipped).
+
 A final softmax that saturates (max near 1) hides errors in the logits, so every example
 ending in `, softmax` is checked a second time with the softmax removed from its text.
 
@@ -41,7 +44,10 @@ def r2rc(binary, *args):
     return p
 
 
-def check_safetensors(path, graph):
+FLOAT = {"f32": np.float32, "f64": np.float64, "f16": np.float16}
+
+
+def check_safetensors(path, graph, dtype):
     """Keys, shapes and dtypes of the weights file against the graph JSON."""
     tensors = load_file(path)
     expected = {p["name"]: p for p in graph["params"]}
@@ -53,13 +59,13 @@ def check_safetensors(path, graph):
         t = tensors[name]
         if list(t.shape) != spec["shape"]:
             raise AssertionError(f"{name}: shape {list(t.shape)}, expected {spec['shape']}")
-        want = np.int64 if spec["dtype"] == "int64" else np.float32
+        want = np.int64 if spec["dtype"] == "int64" else FLOAT[dtype]
         if t.dtype != want:
             raise AssertionError(f"{name}: dtype {t.dtype}, expected {np.dtype(want)}")
     return len(tensors)
 
 
-def check_example(binary, arch, work, seed, batch, stem=None):
+def check_example(binary, arch, work, seed, batch, stem=None, dtype="f32"):
     stem = stem or os.path.splitext(os.path.basename(arch))[0]
     w = os.path.join(work, f"{stem}.safetensors")
     model_path = os.path.join(work, f"{stem}.onnx")
@@ -67,11 +73,13 @@ def check_example(binary, arch, work, seed, batch, stem=None):
     x_path = os.path.join(work, f"{stem}.x.npy")
     y_path = os.path.join(work, f"{stem}.y.npy")
 
-    r2rc(binary, "init", arch, "-o", w, "--seed", str(seed), "--random-stats")
+    r2rc(binary, "init", arch, "-o", w, "--seed", str(seed), "--random-stats", "--dtype", dtype)
     r2rc(binary, "export", arch, "--weights", w, "--onnx", model_path, "--json", graph_path)
     with open(graph_path) as f:
         graph = json.load(f)
-    n_tensors = check_safetensors(w, graph)
+    n_tensors = len(graph["params"])
+    if dtype in FLOAT:
+        n_tensors = check_safetensors(w, graph, dtype)
 
     model = onnx.load(model_path)
     onnx.checker.check_model(model, full_check=True)
@@ -130,7 +138,7 @@ def main():
     cases = []
     for arch in arches:
         stem = os.path.splitext(os.path.basename(arch))[0]
-        cases.append((arch, stem))
+        cases.append((arch, stem, "f32"))
         with open(arch) as f:
             src = f.read()
         cut = re.sub(r",\s*softmax\b", "", src)
@@ -138,15 +146,20 @@ def main():
             variant = os.path.join(work, f"{stem}_logits.arch")
             with open(variant, "w") as f:
                 f.write(cut)
-            cases.append((variant, f"{stem}_logits"))
+            cases.append((variant, f"{stem}_logits", "f32"))
+    # Other file dtypes, on a few small networks.
+    by_stem = {stem: arch for arch, stem, _ in cases}
+    for stem, dtype in [("smallconv", "f16"), ("resnet_cifar10", "f64"), ("all_ops", "bf16")]:
+        if stem in by_stem:
+            cases.append((by_stem[stem], f"{stem}_{dtype}", dtype))
 
     print(f"onnx {onnx.__version__}, onnxruntime {ort.__version__}, numpy {np.__version__}")
     print(f"{'example':<22} {'tensors':>7} {'max|out|':>10} {'max|err|':>10} {'err/max':>9} "
           f"{'r2rc s':>7}  result")
     failed = 0
-    for i, (arch, stem) in enumerate(cases):
+    for i, (arch, stem, dtype) in enumerate(cases):
         try:
-            r = check_example(args.r2rc, arch, work, args.seed + i, args.batch, stem)
+            r = check_example(args.r2rc, arch, work, args.seed + i, args.batch, stem, dtype)
             if stem.endswith("_logits") and r["last_op"] == "softmax":
                 raise AssertionError("removing `, softmax` left a softmax at the output")
         except Exception as e:  # report every example, then fail

@@ -97,6 +97,14 @@ pub struct Evidence {
 
 impl Evidence {
     /// `eval f64 x2: max abs 0.0e0, max rel 0.0e0 (tolerance 1e-9) passed`.
+    /// The errors alone, for methods that are measured rather than proved.
+    pub fn measured(&self) -> String {
+        format!(
+            "{} {} x{} seed {}: max abs {:.3e}, max rel {:.3e}",
+            self.mode, self.dtype, self.inputs, self.seed, self.max_abs_err, self.max_rel_err
+        )
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "{} {} x{} seed {}: max abs {:.3e}, max rel {:.3e} (tolerance {:.0e}) {}",

@@ -71,7 +71,7 @@ pub fn widen_proved(
             let mut opts = opts.clone();
             // Net2Net divides weights by replica counts; stored in a narrow dtype that
             // rounding is part of the student, so the tolerance widens to that dtype's.
-            if args.method == Method::Net2net && opts.tolerance.is_none() {
+            if w.exact && args.method == Method::Net2net && opts.tolerance.is_none() {
                 let storage = storage_tolerance(params.dtype);
                 if storage > opts.precision.tolerance() {
                     opts.tolerance = Some(storage);
@@ -166,9 +166,20 @@ impl Report {
             out.push_str("# not proved (--no-prove)\n");
         }
         for e in &self.evidence {
-            out.push_str(&format!("# proof: {}\n", e.summary()));
+            out.push_str(&self.evidence_line("# ", e));
         }
         out
+    }
+
+    fn evidence_line(&self, prefix: &str, e: &Evidence) -> String {
+        if self.function_preserving {
+            format!("{prefix}proof: {}\n", e.summary())
+        } else {
+            format!(
+                "{prefix}deviation (not function preserving): {}\n",
+                e.measured()
+            )
+        }
     }
 
     /// `__metadata__` of the student's safetensors.
@@ -209,7 +220,7 @@ impl Report {
             self.params_before, self.params_after, self.macs_before, self.macs_after
         ));
         for e in &self.evidence {
-            out.push_str(&format!("proof: {}\n", e.summary()));
+            out.push_str(&self.evidence_line("", e));
         }
         out
     }

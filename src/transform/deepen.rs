@@ -849,3 +849,175 @@ pub fn check_post_act(info: &SiteInfo, title: &str) -> Result<()> {
         )),
     }
 }
+
+/// `report.json` of one deepening or kernel morph (CLI.md lists the fields), also one step
+/// of an `apply` report.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub command: String,
+    pub method: String,
+    /// Whether the method preserves the function (in the modes `exactness` says).
+    pub function_preserving: bool,
+    pub exactness: Exactness,
+    pub site: String,
+    /// Old layer name -> new name, every layer that was renamed.
+    pub name_map: BTreeMap<String, String>,
+    pub inserted: Vec<String>,
+    /// Existing layers whose tensors changed.
+    pub changed: Vec<String>,
+    pub params_before: u64,
+    pub params_after: u64,
+    pub macs_before: u64,
+    pub macs_after: u64,
+    pub seed: u64,
+    pub teacher: String,
+    pub notes: Vec<String>,
+    pub proved: bool,
+    pub evidence: Vec<Evidence>,
+}
+
+impl StepReport {
+    /// Comment lines recording the transform and its evidence, for the student's `.arch`.
+    pub fn header(&self) -> String {
+        let mut out = format!(
+            "# r2rc {} --method {} --seed {}: {}\n# teacher weights: {}\n",
+            self.command, self.method, self.seed, self.site, self.teacher
+        );
+        for (a, b) in &self.name_map {
+            out.push_str(&format!("# renamed: {a} -> {b}\n"));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("# note: {n}\n"));
+        }
+        if self.evidence.is_empty() {
+            out.push_str("# not proved (--no-prove)\n");
+        }
+        for e in &self.evidence {
+            out.push_str(&format!("# proof: {}\n", e.summary()));
+        }
+        out
+    }
+
+    /// `__metadata__` of the student's safetensors.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("r2rc.command".into(), self.command.clone());
+        m.insert("r2rc.method".into(), self.method.clone());
+        m.insert("r2rc.site".into(), self.site.clone());
+        m.insert("r2rc.seed".into(), self.seed.to_string());
+        m.insert(
+            "r2rc.function_preserving".into(),
+            self.function_preserving.to_string(),
+        );
+        m.insert(
+            "r2rc.name_map".into(),
+            serde_json::to_string(&self.name_map).expect("a map serialises"),
+        );
+        m.insert(
+            "r2rc.evidence".into(),
+            serde_json::to_string(&self.evidence).expect("evidence serialises"),
+        );
+        m
+    }
+
+    /// A short human summary for stderr.
+    pub fn summary(&self) -> String {
+        let mut out = format!("{} {}: {}\n", self.command, self.method, self.site);
+        if !self.inserted.is_empty() {
+            out.push_str(&format!("inserted {}\n", self.inserted.join(", ")));
+        }
+        for (a, b) in &self.name_map {
+            out.push_str(&format!("renamed {a} -> {b}\n"));
+        }
+        for n in &self.notes {
+            out.push_str(&format!("note: {n}\n"));
+        }
+        out.push_str(&format!(
+            "params {} -> {}, MACs {} -> {}\n",
+            self.params_before, self.params_after, self.macs_before, self.macs_after
+        ));
+        for e in &self.evidence {
+            out.push_str(&format!("proof: {}\n", e.summary()));
+        }
+        out
+    }
+}
+
+/// Relative error that storing weights in `dtype` may introduce into a method whose new
+/// weights are not exactly representable there (orthogonal mixes, `sqrt(1 + eps)`).
+fn storage_tolerance(dtype: crate::params::DType) -> f64 {
+    use crate::params::DType;
+    match dtype {
+        DType::F64 => 0.0,
+        DType::F32 => 1e-5,
+        DType::F16 | DType::BF16 => 1e-2,
+    }
+}
+
+/// Deepens, rounds the student's tensors to the teacher's dtype (what is written is what
+/// is proved) and proves, in `prove`'s modes. A required mode that fails is an
+/// [`Error::ProofFailed`]; other modes are measured and reported. `prove == None` skips it.
+pub fn deepen_proved(
+    graph: &Graph,
+    params: &Params,
+    args: &DeepenArgs,
+    seed: u64,
+    prove_opts: Option<&ProveOptions>,
+    teacher: &str,
+) -> Result<(Deepened, StepReport)> {
+    let mut d = deepen(graph, params, args, seed)?;
+    d.params = d.params.clone().with_dtype(params.dtype);
+    let mut notes = d.notes.clone();
+    let mut evidence = Vec::new();
+    if let Some(opts) = prove_opts {
+        let mut opts = opts.clone();
+        let rounds = matches!(
+            args.method,
+            DeepenMethod::NetmorphDense | DeepenMethod::Net2net
+        );
+        let storage = storage_tolerance(params.dtype);
+        if rounds && opts.tolerance.is_none() && storage > opts.precision.tolerance() {
+            opts.tolerance = Some(storage);
+            notes.push(format!(
+                "the weights are stored as {} and {}'s new weights are not exactly representable there, so the proof tolerance is {storage:.0e}",
+                params.dtype,
+                args.method.title()
+            ));
+        }
+        evidence = prove(graph, params, &d, &opts)?;
+        if let Some(e) = failure(&d, &evidence) {
+            return Err(e);
+        }
+        for e in &evidence {
+            let mode = Mode::parse(&e.mode)?;
+            if !d.exactness.required(mode) {
+                notes.push(format!(
+                    "{} is not function preserving in {} mode: the student deviates from the teacher by up to {:.3e} (relative)",
+                    args.method.title(),
+                    e.mode,
+                    e.max_rel_err
+                ));
+            }
+        }
+    }
+    let report = StepReport {
+        command: "deepen".into(),
+        method: args.method.name().into(),
+        function_preserving: d.exactness != Exactness::NotPreserving,
+        exactness: d.exactness,
+        site: d.site.clone(),
+        name_map: d.name_map.clone(),
+        inserted: d.inserted.clone(),
+        changed: d.changed.clone(),
+        params_before: crate::stats::param_count(graph),
+        params_after: crate::stats::param_count(&d.graph),
+        macs_before: crate::stats::mac_count(graph),
+        macs_after: crate::stats::mac_count(&d.graph),
+        seed,
+        teacher: teacher.into(),
+        notes,
+        proved: prove_opts.is_some() && d.exactness != Exactness::NotPreserving,
+        evidence,
+    };
+    Ok((d, report))
+}

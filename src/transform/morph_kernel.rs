@@ -117,3 +117,50 @@ pub fn morph_kernel(graph: &Graph, params: &Params, layer: &str, k_new: usize) -
         },
     })
 }
+
+/// Morphs, proves in `prove`'s modes (exact for any input, so every mode is required) and
+/// describes the step. `prove == None` skips the proof.
+pub fn morph_proved(
+    graph: &Graph,
+    params: &Params,
+    layer: &str,
+    k_new: usize,
+    prove: Option<&crate::prove::ProveOptions>,
+    teacher: &str,
+) -> Result<(Morphed, super::deepen::StepReport)> {
+    let m = morph_kernel(graph, params, layer, k_new)?;
+    let mut evidence = Vec::new();
+    if let Some(opts) = prove {
+        evidence = crate::prove::check_equivalence(graph, params, &m.graph, &m.params, opts)?;
+        if let Some(e) = crate::prove::failure(&evidence) {
+            return Err(e);
+        }
+    }
+    let c = &m.change;
+    let report = super::deepen::StepReport {
+        command: "morph".into(),
+        method: "zero-pad".into(),
+        function_preserving: true,
+        exactness: super::deepen::Exactness::Exact,
+        site: format!(
+            "{}: kernel {}x{} -> {}x{}, padding {} -> {}",
+            c.layer, c.from, c.from, c.to, c.to, c.padding_from, c.padding_to
+        ),
+        name_map: BTreeMap::new(),
+        inserted: Vec::new(),
+        changed: vec![c.layer.clone()],
+        params_before: crate::stats::param_count(graph),
+        params_after: crate::stats::param_count(&m.graph),
+        macs_before: crate::stats::mac_count(graph),
+        macs_after: crate::stats::mac_count(&m.graph),
+        seed: prove.map_or(0, |o| o.seed),
+        teacher: teacher.into(),
+        notes: vec![format!(
+            "the {}x{} kernel of `{}` sits at the centre of a zero {}x{} kernel",
+            c.from, c.from, c.layer, c.to, c.to
+        )],
+        proved: prove.is_some(),
+        evidence,
+    };
+    Ok((m, report))
+}

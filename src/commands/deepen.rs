@@ -1,0 +1,178 @@
+//! `r2rc deepen FILE --after NAME [--method r2r|net2net|netmorph|netmorph-dense|random]
+//! [--width M] [--weights W] [-o DIR] [--force] [--seed S] [--no-prove] [--dtype f32|f64]
+//! [--inputs N] [--json]`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use r2rc::ir::Graph;
+use r2rc::params::{self, Params};
+use r2rc::prove::{Precision, ProveOptions};
+use r2rc::report::write_outputs;
+use r2rc::transform::deepen::{deepen_proved, DeepenArgs, DeepenMethod};
+use r2rc::{Error, Result};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The teacher architecture (.arch).
+    file: PathBuf,
+    /// The block (`conv2_1`) or row (`conv1`, `conv2_x`) after which to insert.
+    #[arg(long, value_name = "NAME")]
+    after: String,
+    /// r2r, net2net, netmorph, netmorph-dense or random.
+    #[arg(long, default_value = "r2r")]
+    method: String,
+    /// Hidden width of an inserted r2r or random block (even for r2r).
+    #[arg(long, value_name = "M")]
+    width: Option<usize>,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Flags shared by `deepen`, `morph` and `apply`.
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// Teacher weights (.safetensors); without, a seeded random teacher with random biases
+    /// and BN statistics.
+    #[arg(long, value_name = "W")]
+    pub weights: Option<PathBuf>,
+    /// Write DIR/<stem>.arch, DIR/<stem>.safetensors and DIR/report.json.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Overwrite existing outputs.
+    #[arg(long)]
+    pub force: bool,
+    /// Seed of new weights, the random teacher and the proof inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Skip the proof.
+    #[arg(long)]
+    pub no_prove: bool,
+    /// Precision of the proof: f64 (tolerance 1e-9) or f32 (1e-5).
+    #[arg(long, default_value = "f64")]
+    pub dtype: String,
+    /// Batch size of the proof's random input.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub inputs: usize,
+    /// Print the report as JSON on stdout (with the student text when there is no -o).
+    #[arg(long)]
+    pub json: bool,
+    /// Architecture parameters, e.g. `--set r=1/8`.
+    #[arg(long = "set", value_name = "NAME=EXPR")]
+    pub sets: Vec<String>,
+}
+
+impl Common {
+    /// The teacher's weights and where they came from.
+    pub fn teacher(&self, graph: &Graph) -> Result<(Params, String)> {
+        Ok(match &self.weights {
+            Some(w) => (params::load(graph, w)?, w.display().to_string()),
+            None => (
+                params::init(graph, self.seed, true),
+                format!(
+                    "random (seed {}, random biases and BN statistics)",
+                    self.seed
+                ),
+            ),
+        })
+    }
+
+    pub fn prove_options(&self) -> Result<Option<ProveOptions>> {
+        if self.inputs == 0 {
+            return Err(Error::usage("--inputs must be at least 1", None));
+        }
+        let opts = ProveOptions {
+            precision: Precision::parse(&self.dtype)?,
+            inputs: self.inputs,
+            seed: self.seed,
+            ..ProveOptions::default()
+        };
+        Ok((!self.no_prove).then_some(opts))
+    }
+}
+
+/// What a rewrite command hands to [`emit`].
+pub struct Student<'a> {
+    pub graph: &'a Graph,
+    pub params: &'a Params,
+    /// Comment lines for the top of the `.arch`.
+    pub header: String,
+    pub report: serde_json::Value,
+    pub summary: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Writes the student as CLI.md says: with `-o DIR` the `.arch`, safetensors and
+/// report.json atomically (nothing if one exists without --force); else the `.arch` on
+/// stdout and the summary on stderr (or JSON with the student text on stdout).
+pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
+    let arch = format!("{}\n{}", s.header, r2rc::print::print(s.graph));
+    let report_json = serde_json::to_string_pretty(&s.report).expect("the report serialises");
+    match &common.output {
+        Some(dir) => {
+            let stem = file
+                .file_stem()
+                .map(|x| x.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "student".into());
+            let st = params::to_bytes(s.params, s.graph, Some(&s.metadata))?;
+            let files = vec![
+                (format!("{stem}.arch"), arch.into_bytes()),
+                (format!("{stem}.safetensors"), st),
+                (
+                    "report.json".to_string(),
+                    format!("{report_json}\n").into_bytes(),
+                ),
+            ];
+            let written = write_outputs(dir, &files, common.force)?;
+            if common.json {
+                println!("{report_json}");
+            } else {
+                eprint!("{}", s.summary);
+                for p in written {
+                    eprintln!("wrote {}", p.display());
+                }
+            }
+        }
+        None if common.json => {
+            let mut v = s.report.clone();
+            v["student_arch"] = serde_json::Value::String(arch);
+            println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        }
+        None => {
+            print!("{arch}");
+            eprint!("{}", s.summary);
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let graph = super::load_arch(&args.file, &args.common.sets)?;
+    let dargs = DeepenArgs {
+        after: args.after.clone(),
+        method: DeepenMethod::parse(&args.method)?,
+        width: args.width,
+    };
+    let (teacher, source) = args.common.teacher(&graph)?;
+    let opts = args.common.prove_options()?;
+    let (d, report) = deepen_proved(
+        &graph,
+        &teacher,
+        &dargs,
+        args.common.seed,
+        opts.as_ref(),
+        &source,
+    )?;
+    emit(
+        &args.file,
+        &args.common,
+        Student {
+            graph: &d.graph,
+            params: &d.params,
+            header: report.header(),
+            report: serde_json::to_value(&report).expect("the report serialises"),
+            summary: report.summary(),
+            metadata: report.metadata(),
+        },
+    )
+}

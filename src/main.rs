@@ -33,6 +33,12 @@ enum Command {
     Spaces(commands::spaces::Args),
     /// Widen a layer, block, stream or every space with a proved function-preserving transform.
     Widen(commands::widen::Args),
+    /// Insert proved function-preserving layers after a block or row (R2DeeperR, Net2DeeperNet, NetMorph).
+    Deepen(commands::deepen::Args),
+    /// Grow a convolution's kernel by zero-padding it, proved.
+    Morph(commands::morph::Args),
+    /// Apply a plan of transforms in order, each proved, with one report.
+    Apply(commands::apply::Args),
     /// Check that a student computes the teacher's function on every shared value.
     Prove(commands::prove::Args),
     /// Unified diff of two architectures' canonical prints.
@@ -50,6 +56,9 @@ fn main() {
         Command::Export(a) => commands::export::run(a),
         Command::Spaces(a) => commands::spaces::run(a),
         Command::Widen(a) => commands::widen::run(a),
+        Command::Deepen(a) => commands::deepen::run(a),
+        Command::Morph(a) => commands::morph::run(a),
+        Command::Apply(a) => commands::apply::run(a),
         Command::Prove(a) => commands::prove::run(a),
         Command::Diff(a) => commands::diff::run(a),
     };

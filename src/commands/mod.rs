@@ -1,9 +1,12 @@
 //! One module per subcommand; each has `Args` and a `run`.
 
+pub mod apply;
 pub mod check;
+pub mod deepen;
 pub mod diff;
 pub mod export;
 pub mod init;
+pub mod morph;
 pub mod prove;
 pub mod run;
 pub mod spaces;

@@ -59,11 +59,6 @@ pub fn run(args: Args) -> Result<()> {
             .build_global()
             .map_err(|e| Error::usage(format!("cannot start {t} threads: {e}"), None))?;
     }
-    match std::env::var("R2RC_CONV_PAR").as_deref() {
-        Ok("images") => exec::set_image_parallel(Some(true)),
-        Ok("gemm") => exec::set_image_parallel(Some(false)),
-        _ => {}
-    }
     let mode = Mode::parse(&args.mode)?;
     let graph = super::load_arch(&args.file, &args.sets)?;
     let p = params::load(&graph, &args.weights)?;
@@ -150,7 +145,7 @@ fn summary<T: Float>(y: &ArrayD<T>) -> String {
         shape.join("x")
     );
     let n = y.shape().first().copied().unwrap_or(0);
-    let row = if n == 0 { 0 } else { v.len() / n };
+    let row = v.len().checked_div(n).unwrap_or(0);
     for i in 0..n.min(5) {
         let r = &v[i * row..(i + 1) * row];
         let (arg, best) =

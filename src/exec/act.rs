@@ -12,15 +12,8 @@ const CHUNK: usize = 1 << 14;
 pub fn activation<T: Float>(mut x: Tensor<T>, a: &Activation, prelu: Option<&[T]>) -> Tensor<T> {
     match a {
         Activation::Identity => {}
-        Activation::Relu => map(&mut x, |v| {
-            if v > T::zero() {
-                v
-            } else if v.is_nan() {
-                v
-            } else {
-                T::zero()
-            }
-        }),
+        // NaN stays NaN, as in PyTorch.
+        Activation::Relu => map(&mut x, |v| if v < T::zero() { T::zero() } else { v }),
         Activation::LeakyRelu { slope } => {
             let s = T::from_f64(*slope);
             map(&mut x, move |v| if v > T::zero() { v } else { v * s })
@@ -32,8 +25,8 @@ pub fn activation<T: Float>(mut x: Tensor<T>, a: &Activation, prelu: Option<&[T]
             x.data.par_chunks_mut(c * inner).for_each(|sample| {
                 for (plane, &s) in sample.chunks_mut(inner).zip(slopes) {
                     plane.iter_mut().for_each(|v| {
-                        if !(*v > T::zero()) {
-                            *v = *v * s
+                        if *v < T::zero() {
+                            *v *= s
                         }
                     });
                 }

@@ -24,18 +24,30 @@ pub fn pool2d<T: Float>(x: &Tensor<T>, p: &Pool, max: bool) -> Tensor<T> {
                 let ys = y0.max(0) as usize..((y0 + kh as isize).min(h as isize)) as usize;
                 for ox in 0..ow {
                     let x0 = (ox * s) as isize - pad as isize;
-                    let xs = x0.max(0) as usize..((x0 + kw as isize).min(w as isize)) as usize;
-                    let window = ys
-                        .clone()
-                        .flat_map(|y| src[y * w + xs.start..y * w + xs.end].iter());
+                    let (xa, xb) = (
+                        x0.max(0) as usize,
+                        ((x0 + kw as isize).min(w as isize)) as usize,
+                    );
                     dst[oy * ow + ox] = if max {
-                        // Padding is -inf: it never wins, so only real pixels count.
-                        window.fold(
-                            T::neg_infinity(),
-                            |m, &v| if v > m || v.is_nan() { v } else { m },
-                        )
+                        // Padding is -inf: it never wins, so only real pixels count. NaN
+                        // propagates as in PyTorch.
+                        let mut m = T::neg_infinity();
+                        for y in ys.clone() {
+                            for &v in &src[y * w + xa..y * w + xb] {
+                                if v > m || v.is_nan() {
+                                    m = v;
+                                }
+                            }
+                        }
+                        m
                     } else {
-                        window.copied().sum::<T>() / area
+                        let mut sum = T::zero();
+                        for y in ys.clone() {
+                            for &v in &src[y * w + xa..y * w + xb] {
+                                sum += v;
+                            }
+                        }
+                        sum / area
                     };
                 }
             }

@@ -99,8 +99,7 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
     let last_linear = graph
         .order()
         .into_iter()
-        .filter(|n| matches!(graph.g[*n].op, Op::Linear(_)))
-        .next_back();
+        .rfind(|n| matches!(graph.g[*n].op, Op::Linear(_)));
     while i < nodes.len() {
         let n = nodes[i];
         if let Some(b) = graph.g[n].block {
@@ -241,7 +240,7 @@ impl LayerSpec {
         if self.norm != d.norm {
             s.push_str(if self.norm { ", norm" } else { ", no norm" });
         }
-        if self.bias != !self.norm {
+        if self.bias == self.norm {
             s.push_str(if self.bias { ", bias" } else { ", no bias" });
         }
         let default = act_by_default.then(|| d.act.clone());

@@ -28,7 +28,7 @@ fn layer(cin: usize, width: usize) -> impl Strategy<Value = String> {
             let mut s = format!("{k}x{k}, {width}");
             match opt {
                 0 => s.push_str(", no norm"),
-                1 if width % 2 == 0 && cin % 2 == 0 => s.push_str(", groups 2"),
+                1 if width.is_multiple_of(2) && cin.is_multiple_of(2) => s.push_str(", groups 2"),
                 2 if dil && k == 3 => s.push_str(", dilation 2"),
                 3 => s.push_str(&format!(", pad {}", (k - 1) / 2)),
                 _ => {}

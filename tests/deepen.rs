@@ -48,10 +48,15 @@ fn opts() -> ProveOptions {
 }
 
 /// Deepens and proves; returns the student and the max relative error per mode.
-fn run(file: &str, after: &str, method: DeepenMethod) -> (Graph, Params, Deepened, Vec<(String, f64)>) {
+fn run(
+    file: &str,
+    after: &str,
+    method: DeepenMethod,
+) -> (Graph, Params, Deepened, Vec<(String, f64)>) {
     let g = load(file);
     let p = teacher(&g);
-    let d = deepen(&g, &p, &args(after, method), 3).unwrap_or_else(|e| panic!("{file} {after}: {e}"));
+    let d =
+        deepen(&g, &p, &args(after, method), 3).unwrap_or_else(|e| panic!("{file} {after}: {e}"));
     let ev = prove(&g, &p, &d, &opts()).unwrap();
     let errs = ev.iter().map(|e| (e.mode.clone(), e.max_rel_err)).collect();
     (g, p, d, errs)
@@ -80,8 +85,15 @@ fn exact_methods_are_exact_on_every_example_in_both_modes() {
             assert_eq!(d.exactness, Exactness::Exact);
             assert_eq!(errs.len(), 2);
             for (mode, e) in &errs {
-                eprintln!("{file} {} after {at} {mode}: max rel {e:.3e}", method.name());
-                assert!(*e <= 1e-9, "{file} {} after {at}, {mode}: {e}", method.name());
+                eprintln!(
+                    "{file} {} after {at} {mode}: max rel {e:.3e}",
+                    method.name()
+                );
+                assert!(
+                    *e <= 1e-9,
+                    "{file} {} after {at}, {mode}: {e}",
+                    method.name()
+                );
             }
         }
     }
@@ -96,7 +108,10 @@ fn net2net_is_exact_in_eval_mode_and_deviates_in_train_mode() {
         let train = errs.iter().find(|(m, _)| m == "train").unwrap().1;
         eprintln!("{file} net2net after {site}: eval {eval:.3e}, train {train:.3e}");
         assert!(eval <= 1e-9, "{file}: eval {eval}");
-        assert!(train > 1e-6, "{file}: train-mode BN should move the output, got {train}");
+        assert!(
+            train > 1e-6,
+            "{file}: train-mode BN should move the output, got {train}"
+        );
         assert!(d.exactness.required(Mode::Eval) && !d.exactness.required(Mode::Train));
     }
 }
@@ -111,14 +126,22 @@ fn random_block_is_not_function_preserving() {
 /// Every teacher tensor is in the student under its layer's new name, bit for bit.
 fn assert_tensors_kept(g: &Graph, p: &Params, d: &Deepened) {
     for spec in g.param_specs() {
-        let layer = spec.name.strip_suffix(&format!(".{}", spec.slot.suffix)).unwrap();
+        let layer = spec
+            .name
+            .strip_suffix(&format!(".{}", spec.slot.suffix))
+            .unwrap();
         let new_layer = d.name_map.get(layer).map(String::as_str).unwrap_or(layer);
         let new_name = format!("{new_layer}.{}", spec.slot.suffix);
         let t = &p.tensors[&spec.name];
-        let s = d.params.get(&new_name).unwrap_or_else(|| panic!("{new_name} missing"));
+        let s = d
+            .params
+            .get(&new_name)
+            .unwrap_or_else(|| panic!("{new_name} missing"));
         assert_eq!(t.shape(), s.shape(), "{}", spec.name);
         assert!(
-            t.iter().zip(s.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
+            t.iter()
+                .zip(s.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{} -> {new_name} changed",
             spec.name
         );
@@ -142,12 +165,10 @@ fn inserting_a_block_renumbers_the_row_like_a_network_written_from_scratch() {
     let g = load("resnet_cifar10");
     let p = teacher(&g);
     let d = deepen(&g, &p, &args("conv2_1", DeepenMethod::R2r), 1).unwrap();
-    let expected: BTreeMap<String, String> = [
-        "conv1", "bn1", "act1", "conv2", "bn2", "add", "act",
-    ]
-    .iter()
-    .map(|k| (format!("conv2_2.{k}"), format!("conv2_3.{k}")))
-    .collect();
+    let expected: BTreeMap<String, String> = ["conv1", "bn1", "act1", "conv2", "bn2", "add", "act"]
+        .iter()
+        .map(|k| (format!("conv2_2.{k}"), format!("conv2_3.{k}")))
+        .collect();
     assert_eq!(d.name_map, expected);
     assert_eq!(d.inserted[0], "conv2_2.conv1");
     // The student is the from-scratch network with three blocks in conv2_x.
@@ -164,8 +185,12 @@ fn inserting_a_block_renumbers_the_row_like_a_network_written_from_scratch() {
             assert_eq!(w2[[j, i, 0, 2]], -w2[[j, i + 4, 0, 2]]);
         }
     }
-    assert!(d.params.tensors["conv2_2.bn2.bias"].iter().all(|x| *x == 0.0));
-    assert!(d.params.tensors["conv2_2.bn2.running_mean"].iter().all(|x| *x == 0.0));
+    assert!(d.params.tensors["conv2_2.bn2.bias"]
+        .iter()
+        .all(|x| *x == 0.0));
+    assert!(d.params.tensors["conv2_2.bn2.running_mean"]
+        .iter()
+        .all(|x| *x == 0.0));
     // New weights are scaled like the previous block's last kernel.
     let s_prev = r2rc::transform::std_of(&p.tensors["conv2_1.conv2.weight"]);
     let s_new = r2rc::transform::std_of(w1);
@@ -209,7 +234,9 @@ fn refusals_say_why() {
     let g = r2rc::lower::compile(src, &[]).unwrap();
     let p = teacher(&g);
     for m in [DeepenMethod::R2r, DeepenMethod::Net2net] {
-        let e = deepen(&g, &p, &args("conv1", m), 0).unwrap_err().to_string();
+        let e = deepen(&g, &p, &args("conv1", m), 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot prove `conv1.act` non-negative"), "{e}");
         assert!(e.contains("leaky_relu"), "{e}");
     }
@@ -219,21 +246,36 @@ fn refusals_say_why() {
     assert!(ev.iter().all(|e| e.passed));
 
     let e = refusal("resnet_cifar10", args("head", DeepenMethod::R2r));
-    assert!(e.contains("need a CxHxW feature map") && e.contains("vector of 10"), "{e}");
+    assert!(
+        e.contains("need a CxHxW feature map") && e.contains("vector of 10"),
+        "{e}"
+    );
     let e = refusal("resnet_cifar10", args("conv2_1.conv1", DeepenMethod::R2r));
-    assert!(e.contains("is a layer inside block `conv2_1`") && e.contains("--after conv2_1"), "{e}");
+    assert!(
+        e.contains("is a layer inside block `conv2_1`") && e.contains("--after conv2_1"),
+        "{e}"
+    );
     let e = refusal("resnet_cifar10", args("conv2_7", DeepenMethod::R2r));
-    assert!(e.contains("no block or row named `conv2_7`") && e.contains("did you mean"), "{e}");
+    assert!(
+        e.contains("no block or row named `conv2_7`") && e.contains("did you mean"),
+        "{e}"
+    );
     let mut a = args("conv2_1", DeepenMethod::R2r);
     a.width = Some(7);
     let e = refusal("resnet_cifar10", a);
-    assert!(e.contains("even hidden width") && e.contains("--width 8"), "{e}");
+    assert!(
+        e.contains("even hidden width") && e.contains("--width 8"),
+        "{e}"
+    );
     let mut a = args("conv2_1", DeepenMethod::Netmorph);
     a.width = Some(8);
     let e = refusal("resnet_cifar10", a);
     assert!(e.contains("--width applies to r2r and random"), "{e}");
     // Dense NetMorph needs every reader to absorb N^T; an identity shortcut cannot.
-    let e = refusal("resnet_cifar10", args("conv2_1", DeepenMethod::NetmorphDense));
+    let e = refusal(
+        "resnet_cifar10",
+        args("conv2_1", DeepenMethod::NetmorphDense),
+    );
     assert!(e.contains("absorb N^T") && e.contains("conv2_2.add"), "{e}");
     let e = refusal("smallconv", args("conv1", DeepenMethod::NetmorphDense));
     assert!(e.contains("`pool1` (max_pool)"), "{e}");
@@ -246,8 +288,29 @@ fn custom_width_is_exact() {
     let mut a = args("conv3_2", DeepenMethod::R2r);
     a.width = Some(6);
     let d = deepen(&g, &p, &a, 2).unwrap();
-    assert_eq!(d.params.tensors["conv3_3.conv1.weight"].shape(), &[6, 16, 3, 3]);
+    assert_eq!(
+        d.params.tensors["conv3_3.conv1.weight"].shape(),
+        &[6, 16, 3, 3]
+    );
     let ev = prove(&g, &p, &d, &opts()).unwrap();
-    assert!(ev.iter().all(|e| e.passed && e.max_rel_err <= 1e-9), "{ev:?}");
+    assert!(
+        ev.iter().all(|e| e.passed && e.max_rel_err <= 1e-9),
+        "{ev:?}"
+    );
 }
 
+#[test]
+fn the_proof_catches_a_broken_pairing_and_names_the_layer() {
+    let g = load("resnet_cifar10");
+    let p = teacher(&g);
+    let mut d = deepen(&g, &p, &args("conv2_1", DeepenMethod::R2r), 1).unwrap();
+    // Break [V, -V] in one tap: the branch is no longer zero.
+    d.params.tensors.get_mut("conv2_2.conv2.weight").unwrap()[[0, 0, 1, 1]] += 0.5;
+    let ev = prove(&g, &p, &d, &opts()).unwrap();
+    assert!(ev.iter().all(|e| !e.passed));
+    // The new block has no teacher counterpart; the first shared value after it parts.
+    assert_eq!(ev[0].first_divergence.as_deref(), Some("conv2_3.conv1"));
+    let err = r2rc::transform::deepen::failure(&d, &ev).unwrap();
+    assert_eq!(err.exit_code(), 1);
+    assert!(err.to_string().contains("conv2_3.conv1"), "{err}");
+}

@@ -33,14 +33,19 @@ fn deepen_diff_snapshots() {
                 DeepenMethod::NetmorphDense,
                 DeepenMethod::Random,
             ] {
-                let at = if method == DeepenMethod::NetmorphDense { dense_site } else { site };
+                let at = if method == DeepenMethod::NetmorphDense {
+                    dense_site
+                } else {
+                    site
+                };
                 let a = DeepenArgs {
                     after: at.into(),
                     method,
                     width: None,
                 };
                 let d = deepen(&g, &p, &a, 0).unwrap_or_else(|e| panic!("{file} {at}: {e}"));
-                let mut text = r2rc::report::diff(&g, &d.graph, &format!("{file}.arch"), "student.arch");
+                let mut text =
+                    r2rc::report::diff(&g, &d.graph, &format!("{file}.arch"), "student.arch");
                 text.push_str(&format!("\n{}\n", d.site));
                 for (a, b) in &d.name_map {
                     text.push_str(&format!("renamed {a} -> {b}\n"));

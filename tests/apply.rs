@@ -1,0 +1,221 @@
+//! `r2rc apply`: the paper's deepening experiment as a plan, proved step by step and end
+//! to end, and the `deepen` command's outputs and refusals.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn r2rc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_r2rc"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("r2rc-apply-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The canonical print of an `.arch` text (its comment lines dropped by the parser).
+fn canonical(text: &str) -> String {
+    r2rc::print::print(&r2rc::lower::compile(text, &[]).unwrap())
+}
+
+#[test]
+fn cifar10_to_18_plan_yields_resnet_cifar18_proved() {
+    let dir = tmp("plan");
+    let out = r2rc(&[
+        "apply",
+        "examples/resnet_cifar10.arch",
+        "examples/cifar10_to_18.plan",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let student = std::fs::read_to_string(dir.join("resnet_cifar10.arch")).unwrap();
+    let reference = std::fs::read_to_string("examples/resnet_cifar18.arch").unwrap();
+    assert_eq!(canonical(&student), canonical(&reference));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 5);
+    for s in &steps[..4] {
+        assert_eq!(s["method"], "r2r");
+        for e in s["evidence"].as_array().unwrap() {
+            assert_eq!(e["passed"], true);
+            assert!(e["max_rel_err"].as_f64().unwrap() <= 1e-9);
+        }
+    }
+    // End to end, both modes, and the weights load into the from-scratch ResNetCifar-18.
+    let ev = report["evidence"].as_array().unwrap();
+    assert_eq!(ev.len(), 2);
+    assert!(ev
+        .iter()
+        .all(|e| e["passed"] == true && e["max_rel_err"].as_f64().unwrap() <= 1e-9));
+    assert_eq!(report["name_map"]["conv3_2.conv1"], serde_json::Value::Null);
+    let g18 = r2rc::lower::compile(&reference, &[]).unwrap();
+    r2rc::params::load(&g18, &dir.join("resnet_cifar10.safetensors")).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plan_steps_rename_and_compose() {
+    let dir = tmp("compose");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plan = dir.join("p.plan");
+    std::fs::write(
+        &plan,
+        "# insert in the middle, then widen and morph\ndeepen --after conv2_1 --method r2r\nmorph --layer conv1 --kernel 9\ndeepen --after conv3_1 --method netmorph\n",
+    )
+    .unwrap();
+    let out = r2rc(&[
+        "apply",
+        "examples/resnet_cifar10.arch",
+        plan.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name_map"]["conv2_2.conv1"], "conv2_3.conv1");
+    assert_eq!(v["steps"].as_array().unwrap().len(), 3);
+    assert_eq!(v["evidence"].as_array().unwrap().len(), 2);
+    assert!(v["student_arch"]
+        .as_str()
+        .unwrap()
+        .contains("9x9, 8, stride 2"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bad_plan_line_names_its_line() {
+    let dir = tmp("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plan = dir.join("bad.plan");
+    std::fs::write(
+        &plan,
+        "deepen --after conv2_1\ndeepen --after conv2_1.conv1\n",
+    )
+    .unwrap();
+    let out = r2rc(&[
+        "apply",
+        "examples/resnet_cifar10.arch",
+        plan.to_str().unwrap(),
+        "-o",
+        dir.join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.plan:2:") && err.contains("is a layer inside block"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("o").exists(),
+        "nothing is written on a failed plan"
+    );
+    std::fs::write(&plan, "shrink --layer conv1\n").unwrap();
+    let out = r2rc(&[
+        "apply",
+        "examples/resnet_cifar10.arch",
+        plan.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.plan:1: cannot read plan line"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn deepen_command_outputs_and_refusals() {
+    let dir = tmp("deepen");
+    let d = dir.to_str().unwrap();
+    let out = r2rc(&[
+        "deepen",
+        "examples/resnet_cifar10.arch",
+        "--after",
+        "conv2_1",
+        "-o",
+        d,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "resnet_cifar10.arch",
+        "resnet_cifar10.safetensors",
+        "report.json",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    for k in [
+        "method",
+        "site",
+        "name_map",
+        "params_before",
+        "params_after",
+        "macs_before",
+        "macs_after",
+        "evidence",
+    ] {
+        assert!(report.get(k).is_some(), "report lacks {k}");
+    }
+    assert_eq!(report["name_map"]["conv2_2.conv1"], "conv2_3.conv1");
+    let meta = r2rc::params::load_metadata(&dir.join("resnet_cifar10.safetensors")).unwrap();
+    assert_eq!(meta["r2rc.method"], "r2r");
+    // Existing outputs are not overwritten without --force.
+    let again = r2rc(&[
+        "deepen",
+        "examples/resnet_cifar10.arch",
+        "--after",
+        "conv2_1",
+        "-o",
+        d,
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    // A refused insertion writes nothing and exits 2.
+    let bad_dir = tmp("deepen-bad");
+    let bad = r2rc(&[
+        "deepen",
+        "examples/resnet_cifar10.arch",
+        "--after",
+        "conv2_1",
+        "--width",
+        "5",
+        "-o",
+        bad_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("even hidden width"));
+    assert!(!bad_dir.exists());
+    // Net2DeeperNet: eval proved, train deviation reported, exit 0.
+    let n2n = r2rc(&[
+        "deepen",
+        "examples/resnet_cifar10.arch",
+        "--after",
+        "conv3_1",
+        "--method",
+        "net2net",
+        "--json",
+    ]);
+    assert!(
+        n2n.status.success(),
+        "{}",
+        String::from_utf8_lossy(&n2n.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&n2n.stdout).unwrap();
+    assert_eq!(v["exactness"], "eval_only");
+    assert!(v["notes"]
+        .to_string()
+        .contains("not function preserving in train mode"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

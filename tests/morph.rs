@@ -1,0 +1,143 @@
+//! Kernel-size morphing: exact on every example's convs in both modes, the old kernel at
+//! the centre of the new one, refusals with their messages, and the command's outputs.
+
+use std::process::Command;
+
+use r2rc::params::{init, DType, Params};
+use r2rc::prove::{check_equivalence, ProveOptions};
+use r2rc::transform::morph_kernel::morph_kernel;
+use r2rc::transform::resize_input;
+
+fn load(file: &str) -> r2rc::ir::Graph {
+    let src = std::fs::read_to_string(format!("examples/{file}.arch")).unwrap();
+    let g = r2rc::lower::compile(&src, &[]).unwrap();
+    if g.input_shape()[1] > 64 {
+        resize_input(&g, &[3, 64, 64]).unwrap()
+    } else {
+        g
+    }
+}
+
+fn teacher(g: &r2rc::ir::Graph) -> Params {
+    let mut p = init(g, 4, true);
+    p.dtype = DType::F64;
+    p
+}
+
+#[test]
+fn morphing_is_exact_on_every_example_in_both_modes() {
+    for (file, layer, k) in [
+        ("smallconv", "conv1", 9),
+        ("resnet_cifar10", "conv2_1.conv1", 5),
+        ("resnet_cifar18", "conv3_1.downsample.0", 3),
+        ("resnet18", "conv3_1.conv1", 7),
+        ("resnet34", "conv2_2.conv2", 5),
+        ("resnet50", "conv2_1.conv1", 3),
+    ] {
+        let g = load(file);
+        let p = teacher(&g);
+        let m = morph_kernel(&g, &p, layer, k).unwrap();
+        let ev = check_equivalence(&g, &p, &m.graph, &m.params, &ProveOptions::default()).unwrap();
+        for e in &ev {
+            eprintln!(
+                "{file} {layer} -> {k}x{k} {}: max rel {:.3e}",
+                e.mode, e.max_rel_err
+            );
+            assert!(e.passed && e.max_rel_err <= 1e-9, "{file} {layer}: {e:?}");
+        }
+        // The old kernel sits at the centre; the rest is zero.
+        let old = &p.tensors[&format!("{layer}.weight")];
+        let new = &m.params.tensors[&format!("{layer}.weight")];
+        let k0 = old.shape()[2];
+        let d = (k - k0) / 2;
+        let inside: f64 = new.iter().map(|x| x.abs()).sum();
+        let kept: f64 = old.iter().map(|x| x.abs()).sum();
+        assert_eq!(inside, kept);
+        assert_eq!(new[[0, 0, d, d]], old[[0, 0, 0, 0]]);
+        // Every other tensor is untouched.
+        for (name, t) in &p.tensors {
+            if name != &format!("{layer}.weight") {
+                assert_eq!(t, &m.params.tensors[name], "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn morph_refusals_say_why() {
+    let g = load("resnet_cifar10");
+    let p = teacher(&g);
+    let msg = |layer: &str, k: usize| {
+        let e = morph_kernel(&g, &p, layer, k).unwrap_err();
+        format!("{e} | {}", e.hint_text().unwrap_or(""))
+    };
+    let e = msg("conv2_1.conv1", 1);
+    assert!(
+        e.contains("only grows a kernel") && e.contains("--kernel 5"),
+        "{e}"
+    );
+    let e = msg("conv2_1.conv1", 3);
+    assert!(e.contains("only grows a kernel"), "{e}");
+    let e = msg("conv2_1.conv1", 4);
+    assert!(
+        e.contains("same parity") && e.contains("--kernel 3 or 5"),
+        "{e}"
+    );
+    let e = msg("conv2_1.bn1", 5);
+    assert!(e.contains("is a batch_norm layer"), "{e}");
+    let e = msg("conv2_1.conv9", 5);
+    assert!(
+        e.contains("no layer named") && e.contains("did you mean `conv2_1.conv1`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn morph_command_writes_the_student_and_its_report() {
+    let dir = std::env::temp_dir().join(format!("r2rc-morph-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_r2rc"))
+        .args([
+            "morph",
+            "examples/smallconv.arch",
+            "--layer",
+            "conv1",
+            "--kernel",
+            "9",
+            "-o",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let arch = std::fs::read_to_string(dir.join("smallconv.arch")).unwrap();
+    assert!(arch.contains("9x9, 16"), "{arch}");
+    assert!(
+        arch.contains("# proof: eval f64") && arch.contains("passed"),
+        "{arch}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["command"], "morph");
+    assert_eq!(report["evidence"].as_array().unwrap().len(), 2);
+    assert!(dir.join("smallconv.safetensors").exists());
+    // A refusal exits 2.
+    let bad = Command::new(env!("CARGO_BIN_EXE_r2rc"))
+        .args([
+            "morph",
+            "examples/smallconv.arch",
+            "--layer",
+            "conv1",
+            "--kernel",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("same parity"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -582,3 +582,89 @@ fn every_example_runs() {
         }
     }
 }
+
+/// `forward` fuses BN+ReLU and add+ReLU and frees values early; `forward_all` does
+/// neither. Both must give the same output, bit for bit.
+#[test]
+fn fused_forward_equals_unfused_forward_all() {
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/resnet_cifar10.arch"
+    ))
+    .unwrap();
+    let g = r2rc::lower::compile(&src, &[]).unwrap();
+    let p = params::init(&g, 5, true);
+    let x = exec::random_input(&g, 3, 6).mapv(|v| v as f32);
+    let ex = Executor::<f32>::new(&g, &p).unwrap();
+    for mode in [Mode::Eval, Mode::Train] {
+        let y = ex.forward(x.clone(), mode).unwrap();
+        let all = ex.forward_all(x.clone(), mode).unwrap();
+        assert_eq!(all.len(), g.g.node_count());
+        let out = all.iter().find(|v| v.node == g.output).unwrap();
+        assert_eq!(out.data, y, "{mode:?}");
+    }
+}
+
+/// Max and average pooling against a direct window loop over several geometries.
+#[test]
+fn pooling_matches_the_direct_loop() {
+    for (k, &(kh, kw, stride, padding, h, w)) in [
+        (3, 3, 2, 1, 9, 8),
+        (5, 5, 3, 2, 11, 10),
+        (2, 2, 2, 0, 6, 7),
+        (3, 2, 1, 1, 5, 4),
+        (4, 4, 3, 2, 7, 9),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let pool = Pool {
+            kernel: [kh, kw],
+            stride,
+            padding,
+        };
+        let x = random(&[2, 3, h, w], 40 + k as u64);
+        for max in [true, false] {
+            let mut g = graph(&[3, h, w]);
+            let input = g.input;
+            let op = if max {
+                Op::MaxPool(pool.clone())
+            } else {
+                Op::AvgPool(pool.clone())
+            };
+            add(&mut g, "pool", op, &[input]);
+            let p = params::init(&g, 0, false);
+            let y = run(&g, &p, &x, Mode::Eval);
+            let (oh, ow) = (y.shape()[2], y.shape()[3]);
+            assert_eq!(oh, (h + 2 * padding - kh) / stride + 1);
+            assert_eq!(ow, (w + 2 * padding - kw) / stride + 1);
+            for i in 0..2 {
+                for c in 0..3 {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut m = f64::NEG_INFINITY;
+                            let mut sum = 0.0;
+                            for ki in 0..kh {
+                                for kj in 0..kw {
+                                    let iy = (oy * stride + ki) as isize - padding as isize;
+                                    let ix = (ox * stride + kj) as isize - padding as isize;
+                                    if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                                        let v = x[[i, c, iy as usize, ix as usize]];
+                                        m = m.max(v);
+                                        sum += v;
+                                    }
+                                }
+                            }
+                            let want = if max { m } else { sum / (kh * kw) as f64 };
+                            let got = y[[i, c, oy, ox]];
+                            assert!(
+                                (got - want).abs() < 1e-14,
+                                "case {k} max={max}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -12,8 +12,7 @@ const CHUNK: usize = 1 << 14;
 pub fn activation<T: Float>(mut x: Tensor<T>, a: &Activation, prelu: Option<&[T]>) -> Tensor<T> {
     match a {
         Activation::Identity => {}
-        // NaN stays NaN, as in PyTorch.
-        Activation::Relu => map(&mut x, |v| if v < T::zero() { T::zero() } else { v }),
+        Activation::Relu => map(&mut x, relu),
         Activation::LeakyRelu { slope } => {
             let s = T::from_f64(*slope);
             map(&mut x, move |v| if v > T::zero() { v } else { v * s })
@@ -37,6 +36,16 @@ pub fn activation<T: Float>(mut x: Tensor<T>, a: &Activation, prelu: Option<&[T]
         Activation::Gelu => map(&mut x, |v| T::from_f64(gelu(v.to_f64()))),
     }
     x
+}
+
+/// max(v, 0); NaN stays NaN, as in PyTorch.
+#[inline]
+pub fn relu<T: Float>(v: T) -> T {
+    if v < T::zero() {
+        T::zero()
+    } else {
+        v
+    }
 }
 
 fn map<T: Float>(x: &mut Tensor<T>, f: impl Fn(T) -> T + Sync + Send) {

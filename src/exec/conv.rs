@@ -6,9 +6,23 @@ use super::float::{gemm, Float};
 use super::Tensor;
 use crate::ir::Conv2d;
 
+/// What runs on each image's output while it is still in cache: an eval-mode batch norm
+/// (`v * scale[c] + shift[c]`, the same arithmetic as the unfused pass) and maybe a ReLU.
+pub struct Epilogue<T> {
+    pub scale: Vec<T>,
+    pub shift: Vec<T>,
+    pub relu: bool,
+}
+
 /// PyTorch `conv2d`: cross-correlation with zero padding, stride, dilation and groups.
 /// `x` is `[N, C, H, W]`, `w` is OIHW, the result `[N, O, OH, OW]`.
-pub fn conv2d<T: Float>(x: &Tensor<T>, c: &Conv2d, w: &[T], bias: Option<&[T]>) -> Tensor<T> {
+pub fn conv2d<T: Float>(
+    x: &Tensor<T>,
+    c: &Conv2d,
+    w: &[T],
+    bias: Option<&[T]>,
+    epilogue: Option<&Epilogue<T>>,
+) -> Tensor<T> {
     let [n, ci, h, wd] = x.dims4();
     let [kh, kw] = c.kernel;
     let (s, p, d, g) = (c.stride, c.padding, c.dilation, c.groups);
@@ -32,7 +46,26 @@ pub fn conv2d<T: Float>(x: &Tensor<T>, c: &Conv2d, w: &[T], bias: Option<&[T]>) 
         oh,
         ow,
     };
-    let mut out = vec![T::zero(); n * co * ohw];
+    let mut out = T::zeros(n * co * ohw);
+    // Bias, then the fused batch norm and ReLU, on one image's `[O, HW]` output.
+    let finish = |y: &mut [T]| {
+        for (o, plane) in y.chunks_mut(ohw).enumerate() {
+            if let Some(b) = bias {
+                let bv = b[o];
+                plane.iter_mut().for_each(|v| *v += bv);
+            }
+            if let Some(e) = epilogue {
+                let (a, b) = (e.scale[o], e.shift[o]);
+                if e.relu {
+                    plane
+                        .iter_mut()
+                        .for_each(|v| *v = super::act::relu(*v * a + b));
+                } else {
+                    plane.iter_mut().for_each(|v| *v = *v * a + b);
+                }
+            }
+        }
+    };
     let threads = rayon::current_num_threads().max(1);
     // Images per GEMM: small feature maps share one product so the weights are packed
     // once per group rather than once per image, keeping enough groups for the threads.
@@ -57,22 +90,23 @@ pub fn conv2d<T: Float>(x: &Tensor<T>, c: &Conv2d, w: &[T], bias: Option<&[T]>) 
                 let yg = &mut y[grp * cog * ohw..(grp + 1) * cog * ohw];
                 gemm(cog, kk, ohw, wg, kk, cols, ohw, false, yg, ohw);
             }
+            finish(y);
         };
         if super::parallel_images(n) {
             out.par_chunks_mut(co * ohw)
                 .enumerate()
-                .for_each_init(Vec::new, |buf, (img, y)| image(img, y, buf));
+                .for_each(|(img, y)| T::with_scratch(|buf, _| image(img, y, buf)));
         } else {
-            let mut buf = Vec::new();
-            for (img, y) in out.chunks_mut(co * ohw).enumerate() {
-                image(img, y, &mut buf);
-            }
+            T::with_scratch(|buf, _| {
+                for (img, y) in out.chunks_mut(co * ohw).enumerate() {
+                    image(img, y, buf);
+                }
+            });
         }
     } else {
-        let group = |first: usize, y: &mut [T], bufs: &mut (Vec<T>, Vec<T>)| {
+        let group = |first: usize, y: &mut [T], cols: &mut Vec<T>, prod: &mut Vec<T>| {
             let count = y.len() / (co * ohw);
             let ld = count * ohw;
-            let (cols, prod) = bufs;
             cols.resize(kk * ld, T::zero());
             prod.resize(cog * ld, T::zero());
             for grp in 0..g {
@@ -93,25 +127,21 @@ pub fn conv2d<T: Float>(x: &Tensor<T>, c: &Conv2d, w: &[T], bias: Option<&[T]>) 
                     }
                 }
             }
+            y.chunks_mut(co * ohw).for_each(finish);
         };
         if super::parallel_images(n.div_ceil(per_group)) {
             out.par_chunks_mut(per_group * co * ohw)
                 .enumerate()
-                .for_each_init(Default::default, |bufs, (k, y)| {
-                    group(k * per_group, y, bufs)
+                .for_each(|(k, y)| {
+                    T::with_scratch(|cols, prod| group(k * per_group, y, cols, prod))
                 });
         } else {
-            let mut bufs = Default::default();
-            for (k, y) in out.chunks_mut(per_group * co * ohw).enumerate() {
-                group(k * per_group, y, &mut bufs);
-            }
+            T::with_scratch(|cols, prod| {
+                for (k, y) in out.chunks_mut(per_group * co * ohw).enumerate() {
+                    group(k * per_group, y, cols, prod);
+                }
+            });
         }
-    }
-    if let Some(b) = bias {
-        out.par_chunks_mut(ohw).enumerate().for_each(|(i, plane)| {
-            let bv = b[i % co];
-            plane.iter_mut().for_each(|v| *v += bv);
-        });
     }
     Tensor {
         shape: vec![n, co, oh, ow],

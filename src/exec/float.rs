@@ -1,5 +1,6 @@
 //! The element types the executor runs in (f32 and f64) and their GEMM.
 
+use std::cell::RefCell;
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub};
@@ -34,6 +35,12 @@ pub trait Float:
     fn sqrt(self) -> Self;
     fn is_finite(self) -> bool;
     fn is_nan(self) -> bool;
+    /// `n` zeros; concrete so that the allocator hands out zeroed pages (no memset).
+    fn zeros(n: usize) -> Vec<Self>;
+
+    /// Runs `f` with this thread's two scratch buffers (kept between calls, so large
+    /// im2col matrices are not allocated, zeroed and faulted in for every image).
+    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R;
 
     /// `C = A B + beta C` on strided matrices (matrixmultiply's `sgemm`/`dgemm`).
     ///
@@ -91,6 +98,22 @@ macro_rules! float_impl {
             }
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
+            }
+            fn zeros(n: usize) -> Vec<Self> {
+                vec![0.0; n]
+            }
+            fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R {
+                thread_local! {
+                    static SCRATCH: RefCell<(Vec<$t>, Vec<$t>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+                }
+                SCRATCH.with(|s| match s.try_borrow_mut() {
+                    Ok(mut s) => {
+                        let (a, b) = &mut *s;
+                        f(a, b)
+                    }
+                    // Re-entered on this thread (not done today): use fresh buffers.
+                    Err(_) => f(&mut Vec::new(), &mut Vec::new()),
+                })
             }
             unsafe fn gemm(
                 m: usize,

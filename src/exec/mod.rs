@@ -19,6 +19,7 @@ use std::sync::Arc;
 use ndarray::{ArrayD, IxDyn};
 
 pub use act::{erf, gelu};
+use conv::Epilogue;
 pub use float::{gemm, Float};
 pub use norm::BnParams;
 
@@ -149,6 +150,12 @@ struct Step<T> {
     inputs: Vec<usize>,
     /// How many input edges read this step's value.
     uses: usize,
+    /// The ReLU step that is this step's only reader, when it can run in the same pass
+    /// (batch norm or add followed by ReLU); used by `forward`, never by `forward_all`.
+    fused_relu: Option<usize>,
+    /// For a conv whose only reader is a batch norm: in eval-mode `forward`, that BN (and
+    /// the ReLU fused into it) run in the conv's epilogue. Holds the steps absorbed.
+    fused_bn: Option<(Vec<usize>, Epilogue<T>)>,
     weights: Weights<T>,
 }
 
@@ -212,6 +219,8 @@ impl<T: Float> Executor<T> {
                 op: node.op.clone(),
                 inputs,
                 uses: 0,
+                fused_relu: None,
+                fused_bn: None,
                 weights,
             });
         }
@@ -220,10 +229,46 @@ impl<T: Float> Executor<T> {
                 steps[j].uses += 1;
             }
         }
+        let output = position[&graph.output];
+        for i in 0..steps.len() {
+            let readers: Vec<usize> = (0..steps.len())
+                .filter(|&j| steps[j].inputs.contains(&i))
+                .collect();
+            let fusable = matches!(steps[i].op, Op::BatchNorm(_) | Op::Add);
+            if let [j] = readers[..] {
+                if fusable
+                    && i != output
+                    && steps[i].uses == 1
+                    && steps[j].op == Op::Activation(Activation::Relu)
+                {
+                    steps[i].fused_relu = Some(j);
+                }
+            }
+        }
+        for i in 0..steps.len() {
+            if i == output || steps[i].uses != 1 || !matches!(steps[i].op, Op::Conv2d(_)) {
+                continue;
+            }
+            let Some(j) = (0..steps.len()).find(|&j| steps[j].inputs.contains(&i)) else {
+                continue;
+            };
+            if let Weights::Bn(bn) = &steps[j].weights {
+                let (scale, shift) = norm::eval_affine(bn);
+                let relu = steps[j].fused_relu;
+                let mut absorbed = vec![j];
+                absorbed.extend(relu);
+                let e = Epilogue {
+                    scale,
+                    shift,
+                    relu: relu.is_some(),
+                };
+                steps[i].fused_bn = Some((absorbed, e));
+            }
+        }
         Ok(Executor {
             steps,
             input: position[&graph.input],
-            output: position[&graph.output],
+            output,
             input_shape: graph.input_shape().clone(),
         })
     }
@@ -273,11 +318,17 @@ impl<T: Float> Executor<T> {
         }
         let mut vals: Vec<Option<Arc<Tensor<T>>>> = vec![None; self.steps.len()];
         let mut left: Vec<usize> = self.steps.iter().map(|s| s.uses).collect();
+        let mut done = vec![false; self.steps.len()];
         vals[self.input] = Some(Arc::new(input));
         for (i, step) in self.steps.iter().enumerate() {
-            if i == self.input {
+            if i == self.input || done[i] {
                 continue;
             }
+            let fused = step.fused_relu.filter(|_| !keep_all);
+            let fused_bn = step
+                .fused_bn
+                .as_ref()
+                .filter(|_| !keep_all && mode == Mode::Eval);
             let mut args = Vec::with_capacity(step.inputs.len());
             for &j in &step.inputs {
                 left[j] -= 1;
@@ -289,9 +340,20 @@ impl<T: Float> Executor<T> {
                 };
                 args.push(v.expect("inputs run before their consumers"));
             }
-            let out = eval(step, args, mode)
+            let out = eval(step, args, mode, fused.is_some(), fused_bn.map(|f| &f.1))
                 .map_err(|m| Error::usage(format!("layer `{}`: {m}", step.name), None))?;
-            if step.uses > 0 || keep_all || i == self.output {
+            if let Some((absorbed, _)) = fused_bn {
+                // The BN (and its ReLU) ran in the conv's epilogue.
+                absorbed.iter().for_each(|&j| done[j] = true);
+                let last = *absorbed.last().expect("at least the BN");
+                if self.steps[last].uses > 0 || last == self.output {
+                    vals[last] = Some(Arc::new(out));
+                }
+            } else if let Some(j) = fused {
+                // The ReLU ran in the same pass: its value is ready, this one is gone.
+                done[j] = true;
+                vals[j] = Some(Arc::new(out));
+            } else if step.uses > 0 || keep_all || i == self.output {
                 vals[i] = Some(Arc::new(out));
             }
         }
@@ -308,6 +370,8 @@ fn eval<T: Float>(
     step: &Step<T>,
     mut args: Vec<Arc<Tensor<T>>>,
     mode: Mode,
+    relu: bool,
+    epilogue: Option<&Epilogue<T>>,
 ) -> std::result::Result<Tensor<T>, String> {
     let dense = || match &step.weights {
         Weights::Dense { w, b } => (w.as_slice(), b.as_deref()),
@@ -317,7 +381,7 @@ fn eval<T: Float>(
         Op::Input => unreachable!("the input is placed before the loop"),
         Op::Conv2d(c) => {
             let (w, b) = dense();
-            conv::conv2d(&args[0], c, w, b)
+            conv::conv2d(&args[0], c, w, b, epilogue)
         }
         Op::Linear(l) => {
             let (w, b) = dense();
@@ -329,8 +393,8 @@ fn eval<T: Float>(
             };
             let x = own(args.remove(0));
             match mode {
-                Mode::Eval => norm::batch_norm_eval(x, bn),
-                Mode::Train => norm::batch_norm_train(x, bn)?,
+                Mode::Eval => norm::batch_norm_eval(x, bn, relu),
+                Mode::Train => norm::batch_norm_train(x, bn, relu)?,
             }
         }
         Op::Activation(a) => {
@@ -348,7 +412,7 @@ fn eval<T: Float>(
         Op::Add => {
             let first = own(args.remove(0));
             let rest: Vec<&Tensor<T>> = args.iter().map(|a| a.as_ref()).collect();
-            shape::add(first, &rest)
+            shape::add(first, &rest, relu)
         }
         Op::ShortcutPad(p) => shape::shortcut_pad(&args[0], p),
     })

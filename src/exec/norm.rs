@@ -15,21 +15,31 @@ pub struct BnParams<T> {
 }
 
 /// Eval mode: `(x - running_mean) / sqrt(running_var + eps) * gamma + beta`, in place.
-pub fn batch_norm_eval<T: Float>(x: Tensor<T>, bn: &BnParams<T>) -> Tensor<T> {
-    let (scale, shift): (Vec<T>, Vec<T>) = (0..bn.gamma.len())
+pub fn batch_norm_eval<T: Float>(x: Tensor<T>, bn: &BnParams<T>, relu: bool) -> Tensor<T> {
+    let (scale, shift) = eval_affine(bn);
+    affine(x, &scale, &shift, relu)
+}
+
+/// Eval mode as a per-channel affine map `v * scale + shift` (also used when a conv runs
+/// its batch norm in its own epilogue).
+pub fn eval_affine<T: Float>(bn: &BnParams<T>) -> (Vec<T>, Vec<T>) {
+    (0..bn.gamma.len())
         .map(|c| {
             let scale = bn.gamma[c].to_f64() / (bn.var[c].to_f64() + bn.eps).sqrt();
             let shift = bn.beta[c].to_f64() - bn.mean[c].to_f64() * scale;
             (T::from_f64(scale), T::from_f64(shift))
         })
-        .unzip();
-    affine(x, &scale, &shift)
+        .unzip()
 }
 
 /// Train mode: normalises with the batch's mean and biased variance over N, H and W, as
 /// PyTorch does in the forward pass; running statistics are not updated. Needs more than
 /// one value per channel, like PyTorch.
-pub fn batch_norm_train<T: Float>(x: Tensor<T>, bn: &BnParams<T>) -> Result<Tensor<T>, String> {
+pub fn batch_norm_train<T: Float>(
+    x: Tensor<T>,
+    bn: &BnParams<T>,
+    relu: bool,
+) -> Result<Tensor<T>, String> {
     let n = x.shape[0];
     let c = x.shape[1];
     let inner: usize = x.shape[2..].iter().product();
@@ -59,17 +69,24 @@ pub fn batch_norm_train<T: Float>(x: Tensor<T>, bn: &BnParams<T>) -> Result<Tens
             (T::from_f64(scale), T::from_f64(shift))
         })
         .unzip();
-    Ok(affine(x, &scale, &shift))
+    Ok(affine(x, &scale, &shift, relu))
 }
 
-/// `x * scale[c] + shift[c]` for every channel c, in place.
-fn affine<T: Float>(mut x: Tensor<T>, scale: &[T], shift: &[T]) -> Tensor<T> {
+/// `x * scale[c] + shift[c]` for every channel c, in place; with `relu`, also a ReLU in
+/// the same pass (the executor fuses a BN whose only reader is a ReLU).
+fn affine<T: Float>(mut x: Tensor<T>, scale: &[T], shift: &[T], relu: bool) -> Tensor<T> {
     let c = x.shape[1];
     let inner: usize = x.shape[2..].iter().product();
     x.data.par_chunks_mut(inner.max(1) * c).for_each(|sample| {
         for (ch, plane) in sample.chunks_mut(inner.max(1)).enumerate() {
             let (a, b) = (scale[ch], shift[ch]);
-            plane.iter_mut().for_each(|v| *v = *v * a + b);
+            if relu {
+                plane
+                    .iter_mut()
+                    .for_each(|v| *v = super::act::relu(*v * a + b));
+            } else {
+                plane.iter_mut().for_each(|v| *v = *v * a + b);
+            }
         }
     });
     x

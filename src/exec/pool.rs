@@ -13,42 +13,42 @@ pub fn pool2d<T: Float>(x: &Tensor<T>, p: &Pool, max: bool) -> Tensor<T> {
     let (s, pad) = (p.stride, p.padding);
     let oh = (h + 2 * pad - kh) / s + 1;
     let ow = (w + 2 * pad - kw) / s + 1;
-    let mut out = vec![T::zero(); n * c * oh * ow];
+    let mut out = T::zeros(n * c * oh * ow);
     // count_include_pad=True: windows never leave the padded input, so always kh*kw.
     let area = T::from_f64((kh * kw) as f64);
     out.par_chunks_mut(oh * ow)
         .zip(x.data.par_chunks(h * w))
         .for_each(|(dst, src)| {
-            for oy in 0..oh {
-                let y0 = (oy * s) as isize - pad as isize;
-                let ys = y0.max(0) as usize..((y0 + kh as isize).min(h as isize)) as usize;
-                for ox in 0..ow {
-                    let x0 = (ox * s) as isize - pad as isize;
-                    let (xa, xb) = (
-                        x0.max(0) as usize,
-                        ((x0 + kw as isize).min(w as isize)) as usize,
-                    );
-                    dst[oy * ow + ox] = if max {
-                        // Padding is -inf: it never wins, so only real pixels count. NaN
-                        // propagates as in PyTorch.
-                        let mut m = T::neg_infinity();
-                        for y in ys.clone() {
-                            for &v in &src[y * w + xa..y * w + xb] {
-                                if v > m || v.is_nan() {
-                                    m = v;
+            for (oy, orow) in dst.chunks_mut(ow).enumerate() {
+                // Padding is -inf for max (it never wins) and 0 for average.
+                orow.fill(if max { T::neg_infinity() } else { T::zero() });
+                for ki in 0..kh {
+                    let iy = (oy * s + ki) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let srow = &src[iy as usize * w..(iy as usize + 1) * w];
+                    for kj in 0..kw {
+                        // Output columns whose input column is inside the row: [lo, hi).
+                        let off = kj as isize - pad as isize;
+                        let lo = (if off < 0 { (-off) as usize } else { 0 }).div_ceil(s);
+                        let hi = ((w as isize - off).max(0) as usize).div_ceil(s).min(ow);
+                        for ox in lo..hi.max(lo) {
+                            let v = srow[((ox * s) as isize + off) as usize];
+                            let m = &mut orow[ox];
+                            if max {
+                                // NaN propagates as in PyTorch.
+                                if v > *m || v.is_nan() {
+                                    *m = v;
                                 }
+                            } else {
+                                *m += v;
                             }
                         }
-                        m
-                    } else {
-                        let mut sum = T::zero();
-                        for y in ys.clone() {
-                            for &v in &src[y * w + xa..y * w + xb] {
-                                sum += v;
-                            }
-                        }
-                        sum / area
-                    };
+                    }
+                }
+                if !max {
+                    orow.iter_mut().for_each(|v| *v = *v / area);
                 }
             }
         });

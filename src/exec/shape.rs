@@ -14,14 +14,30 @@ pub fn flatten<T: Float>(mut x: Tensor<T>) -> Tensor<T> {
     x
 }
 
-/// Element-wise sum, accumulated into the first input's buffer.
-pub fn add<T: Float>(mut first: Tensor<T>, rest: &[&Tensor<T>]) -> Tensor<T> {
-    for r in rest {
+/// Element-wise sum, accumulated into the first input's buffer; with `relu`, the ReLU
+/// that reads it is applied in the same pass.
+pub fn add<T: Float>(mut first: Tensor<T>, rest: &[&Tensor<T>], relu: bool) -> Tensor<T> {
+    for (k, r) in rest.iter().enumerate() {
+        let last = relu && k + 1 == rest.len();
         first
             .data
             .par_chunks_mut(1 << 14)
             .zip(r.data.par_chunks(1 << 14))
-            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, &y)| *x += y));
+            .for_each(|(a, b)| {
+                if last {
+                    a.iter_mut()
+                        .zip(b)
+                        .for_each(|(x, &y)| *x = super::act::relu(*x + y));
+                } else {
+                    a.iter_mut().zip(b).for_each(|(x, &y)| *x += y);
+                }
+            });
+    }
+    if relu && rest.is_empty() {
+        first
+            .data
+            .iter_mut()
+            .for_each(|v| *v = super::act::relu(*v));
     }
     first
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod exec;
 pub mod ir;
 pub mod lower;
+pub mod names;
 pub mod params;
 pub mod print;
 pub mod prove;

@@ -1,11 +1,12 @@
 //! `r2rc deepen FILE --after NAME [--method r2r|net2net|netmorph|netmorph-dense|random]
 //! [--width M] [--weights W] [-o DIR] [--force] [--seed S] [--no-prove] [--dtype f32|f64]
-//! [--inputs N] [--json]`.
+//! [--inputs N] [--json] [--names r2rc|torchvision]`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use r2rc::ir::Graph;
+use r2rc::names::{self, Naming};
 use r2rc::params::{self, Params};
 use r2rc::prove::{Precision, ProveOptions};
 use r2rc::report::write_outputs;
@@ -60,13 +61,20 @@ pub struct Common {
     /// Architecture parameters, e.g. `--set r=1/8`.
     #[arg(long = "set", value_name = "NAME=EXPR")]
     pub sets: Vec<String>,
+    /// Tensor names of the teacher and student weights: r2rc or torchvision (ResNet
+    /// family: `bn1`, `layer1.0.conv1`, `fc`).
+    #[arg(long, default_value = "r2rc", value_name = "NAMING")]
+    pub names: String,
 }
 
 impl Common {
     /// The teacher's weights and where they came from.
     pub fn teacher(&self, graph: &Graph) -> Result<(Params, String)> {
         Ok(match &self.weights {
-            Some(w) => (params::load(graph, w)?, w.display().to_string()),
+            Some(w) => (
+                names::load(graph, w, Naming::parse(&self.names)?)?,
+                w.display().to_string(),
+            ),
             None => (
                 params::init(graph, self.seed, true),
                 format!(
@@ -114,7 +122,8 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                 .file_stem()
                 .map(|x| x.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "student".into());
-            let st = params::to_bytes(s.params, s.graph, Some(&s.metadata))?;
+            let naming = Naming::parse(&common.names)?;
+            let st = names::to_bytes(s.params, s.graph, Some(&s.metadata), naming)?;
             let files = vec![
                 (format!("{stem}.arch"), arch.into_bytes()),
                 (format!("{stem}.safetensors"), st),

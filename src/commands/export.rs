@@ -1,14 +1,17 @@
-//! `r2rc export FILE --weights W (--onnx OUT.onnx | --json OUT.json) [--force]`.
+//! `r2rc export FILE [--weights W] (--onnx OUT.onnx | --json OUT.json | --torch OUT.py)
+//! [--names r2rc|torchvision] [--force]`.
 
 use std::path::PathBuf;
 
-use r2rc::{emit, params, Error, Result};
+use r2rc::names::{self, Naming};
+use r2rc::{emit, Error, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The architecture (.arch) file.
     file: PathBuf,
-    /// Weights (.safetensors) for the ONNX initializers; not needed for --json.
+    /// Weights (.safetensors) for the ONNX initializers; not needed for --json or --torch
+    /// (checked against the network when given).
     #[arg(long, value_name = "W")]
     weights: Option<PathBuf>,
     /// Write an ONNX model (opset 13, f32 weights, input `input`, output `output`).
@@ -17,6 +20,14 @@ pub struct Args {
     /// Write the graph as JSON (nodes, ops, attributes, inputs, parameter names and shapes).
     #[arg(long, value_name = "OUT.json")]
     json: Option<PathBuf>,
+    /// Write a standalone PyTorch module (torch.nn.Module source) whose state_dict keys and
+    /// shapes are those of the weights file.
+    #[arg(long, value_name = "OUT.py")]
+    torch: Option<PathBuf>,
+    /// Tensor names of the weights and of the outputs: r2rc or torchvision (ResNet family:
+    /// `bn1`, `layer1.0.conv1`, `fc`).
+    #[arg(long, default_value = "r2rc", value_name = "NAMING")]
+    names: String,
     /// Architecture parameters, e.g. `--set r=1/8`.
     #[arg(long = "set", value_name = "NAME=EXPR")]
     sets: Vec<String>,
@@ -26,15 +37,22 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.onnx.is_none() && args.json.is_none() {
+    if args.onnx.is_none() && args.json.is_none() && args.torch.is_none() {
         return Err(Error::usage(
-            "export needs an output: --onnx OUT.onnx or --json OUT.json",
+            "export needs an output: --onnx OUT.onnx, --json OUT.json or --torch OUT.py",
             Some(
                 "for example `r2rc export net.arch --weights w.safetensors --onnx net.onnx`".into(),
             ),
         ));
     }
+    let naming = Naming::parse(&args.names)?;
     let graph = super::load_arch(&args.file, &args.sets)?;
+    // Every output names the parameter-owning layers in the chosen naming.
+    let named = names::renamed_graph(&graph, naming)?;
+    let weights = |w: &PathBuf| -> Result<_> {
+        let p = names::load(&graph, w, naming)?;
+        names::to_naming(&p, &graph, naming)
+    };
     // Everything is produced before anything is written, so a failure writes nothing.
     let mut outputs: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     if let Some(path) = &args.onnx {
@@ -44,11 +62,16 @@ pub fn run(args: Args) -> Result<()> {
                 Some("make some with `r2rc init FILE -o W.safetensors`".into()),
             )
         })?;
-        let p = params::load(&graph, w)?;
-        outputs.push((path.clone(), emit::to_onnx(&graph, &p)?));
+        outputs.push((path.clone(), emit::to_onnx(&named, &weights(w)?)?));
+    }
+    if let Some(path) = &args.torch {
+        if let Some(w) = &args.weights {
+            weights(w)?;
+        }
+        outputs.push((path.clone(), emit::to_torch(&named)?.into_bytes()));
     }
     if let Some(path) = &args.json {
-        let mut text = serde_json::to_string_pretty(&emit::graph_json(&graph))
+        let mut text = serde_json::to_string_pretty(&emit::graph_json(&named))
             .map_err(|e| Error::usage(format!("cannot encode the graph as JSON: {e}"), None))?;
         text.push('\n');
         outputs.push((path.clone(), text.into_bytes()));

@@ -1,9 +1,10 @@
 //! `r2rc widen FILE (--layer NAME | --all) (--by F | --to C | --add E) [--method M]
 //! [--weights W] [-o DIR] [--force] [--seed S] [--init match|he] [--noise SIGMA]
-//! [--no-prove] [--dtype f32|f64] [--inputs N] [--json]`.
+//! [--no-prove] [--dtype f32|f64] [--inputs N] [--json] [--names r2rc|torchvision]`.
 
 use std::path::PathBuf;
 
+use r2rc::names::{self, Naming};
 use r2rc::params::{self, DType};
 use r2rc::prove::{Precision, ProveOptions};
 use r2rc::report::{student_arch, widen_proved, write_outputs};
@@ -67,12 +68,17 @@ pub struct Args {
     /// Print the report as JSON on stdout (with the student text when there is no -o).
     #[arg(long)]
     json: bool,
+    /// Tensor names of the teacher and student weights: r2rc or torchvision (ResNet
+    /// family: `bn1`, `layer1.0.conv1`, `fc`).
+    #[arg(long, default_value = "r2rc", value_name = "NAMING")]
+    names: String,
     /// Architecture parameters, e.g. `--set r=1/8`.
     #[arg(long = "set", value_name = "NAME=EXPR")]
     sets: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let naming = Naming::parse(&args.names)?;
     let graph = super::load_arch(&args.file, &args.sets)?;
     let method = Method::parse(&args.method)?;
     let amount = match (args.by, args.to, args.add) {
@@ -96,7 +102,7 @@ pub fn run(args: Args) -> Result<()> {
         return Err(Error::usage("--inputs must be at least 1", None));
     }
     let (teacher, source) = match &args.weights {
-        Some(w) => (params::load(&graph, w)?, w.display().to_string()),
+        Some(w) => (names::load(&graph, w, naming)?, w.display().to_string()),
         None => (
             params::init(&graph, args.seed, true),
             format!(
@@ -129,8 +135,12 @@ pub fn run(args: Args) -> Result<()> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "student".into());
             let meta = outcome.report.metadata();
-            let st =
-                params::to_bytes(&outcome.widened.params, &outcome.widened.graph, Some(&meta))?;
+            let st = names::to_bytes(
+                &outcome.widened.params,
+                &outcome.widened.graph,
+                Some(&meta),
+                naming,
+            )?;
             let files = vec![
                 (format!("{stem}.arch"), arch.into_bytes()),
                 (format!("{stem}.safetensors"), st),

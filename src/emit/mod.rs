@@ -3,6 +3,7 @@
 pub mod json;
 pub mod onnx;
 pub mod onnx_proto;
+pub mod torch;
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use crate::error::{Error, Result};
 
 pub use json::graph_json;
 pub use onnx::to_onnx;
+pub use torch::to_torch;
 
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, then a
 /// rename), keeping an existing file unless `force` is set.

@@ -1,0 +1,856 @@
+//! PyTorch export: the graph as a standalone `torch.nn.Module` source file (no r2rc
+//! import). Layers with parameters become modules placed so that their attribute paths
+//! are the graph's dotted names (`conv2_1.bn1` is `self.conv2_1.bn1`, `downsample.0` an
+//! `nn.Sequential` entry), so the module's `state_dict` keys and shapes equal the
+//! safetensors r2rc writes and `load_state_dict(..., strict=True)` takes them as they
+//! are. Parameter-free ops are functional calls in `forward`, with the eval-mode
+//! semantics of r2rc's executor (average pooling counts padding, option-A shortcuts
+//! subsample from pixel 0 and append zero channels, softmax over dim 1, exact GELU).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write;
+
+use crate::error::{Error, Result};
+use crate::ir::{show_shape, Activation, Graph, NodeIndex, Op};
+
+/// Python keywords and soft keywords; a layer name segment equal to one is reached with
+/// `getattr`.
+const PY_KEYWORDS: &[&str] = &[
+    "False", "None", "True", "and", "as", "assert", "async", "await", "break", "class", "continue",
+    "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
+    "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
+    "with", "yield",
+];
+
+/// Attributes and methods of `nn.Module` and of the layer classes used here: a child
+/// module cannot take one of these names.
+const TORCH_ATTRIBUTES: &[&str] = &[
+    "add_module",
+    "apply",
+    "bfloat16",
+    "buffers",
+    "call_super_init",
+    "children",
+    "compile",
+    "cpu",
+    "cuda",
+    "double",
+    "dump_patches",
+    "eval",
+    "extra_repr",
+    "float",
+    "forward",
+    "get_buffer",
+    "get_extra_state",
+    "get_parameter",
+    "get_submodule",
+    "half",
+    "ipu",
+    "load_state_dict",
+    "modules",
+    "named_buffers",
+    "named_children",
+    "named_modules",
+    "named_parameters",
+    "parameters",
+    "register_backward_hook",
+    "register_buffer",
+    "register_forward_hook",
+    "register_forward_pre_hook",
+    "register_full_backward_hook",
+    "register_full_backward_pre_hook",
+    "register_load_state_dict_post_hook",
+    "register_module",
+    "register_parameter",
+    "register_state_dict_pre_hook",
+    "requires_grad_",
+    "set_extra_state",
+    "share_memory",
+    "state_dict",
+    "to",
+    "to_empty",
+    "train",
+    "training",
+    "type",
+    "xpu",
+    "zero_grad",
+    "mtia",
+    // Conv2d, Linear, BatchNorm, PReLU and Sequential.
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "transposed",
+    "output_padding",
+    "groups",
+    "padding_mode",
+    "weight",
+    "bias",
+    "in_features",
+    "out_features",
+    "num_features",
+    "eps",
+    "momentum",
+    "affine",
+    "track_running_stats",
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+    "num_parameters",
+    "init",
+    "reset_parameters",
+    "reset_running_stats",
+    "append",
+    "extend",
+    "insert",
+    "pop",
+];
+
+/// Names the generated file itself uses at module level or in `forward`.
+const FILE_NAMES: &[&str] = &[
+    "torch",
+    "nn",
+    "F",
+    "x",
+    "self",
+    "INPUT_SHAPE",
+    "OUTPUT_SHAPE",
+];
+
+/// One entry of the module tree: a path segment, the graph node that owns parameters
+/// there (if any), and the children in order of first appearance.
+struct Entry {
+    segment: String,
+    node: Option<NodeIndex>,
+    children: Vec<usize>,
+}
+
+struct Tree {
+    /// Entry 0 is the root (the model itself).
+    entries: Vec<Entry>,
+}
+
+impl Tree {
+    fn build(graph: &Graph) -> Result<Tree> {
+        let mut t = Tree {
+            entries: vec![Entry {
+                segment: String::new(),
+                node: None,
+                children: Vec::new(),
+            }],
+        };
+        for n in graph.order() {
+            if graph.g[n].op.param_slots().is_empty() {
+                continue;
+            }
+            let name = &graph.g[n].name;
+            let mut at = 0;
+            for seg in name.split('.') {
+                check_segment(seg, name)?;
+                at = match t.child(at, seg) {
+                    Some(c) => c,
+                    None => {
+                        t.entries.push(Entry {
+                            segment: seg.to_string(),
+                            node: None,
+                            children: Vec::new(),
+                        });
+                        let c = t.entries.len() - 1;
+                        t.entries[at].children.push(c);
+                        c
+                    }
+                };
+            }
+            if t.entries[at].node.is_some() {
+                return Err(unsupported(format!("two layers are named `{name}`")));
+            }
+            t.entries[at].node = Some(n);
+        }
+        // Numbered children are kept in numeric order so `nn.Sequential` indices match.
+        for i in 0..t.entries.len() {
+            if t.sequential(i) {
+                let mut kids = std::mem::take(&mut t.entries[i].children);
+                kids.sort_by_key(|&c| t.entries[c].segment.parse::<usize>().unwrap_or(0));
+                t.entries[i].children = kids;
+            }
+        }
+        Ok(t)
+    }
+
+    fn child(&self, at: usize, seg: &str) -> Option<usize> {
+        self.entries[at]
+            .children
+            .iter()
+            .copied()
+            .find(|&c| self.entries[c].segment == seg)
+    }
+
+    /// A container without parameters of its own whose children are exactly `0..k`.
+    fn sequential(&self, i: usize) -> bool {
+        let e = &self.entries[i];
+        if i == 0 || e.node.is_some() || e.children.is_empty() {
+            return false;
+        }
+        let mut idx: Vec<usize> = Vec::new();
+        for &c in &e.children {
+            match self.entries[c].segment.parse::<usize>() {
+                Ok(k) if self.entries[c].segment == k.to_string() => idx.push(k),
+                _ => return false,
+            }
+        }
+        idx.sort_unstable();
+        idx.iter().enumerate().all(|(i, &k)| i == k)
+    }
+}
+
+/// A dotted name segment must be usable as a child module's name.
+fn check_segment(seg: &str, name: &str) -> Result<()> {
+    let ident = seg
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let number = !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit());
+    if !(ident || number) {
+        return Err(unsupported(format!(
+            "layer `{name}`: `{seg}` is not a name PyTorch can use for a submodule"
+        )));
+    }
+    if seg.starts_with('_') || TORCH_ATTRIBUTES.contains(&seg) {
+        return Err(unsupported(format!(
+            "layer `{name}`: `{seg}` is an attribute of torch.nn.Module or a layer class, so \
+             no submodule can have that name"
+        )));
+    }
+    Ok(())
+}
+
+fn unsupported(message: String) -> Error {
+    Error::usage(
+        format!("cannot write PyTorch code: {message}"),
+        Some("rename the row in the .arch file".into()),
+    )
+}
+
+fn is_identifier(seg: &str) -> bool {
+    seg.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && !PY_KEYWORDS.contains(&seg)
+}
+
+/// Python source for a float that reads back as the same f64.
+fn py_float(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:?}")
+    } else if v.is_nan() {
+        "float('nan')".into()
+    } else if v > 0.0 {
+        "float('inf')".into()
+    } else {
+        "float('-inf')".into()
+    }
+}
+
+/// `3` for a square kernel, `(3, 5)` otherwise.
+fn py_pair(k: [usize; 2]) -> String {
+    if k[0] == k[1] {
+        k[0].to_string()
+    } else {
+        format!("({}, {})", k[0], k[1])
+    }
+}
+
+/// The class name: the `arch` name, made a valid Python identifier that does not shadow
+/// the file's imports.
+fn class_name(graph: &Graph) -> String {
+    let mut s: String = graph
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s = format!("Net{s}");
+    }
+    if PY_KEYWORDS.contains(&s.as_str()) || FILE_NAMES.contains(&s.as_str()) {
+        s.push_str("Net");
+    }
+    s
+}
+
+/// The constructor of a parameter-owning node's module.
+fn constructor(graph: &Graph, n: NodeIndex) -> Result<String> {
+    let node = &graph.g[n];
+    Ok(match &node.op {
+        Op::Conv2d(c) => {
+            let mut s = format!(
+                "nn.Conv2d({}, {}, {}",
+                c.in_channels,
+                c.out_channels,
+                py_pair(c.kernel)
+            );
+            if c.stride != 1 {
+                write!(s, ", stride={}", c.stride).unwrap();
+            }
+            if c.padding != 0 {
+                write!(s, ", padding={}", c.padding).unwrap();
+            }
+            if c.dilation != 1 {
+                write!(s, ", dilation={}", c.dilation).unwrap();
+            }
+            if c.groups != 1 {
+                write!(s, ", groups={}", c.groups).unwrap();
+            }
+            if !c.bias {
+                s.push_str(", bias=False");
+            }
+            s.push(')');
+            s
+        }
+        Op::BatchNorm(b) => {
+            let dims = match node.shape.len() {
+                3 => "2d",
+                1 => "1d",
+                _ => {
+                    return Err(unsupported(format!(
+                        "batch norm `{}` normalises a {} value; PyTorch has BatchNorm1d for \
+                         vectors and BatchNorm2d for CxHxW maps",
+                        node.name,
+                        show_shape(&node.shape)
+                    )))
+                }
+            };
+            format!(
+                "nn.BatchNorm{dims}({}, eps={})",
+                b.channels,
+                py_float(b.eps)
+            )
+        }
+        Op::Linear(l) => {
+            let bias = if l.bias { "" } else { ", bias=False" };
+            format!("nn.Linear({}, {}{bias})", l.in_features, l.out_features)
+        }
+        Op::Activation(Activation::Prelu { channels }) => {
+            format!("nn.PReLU(num_parameters={channels})")
+        }
+        other => {
+            return Err(unsupported(format!(
+                "layer `{}` ({}) has parameters but no PyTorch module here",
+                node.name,
+                other.kind_name()
+            )))
+        }
+    })
+}
+
+struct Writer<'a> {
+    graph: &'a Graph,
+    tree: Tree,
+    /// Python expression reaching each tree entry (`self.conv2_1.downsample[0]`).
+    access: Vec<String>,
+    /// Expression reaching each parameter-owning node's module.
+    module_of: BTreeMap<NodeIndex, String>,
+}
+
+impl Writer<'_> {
+    /// Fills `access` top-down and writes the `__init__` lines for entry `i`'s subtree,
+    /// depth first.
+    fn init_lines(&mut self, i: usize, out: &mut String) -> Result<()> {
+        let kids = self.tree.entries[i].children.clone();
+        let parent = self.access[i].clone();
+        let seq = self.tree.sequential(i);
+        for (pos, &c) in kids.iter().enumerate() {
+            let seg = self.tree.entries[c].segment.clone();
+            let access = if seq {
+                format!("{parent}[{pos}]")
+            } else if is_identifier(&seg) {
+                format!("{parent}.{seg}")
+            } else {
+                format!("getattr({parent}, \"{seg}\")")
+            };
+            self.access[c] = access.clone();
+            if let Some(n) = self.tree.entries[c].node {
+                self.module_of.insert(n, access.clone());
+            }
+            // A Sequential's items were written on its own line(s).
+            if !seq {
+                let value = self.value(c)?;
+                if is_identifier(&seg) {
+                    writeln!(out, "        {access} = {value}").unwrap();
+                } else {
+                    writeln!(out, "        {parent}.add_module(\"{seg}\", {value})").unwrap();
+                }
+                if self.tree.sequential(c) {
+                    for &k in &self.tree.entries[c].children {
+                        writeln!(out, "            {},", self.value(k)?).unwrap();
+                    }
+                    writeln!(out, "        )").unwrap();
+                }
+            }
+            self.init_lines(c, out)?;
+        }
+        Ok(())
+    }
+
+    /// The module created for entry `c`: its layer, a Sequential, or an empty container.
+    fn value(&self, c: usize) -> Result<String> {
+        Ok(match self.tree.entries[c].node {
+            Some(n) => constructor(self.graph, n)?,
+            None if self.tree.sequential(c) => "nn.Sequential(".into(),
+            None => "nn.Module()".into(),
+        })
+    }
+}
+
+/// Python source of a standalone `torch.nn.Module` computing `graph` (class named after
+/// the `arch`). The file needs only `torch`.
+pub fn to_torch(graph: &Graph) -> Result<String> {
+    let tree = Tree::build(graph)?;
+    let count = tree.entries.len();
+    let mut w = Writer {
+        graph,
+        tree,
+        access: vec!["self".to_string(); count],
+        module_of: BTreeMap::new(),
+    };
+    let mut init = String::new();
+    w.init_lines(0, &mut init)?;
+    let forward = forward_lines(graph, &w.module_of)?;
+    let class = class_name(graph);
+    let shape = |s: &[usize]| {
+        let inner: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+        if inner.len() == 1 {
+            format!("({},)", inner[0])
+        } else {
+            format!("({})", inner.join(", "))
+        }
+    };
+    let mut s = String::new();
+    writeln!(
+        s,
+        "\"\"\"{} as a PyTorch module, written by r2rc {}.\n\n\
+         The state_dict keys and shapes are those of r2rc's safetensors for this network:\n\n    \
+         from safetensors.torch import load_file\n    \
+         model = {class}()\n    \
+         model.load_state_dict(load_file(\"weights.safetensors\"))\n    \
+         model.eval()\n\n\
+         `python this_file.py [weights.safetensors]` runs one random input.\n\"\"\"\n",
+        graph.name,
+        env!("CARGO_PKG_VERSION")
+    )
+    .unwrap();
+    s.push_str("import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n");
+    writeln!(s, "INPUT_SHAPE = {}", shape(graph.input_shape())).unwrap();
+    writeln!(s, "OUTPUT_SHAPE = {}\n\n", shape(graph.output_shape())).unwrap();
+    writeln!(s, "class {class}(nn.Module):").unwrap();
+    s.push_str("    def __init__(self):\n        super().__init__()\n");
+    s.push_str(&init);
+    s.push_str("\n    def forward(self, x):\n");
+    s.push_str(&forward);
+    writeln!(
+        s,
+        "\n\nif __name__ == \"__main__\":\n    \
+         import sys\n\n    \
+         model = {class}()\n    \
+         if len(sys.argv) > 1:\n        \
+         from safetensors.torch import load_file\n\n        \
+         model.load_state_dict(load_file(sys.argv[1]))\n    \
+         model.eval()\n    \
+         with torch.no_grad():\n        \
+         y = model(torch.randn(1, *INPUT_SHAPE))\n    \
+         print(\"output\", tuple(y.shape))"
+    )
+    .unwrap();
+    Ok(s)
+}
+
+/// The body of `forward`: the running value lives in `x`; a value that a later op still
+/// needs is kept in a variable named after its layer before `x` moves on.
+fn forward_lines(graph: &Graph, module_of: &BTreeMap<NodeIndex, String>) -> Result<String> {
+    let order = graph.order();
+    let mut pending: BTreeMap<NodeIndex, usize> = BTreeMap::new();
+    for &n in &order {
+        for i in graph.inputs(n) {
+            *pending.entry(i).or_default() += 1;
+        }
+    }
+    let mut saved: BTreeMap<NodeIndex, String> = BTreeMap::new();
+    let mut used: HashSet<String> = FILE_NAMES.iter().map(|s| s.to_string()).collect();
+    let mut current = graph.input;
+    let mut out = String::new();
+    for &n in &order {
+        if n == graph.input {
+            continue;
+        }
+        let inputs = graph.inputs(n);
+        let args: Vec<String> = inputs
+            .iter()
+            .map(|i| {
+                if *i == current {
+                    Ok("x".to_string())
+                } else {
+                    saved.get(i).cloned().ok_or_else(|| {
+                        unsupported(format!(
+                            "`{}` reads a value that is no longer available",
+                            graph.g[n].name
+                        ))
+                    })
+                }
+            })
+            .collect::<Result<_>>()?;
+        for i in &inputs {
+            if let Some(p) = pending.get_mut(i) {
+                *p -= 1;
+            }
+        }
+        // `x` is about to be overwritten: keep it if a later op reads it.
+        if pending.get(&current).copied().unwrap_or(0) > 0 && !saved.contains_key(&current) {
+            let var = variable(&graph.g[current].name, &mut used);
+            writeln!(out, "        {var} = x").unwrap();
+            saved.insert(current, var);
+        }
+        let (expr, comment) = expression(graph, n, &args, module_of)?;
+        let name = &graph.g[n].name;
+        match comment {
+            true => writeln!(out, "        x = {expr}  # {name}").unwrap(),
+            false => writeln!(out, "        x = {expr}").unwrap(),
+        }
+        current = n;
+    }
+    let result = if graph.output == current {
+        "x".to_string()
+    } else {
+        saved
+            .get(&graph.output)
+            .cloned()
+            .ok_or_else(|| unsupported("the output is not computed".into()))?
+    };
+    writeln!(out, "        return {result}").unwrap();
+    Ok(out)
+}
+
+/// A fresh Python variable named after a layer (`conv2_1.act` -> `conv2_1_act`).
+fn variable(name: &str, used: &mut HashSet<String>) -> String {
+    let mut base: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if !is_identifier(&base) {
+        base = format!("v_{base}");
+    }
+    let mut v = base.clone();
+    let mut k = 2;
+    while used.contains(&v) {
+        v = format!("{base}_{k}");
+        k += 1;
+    }
+    used.insert(v.clone());
+    v
+}
+
+/// The Python expression computing node `n` from `args`, and whether the line should
+/// carry the layer's name as a comment (module calls already show it).
+fn expression(
+    graph: &Graph,
+    n: NodeIndex,
+    args: &[String],
+    module_of: &BTreeMap<NodeIndex, String>,
+) -> Result<(String, bool)> {
+    let node = &graph.g[n];
+    let a = args.first().cloned().unwrap_or_default();
+    let call = || -> Result<(String, bool)> {
+        let m = module_of
+            .get(&n)
+            .ok_or_else(|| unsupported(format!("layer `{}` has no module", node.name)))?;
+        Ok((format!("{m}({a})"), false))
+    };
+    Ok(match &node.op {
+        Op::Input => {
+            return Err(unsupported(format!(
+                "`{}` is a second input; the module takes one",
+                node.name
+            )))
+        }
+        Op::Conv2d(_) | Op::BatchNorm(_) | Op::Linear(_) => call()?,
+        Op::Activation(act) => match act {
+            Activation::Prelu { .. } => call()?,
+            Activation::Relu => (format!("F.relu({a})"), true),
+            Activation::LeakyRelu { slope } => (
+                format!("F.leaky_relu({a}, negative_slope={})", py_float(*slope)),
+                true,
+            ),
+            Activation::Tanh => (format!("torch.tanh({a})"), true),
+            Activation::Sigmoid => (format!("torch.sigmoid({a})"), true),
+            Activation::Gelu => (format!("F.gelu({a})"), true),
+            Activation::Identity => (a, true),
+        },
+        Op::MaxPool(p) => (
+            format!(
+                "F.max_pool2d({a}, {}, stride={}, padding={})",
+                py_pair(p.kernel),
+                p.stride,
+                p.padding
+            ),
+            true,
+        ),
+        Op::AvgPool(p) => (
+            format!(
+                "F.avg_pool2d({a}, {}, stride={}, padding={}, count_include_pad=True)",
+                py_pair(p.kernel),
+                p.stride,
+                p.padding
+            ),
+            true,
+        ),
+        Op::GlobalAvgPool => (format!("F.adaptive_avg_pool2d({a}, 1)"), true),
+        Op::Flatten => (format!("torch.flatten({a}, 1)"), true),
+        Op::Add => (args.join(" + "), true),
+        Op::Softmax => (format!("F.softmax({a}, dim=1)"), true),
+        Op::ShortcutPad(p) => {
+            let c = graph.inputs(n).first().map(|&i| graph.g[i].shape[0]);
+            let c = c.unwrap_or(p.out_channels);
+            let mut e = a;
+            if p.stride > 1 {
+                e = format!("{e}[:, :, ::{s}, ::{s}]", s = p.stride);
+            }
+            if p.out_channels > c {
+                // Zero channels go after the existing ones (the last pair pads dim 1).
+                e = format!("F.pad({e}, (0, 0, 0, 0, 0, {}))", p.out_channels - c);
+            }
+            (e, true)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lower::compile;
+    use std::collections::BTreeSet;
+
+    fn example(name: &str) -> Graph {
+        let path = format!("{}/examples/{name}.arch", env!("CARGO_MANIFEST_DIR"));
+        let src = std::fs::read_to_string(&path).unwrap();
+        compile(&src, &[]).unwrap()
+    }
+
+    fn fixture(name: &str) -> Graph {
+        let path = format!("{}/scripts/interop/{name}.arch", env!("CARGO_MANIFEST_DIR"));
+        let src = std::fs::read_to_string(&path).unwrap();
+        compile(&src, &[]).unwrap()
+    }
+
+    /// The state_dict entries (suffixes) of each layer class, as PyTorch defines them.
+    fn state_of(ctor: &str) -> Vec<&'static str> {
+        let bias = !ctor.contains("bias=False");
+        if ctor.starts_with("nn.Conv2d(") || ctor.starts_with("nn.Linear(") {
+            if bias {
+                vec!["weight", "bias"]
+            } else {
+                vec!["weight"]
+            }
+        } else if ctor.starts_with("nn.BatchNorm") {
+            vec![
+                "weight",
+                "bias",
+                "running_mean",
+                "running_var",
+                "num_batches_tracked",
+            ]
+        } else if ctor.starts_with("nn.PReLU(") {
+            vec!["weight"]
+        } else {
+            vec![]
+        }
+    }
+
+    /// Dotted path of a Python access expression (`self.a[0]`, `getattr(self.b, "1")`).
+    fn path_of(expr: &str, seq_paths: &BTreeMap<String, Vec<String>>) -> String {
+        if let Some(rest) = expr.strip_prefix("getattr(") {
+            let (inner, seg) = rest.rsplit_once(", \"").unwrap();
+            let seg = seg.trim_end_matches("\")");
+            let p = path_of(inner, seq_paths);
+            return if p.is_empty() {
+                seg.to_string()
+            } else {
+                format!("{p}.{seg}")
+            };
+        }
+        let mut path: Vec<String> = Vec::new();
+        let body = expr.strip_prefix("self").unwrap();
+        let mut rest = body;
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix('.') {
+                let end = r.find(['.', '[']).unwrap_or(r.len());
+                path.push(r[..end].to_string());
+                rest = &r[end..];
+            } else if let Some(r) = rest.strip_prefix('[') {
+                let end = r.find(']').unwrap();
+                let pos: usize = r[..end].parse().unwrap();
+                let parent = path.join(".");
+                path.push(seq_paths[&parent][pos].clone());
+                rest = &r[end + 1..];
+            } else {
+                panic!("cannot read {expr}");
+            }
+        }
+        path.join(".")
+    }
+
+    /// Reads the generated `__init__` back as PyTorch would build it and lists the
+    /// state_dict keys it produces.
+    fn state_dict_keys(src: &str) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        let mut seq_paths: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut open: Option<(String, Vec<String>)> = None;
+        let init = src
+            .split("def __init__(self):")
+            .nth(1)
+            .unwrap()
+            .split("def forward")
+            .next()
+            .unwrap();
+        let mut add = |path: &str, ctor: &str, keys: &mut BTreeSet<String>| {
+            for s in state_of(ctor) {
+                keys.insert(format!("{path}.{s}"));
+            }
+        };
+        for line in init.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with("super()") {
+                continue;
+            }
+            if let Some((path, items)) = open.as_mut() {
+                if line == ")" {
+                    let names: Vec<String> = (0..items.len()).map(|i| i.to_string()).collect();
+                    for (i, ctor) in items.iter().enumerate() {
+                        let p = format!("{path}.{i}");
+                        add(&p, ctor, &mut keys);
+                    }
+                    seq_paths.insert(path.clone(), names);
+                    open = None;
+                } else {
+                    items.push(line.trim_end_matches(',').to_string());
+                }
+                continue;
+            }
+            if let Some((lhs, rhs)) = line.split_once(" = ") {
+                let path = path_of(lhs, &seq_paths);
+                if rhs == "nn.Sequential(" {
+                    open = Some((path, Vec::new()));
+                } else {
+                    add(&path, rhs, &mut keys);
+                }
+            } else if let Some((obj, rest)) = line.split_once(".add_module(\"") {
+                let (seg, ctor) = rest.split_once("\", ").unwrap();
+                let parent = path_of(obj, &seq_paths);
+                let ctor = ctor.strip_suffix(')').unwrap();
+                let path = if parent.is_empty() {
+                    seg.to_string()
+                } else {
+                    format!("{parent}.{seg}")
+                };
+                add(&path, ctor, &mut keys);
+            } else {
+                panic!("unexpected __init__ line: {line}");
+            }
+        }
+        keys
+    }
+
+    fn spec_keys(g: &Graph) -> BTreeSet<String> {
+        g.param_specs().into_iter().map(|s| s.name).collect()
+    }
+
+    #[test]
+    fn smallconv_source_snapshot() {
+        let g = example("smallconv");
+        insta::assert_snapshot!(to_torch(&g).unwrap());
+    }
+
+    #[test]
+    fn resnet_cifar10_source_snapshot() {
+        let g = example("resnet_cifar10");
+        insta::assert_snapshot!(to_torch(&g).unwrap());
+    }
+
+    #[test]
+    fn state_dict_keys_equal_param_specs_on_every_example_and_fixture() {
+        let mut graphs: Vec<Graph> = [
+            "smallconv",
+            "resnet_cifar10",
+            "resnet_cifar18",
+            "resnet18",
+            "resnet34",
+            "resnet50",
+        ]
+        .iter()
+        .map(|n| example(n))
+        .collect();
+        graphs.push(fixture("all_ops"));
+        graphs.push(fixture("flatten_map"));
+        for g in &graphs {
+            let src = to_torch(g).unwrap();
+            assert_eq!(state_dict_keys(&src), spec_keys(g), "{}", g.name);
+        }
+    }
+
+    #[test]
+    fn every_op_appears_once_per_node() {
+        let g = fixture("all_ops");
+        let src = to_torch(&g).unwrap();
+        for needle in [
+            "nn.PReLU(num_parameters=8)",
+            "F.leaky_relu(x, negative_slope=",
+            "F.gelu(x)",
+            "torch.tanh(x)",
+            "torch.sigmoid(x)",
+            "F.max_pool2d(x, 3, stride=2, padding=1)",
+            "F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True)",
+            "nn.BatchNorm2d(8, eps=0.001)",
+            "dilation=2, groups=2",
+            "[:, :, ::2, ::2], (0, 0, 0, 0, 0, 8))",
+            "F.adaptive_avg_pool2d(x, 1)",
+            "torch.flatten(x, 1)",
+        ] {
+            assert!(src.contains(needle), "missing {needle} in\n{src}");
+        }
+        // Every node but the input produces exactly one assignment to x.
+        let assignments = src.lines().filter(|l| l.trim().starts_with("x = ")).count();
+        assert_eq!(assignments, g.g.node_count() - 1);
+    }
+
+    #[test]
+    fn names_python_cannot_hold_are_refused() {
+        let src = std::fs::read_to_string(format!(
+            "{}/examples/smallconv.arch",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let bad = src.replace("fc2 ", "forward ");
+        let g = compile(&bad, &[]).unwrap();
+        let e = to_torch(&g).unwrap_err().to_string();
+        assert!(
+            e.contains("`forward`") && e.contains("torch.nn.Module"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keyword_and_numbered_names_use_getattr() {
+        let src = std::fs::read_to_string(format!(
+            "{}/examples/smallconv.arch",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let g = compile(&src.replace("fc2 ", "lambda "), &[]).unwrap();
+        let py = to_torch(&g).unwrap();
+        assert!(
+            py.contains("self.add_module(\"lambda\", nn.Linear(150, 10))"),
+            "{py}"
+        );
+        assert!(py.contains("getattr(self, \"lambda\")(x)"), "{py}");
+        assert_eq!(state_dict_keys(&py), spec_keys(&g));
+    }
+}

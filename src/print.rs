@@ -364,29 +364,8 @@ fn flush_blocks(graph: &Graph, blocks: &mut Vec<BlockSpec>, items: &mut Vec<Stri
     blocks.clear();
 }
 
-/// Graphviz dot: one box per node with its name, op and output shape.
+/// Graphviz dot text of a graph (rows and blocks as clusters, shapes on nodes); see
+/// [`crate::picture`].
 pub fn dot(graph: &Graph) -> String {
-    let mut out = format!(
-        "digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\"];\n",
-        graph.name
-    );
-    for n in graph.order() {
-        let node = &graph.g[n];
-        writeln!(
-            out,
-            "  n{} [label=\"{}\\n{}\\n{}\"];",
-            n.index(),
-            node.name,
-            node.op.kind_name(),
-            show_shape(&node.shape)
-        )
-        .unwrap();
-    }
-    for n in graph.order() {
-        for i in graph.inputs(n) {
-            writeln!(out, "  n{} -> n{};", i.index(), n.index()).unwrap();
-        }
-    }
-    out.push_str("}\n");
-    out
+    crate::picture::dot(graph)
 }

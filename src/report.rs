@@ -264,31 +264,8 @@ pub fn diff(a: &Graph, b: &Graph, a_name: &str, b_name: &str) -> String {
         .to_string()
 }
 
-/// Graphviz dot of `b`, new nodes green and nodes whose op or shape changed from `a`
-/// yellow.
+/// Graphviz dot of the student `b`: nodes new relative to `a` green, widened ones orange
+/// with old -> new widths, otherwise changed ones yellow; see [`crate::picture`].
 pub fn diff_dot(a: &Graph, b: &Graph) -> String {
-    let mut out = format!(
-        "digraph \"{}\" {{\n  node [shape=box, style=filled, fillcolor=white];\n",
-        b.name
-    );
-    for n in b.order() {
-        let node = &b.g[n];
-        let color = match a.find(&node.name) {
-            None => "palegreen",
-            Some(m) if a.g[m].op != node.op || a.g[m].shape != node.shape => "khaki",
-            Some(_) => "white",
-        };
-        out.push_str(&format!(
-            "  \"{}\" [label=\"{}\\n{} {}\", fillcolor={color}];\n",
-            node.name,
-            node.name,
-            node.op.kind_name(),
-            crate::ir::show_shape(&node.shape)
-        ));
-        for i in b.inputs(n) {
-            out.push_str(&format!("  \"{}\" -> \"{}\";\n", b.g[i].name, node.name));
-        }
-    }
-    out.push_str("}\n");
-    out
+    crate::picture::diff_dot(a, b)
 }

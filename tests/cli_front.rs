@@ -52,7 +52,7 @@ fn graph_dot_lists_edges() {
     let (code, out, _) = r2rc(&["graph", "examples/smallconv.arch", "--format", "dot"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("digraph \"SmallConv\""), "{out}");
-    assert!(out.contains("fc2\\nlinear\\n10"), "{out}");
+    assert!(out.contains("fc2\\n10-d fc\\n10"), "{out}");
     assert!(out.contains(" -> "), "{out}");
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use r2rc::{print, stats, Result};
+use r2rc::{picture, print, stats, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,6 +27,9 @@ pub struct PrintArgs {
 pub enum GraphFormat {
     Dot,
     Json,
+    /// Rendered by Graphviz's `dot`, which must be installed.
+    Svg,
+    Png,
 }
 
 #[derive(clap::Args)]
@@ -36,6 +39,9 @@ pub struct GraphArgs {
     sets: Vec<String>,
     #[arg(long, value_enum, default_value = "dot")]
     format: GraphFormat,
+    /// Draw only this row (`conv2_x`), block (`conv2_1`) or layer, with its neighbours.
+    #[arg(long, value_name = "NAME")]
+    focus: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -68,7 +74,16 @@ pub fn print(a: PrintArgs) -> Result<()> {
 pub fn graph(a: GraphArgs) -> Result<()> {
     let graph = super::load_arch(&a.file, &a.sets)?;
     match a.format {
-        GraphFormat::Dot => print!("{}", print::dot(&graph)),
+        GraphFormat::Dot => print!("{}", picture::dot_focus(&graph, a.focus.as_deref())?),
+        GraphFormat::Svg | GraphFormat::Png => {
+            let format = if matches!(a.format, GraphFormat::Svg) {
+                "svg"
+            } else {
+                "png"
+            };
+            let text = picture::dot_focus(&graph, a.focus.as_deref())?;
+            super::diff::write_picture(&text, format)?
+        }
         GraphFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&r2rc::emit::json::graph_json(&graph))

@@ -1,17 +1,28 @@
-//! `r2rc diff A.arch B.arch [--format text|dot]`: a unified diff of the canonical prints,
-//! or B as Graphviz dot with new nodes green and changed ones yellow.
+//! `r2rc diff A.arch B.arch [--format text|dot|svg|png] [--focus NAME]`: a unified diff of the canonical
+//! prints, or a picture of B with what the rewrite added (green) or widened (orange, old ->
+//! new widths) marked; svg and png are rendered by Graphviz's `dot`.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
+use r2rc::picture::diff_dot_renamed;
 use r2rc::{Error, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
     a: PathBuf,
     b: PathBuf,
-    /// text (unified diff) or dot.
+    /// text (unified diff), dot, or svg/png (rendered by Graphviz's `dot`).
     #[arg(long, default_value = "text")]
     format: String,
+    /// Pictures: draw only this row (`conv2_x`), block (`conv2_1`) or layer of B.
+    #[arg(long, value_name = "NAME")]
+    focus: Option<String>,
+    /// Pictures: the report.json of the rewrite from A to B, whose `name_map` says which
+    /// teacher layers were renamed; by default B's directory's report.json when it exists.
+    #[arg(long, value_name = "REPORT")]
+    report: Option<PathBuf>,
     /// Parameters of A, e.g. `--set r=1/8`.
     #[arg(long = "set", value_name = "NAME=EXPR")]
     sets: Vec<String>,
@@ -21,6 +32,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if !matches!(args.format.as_str(), "text" | "dot" | "svg" | "png") {
+        return Err(Error::usage(
+            format!("unknown diff format `{}`", args.format),
+            Some("use text, dot, svg or png".into()),
+        ));
+    }
     let a = super::load_arch(&args.a, &args.sets)?;
     let b = super::load_arch(&args.b, &args.b_sets)?;
     match args.format.as_str() {
@@ -33,13 +50,58 @@ pub fn run(args: Args) -> Result<()> {
                 &args.b.display().to_string()
             )
         ),
-        "dot" => print!("{}", r2rc::report::diff_dot(&a, &b)),
         f => {
-            return Err(Error::usage(
-                format!("unknown diff format `{f}`"),
-                Some("use text or dot".into()),
-            ))
+            let renames = renames(&args)?;
+            let text = diff_dot_renamed(&a, &b, &renames, args.focus.as_deref())?;
+            if f == "dot" {
+                print!("{text}")
+            } else {
+                write_picture(&text, f)?
+            }
         }
     }
     Ok(())
+}
+
+/// The teacher -> student renames of the rewrite's report, if there is one.
+fn renames(args: &Args) -> Result<BTreeMap<String, String>> {
+    let path = match &args.report {
+        Some(p) => p.clone(),
+        None => match args.b.parent().map(|d| d.join("report.json")) {
+            Some(p) if p.is_file() => p,
+            _ => return Ok(BTreeMap::new()),
+        },
+    };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&shown, e))?;
+    let bad = |why: String| {
+        Error::usage(
+            format!("{shown}: {why}"),
+            Some("pass the report.json that r2rc widen/deepen/morph wrote next to B".into()),
+        )
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let mut map = BTreeMap::new();
+    if let Some(m) = v.get("name_map") {
+        let m = m
+            .as_object()
+            .ok_or_else(|| bad("`name_map` is not an object".into()))?;
+        for (k, s) in m {
+            let s = s
+                .as_str()
+                .ok_or_else(|| bad(format!("`name_map.{k}` is not a string")))?;
+            map.insert(k.clone(), s.to_string());
+        }
+    }
+    Ok(map)
+}
+
+/// Renders dot text with Graphviz and writes the picture to stdout.
+pub fn write_picture(dot_text: &str, format: &str) -> Result<()> {
+    let bytes = r2rc::picture::render_with_graphviz(dot_text, format)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&bytes)
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::io("standard output", e))
 }

@@ -12,7 +12,6 @@ pub mod exec;
 pub mod ir;
 pub mod lower;
 pub mod names;
-pub mod outputs;
 pub mod params;
 pub mod picture;
 pub mod print;

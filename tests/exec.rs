@@ -668,3 +668,25 @@ fn pooling_matches_the_direct_loop() {
         }
     }
 }
+
+/// A NaN inside a max-pool window gives NaN (PyTorch propagates it); other windows of the
+/// same plane are unaffected.
+#[test]
+fn max_pool_propagates_nan() {
+    let mut g = graph(&[1, 4, 4]);
+    let input = g.input;
+    let pool = Pool {
+        kernel: [2, 2],
+        stride: 2,
+        padding: 0,
+    };
+    add(&mut g, "pool", Op::MaxPool(pool), &[input]);
+    let p = params::init(&g, 0, false);
+    let mut x = random(&[1, 1, 4, 4], 50);
+    x[[0, 0, 1, 2]] = f64::NAN;
+    let y = run(&g, &p, &x, Mode::Eval);
+    assert!(y[[0, 0, 0, 1]].is_nan());
+    assert!(
+        y[[0, 0, 0, 0]].is_finite() && y[[0, 0, 1, 0]].is_finite() && y[[0, 0, 1, 1]].is_finite()
+    );
+}

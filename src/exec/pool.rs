@@ -19,6 +19,8 @@ pub fn pool2d<T: Float>(x: &Tensor<T>, p: &Pool, max: bool) -> Tensor<T> {
     out.par_chunks_mut(oh * ow)
         .zip(x.data.par_chunks(h * w))
         .for_each(|(dst, src)| {
+            // NaN must propagate as in PyTorch; planes without one take the branch-free max.
+            let nan = max && src.iter().any(|v| v.is_nan());
             for (oy, orow) in dst.chunks_mut(ow).enumerate() {
                 // Padding is -inf for max (it never wins) and 0 for average.
                 orow.fill(if max { T::neg_infinity() } else { T::zero() });
@@ -33,16 +35,23 @@ pub fn pool2d<T: Float>(x: &Tensor<T>, p: &Pool, max: bool) -> Tensor<T> {
                         let off = kj as isize - pad as isize;
                         let lo = (if off < 0 { (-off) as usize } else { 0 }).div_ceil(s);
                         let hi = ((w as isize - off).max(0) as usize).div_ceil(s).min(ow);
-                        for ox in lo..hi.max(lo) {
-                            let v = srow[((ox * s) as isize + off) as usize];
-                            let m = &mut orow[ox];
-                            if max {
-                                // NaN propagates as in PyTorch.
-                                if v > *m || v.is_nan() {
-                                    *m = v;
+                        let cols = lo..hi.max(lo);
+                        let at = |ox: usize| srow[((ox * s) as isize + off) as usize];
+                        if nan {
+                            for ox in cols {
+                                let v = at(ox);
+                                if v > orow[ox] || v.is_nan() {
+                                    orow[ox] = v;
                                 }
-                            } else {
-                                *m += v;
+                            }
+                        } else if max {
+                            for ox in cols {
+                                let (v, m) = (at(ox), orow[ox]);
+                                orow[ox] = if v > m { v } else { m };
+                            }
+                        } else {
+                            for ox in cols {
+                                orow[ox] += at(ox);
                             }
                         }
                     }

@@ -202,6 +202,11 @@ fn im2col<T: Float>(x: &[T], g: &Geometry, dst: &mut [T], ld: usize) {
                     let srow = &src[ih as usize * g.w..(ih as usize + 1) * g.w];
                     drow[..lo].fill(T::zero());
                     drow[hi..].fill(T::zero());
+                    // A tap that only ever reads padding (a kernel wider than the input
+                    // plus its padding) copies nothing.
+                    if hi <= lo {
+                        continue;
+                    }
                     if g.s == 1 {
                         let start = (lo as isize + off) as usize;
                         drow[lo..hi].copy_from_slice(&srow[start..start + hi - lo]);

@@ -690,3 +690,24 @@ fn max_pool_propagates_nan() {
         y[[0, 0, 0, 0]].is_finite() && y[[0, 0, 1, 0]].is_finite() && y[[0, 0, 1, 1]].is_finite()
     );
 }
+
+/// Inputs that are views into larger buffers or not in standard layout are read in
+/// logical order.
+#[test]
+fn inputs_in_any_memory_layout_give_the_same_output() {
+    let g = bn_graph(&[3, 4, 5]);
+    let p = params::init(&g, 2, true);
+    let x = random(&[2, 3, 4, 5], 60);
+    let want = run(&g, &p, &x, Mode::Eval);
+    // A slice of a bigger batch: standard layout with an offset into its buffer.
+    let mut big = random(&[3, 3, 4, 5], 61);
+    big.slice_mut(ndarray::s![1.., .., .., ..]).assign(&x);
+    let sliced = big.slice_move(ndarray::s![1.., .., .., ..]).into_dyn();
+    assert_close(&run(&g, &p, &sliced, Mode::Eval), &want, 0.0);
+    // Fortran order.
+    use ndarray::ShapeBuilder;
+    let mut f = ArrayD::zeros(IxDyn(&[2, 3, 4, 5]).f());
+    f.assign(&x);
+    assert!(!f.is_standard_layout());
+    assert_close(&run(&g, &p, &f, Mode::Eval), &want, 0.0);
+}

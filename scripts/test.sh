@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 cargo test --all-targets
 cargo build --release
 scripts/ci_python.sh target/release/r2rc
+scripts/ci_torch.sh target/release/r2rc

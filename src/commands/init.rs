@@ -1,7 +1,9 @@
-//! `r2rc init FILE -o W.safetensors [--seed N] [--random-stats] [--dtype f32|f64|f16|bf16]`.
+//! `r2rc init FILE -o W.safetensors [--seed N] [--random-stats] [--dtype f32|f64|f16|bf16]
+//! [--names r2rc|torchvision]`.
 
 use std::path::PathBuf;
 
+use r2rc::names::{self, Naming};
 use r2rc::params::{self, DType};
 use r2rc::Result;
 
@@ -22,6 +24,10 @@ pub struct Args {
     /// Element type of the file: f32, f64, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Tensor names of the file: r2rc or torchvision (ResNet family: `bn1`,
+    /// `layer1.0.conv1`, `fc`).
+    #[arg(long, default_value = "r2rc", value_name = "NAMING")]
+    names: String,
     /// Architecture parameters, e.g. `--set r=1/8`.
     #[arg(long = "set", value_name = "NAME=EXPR")]
     sets: Vec<String>,
@@ -29,9 +35,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let dtype = DType::parse(&args.dtype)?;
+    let naming = Naming::parse(&args.names)?;
     let graph = super::load_arch(&args.file, &args.sets)?;
     let p = params::init(&graph, args.seed, args.random_stats).with_dtype(dtype);
-    params::save(&p, &graph, &args.output, None)?;
+    names::save(&p, &graph, &args.output, None, naming)?;
     let values: usize = p.tensors.values().map(|t| t.len()).sum();
     eprintln!(
         "wrote {} ({} tensors, {values} values, {dtype}, seed {}{})",

@@ -1,5 +1,5 @@
 //! `r2rc run FILE --weights W [--input X.npy | --random N] [--seed S] [--mode eval|train]
-//! [--dtype f32|f64] [--output Y.npy] [--repeat K] [--threads T]`.
+//! [--dtype f32|f64] [--output Y.npy] [--repeat K] [--threads T] [--names r2rc|torchvision]`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,6 +8,7 @@ use ndarray::ArrayD;
 use ndarray_npy::{ReadNpyExt, WritableElement, WriteNpyExt};
 use r2rc::exec::{self, Executor, Float, Mode};
 use r2rc::ir::Graph;
+use r2rc::names::{self, Naming};
 use r2rc::params::{self, Params};
 use r2rc::{Error, Result};
 
@@ -42,6 +43,10 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "T")]
     threads: Option<usize>,
+    /// Tensor names of the weights: r2rc or torchvision (ResNet family: `bn1`,
+    /// `layer1.0.conv1`, `fc`).
+    #[arg(long, default_value = "r2rc", value_name = "NAMING")]
+    names: String,
     /// Architecture parameters, e.g. `--set r=1/8`.
     #[arg(long = "set", value_name = "NAME=EXPR")]
     sets: Vec<String>,
@@ -53,7 +58,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mode = Mode::parse(&args.mode)?;
     let graph = super::load_arch(&args.file, &args.sets)?;
-    let p = params::load(&graph, &args.weights)?;
+    let p = names::load(&graph, &args.weights, Naming::parse(&args.names)?)?;
     let input = match (&args.input, args.random) {
         (Some(path), _) => read_input(path)?,
         (None, n) => exec::random_input(&graph, n.unwrap_or(1), args.seed),

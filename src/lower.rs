@@ -111,7 +111,16 @@ fn evaluate_params(
             .hint(hint));
         }
     }
-    for p in &file.params {
+    for (i, p) in file.params.iter().enumerate() {
+        if file.params[..i].iter().any(|q| q.name.text == p.name.text) {
+            return Err(err(
+                SourceErrorKind::Name,
+                p.name.span,
+                format!("parameter `{}` is declared twice", p.name.text),
+            )
+            .label("declared again here")
+            .hint("give each parameter one default; override it with `--set`"));
+        }
         let value = match sets.iter().rev().find(|(n, _)| n == &p.name.text) {
             Some((_, text)) => {
                 let expr = parse_expr(text).map_err(|e| {
@@ -392,6 +401,18 @@ impl Lowering {
         place: (&str, Option<usize>),
         span: Span,
     ) -> Result<NodeIndex, SourceError> {
+        if inputs
+            .iter()
+            .any(|&i| matches!(self.graph.g[i].op, Op::Softmax))
+        {
+            return Err(err(
+                SourceErrorKind::Shape,
+                span,
+                "softmax ends a network: nothing may follow it",
+            )
+            .label("after the softmax")
+            .hint("move `softmax` to the end of the last row"));
+        }
         self.graph
             .add(name, op, inputs, place, Some(span))
             .map_err(|msg| {
@@ -917,7 +938,8 @@ fn positive(v: usize, span: Span, what: &str) -> Result<usize, SourceError> {
             span,
             format!("{what} must be at least 1"),
         )
-        .label("zero"));
+        .label("zero")
+        .hint("use a whole number of 1 or more (an option left out takes its default)"));
     }
     Ok(v)
 }

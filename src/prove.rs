@@ -4,8 +4,11 @@
 //! every value the two graphs share by node name is compared on the teacher's part of it:
 //! the first `C` channels (and, after a flatten, the first `C*H*W` features, since new
 //! channels are appended and flatten is channel-major), i.e. the leading block of every
-//! axis. A value's relative error is `max |s - t| / max |t|`; the proof passes when the
-//! largest over all values is within the tolerance. The first value in topological order
+//! axis. A value's relative error is `max |s - t|` over its scale: the largest `|t|` of it and
+//! of every value it is computed from (so a value that is exactly zero by construction,
+//! such as an R2DeeperR branch, is judged against the magnitudes that cancelled in it, not
+//! against its own rounding noise); the proof passes when the largest over all values is
+//! within the tolerance. The first value in topological order
 //! that exceeds it names the layer where the networks part.
 
 use ndarray::{ArrayD, Slice};
@@ -122,7 +125,7 @@ impl Evidence {
 
 /// Max abs and relative error of `s` against `t` on `t`'s extent (leading block of each
 /// axis), or `None` when `s` does not contain `t`'s shape.
-fn compare<T: Float>(t: &ArrayD<T>, s: &ArrayD<T>) -> Option<(f64, f64)> {
+fn compare<T: Float>(t: &ArrayD<T>, s: &ArrayD<T>, floor: f64) -> Option<(f64, f64)> {
     if t.ndim() != s.ndim() || t.shape().iter().zip(s.shape()).any(|(a, b)| a > b) {
         return None;
     }
@@ -142,7 +145,7 @@ fn compare<T: Float>(t: &ArrayD<T>, s: &ArrayD<T>) -> Option<(f64, f64)> {
     let rel = if abs == 0.0 {
         0.0
     } else {
-        abs / scale.max(f64::MIN_POSITIVE)
+        abs / scale.max(floor).max(f64::MIN_POSITIVE)
     };
     Some((abs, rel))
 }
@@ -186,12 +189,31 @@ fn run_mode<T: Float>(
     };
     let by_name: std::collections::HashMap<&str, &ArrayD<T>> =
         sv.iter().map(|v| (v.name.as_str(), &v.data)).collect();
+    // The scale of each teacher value: its largest magnitude and its inputs' scales.
+    let nodes: std::collections::HashMap<&str, crate::ir::NodeIndex> = teacher
+        .g
+        .node_indices()
+        .map(|n| (teacher.g[n].name.as_str(), n))
+        .collect();
+    let mut scales: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
+    for v in &tv {
+        let own = v.data.iter().fold(0f64, |m, x| m.max(x.to_f64().abs()));
+        let up = nodes.get(v.name.as_str()).map_or(0.0, |&n| {
+            teacher
+                .inputs(n)
+                .iter()
+                .filter_map(|&i| scales.get(teacher.g[i].name.as_str()))
+                .fold(0f64, |m, &x| m.max(x))
+        });
+        scales.insert(v.name.as_str(), own.max(up));
+    }
     for v in &tv {
         let Some(s) = by_name.get(v.name.as_str()) else {
             continue;
         };
         ev.values += 1;
-        let (abs, rel) = compare(&v.data, s).unwrap_or((f64::INFINITY, f64::INFINITY));
+        let floor = scales.get(v.name.as_str()).copied().unwrap_or(0.0);
+        let (abs, rel) = compare(&v.data, s, floor).unwrap_or((f64::INFINITY, f64::INFINITY));
         if rel > ev.max_rel_err || ev.worst.is_none() && rel > 0.0 {
             ev.worst = Some(v.name.clone());
         }

@@ -161,7 +161,7 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> SourceError {
         format!("`{}`", token.escape_debug())
     };
     let message = if expected.is_empty() {
-        format!("unexpected {found}")
+        format!("unexpected {}", found.trim_start_matches("the "))
     } else {
         format!("expected {}, found {found}", join_or(&expected))
     };

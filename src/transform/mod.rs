@@ -567,6 +567,41 @@ fn widen_space(
 }
 
 /// Widens `graph` as `args` asks, filling new weights by `args.method`, seeded.
+/// The .arch language gives a block whose input and output shapes match an identity
+/// shortcut, so a projection (or pad) shortcut that widening made shape-preserving could
+/// not be written: refuse rather than print a network that computes something else.
+fn refuse_silent_shortcuts(g: &Graph, target: &Target) -> Result<()> {
+    for n in g.order() {
+        if !matches!(g.g[n].op, Op::Add) {
+            continue;
+        }
+        let Some(&short) = g.inputs(n).get(1) else {
+            continue;
+        };
+        let mut from = short;
+        if matches!(g.g[from].op, Op::BatchNorm(_)) {
+            from = g.inputs(from)[0];
+        }
+        if !matches!(g.g[from].op, Op::Conv2d(_) | Op::ShortcutPad(_)) {
+            continue;
+        }
+        let input = g.inputs(from)[0];
+        if g.g[input].shape == g.g[n].shape {
+            return Err(Error::usage(
+                format!(
+                    "widening {} would give `{}` the shape of its input ({}), so its shortcut `{}` would be written as an identity: the .arch language has no shape-preserving projection",
+                    target.show(),
+                    g.g[n].name.trim_end_matches(".add"),
+                    g.g[n].shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
+                    g.g[from].name
+                ),
+                Some("choose a width that differs from the block's output width, or widen the block's output stream too".into()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Result<Widened> {
     params.check(graph)?;
     if args.noise.is_some() && args.method != Method::Net2net {
@@ -627,6 +662,7 @@ pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Res
     }
     reinfer_shapes(&mut g)?;
     p.check(&g)?;
+    refuse_silent_shortcuts(&g, &args.target)?;
     let exact = match args.method {
         Method::R2r | Method::Netmorph => true,
         Method::Net2net => args.noise.is_none_or(|s| s == 0.0),

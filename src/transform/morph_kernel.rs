@@ -66,6 +66,26 @@ pub fn morph_kernel(graph: &Graph, params: &Params, layer: &str, k_new: usize) -
             None,
         ));
     }
+    // A projection shortcut (conv, maybe + BN, into an add's shortcut port) is always a
+    // 1x1 in the language (`.downsample.0`): a larger one could not be printed.
+    let mut v = n;
+    if let [bn] = graph.consumers(n)[..] {
+        if matches!(graph.g[bn].op, Op::BatchNorm(_)) {
+            v = bn;
+        }
+    }
+    let shortcut = graph
+        .consumers(v)
+        .into_iter()
+        .any(|c| matches!(graph.g[c].op, Op::Add) && graph.inputs(c).get(1) == Some(&v));
+    if shortcut {
+        return Err(Error::usage(
+            format!(
+                "cannot morph `{layer}`: it is a projection shortcut, which the .arch language always writes as a 1x1 convolution"
+            ),
+            Some("morph a convolution of the block's residual branch, e.g. its first layer".into()),
+        ));
+    }
     if k_new <= k {
         return Err(Error::usage(
             format!(

@@ -205,7 +205,10 @@ pub fn absorb(
         let w = params
             .get(&key)
             .ok_or_else(|| Error::weights(format!("the weights lack `{key}`")))?
-            .clone();
+            // An earlier rewrite may have left it in another memory order; reshaping
+            // needs row-major.
+            .as_standard_layout()
+            .into_owned();
         let shape = w.shape().to_vec();
         let o = shape[0];
         let rest: usize = shape.iter().skip(2).product::<usize>() * cols;

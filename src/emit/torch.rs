@@ -712,7 +712,7 @@ mod tests {
             .split("def forward")
             .next()
             .unwrap();
-        let mut add = |path: &str, ctor: &str, keys: &mut BTreeSet<String>| {
+        let add = |path: &str, ctor: &str, keys: &mut BTreeSet<String>| {
             for s in state_of(ctor) {
                 keys.insert(format!("{path}.{s}"));
             }

@@ -1,8 +1,10 @@
 //! Forward pass of a [`Graph`]: batched NCHW, in f32 or f64, BN in eval or train mode.
 //!
 //! [`Executor::new`] converts the weights once to the run's precision; [`Executor::forward`]
-//! frees every intermediate value as soon as its last consumer ran (and lets element-wise
-//! ops reuse that buffer), while [`Executor::forward_all`] keeps every node's value for the
+//! frees every intermediate value as soon as its last consumer ran, lets element-wise ops
+//! reuse that buffer, and fuses conv -> eval-mode BN -> ReLU (in the conv's per-image
+//! epilogue) and BN/add -> ReLU, with the same arithmetic as the separate ops (tested bit
+//! for bit). [`Executor::forward_all`] fuses nothing and keeps every node's value for the
 //! proofs. Semantics follow PyTorch op by op (see each file).
 
 mod act;
@@ -114,9 +116,12 @@ impl<T: Float> Tensor<T> {
 /// How convolutions split their work: 0 automatic, 1 over images, 2 inside the GEMM.
 static CONV_PARALLELISM: AtomicU8 = AtomicU8::new(0);
 
-/// Chooses how convolutions use threads: `Some(true)` runs images in parallel (one
-/// single-threaded-sized GEMM each), `Some(false)` runs images in turn and leaves the
-/// threads to the GEMM, `None` picks by batch size.
+/// Chooses how convolutions use threads: `Some(true)` runs images (or groups of small
+/// images) in parallel, one GEMM each; `Some(false)` runs them in turn and leaves the
+/// threads to matrixmultiply; `None` (the default) runs in parallel when there are at
+/// least as many tasks as rayon threads. Parallel images are fastest with
+/// `MATMUL_NUM_THREADS=1` (nested threading measured about 25% slower), which
+/// `r2rc run` sets.
 pub fn set_image_parallel(choice: Option<bool>) {
     let v = match choice {
         None => 0,

@@ -91,19 +91,27 @@ def lr_at(epoch, args):
     return 0.5 * args.lr * (1 + math.cos(math.pi * epoch / args.epochs))
 
 
-def train_epochs(model, train, val, epochs, macs, state, args, gen):
-    """Trains `epochs` epochs from state['epoch'], appending (flops, val acc) points."""
+def train_epochs(model, train, val, epochs, macs, state, args, gen, warmup=0):
+    """Trains `epochs` epochs from state['epoch'], appending (flops, val acc) points.
+
+    `warmup` epochs ramp the learning rate up linearly: a grown student starts with a fresh
+    optimizer (no momentum), and full steps at once can throw the preserved function away.
+    """
     opt = torch.optim.SGD(
         model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd, nesterov=True
     )
     xs, ys = train
     n = len(xs)
+    steps_per_epoch = math.ceil(n / args.batch)
+    step = 0
     for _ in range(epochs):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(state["epoch"], args)
         model.train()
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, args.batch):
+            ramp = min(1.0, (step + 1) / (warmup * steps_per_epoch)) if warmup else 1.0
+            for g in opt.param_groups:
+                g["lr"] = lr_at(state["epoch"], args) * ramp
+            step += 1
             idx = perm[i : i + args.batch]
             loss = F.cross_entropy(model(xs[idx]), ys[idx])
             opt.zero_grad()
@@ -184,7 +192,9 @@ def run(args, seed, r2rc_bin, log):
             )
         gen.set_state(gen_state)
         st = {"epoch": teacher_st[0], "flops": teacher_st[1], "curve": list(teacher_st[2])}
-        train_epochs(student, train, val, args.epochs - args.grow_at, macs, st, args, gen)
+        train_epochs(
+            student, train, val, args.epochs - args.grow_at, macs, st, args, gen, args.warmup
+        )
         curves[method], finals[method] = st["curve"], st["curve"][-1][1]
         log(f"seed {seed} {method}: final val acc {finals[method]:.4f}")
 
@@ -207,6 +217,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=2, help="epochs of LR ramp after growth")
     ap.add_argument("--wd", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=HERE)
@@ -248,10 +259,10 @@ def main():
         ax.plot(xs, ys, color=c, linestyle=ls, label=TITLES[name], linewidth=1.5)
     grow_flops = runs[0][0]["small"][args.grow_at - 1][0]
     ax.axvline(grow_flops, color="k", linewidth=0.8, alpha=0.4)
-    ax.text(grow_flops, 0.5, " grow", fontsize=8, alpha=0.7)
+    ax.text(grow_flops, 0.05, " grow", fontsize=8, alpha=0.7)
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation accuracy")
-    ax.set_ylim(0.5, 1.0)
+    ax.set_ylim(0.0, 1.0)
     ax.set_title(
         f"Digits: widen x2 + 2 blocks at epoch {args.grow_at}/{args.epochs}"
         f" (mean of {args.seeds} seeds)"
@@ -270,6 +281,7 @@ def main():
         "macs_large": runs[0][4],
         "final_val_acc": table,
         "start_loss_check": checks,
+        "curves": {n: [r[0][n] for r in runs] for n in names},
         "seconds": time.time() - t0,
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:

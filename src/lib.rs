@@ -11,6 +11,7 @@ pub mod error;
 pub mod exec;
 pub mod ir;
 pub mod lower;
+pub mod outputs;
 pub mod names;
 pub mod params;
 pub mod picture;

@@ -7,8 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -343,29 +342,10 @@ pub fn save(
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename
+/// ([`crate::outputs::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let shown = path.display().to_string();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::io(&shown, "not a file name"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(&shown, e));
-    }
-    Ok(())
+    crate::outputs::write_atomic(path, bytes)
 }
 
 fn describe(e: SafeTensorError, len: usize) -> String {
@@ -430,6 +410,12 @@ pub fn load_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
 
 /// Parses and checks the bytes of a safetensors file; `shown` names it in errors.
 pub fn from_bytes(graph: &Graph, bytes: &[u8], shown: &str) -> Result<Params> {
+    if let Some(name) = duplicate_key(bytes) {
+        return Err(Error::Weights {
+            message: format!("{shown}: the header names tensor `{name}` twice"),
+            hint: Some("a safetensors file holds each tensor once; write the file again".into()),
+        });
+    }
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Weights {
         message: format!("{shown}: {}", describe(e, bytes.len())),
         hint: Some(
@@ -520,6 +506,40 @@ fn decode(raw: &[u8], dt: DType) -> Vec<f64> {
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect(),
     }
+}
+
+/// The first top-level key the header of a safetensors file repeats (JSON parsers keep
+/// the last silently), when the header is readable JSON.
+fn duplicate_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut seen = HashSet::new();
+            let mut dup = None;
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if dup.is_none() && !seen.insert(k.clone()) {
+                    dup = Some(k);
+                }
+            }
+            Ok(dup)
+        }
+    }
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = usize::try_from(n).ok()?.checked_add(8)?;
+    let header = bytes.get(8..end)?;
+    serde_json::Deserializer::from_slice(header)
+        .deserialize_map(Keys)
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]

@@ -236,18 +236,25 @@ pub fn student_arch(outcome: &Outcome) -> String {
 }
 
 /// Writes `files` (name, bytes) into `dir` atomically: refuses before writing anything if
-/// one exists and `force` is off, then writes each through a temporary file and a rename.
-pub fn write_outputs(dir: &Path, files: &[(String, Vec<u8>)], force: bool) -> Result<Vec<PathBuf>> {
+/// one is one of `inputs` (even with `force`) or exists and `force` is off, then writes each
+/// through a temporary file and a rename.
+pub fn write_outputs(
+    dir: &Path,
+    files: &[(String, Vec<u8>)],
+    force: bool,
+    inputs: &[&Path],
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
     let paths: Vec<PathBuf> = files.iter().map(|(n, _)| dir.join(n)).collect();
-    if !force {
-        if let Some(p) = paths.iter().find(|p| p.exists()) {
-            return Err(Error::usage(
-                format!("{} exists; nothing was written", p.display()),
-                Some("pass --force to overwrite, or choose another -o DIR".into()),
-            ));
+    crate::outputs::check_outputs(&paths, inputs, force).map_err(|e| match e {
+        Error::Usage { message, hint } if message.ends_with(" exists; nothing was written") => {
+            Error::Usage {
+                message,
+                hint: hint.map(|_| "pass --force to overwrite, or choose another -o DIR".into()),
+            }
         }
-    }
+        e => e,
+    })?;
     for (p, (_, bytes)) in paths.iter().zip(files) {
         crate::params::write_atomic(p, bytes)?;
     }

@@ -271,6 +271,15 @@ fn random_step(rng: &mut ChaCha8Rng, g: &Graph) -> Step {
     }
 }
 
+/// A step's student, its renames, whether it is exact in both modes, and its proof runs.
+type Applied = (
+    Graph,
+    Params,
+    BTreeMap<String, String>,
+    bool,
+    Vec<r2rc::prove::Evidence>,
+);
+
 /// What one case did, for the tallies.
 #[derive(Default)]
 struct Tally {
@@ -294,7 +303,11 @@ fn run_case(case: u64, tally: &mut Tally) -> Result<(), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(0xC4A1_0000 + case);
     let text = architecture(&mut rng, case);
     let graph = compile(&text, &[]).map_err(|e| format!("generated text fails: {e:?}\n{text}"))?;
-    let teacher = params::init(&graph, case, true);
+    // f64 storage: Net2WiderNet divides by replica counts, which f32 storage rounds, and
+    // train-mode batch norm on 2x2 maps of 2 images can amplify that rounding past the f32
+    // storage tolerance (case 7024 of the first long run: 4e-5 against 1e-5). The chains
+    // test the rewrites; storage rounding is measured by the widen tests.
+    let teacher = params::init(&graph, case, true).with_dtype(params::DType::F64);
     let opts = ProveOptions {
         seed: case,
         ..ProveOptions::default()
@@ -319,28 +332,27 @@ fn run_case(case: u64, tally: &mut Tally) -> Result<(), String> {
             )
         };
         let seed = case.wrapping_mul(31).wrapping_add(i);
-        let out: Result<(Graph, Params, BTreeMap<String, String>, bool, Vec<_>), Error> =
-            match &step {
-                Step::Widen(a) => widen_proved(&g, &p, a, seed, Some(&opts), "chain").map(|o| {
-                    let ev = o.report.evidence.clone();
-                    (
-                        o.widened.graph,
-                        o.widened.params,
-                        BTreeMap::new(),
-                        o.widened.exact,
-                        ev,
-                    )
-                }),
-                Step::Deepen(a) => {
-                    deepen_proved(&g, &p, a, seed, Some(&opts), "chain").map(|(d, r)| {
-                        let exact = d.exactness == Exactness::Exact
-                            && a.method != DeepenMethod::NetmorphDense;
-                        (d.graph, d.params, d.name_map, exact, r.evidence)
-                    })
-                }
-                Step::Morph(l, k) => morph_proved(&g, &p, l, *k, Some(&opts), "chain")
-                    .map(|(m, r)| (m.graph, m.params, BTreeMap::new(), true, r.evidence)),
-            };
+        let out: Result<Applied, Error> = match &step {
+            Step::Widen(a) => widen_proved(&g, &p, a, seed, Some(&opts), "chain").map(|o| {
+                let ev = o.report.evidence.clone();
+                (
+                    o.widened.graph,
+                    o.widened.params,
+                    BTreeMap::new(),
+                    o.widened.exact,
+                    ev,
+                )
+            }),
+            Step::Deepen(a) => {
+                deepen_proved(&g, &p, a, seed, Some(&opts), "chain").map(|(d, r)| {
+                    let exact =
+                        d.exactness == Exactness::Exact && a.method != DeepenMethod::NetmorphDense;
+                    (d.graph, d.params, d.name_map, exact, r.evidence)
+                })
+            }
+            Step::Morph(l, k) => morph_proved(&g, &p, l, *k, Some(&opts), "chain")
+                .map(|(m, r)| (m.graph, m.params, BTreeMap::new(), true, r.evidence)),
+        };
         let (ng, np, step_map, exact, evidence) = match out {
             Ok(x) => x,
             Err(Error::Usage { message, .. }) => {

@@ -118,7 +118,8 @@ fn at(plan: &str, line: usize, e: Error) -> Error {
     }
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
+    args.common.plan = Some(args.plan.clone());
     let graph = super::load_arch(&args.file, &args.common.sets)?;
     let shown = args.plan.display().to_string();
     let text = std::fs::read_to_string(&args.plan).map_err(|e| Error::io(&shown, e))?;

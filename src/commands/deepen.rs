@@ -65,6 +65,9 @@ pub struct Common {
     /// family: `bn1`, `layer1.0.conv1`, `fc`).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
     pub names: String,
+    /// Another input the outputs must not overwrite (apply's plan); not a flag.
+    #[arg(skip)]
+    pub plan: Option<PathBuf>,
 }
 
 impl Common {
@@ -132,7 +135,10 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                     format!("{report_json}\n").into_bytes(),
                 ),
             ];
-            let written = write_outputs(dir, &files, common.force)?;
+            let mut inputs = vec![file];
+            inputs.extend(common.weights.as_deref());
+            inputs.extend(common.plan.as_deref());
+            let written = write_outputs(dir, &files, common.force, &inputs)?;
             if common.json {
                 println!("{report_json}");
             } else {

@@ -76,6 +76,10 @@ pub fn run(args: Args) -> Result<()> {
         text.push('\n');
         outputs.push((path.clone(), text.into_bytes()));
     }
+    let mut inputs = vec![args.file.as_path()];
+    inputs.extend(args.weights.as_deref());
+    let paths: Vec<PathBuf> = outputs.iter().map(|(p, _)| p.clone()).collect();
+    r2rc::outputs::check_outputs(&paths, &inputs, true)?;
     for (path, _) in &outputs {
         if path.exists() && !args.force {
             return Err(Error::usage(

@@ -31,12 +31,20 @@ pub struct Args {
     /// Architecture parameters, e.g. `--set r=1/8`.
     #[arg(long = "set", value_name = "NAME=EXPR")]
     sets: Vec<String>,
+    /// Overwrite an existing output.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let dtype = DType::parse(&args.dtype)?;
     let naming = Naming::parse(&args.names)?;
     let graph = super::load_arch(&args.file, &args.sets)?;
+    r2rc::outputs::check_outputs(
+        std::slice::from_ref(&args.output),
+        &[args.file.as_path()],
+        args.force,
+    )?;
     let p = params::init(&graph, args.seed, args.random_stats).with_dtype(dtype);
     names::save(&p, &graph, &args.output, None, naming)?;
     let values: usize = p.tensors.values().map(|t| t.len()).sum();

@@ -37,6 +37,9 @@ pub struct Args {
     /// Write the output as .npy (in the run's precision) instead of printing a summary.
     #[arg(long, value_name = "Y.npy")]
     output: Option<PathBuf>,
+    /// Overwrite an existing --output.
+    #[arg(long)]
+    force: bool,
     /// Time K forward passes after one warm-up; prints images/s to stderr.
     #[arg(long, value_name = "K")]
     repeat: Option<usize>,
@@ -143,6 +146,9 @@ fn go<T: Float + WritableElement>(
     }
     match &args.output {
         Some(path) => {
+            let mut inputs = vec![args.file.as_path(), args.weights.as_path()];
+            inputs.extend(args.input.as_deref());
+            r2rc::outputs::check_outputs(std::slice::from_ref(path), &inputs, args.force)?;
             let mut bytes = Vec::new();
             y.write_npy(&mut bytes)
                 .map_err(|e| Error::io(path.display(), e))?;

@@ -149,7 +149,9 @@ pub fn run(args: Args) -> Result<()> {
                     format!("{report_json}\n").into_bytes(),
                 ),
             ];
-            let written = write_outputs(dir, &files, args.force)?;
+            let mut inputs = vec![args.file.as_path()];
+            inputs.extend(args.weights.as_deref());
+            let written = write_outputs(dir, &files, args.force, &inputs)?;
             if args.json {
                 println!("{report_json}");
             } else {

@@ -1,0 +1,195 @@
+//! Safe outputs: every file r2rc writes goes to a temporary file in the destination folder
+//! and is renamed into place, so a reader (or a crash, or a kill) never leaves a half-written
+//! file under the output's name; an existing output needs `force`; an input is never an
+//! output, even with `force`.
+//!
+//! On Linux the temporary file is anonymous (`O_TMPFILE`): it has no name until it is
+//! complete, so a kill in the middle of writing leaves nothing at all behind. Elsewhere (or
+//! on a filesystem without `O_TMPFILE`) it is a named `.NAME.PID.tmp`, removed on error.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Test hook: when set to a number of milliseconds, a write pauses that long after its
+/// first half, so a test can kill r2rc in the middle of writing.
+pub const PAUSE_ENV: &str = "R2RC_TEST_WRITE_PAUSE_MS";
+
+/// Refuses before anything is written: an output that is one of `inputs` (the same file,
+/// whatever the path says), and, without `force`, an output that exists.
+pub fn check_outputs(outputs: &[PathBuf], inputs: &[&Path], force: bool) -> Result<()> {
+    for out in outputs {
+        if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
+            return Err(Error::usage(
+                format!(
+                    "{} is also an input ({}); r2rc never overwrites its inputs, nothing was written",
+                    out.display(),
+                    input.display()
+                ),
+                Some("choose another output path".into()),
+            ));
+        }
+        if !force && out.exists() {
+            return Err(Error::usage(
+                format!("{} exists; nothing was written", out.display()),
+                Some("pass --force to overwrite it, or choose another output".into()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same existing file (same device and inode on Unix).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(ma), Ok(mb)) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                ma.dev() == mb.dev() && ma.ino() == mb.ino()
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = (ma, mb);
+                match (fs::canonicalize(a), fs::canonicalize(b)) {
+                    (Ok(x), Ok(y)) => x == y,
+                    _ => false,
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let shown = path.display().to_string();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::io(&shown, "not a file name"))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    #[cfg(target_os = "linux")]
+    if let Some(f) = anonymous(&dir) {
+        let result = fill(&f, bytes).and_then(|()| {
+            // Give the finished file a name, then move it over the output in one step.
+            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+            let _ = fs::remove_file(&tmp);
+            link_follow(Path::new(&proc_path), &tmp)?;
+            fs::rename(&tmp, path)
+        });
+        return result.map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(&shown, e)
+        });
+    }
+    let result = fs::File::create(&tmp)
+        .and_then(|f| fill(&f, bytes))
+        .and_then(|()| fs::rename(&tmp, path));
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(&shown, e)
+    })
+}
+
+fn fill(mut f: &fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    let pause = std::env::var(PAUSE_ENV)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    match pause {
+        Some(ms) => {
+            let half = bytes.len() / 2;
+            f.write_all(&bytes[..half])?;
+            f.flush()?;
+            eprintln!(
+                "r2rc: {half} of {} bytes written, pausing {ms} ms ({PAUSE_ENV})",
+                bytes.len()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            f.write_all(&bytes[half..])?;
+        }
+        None => f.write_all(bytes)?,
+    }
+    f.sync_all()
+}
+
+/// An unnamed file in `dir`, or `None` where the system or filesystem has none.
+#[cfg(target_os = "linux")]
+fn anonymous(dir: &Path) -> Option<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .mode(0o666)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .ok()
+}
+
+/// `linkat(from, to, AT_SYMLINK_FOLLOW)`: names the file a `/proc/self/fd` link points to.
+#[cfg(target_os = "linux")]
+fn link_follow(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))
+    };
+    let (a, b) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_replace_and_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.bin");
+        write_atomic(&p, b"first").unwrap();
+        write_atomic(&p, b"second").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"second");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out.bin")]);
+    }
+
+    #[test]
+    fn an_input_is_never_an_output_and_existing_outputs_need_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.arch");
+        fs::write(&a, "x").unwrap();
+        // The same file through another path.
+        let other = dir.path().join(".").join("a.arch");
+        let e = check_outputs(std::slice::from_ref(&other), &[&a], true).unwrap_err();
+        assert!(e.to_string().contains("is also an input"), "{e}");
+        let e = check_outputs(std::slice::from_ref(&other), &[], false).unwrap_err();
+        assert!(e.to_string().contains("exists"), "{e}");
+        check_outputs(&[other], &[], true).unwrap();
+        check_outputs(&[dir.path().join("new")], &[&a], false).unwrap();
+        assert_eq!(fs::read(&a).unwrap(), b"x");
+    }
+}

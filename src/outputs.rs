@@ -65,38 +65,85 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut staged = Staged::create(path)?;
     let shown = path.display().to_string();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::io(&shown, "not a file name"))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    #[cfg(target_os = "linux")]
-    if let Some(f) = anonymous(&dir) {
-        let result = fill(&f, bytes).and_then(|()| {
-            // Give the finished file a name, then move it over the output in one step.
-            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
-            let _ = fs::remove_file(&tmp);
-            link_follow(Path::new(&proc_path), &tmp)?;
-            fs::rename(&tmp, path)
-        });
-        return result.map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io(&shown, e)
-        });
+    fill(staged.file(), bytes).map_err(|e| Error::io(&shown, e))?;
+    staged.persist()
+}
+
+/// A file being written for `path`, invisible under that name until [`Staged::persist`]:
+/// for writers that stream (write through [`Staged::file`]). Dropped unpersisted, it
+/// leaves nothing behind (and neither does a kill, on Linux).
+pub struct Staged {
+    file: fs::File,
+    /// The named temporary file (also the link name of an anonymous one).
+    tmp: PathBuf,
+    anonymous: bool,
+    path: PathBuf,
+    done: bool,
+}
+
+impl Staged {
+    pub fn create(path: &Path) -> Result<Staged> {
+        let shown = path.display().to_string();
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| Error::io(&shown, "not a file name"))?
+            .to_string_lossy()
+            .into_owned();
+        let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+        #[cfg(target_os = "linux")]
+        if let Some(file) = anonymous(&dir) {
+            return Ok(Staged {
+                file,
+                tmp,
+                anonymous: true,
+                path: path.to_path_buf(),
+                done: false,
+            });
+        }
+        let file = fs::File::create(&tmp).map_err(|e| Error::io(&shown, e))?;
+        Ok(Staged {
+            file,
+            tmp,
+            anonymous: false,
+            path: path.to_path_buf(),
+            done: false,
+        })
     }
-    let result = fs::File::create(&tmp)
-        .and_then(|f| fill(&f, bytes))
-        .and_then(|()| fs::rename(&tmp, path));
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(&shown, e)
-    })
+
+    pub fn file(&mut self) -> &mut fs::File {
+        &mut self.file
+    }
+
+    /// Syncs the file and moves it over the destination in one step.
+    pub fn persist(mut self) -> Result<()> {
+        let shown = self.path.display().to_string();
+        let result = self.file.sync_all().and_then(|()| {
+            #[cfg(target_os = "linux")]
+            if self.anonymous {
+                // Give the finished file a name, then rename it over the output.
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+                let _ = fs::remove_file(&self.tmp);
+                link_follow(Path::new(&format!("/proc/self/fd/{fd}")), &self.tmp)?;
+            }
+            fs::rename(&self.tmp, &self.path)
+        });
+        self.done = result.is_ok();
+        result.map_err(|e| Error::io(&shown, e))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.done && (!self.anonymous || self.tmp.exists()) {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 fn fill(mut f: &fs::File, bytes: &[u8]) -> std::io::Result<()> {
@@ -113,11 +160,10 @@ fn fill(mut f: &fs::File, bytes: &[u8]) -> std::io::Result<()> {
                 bytes.len()
             );
             std::thread::sleep(std::time::Duration::from_millis(ms));
-            f.write_all(&bytes[half..])?;
+            f.write_all(&bytes[half..])
         }
-        None => f.write_all(bytes)?,
+        None => f.write_all(bytes),
     }
-    f.sync_all()
 }
 
 /// An unnamed file in `dir`, or `None` where the system or filesystem has none.
@@ -175,6 +221,24 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("out.bin")]);
+    }
+
+    #[test]
+    fn a_staged_file_dropped_unpersisted_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.bin");
+        fs::write(&p, b"old").unwrap();
+        {
+            let mut s = Staged::create(&p).unwrap();
+            s.file().write_all(b"half of it").unwrap();
+        }
+        assert_eq!(fs::read(&p).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let mut s = Staged::create(&p).unwrap();
+        s.file().write_all(b"new").unwrap();
+        s.persist().unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

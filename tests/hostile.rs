@@ -277,3 +277,56 @@ fn hostile_safetensors_are_refused_with_exit_2() {
     ]);
     assert_eq!(code, 0, "{err}");
 }
+
+mod weights_never_panic {
+    use proptest::prelude::*;
+    use r2rc::lower::compile;
+    use r2rc::params;
+
+    /// A network with every tensor kind: conv with and without bias, BN with its counter,
+    /// PReLU, linear.
+    const NET: &str = "arch P\ninput 2x4x4\nconv1 3x3, 3, bias, act prelu\nconv2_x [3x3, 3; 1x1, 4] x 1\nhead avg pool, 2-d fc\n";
+
+    fn valid(dtype: params::DType) -> Vec<u8> {
+        let g = compile(NET, &[]).unwrap();
+        let p = params::init(&g, 3, true).with_dtype(dtype);
+        params::to_bytes(&p, &g, None).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_are_refused_cleanly(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let g = compile(NET, &[]).unwrap();
+            let _ = params::from_bytes(&g, &bytes, "fuzz.safetensors");
+        }
+
+        #[test]
+        fn mutated_weight_files_load_or_are_refused(
+            which in 0usize..4,
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in prop::option::of(any::<prop::sample::Index>()),
+        ) {
+            let dtype = [params::DType::F32, params::DType::F64, params::DType::F16, params::DType::BF16][which];
+            let mut bytes = valid(dtype);
+            // Mutations favour the header, where the structure is.
+            let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            for (i, (at, b)) in edits.into_iter().enumerate() {
+                let n = if i % 2 == 0 { header } else { bytes.len() };
+                let k = at.index(n);
+                bytes[k] = b;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c.index(bytes.len()));
+            }
+            let g = compile(NET, &[]).unwrap();
+            if let Ok(p) = params::from_bytes(&g, &bytes, "mutated.safetensors") {
+                // Whatever loads is complete, finite and saves again.
+                prop_assert!(p.check(&g).is_ok());
+                prop_assert!(p.tensors.values().all(|t| t.iter().all(|x| x.is_finite())));
+                prop_assert!(params::to_bytes(&p, &g, None).is_ok());
+            }
+        }
+    }
+}

@@ -379,8 +379,13 @@ fn describe(e: SafeTensorError, len: usize) -> String {
 }
 
 /// Reads a weights file for `graph`: memory-maps it, parses it with the safetensors crate
-/// and checks every tensor's presence, shape, dtype and finiteness.
+/// and checks every tensor's presence, shape, dtype and finiteness. A folder or a
+/// `*.safetensors.index.json` is read as a sharded set ([`crate::shards`]).
 pub fn load(graph: &Graph, path: &Path) -> Result<Params> {
+    // A folder or an index: a sharded set.
+    if crate::shards::is_sharded(path) {
+        return crate::shards::load(graph, path);
+    }
     let shown = path.display().to_string();
     let file = fs::File::open(path).map_err(|e| Error::io(&shown, e))?;
     let len = file.metadata().map_err(|e| Error::io(&shown, e))?.len() as usize;

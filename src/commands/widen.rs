@@ -57,8 +57,16 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Skip the proof.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prove")]
     no_prove: bool,
+    /// full (run teacher and student whole) or local (prove each widened space on its
+    /// region only: far cheaper on large nets, and streamed with --weights and -o).
+    #[arg(long, value_name = "HOW", default_value = "full")]
+    prove: String,
+    /// Write the student's weights as shards of at most SIZE (2GB, 500MB, 1GiB) with a
+    /// `<stem>.safetensors.index.json`, as Hugging Face does.
+    #[arg(long, value_name = "SIZE")]
+    shard_size: Option<String>,
     /// Precision of the proof: f64 (tolerance 1e-9) or f32 (1e-5).
     #[arg(long, default_value = "f64")]
     dtype: String,
@@ -101,6 +109,33 @@ pub fn run(args: Args) -> Result<()> {
     if args.inputs == 0 {
         return Err(Error::usage("--inputs must be at least 1", None));
     }
+    let local = match args.prove.as_str() {
+        "full" => false,
+        "local" => true,
+        other => {
+            return Err(Error::usage(
+                format!("--prove {other}: use full or local (or --no-prove)"),
+                None,
+            ))
+        }
+    };
+    let shard_size = args
+        .shard_size
+        .as_deref()
+        .map(r2rc::shards::parse_size)
+        .transpose()?;
+    let opts = ProveOptions {
+        precision: Precision::parse(&args.dtype)?,
+        inputs: args.inputs,
+        seed: args.seed,
+        ..ProveOptions::default()
+    };
+    // Large checkpoints: stream the teacher from disk into the output.
+    if let (Some(w), Some(dir), true) = (&args.weights, &args.output, args.no_prove || local) {
+        return run_streaming(
+            &args, &graph, &wargs, naming, w, dir, shard_size, local, &opts,
+        );
+    }
     let (teacher, source) = match &args.weights {
         Some(w) => (names::load(&graph, w, naming)?, w.display().to_string()),
         None => (
@@ -111,20 +146,25 @@ pub fn run(args: Args) -> Result<()> {
             ),
         ),
     };
-    let opts = ProveOptions {
-        precision: Precision::parse(&args.dtype)?,
-        inputs: args.inputs,
-        seed: args.seed,
-        ..ProveOptions::default()
+    let outcome = if local && !args.no_prove {
+        let (widened, evidence) =
+            r2rc::local_proof::widen_local(&graph, &teacher, &wargs, args.seed, &opts)?;
+        let n = evidence.len();
+        let ev = r2rc::local_proof::combine(evidence, n);
+        let plan = r2rc::transform::plan(&graph, &wargs)?;
+        let report =
+            r2rc::stream::widen_report(&graph, &plan, &wargs, args.seed, &source, ev, true);
+        r2rc::report::Outcome { widened, report }
+    } else {
+        widen_proved(
+            &graph,
+            &teacher,
+            &wargs,
+            args.seed,
+            (!args.no_prove).then_some(&opts),
+            &source,
+        )?
     };
-    let outcome = widen_proved(
-        &graph,
-        &teacher,
-        &wargs,
-        args.seed,
-        (!args.no_prove).then_some(&opts),
-        &source,
-    )?;
     let arch = student_arch(&outcome);
     let report_json = serde_json::to_string_pretty(&outcome.report).expect("the report serialises");
     match &args.output {
@@ -135,6 +175,9 @@ pub fn run(args: Args) -> Result<()> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "student".into());
             let meta = outcome.report.metadata();
+            if let Some(size) = shard_size {
+                return write_sharded(&args, dir, &stem, &outcome, &arch, naming, size);
+            }
             let st = names::to_bytes(
                 &outcome.widened.params,
                 &outcome.widened.graph,
@@ -177,5 +220,114 @@ pub fn run(args: Args) -> Result<()> {
             eprint!("{}", outcome.report.summary());
         }
     }
+    Ok(())
+}
+
+/// Writes the student's weights as shards (then its .arch and report.json).
+fn write_sharded(
+    args: &Args,
+    dir: &std::path::Path,
+    stem: &str,
+    outcome: &r2rc::report::Outcome,
+    arch: &str,
+    naming: Naming,
+    size: u64,
+) -> Result<()> {
+    let w = &outcome.widened;
+    let theirs = names::renamed_graph(&w.graph, naming)?;
+    let p = names::to_naming(&w.params, &w.graph, naming)?;
+    let path = dir.join(format!("{stem}.safetensors"));
+    let entries = r2rc::shards::entries(&theirs);
+    let weight_paths = r2rc::shards::output_paths(&path, &entries, p.dtype, Some(size));
+    let mut inputs = vec![args.file.as_path()];
+    inputs.extend(args.weights.as_deref());
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    r2rc::outputs::check_outputs(&weight_paths, &inputs, args.force)?;
+    let report_json = serde_json::to_string_pretty(&outcome.report).expect("the report serialises");
+    let files = vec![
+        (format!("{stem}.arch"), arch.as_bytes().to_vec()),
+        (
+            "report.json".to_string(),
+            format!("{report_json}\n").into_bytes(),
+        ),
+    ];
+    r2rc::outputs::check_outputs(
+        &files.iter().map(|(n, _)| dir.join(n)).collect::<Vec<_>>(),
+        &inputs,
+        args.force,
+    )?;
+    let meta = outcome.report.metadata();
+    let mut written = r2rc::shards::save(&p, &theirs, &path, Some(&meta), Some(size))?;
+    written.extend(write_outputs(dir, &files, true, &inputs)?);
+    finish(args, &outcome.report, &report_json, &written);
+    Ok(())
+}
+
+fn finish(args: &Args, report: &r2rc::report::Report, report_json: &str, written: &[PathBuf]) {
+    if args.json {
+        println!("{report_json}");
+    } else {
+        eprint!("{}", report.summary());
+        for p in written {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+}
+
+/// The streaming path: the teacher is memory-mapped, student tensors are written as they
+/// are final, the proof (if any) is local.
+#[allow(clippy::too_many_arguments)]
+fn run_streaming(
+    args: &Args,
+    graph: &r2rc::ir::Graph,
+    wargs: &WidenArgs,
+    naming: Naming,
+    weights: &std::path::Path,
+    dir: &std::path::Path,
+    shard_size: Option<u64>,
+    local: bool,
+    opts: &ProveOptions,
+) -> Result<()> {
+    let stem = args
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "student".into());
+    let src = r2rc::shards::Source::open(weights)?;
+    let plan = r2rc::transform::plan(graph, wargs)?;
+    let path = dir.join(format!("{stem}.safetensors"));
+    let mut outs = r2rc::stream::output_paths(&plan, &src, &path, naming, shard_size)?;
+    outs.push(dir.join(format!("{stem}.arch")));
+    outs.push(dir.join("report.json"));
+    let mut inputs = vec![args.file.as_path(), weights];
+    let resolved = r2rc::shards::resolve(weights)?;
+    inputs.push(&resolved);
+    let shard_paths: Vec<PathBuf> = src.files.iter().map(|(s, _)| PathBuf::from(s)).collect();
+    inputs.extend(shard_paths.iter().map(|p| p.as_path()));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    r2rc::outputs::check_outputs(&outs, &inputs, args.force)?;
+    let s = r2rc::stream::widen(
+        graph,
+        &src,
+        naming,
+        wargs,
+        args.seed,
+        &path,
+        shard_size,
+        (local && !args.no_prove).then_some(opts),
+        &weights.display().to_string(),
+    )?;
+    let arch = format!("{}\n{}", s.report.header(), r2rc::print::print(&s.student));
+    let report_json = serde_json::to_string_pretty(&s.report).expect("the report serialises");
+    let files = vec![
+        (format!("{stem}.arch"), arch.into_bytes()),
+        (
+            "report.json".to_string(),
+            format!("{report_json}\n").into_bytes(),
+        ),
+    ];
+    let mut written = s.files.clone();
+    written.extend(write_outputs(dir, &files, true, &inputs)?);
+    finish(args, &s.report, &report_json, &written);
     Ok(())
 }

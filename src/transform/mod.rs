@@ -496,54 +496,141 @@ pub fn resize_input(graph: &Graph, shape: &[usize]) -> Result<Graph> {
     Ok(g)
 }
 
-fn tensor<'a>(params: &'a Params, name: &str) -> Result<&'a ArrayD<f64>> {
-    params.get(name).ok_or_else(|| {
+/// Where widening reads and writes tensors: [`Params`] in memory, or a streaming store
+/// that reads the teacher lazily and writes each finished tensor out
+/// ([`crate::stream`]). Widening takes a tensor, computes its new value and puts it back.
+pub trait TensorStore {
+    /// The current value of tensor `name`, or `None` when the network has no such tensor
+    /// (a conv without bias).
+    fn take(&mut self, name: &str) -> Result<Option<ArrayD<f64>>>;
+    /// The new value of tensor `name`.
+    fn put(&mut self, name: &str, t: ArrayD<f64>) -> Result<()>;
+    /// A copy of tensor `name`'s current value, not counted as a use (for proofs).
+    fn peek(&mut self, name: &str) -> Result<Option<ArrayD<f64>>>;
+}
+
+impl TensorStore for Params {
+    fn take(&mut self, name: &str) -> Result<Option<ArrayD<f64>>> {
+        Ok(self.tensors.remove(name))
+    }
+
+    fn put(&mut self, name: &str, t: ArrayD<f64>) -> Result<()> {
+        self.tensors.insert(name.to_string(), t);
+        Ok(())
+    }
+
+    fn peek(&mut self, name: &str) -> Result<Option<ArrayD<f64>>> {
+        Ok(self.tensors.get(name).cloned())
+    }
+}
+
+fn tensor(store: &mut dyn TensorStore, name: &str) -> Result<ArrayD<f64>> {
+    store.take(name)?.ok_or_else(|| {
         Error::weights(format!(
             "the weights lack tensor `{name}`, which widening needs"
         ))
     })
 }
 
-/// Widens one space by `e` channels in place.
+/// The tensors widening `space` takes and puts, in order; `has` says whether a tensor
+/// exists (biases are optional). A streaming store counts these to know when a tensor is
+/// final.
+pub fn space_tensors(graph: &Graph, space: &Space, has: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let mut v = Vec::new();
+    for p in &space.producers {
+        let name = &graph.g[p.node].name;
+        v.push(format!("{name}.weight"));
+        let bname = format!("{name}.bias");
+        if has(&bname) {
+            v.push(bname);
+        }
+    }
+    for p in &space.params {
+        let name = &graph.g[p.node].name;
+        for slot in graph.g[p.node].op.param_slots() {
+            if slot.kind != ParamKind::NumBatchesTracked {
+                v.push(format!("{name}.{}", slot.suffix));
+            }
+        }
+    }
+    for c in &space.consumers {
+        v.push(format!("{}.weight", graph.g[c.node].name));
+    }
+    v
+}
+
+fn grew(what: &str, name: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(Error::weights(format!(
+        "widening `{name}` gave {got} new {what} where the plan says {want}"
+    )))
+}
+
+/// Widens the tensors of one space by `e` channels through `store` (the graph is only
+/// read: [`widen_space_graph`] updates it).
 fn widen_space(
-    graph: &mut Graph,
-    params: &mut Params,
+    graph: &Graph,
+    store: &mut dyn TensorStore,
     space: &Space,
+    e: usize,
     fill: &mut dyn Fill,
 ) -> Result<()> {
     for p in &space.producers {
-        let name = &graph.g[p.node].name.clone();
+        let name = &graph.g[p.node].name;
         let wname = format!("{name}.weight");
-        let w = tensor(params, &wname)?.clone();
+        let w = tensor(store, &wname)?;
         let rows = fill.rows(&w);
-        let added = rows.shape()[0];
-        params.tensors.insert(wname, cat(0, &[&w, &rows]));
+        grew("output rows", name, rows.shape()[0], e)?;
+        store.put(&wname, cat(0, &[&w, &rows]))?;
         let bname = format!("{name}.bias");
-        if let Some(b) = params.get(&bname).cloned() {
+        if let Some(b) = store.take(&bname)? {
             let nb = fill.bias(&b);
-            params.tensors.insert(bname, cat(0, &[&b, &nb]));
-        }
-        match &mut graph.g[p.node].op {
-            Op::Conv2d(c) => c.out_channels += added,
-            Op::Linear(l) => l.out_features += added,
-            _ => unreachable!("producers are convs and linears"),
+            store.put(&bname, cat(0, &[&b, &nb]))?;
         }
     }
     for p in &space.params {
         let cols = space.member(p.node).map_or(1, |m| m.cols);
-        let name = graph.g[p.node].name.clone();
-        let slots = graph.g[p.node].op.param_slots();
-        let mut added = 0;
-        for slot in slots {
+        let name = &graph.g[p.node].name;
+        for slot in graph.g[p.node].op.param_slots() {
             if slot.kind == ParamKind::NumBatchesTracked {
                 continue;
             }
             let tname = format!("{name}.{}", slot.suffix);
-            let t = tensor(params, &tname)?.clone();
+            let t = tensor(store, &tname)?;
             let new = fill.entries(slot.kind, &t, cols);
-            added = new.len();
-            params.tensors.insert(tname, cat(0, &[&t, &new]));
+            grew("entries", &tname, new.len(), e * cols)?;
+            store.put(&tname, cat(0, &[&t, &new]))?;
         }
+    }
+    for c in &space.consumers {
+        let name = &graph.g[c.node].name;
+        let wname = format!("{name}.weight");
+        let w = tensor(store, &wname)?;
+        let nw = fill.columns(&w, c.cols);
+        grew(
+            "input columns",
+            name,
+            nw.shape()[1] - w.shape()[1],
+            e * c.cols,
+        )?;
+        store.put(&wname, nw)?;
+    }
+    Ok(())
+}
+
+/// Gives the layers of `space` `e` more channels (shapes are re-inferred afterwards).
+fn widen_space_graph(graph: &mut Graph, space: &Space, e: usize) {
+    for p in &space.producers {
+        match &mut graph.g[p.node].op {
+            Op::Conv2d(c) => c.out_channels += e,
+            Op::Linear(l) => l.out_features += e,
+            _ => unreachable!("producers are convs and linears"),
+        }
+    }
+    for p in &space.params {
+        let added = e * space.member(p.node).map_or(1, |m| m.cols);
         match &mut graph.g[p.node].op {
             Op::BatchNorm(b) => b.channels += added,
             Op::Activation(Activation::Prelu { channels }) => *channels += added,
@@ -551,22 +638,14 @@ fn widen_space(
         }
     }
     for c in &space.consumers {
-        let name = graph.g[c.node].name.clone();
-        let wname = format!("{name}.weight");
-        let w = tensor(params, &wname)?.clone();
-        let nw = fill.columns(&w, c.cols);
-        let added = nw.shape()[1] - w.shape()[1];
-        params.tensors.insert(wname, nw);
         match &mut graph.g[c.node].op {
-            Op::Conv2d(conv) => conv.in_channels += added,
-            Op::Linear(l) => l.in_features += added,
+            Op::Conv2d(conv) => conv.in_channels += e * c.cols,
+            Op::Linear(l) => l.in_features += e * c.cols,
             _ => unreachable!("consumers are convs and linears"),
         }
     }
-    Ok(())
 }
 
-/// Widens `graph` as `args` asks, filling new weights by `args.method`, seeded.
 /// The .arch language gives a block whose input and output shapes match an identity
 /// shortcut, so a projection (or pad) shortcut that widening made shape-preserving could
 /// not be written: refuse rather than print a network that computes something else.
@@ -602,8 +681,38 @@ fn refuse_silent_shortcuts(g: &Graph, target: &Target) -> Result<()> {
     Ok(())
 }
 
-pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Result<Widened> {
-    params.check(graph)?;
+/// A widening decided before any weight is read: the spaces, the channels each gets, the
+/// student graph (shapes inferred, unprintable shortcuts refused) and the report's parts.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub spaces: Spaces,
+    /// The widened spaces' ids with the channels each gets, in the order they are widened.
+    pub steps: Vec<(usize, usize)>,
+    pub student: Graph,
+    pub changes: Vec<SpaceChange>,
+    pub notes: Vec<String>,
+    pub exact: bool,
+}
+
+impl Plan {
+    /// The fill of step `k` (one RNG stream per space, so widening one space does not
+    /// shift another's draws).
+    fn fill(&self, k: usize, args: &WidenArgs, seed: u64) -> Box<dyn Fill> {
+        let (id, e) = self.steps[k];
+        let ctx = FillCtx {
+            c: self.spaces.spaces[id].width,
+            e,
+            rng: ChaCha8Rng::seed_from_u64(
+                seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k as u64 + 1)),
+            ),
+            init: args.init,
+        };
+        make_fill(args.method, ctx, args.noise)
+    }
+}
+
+/// Plans widening `graph` as `args` asks; reads no weights.
+pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
     if args.noise.is_some() && args.method != Method::Net2net {
         return Err(Error::usage(
             format!(
@@ -616,24 +725,15 @@ pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Res
     let spaces = channel_spaces(graph);
     let ids = resolve(graph, &spaces, &args.target)?;
     let mut g = graph.clone();
-    let mut p = params.clone();
+    let mut steps = Vec::new();
     let mut changes = Vec::new();
     let mut notes = Vec::new();
-    for (k, &id) in ids.iter().enumerate() {
+    for &id in &ids {
         let space = &spaces.spaces[id];
         let (e, note) = added(space.width, args.amount, args.method, &space.label)?;
         notes.extend(note);
-        let ctx = FillCtx {
-            c: space.width,
-            e,
-            // One stream per space, so widening one space does not shift another's draws.
-            rng: ChaCha8Rng::seed_from_u64(
-                seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k as u64 + 1)),
-            ),
-            init: args.init,
-        };
-        let mut fill = make_fill(args.method, ctx, args.noise);
-        widen_space(&mut g, &mut p, space, fill.as_mut())?;
+        steps.push((id, e));
+        widen_space_graph(&mut g, space, e);
         if let Target::Name(name) = &args.target {
             let adds: Vec<&str> = space
                 .members
@@ -661,18 +761,62 @@ pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Res
         });
     }
     reinfer_shapes(&mut g)?;
-    p.check(&g)?;
     refuse_silent_shortcuts(&g, &args.target)?;
     let exact = match args.method {
         Method::R2r | Method::Netmorph => true,
         Method::Net2net => args.noise.is_none_or(|s| s == 0.0),
         Method::Random => false,
     };
-    Ok(Widened {
-        graph: g,
-        params: p,
+    Ok(Plan {
+        spaces,
+        steps,
+        student: g,
         changes,
         notes,
         exact,
+    })
+}
+
+/// Computes step `k` of `plan` (one space) through `store`: the same draws, in the same
+/// order, whichever store holds the tensors, as long as the steps run in order.
+pub fn apply_step(
+    graph: &Graph,
+    plan: &Plan,
+    k: usize,
+    store: &mut dyn TensorStore,
+    args: &WidenArgs,
+    seed: u64,
+) -> Result<()> {
+    let (id, e) = plan.steps[k];
+    let mut fill = plan.fill(k, args, seed);
+    widen_space(graph, store, &plan.spaces.spaces[id], e, fill.as_mut())
+}
+
+/// `graph` with the first `k` steps of `plan` applied (shapes inferred): the network a
+/// step-by-step proof compares step `k` against.
+pub fn graph_after(graph: &Graph, plan: &Plan, k: usize) -> Result<Graph> {
+    let mut g = graph.clone();
+    for &(id, e) in &plan.steps[..k] {
+        widen_space_graph(&mut g, &plan.spaces.spaces[id], e);
+    }
+    reinfer_shapes(&mut g)?;
+    Ok(g)
+}
+
+/// Widens `graph` as `args` asks, filling new weights by `args.method`, seeded.
+pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Result<Widened> {
+    params.check(graph)?;
+    let plan = plan(graph, args)?;
+    let mut p = params.clone();
+    for k in 0..plan.steps.len() {
+        apply_step(graph, &plan, k, &mut p, args, seed)?;
+    }
+    p.check(&plan.student)?;
+    Ok(Widened {
+        graph: plan.student,
+        params: p,
+        changes: plan.changes,
+        notes: plan.notes,
+        exact: plan.exact,
     })
 }

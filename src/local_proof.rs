@@ -1,0 +1,325 @@
+//! Local proofs (`--prove local`): each widened space is proved on its own region, the
+//! subgraph from its producers' inputs to its consumers' outputs, before and after that
+//! one step. Steps compose (each is exact on its own), so proving every step's region
+//! proves the whole widening, and a region is far cheaper to run than a large network.
+//!
+//! The executor runs graphs with one input, so a region with several inputs gets one
+//! random image `X` and, for each of its inputs, an *adapter*: a conv with fixed random
+//! weights (a flatten after it for vector inputs) from `X` to that input's shape. Teacher
+//! and student regions share the adapters, so they see the same inputs; the comparison
+//! is [`crate::prove::check_equivalence`]'s, on every value of the region.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ndarray::{ArrayD, IxDyn};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::analysis::Space;
+use crate::error::{Error, Result};
+use crate::ir::{Conv2d, Graph, NodeIndex, Op, ParamKind};
+use crate::params::{DType, Params};
+use crate::prove::{check_equivalence, Evidence, ProveOptions};
+
+/// Channels of the shared random image feeding the adapters.
+const SEED_CHANNELS: usize = 4;
+
+/// The nodes of `space`'s region in topological order, and its inputs (nodes outside it
+/// that feed it), in topological order.
+pub fn region(graph: &Graph, space: &Space) -> (Vec<NodeIndex>, Vec<NodeIndex>) {
+    let mut inside: HashSet<NodeIndex> = HashSet::new();
+    inside.extend(space.producers.iter().map(|p| p.node));
+    inside.extend(space.members.iter().map(|m| m.node));
+    inside.extend(space.consumers.iter().map(|c| c.node));
+    let order = graph.order();
+    let nodes: Vec<NodeIndex> = order
+        .iter()
+        .copied()
+        .filter(|n| inside.contains(n))
+        .collect();
+    let mut feeds: HashSet<NodeIndex> = HashSet::new();
+    for &n in &nodes {
+        feeds.extend(graph.inputs(n).into_iter().filter(|i| !inside.contains(i)));
+    }
+    let inputs = order.into_iter().filter(|n| feeds.contains(n)).collect();
+    (nodes, inputs)
+}
+
+/// The names of the tensors the region of `space` in `graph` owns.
+pub fn region_tensors(graph: &Graph, space: &Space) -> Vec<String> {
+    let (nodes, _) = region(graph, space);
+    let mut v = Vec::new();
+    for n in nodes {
+        let node = &graph.g[n];
+        for slot in node.op.param_slots() {
+            v.push(format!("{}.{}", node.name, slot.suffix));
+        }
+    }
+    v
+}
+
+/// The region of `space` in `graph` as a graph of its own: input `X`, an adapter per
+/// region input, then the region's nodes under their own names.
+fn region_graph(graph: &Graph, space: &Space, inputs_like: &Graph) -> Result<Graph> {
+    let (nodes, inputs) = region(graph, space);
+    let bad =
+        |m: String| Error::usage(format!("local proof of space `{}`: {m}", space.label), None);
+    // The image is as large as the largest spatial input, so every adapter fits.
+    let (mut h0, mut w0) = (1, 1);
+    for &i in &inputs {
+        let s = &inputs_like.g[i].shape;
+        if s.len() == 3 {
+            h0 = h0.max(s[1]);
+            w0 = w0.max(s[2]);
+        }
+    }
+    let mut g = Graph::new(
+        &format!("{}.region", graph.name),
+        graph.defaults.clone(),
+        vec![SEED_CHANNELS, h0, w0],
+    );
+    let x = g.input;
+    let mut map: BTreeMap<NodeIndex, NodeIndex> = BTreeMap::new();
+    for (k, &i) in inputs.iter().enumerate() {
+        let s = inputs_like.g[i].shape.clone();
+        let (c, h, w) = match s[..] {
+            [c, h, w] => (c, h, w),
+            [f] => (f, 1, 1),
+            _ => return Err(bad(format!("input `{}` has shape {s:?}", graph.g[i].name))),
+        };
+        let conv = Op::Conv2d(Conv2d {
+            in_channels: SEED_CHANNELS,
+            out_channels: c,
+            kernel: [h0 - h + 1, w0 - w + 1],
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+            bias: false,
+        });
+        let name = format!("__region_input{k}");
+        let mut a = g
+            .add(name.clone(), conv, &[x], ("__region", None), None)
+            .map_err(bad)?;
+        if s.len() == 1 {
+            a = g
+                .add(
+                    format!("{name}.flatten"),
+                    Op::Flatten,
+                    &[a],
+                    ("__region", None),
+                    None,
+                )
+                .map_err(bad)?;
+        }
+        map.insert(i, a);
+    }
+    for &n in &nodes {
+        let node = &graph.g[n];
+        let ins: Vec<NodeIndex> = graph.inputs(n).iter().map(|i| map[i]).collect();
+        let m = g
+            .add(
+                node.name.clone(),
+                node.op.clone(),
+                &ins,
+                (&node.row, node.block),
+                None,
+            )
+            .map_err(bad)?;
+        map.insert(n, m);
+    }
+    g.output = *map
+        .get(nodes.last().expect("a space has members"))
+        .expect("mapped");
+    Ok(g)
+}
+
+/// Fixed random weights of the adapters of a region graph (the same for teacher and
+/// student).
+fn adapter_params(g: &Graph, seed: u64) -> BTreeMap<String, ArrayD<f64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_AD47);
+    let mut out = BTreeMap::new();
+    for spec in g.param_specs() {
+        if !spec.name.starts_with("__region_input") {
+            continue;
+        }
+        let shape = &spec.slot.shape;
+        let fan_in: usize = shape.iter().skip(1).product();
+        let s = 1.0 / (fan_in.max(1) as f64).sqrt();
+        let v = (0..shape.iter().product::<usize>())
+            .map(|_| s * crate::params::normal(&mut rng))
+            .collect();
+        out.insert(
+            spec.name.clone(),
+            ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches"),
+        );
+    }
+    out
+}
+
+fn region_params(
+    g: &Graph,
+    adapters: &BTreeMap<String, ArrayD<f64>>,
+    lookup: &mut dyn FnMut(&str) -> Result<ArrayD<f64>>,
+) -> Result<Params> {
+    let mut tensors = adapters.clone();
+    for spec in g.param_specs() {
+        if tensors.contains_key(&spec.name) {
+            continue;
+        }
+        let t = if spec.slot.kind == ParamKind::NumBatchesTracked {
+            ArrayD::zeros(IxDyn(&spec.slot.shape))
+        } else {
+            lookup(&spec.name)?
+        };
+        tensors.insert(spec.name, t);
+    }
+    Ok(Params {
+        tensors,
+        dtype: DType::F64,
+    })
+}
+
+/// Proves one step locally: `before` is the network before widening `space`
+/// (`lookup_before` gives its tensors), `after` the network after (`lookup_after`). The
+/// evidence has one entry per mode of `opts`, covering every value of the region.
+pub fn prove_step(
+    before: &Graph,
+    after: &Graph,
+    space: &Space,
+    lookup_before: &mut dyn FnMut(&str) -> Result<ArrayD<f64>>,
+    lookup_after: &mut dyn FnMut(&str) -> Result<ArrayD<f64>>,
+    opts: &ProveOptions,
+) -> Result<Vec<Evidence>> {
+    let tg = region_graph(before, space, before)?;
+    let sg = region_graph(after, space, before)?;
+    let adapters = adapter_params(&tg, opts.seed);
+    let tp = region_params(&tg, &adapters, lookup_before)?;
+    let sp = region_params(&sg, &adapters, lookup_after)?;
+    check_equivalence(&tg, &tp, &sg, &sp, opts)
+}
+
+/// Folds the evidence of many regions into one entry per mode: the largest errors, every
+/// value counted, the first failing region's value named.
+pub fn combine(all: Vec<Vec<Evidence>>, regions: usize) -> Vec<Evidence> {
+    let mut out: Vec<Evidence> = Vec::new();
+    for evs in all {
+        for e in evs {
+            match out.iter_mut().find(|o| o.mode.starts_with(&e.mode)) {
+                None => out.push(e),
+                Some(o) => {
+                    if e.max_rel_err > o.max_rel_err {
+                        o.worst = e.worst.clone();
+                    }
+                    o.max_abs_err = o.max_abs_err.max(e.max_abs_err);
+                    o.max_rel_err = o.max_rel_err.max(e.max_rel_err);
+                    o.values += e.values;
+                    o.passed &= e.passed;
+                    if o.first_divergence.is_none() {
+                        o.first_divergence = e.first_divergence;
+                    }
+                }
+            }
+        }
+    }
+    for o in &mut out {
+        o.mode = format!("{} (local, {regions} regions)", o.mode);
+    }
+    out
+}
+
+/// The options of a local proof of `args` on weights stored as `dtype`: Net2WiderNet
+/// divides weights by replica counts, and stored in a narrow dtype that rounding is part
+/// of the student, so the tolerance widens to the dtype's (as the full proof does).
+pub fn options_for(
+    opts: &ProveOptions,
+    args: &crate::transform::WidenArgs,
+    dtype: DType,
+) -> ProveOptions {
+    let mut o = opts.clone();
+    let storage = match dtype {
+        DType::F64 => 0.0,
+        DType::F32 => 1e-5,
+        DType::F16 | DType::BF16 => 1e-2,
+    };
+    if args.method == crate::transform::Method::Net2net
+        && o.tolerance.is_none()
+        && storage > o.precision.tolerance()
+    {
+        o.tolerance = Some(storage);
+    }
+    o
+}
+
+/// Rounds every tensor of a snapshot to `dtype`: steps are proved on the values as they
+/// are stored, so the chain of steps runs from the stored teacher to the stored student.
+pub fn round_all(m: &mut BTreeMap<String, ArrayD<f64>>, dtype: DType) {
+    for t in m.values_mut() {
+        t.mapv_inplace(|x| dtype.round(x));
+    }
+}
+
+/// Widens in memory, proving every step on its region; returns the student (rounded to
+/// the teacher's dtype, as written) and the evidence per step. An exact method whose
+/// region fails is an [`Error::ProofFailed`].
+pub fn widen_local(
+    graph: &Graph,
+    params: &Params,
+    args: &crate::transform::WidenArgs,
+    seed: u64,
+    opts: &ProveOptions,
+) -> Result<(crate::transform::Widened, Vec<Vec<Evidence>>)> {
+    use crate::transform::{apply_step, graph_after, plan, TensorStore};
+    params.check(graph)?;
+    let plan = plan(graph, args)?;
+    let opts = &options_for(opts, args, params.dtype);
+    let mut p = params.clone();
+    let mut all = Vec::new();
+    for k in 0..plan.steps.len() {
+        let space = &plan.spaces.spaces[plan.steps[k].0];
+        let g0 = graph_after(graph, &plan, k)?;
+        let g1 = graph_after(graph, &plan, k + 1)?;
+        let snap = |p: &mut Params, g: &Graph| -> Result<BTreeMap<String, ArrayD<f64>>> {
+            let mut m = BTreeMap::new();
+            for n in region_tensors(g, space) {
+                if let Some(t) = p.peek(&n)? {
+                    m.insert(n, t);
+                }
+            }
+            Ok(m)
+        };
+        let mut before = snap(&mut p, &g0)?;
+        apply_step(graph, &plan, k, &mut p, args, seed)?;
+        let mut after = snap(&mut p, &g1)?;
+        round_all(&mut before, params.dtype);
+        round_all(&mut after, params.dtype);
+        let get = |m: &BTreeMap<String, ArrayD<f64>>, n: &str| {
+            m.get(n)
+                .cloned()
+                .ok_or_else(|| Error::weights(format!("the local proof lacks tensor `{n}`")))
+        };
+        let ev = prove_step(
+            &g0,
+            &g1,
+            space,
+            &mut |n| get(&before, n),
+            &mut |n| get(&after, n),
+            opts,
+        )?;
+        if plan.exact {
+            if let Some(e) = crate::prove::failure(&ev) {
+                return Err(e);
+            }
+        }
+        all.push(ev);
+    }
+    p.check(&plan.student)?;
+    let widened = crate::transform::Widened {
+        graph: plan.student,
+        params: p.with_dtype(params.dtype),
+        changes: plan.changes,
+        notes: plan.notes,
+        exact: plan.exact,
+    };
+    Ok((widened, all))
+}

@@ -1,0 +1,961 @@
+//! Large checkpoints: sharded safetensors (Hugging Face's `model.safetensors.index.json`
+//! layout) in and out, a lazy tensor source over memory-mapped files, and a positioned
+//! writer that commits a whole set of files at once.
+//!
+//! An index is `{"metadata": {"total_size": N}, "weight_map": {tensor: shard file}}`;
+//! shards are ordinary safetensors files in the index's folder, named
+//! `<stem>-0000K-of-0000N.safetensors`. Reading checks that every shard exists, that
+//! every tensor is in the shard the index names and in no other, and that no shard holds a
+//! tensor the index does not list. Writing puts each file's header first (offsets are
+//! known from the shapes), then tensors in any order at their offsets, into temporary
+//! files; only when every tensor of every file is written are they renamed into place, the
+//! index last, so an error or a kill never leaves a half-written set under the outputs'
+//! names.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, IxDyn};
+use safetensors::tensor::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::ir::{Graph, ParamKind};
+use crate::params::{DType, Params};
+
+/// The suffix of an index file.
+pub const INDEX_SUFFIX: &str = ".safetensors.index.json";
+
+/// Where a tensor's bytes lie.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Index into [`Source::files`].
+    pub file: usize,
+    /// Absolute byte range in that file.
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The tensors of one safetensors file or of a sharded set, memory-mapped and read on
+/// demand.
+pub struct Source {
+    /// The files, as shown in errors, with their maps (`None` for an empty file).
+    pub files: Vec<(String, Option<memmap2::Mmap>)>,
+    pub tensors: BTreeMap<String, TensorInfo>,
+    /// What the user passed, for errors.
+    pub shown: String,
+}
+
+fn weights_err(message: String, hint: Option<&str>) -> Error {
+    Error::Weights {
+        message,
+        hint: hint.map(Into::into),
+    }
+}
+
+/// Whether `path` names a sharded set: a folder, or an index file.
+pub fn is_sharded(path: &Path) -> bool {
+    path.is_dir() || path.to_string_lossy().ends_with(".index.json")
+}
+
+/// The file a weights path stands for: an index or safetensors file as given; in a folder,
+/// its only `*.safetensors.index.json`, else its only `*.safetensors`.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let shown = path.display().to_string();
+    let mut indexes = Vec::new();
+    let mut singles = Vec::new();
+    for entry in fs::read_dir(path).map_err(|e| Error::io(&shown, e))? {
+        let p = entry.map_err(|e| Error::io(&shown, e))?.path();
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if name.starts_with('.') {
+            continue;
+        }
+        if name.ends_with(INDEX_SUFFIX) {
+            indexes.push(p);
+        } else if name.ends_with(".safetensors") {
+            singles.push(p);
+        }
+    }
+    indexes.sort();
+    singles.sort();
+    let list = |v: &[PathBuf]| {
+        v.iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (indexes.len(), singles.len()) {
+        (1, _) => Ok(indexes.remove(0)),
+        (0, 1) => Ok(singles.remove(0)),
+        (0, 0) => Err(weights_err(
+            format!("folder {shown} holds no *{INDEX_SUFFIX} and no *.safetensors file"),
+            Some("pass the weights file or the index file itself"),
+        )),
+        (0, _) => Err(weights_err(
+            format!(
+                "folder {shown} holds several safetensors files ({}) and no index naming which belong together",
+                list(&singles)
+            ),
+            Some("pass one file, or the index of a sharded set"),
+        )),
+        _ => Err(weights_err(
+            format!("folder {shown} holds several indexes ({})", list(&indexes)),
+            Some("pass the index file itself"),
+        )),
+    }
+}
+
+fn map_file(path: &Path) -> Result<(String, Option<memmap2::Mmap>)> {
+    let shown = path.display().to_string();
+    let file = fs::File::open(path).map_err(|e| Error::io(&shown, e))?;
+    let len = file.metadata().map_err(|e| Error::io(&shown, e))?.len();
+    if len == 0 {
+        return Ok((shown, None));
+    }
+    // SAFETY: the map is read-only; r2rc never writes to a file it reads (outputs go
+    // through temporary files and renames, and an input is never an output).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&shown, e))?;
+    Ok((shown, Some(map)))
+}
+
+/// The tensors of one mapped file: parsed and validated by the safetensors crate.
+fn file_tensors(shown: &str, bytes: &[u8], file: usize) -> Result<Vec<(String, TensorInfo)>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        weights_err(
+            format!("{shown}: not a readable safetensors file ({e})"),
+            Some("write the file again with `r2rc init` or safetensors.torch.save_file"),
+        )
+    })?;
+    let base = bytes.as_ptr() as usize;
+    let mut v = Vec::new();
+    for (name, view) in st.tensors() {
+        let start = view.data().as_ptr() as usize - base;
+        v.push((
+            name,
+            TensorInfo {
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                file,
+                start,
+                end: start + view.data().len(),
+            },
+        ));
+    }
+    Ok(v)
+}
+
+#[derive(serde::Deserialize)]
+struct IndexJson {
+    #[serde(default)]
+    #[allow(dead_code)]
+    metadata: Option<serde_json::Value>,
+    weight_map: BTreeMap<String, String>,
+}
+
+impl Source {
+    /// Opens a safetensors file, an index, or a folder holding one of them.
+    pub fn open(path: &Path) -> Result<Source> {
+        let path = resolve(path)?;
+        let shown = path.display().to_string();
+        if !shown.ends_with(".index.json") {
+            let (shown, map) = map_file(&path)?;
+            let tensors = file_tensors(&shown, map.as_deref().unwrap_or(&[]), 0)?;
+            return Ok(Source {
+                files: vec![(shown.clone(), map)],
+                tensors: tensors.into_iter().collect(),
+                shown,
+            });
+        }
+        let text = fs::read_to_string(&path).map_err(|e| Error::io(&shown, e))?;
+        let index: IndexJson = serde_json::from_str(&text).map_err(|e| {
+            weights_err(
+                format!("{shown}: not a safetensors index ({e})"),
+                Some("an index is {\"metadata\": {...}, \"weight_map\": {\"tensor\": \"shard file\"}}"),
+            )
+        })?;
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // Shard names in index order of first appearance.
+        let mut shard_names: Vec<&str> = Vec::new();
+        for f in index.weight_map.values() {
+            if !shard_names.contains(&f.as_str()) {
+                shard_names.push(f);
+            }
+        }
+        let mut files = Vec::new();
+        let mut tensors: BTreeMap<String, TensorInfo> = BTreeMap::new();
+        for (k, name) in shard_names.iter().enumerate() {
+            let plain = Path::new(name)
+                .file_name()
+                .is_some_and(|f| f == std::ffi::OsStr::new(name));
+            if !plain || *name == ".." || *name == "." {
+                return Err(weights_err(
+                    format!("{shown} names shard `{name}`, which is not a file name in the index's folder"),
+                    Some("shards must lie next to their index"),
+                ));
+            }
+            let p = dir.join(name);
+            if !p.is_file() {
+                let example = index
+                    .weight_map
+                    .iter()
+                    .find(|(_, f)| f == name)
+                    .map(|(t, _)| t.clone())
+                    .unwrap_or_default();
+                return Err(weights_err(
+                    format!(
+                        "{shown} names shard {name} (holding `{example}` and others), but {} does not exist",
+                        p.display()
+                    ),
+                    Some("the set is incomplete: copy every shard the index lists"),
+                ));
+            }
+            let (fshown, map) = map_file(&p)?;
+            for (t, info) in file_tensors(&fshown, map.as_deref().unwrap_or(&[]), k)? {
+                if let Some(prev) = tensors.get(&t) {
+                    return Err(weights_err(
+                        format!(
+                            "tensor `{t}` is stored in two shards: {} and {fshown}",
+                            files
+                                .get(prev.file)
+                                .map(|(s, _): &(String, _)| s.as_str())
+                                .unwrap_or("?")
+                        ),
+                        Some("each tensor of a sharded set lies in exactly one shard"),
+                    ));
+                }
+                match index.weight_map.get(&t) {
+                    Some(f) if f == name => {}
+                    Some(f) => {
+                        return Err(weights_err(
+                            format!("shard {fshown} holds tensor `{t}`, which {shown} places in {f}"),
+                            Some("each tensor of a sharded set lies in exactly one shard, the one its index names"),
+                        ))
+                    }
+                    None => {
+                        return Err(weights_err(
+                            format!("shard {fshown} holds tensor `{t}`, which {shown} does not list"),
+                            Some("write the index again, or the set is mixed with another checkpoint"),
+                        ))
+                    }
+                }
+                tensors.insert(t, info);
+            }
+            files.push((fshown, map));
+        }
+        if let Some((t, f)) = index
+            .weight_map
+            .iter()
+            .find(|(t, _)| !tensors.contains_key(*t))
+        {
+            return Err(weights_err(
+                format!("{shown} places tensor `{t}` in {f}, but that shard does not hold it"),
+                Some("the shard belongs to another checkpoint or was written partially"),
+            ));
+        }
+        Ok(Source {
+            files,
+            tensors,
+            shown,
+        })
+    }
+
+    /// The raw little-endian bytes of tensor `name`.
+    pub fn bytes(&self, name: &str) -> Option<&[u8]> {
+        let info = self.tensors.get(name)?;
+        let map = self.files[info.file].1.as_deref().unwrap_or(&[]);
+        Some(&map[info.start..info.end])
+    }
+
+    /// Tells the system the pages of tensor `name` are no longer needed, so a streaming
+    /// rewrite does not keep the whole teacher resident.
+    pub fn release(&self, name: &str) {
+        let Some(info) = self.tensors.get(name) else {
+            return;
+        };
+        let Some(map) = &self.files[info.file].1 else {
+            return;
+        };
+        let page = 4096;
+        let start = info.start.div_ceil(page) * page;
+        let end = info.end / page * page;
+        if end > start {
+            // SAFETY: the map is a read-only shared file map: dropped pages are read again
+            // from the file if touched, so no data is lost and no reference dangles.
+            unsafe {
+                let _ = map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                );
+            }
+        }
+    }
+
+    /// Checks every tensor `graph` needs: present, shaped and typed as it expects, and no
+    /// other tensor. Reads no data.
+    pub fn check(&self, graph: &Graph) -> Result<()> {
+        let place = &self.shown;
+        let specs = graph.param_specs();
+        for spec in &specs {
+            let counter = spec.slot.kind == ParamKind::NumBatchesTracked;
+            let want = if counter {
+                "I64"
+            } else {
+                "F32, F64, F16 or BF16"
+            };
+            let Some(info) = self.tensors.get(&spec.name) else {
+                return Err(weights_err(
+                    format!(
+                        "{place} lacks tensor `{}` (expected shape {:?}, dtype {want})",
+                        spec.name, spec.slot.shape
+                    ),
+                    Some("did you pass the weights of another architecture or of another --set?"),
+                ));
+            };
+            if info.shape != spec.slot.shape {
+                return Err(weights_err(
+                    format!(
+                        "tensor `{}` in {place} has shape {:?} but the network expects {:?}",
+                        spec.name, info.shape, spec.slot.shape
+                    ),
+                    Some("did you pass the weights of another architecture or of another --set?"),
+                ));
+            }
+            let ok = if counter {
+                info.dtype == Dtype::I64
+            } else {
+                float_dtype(info.dtype).is_some()
+            };
+            if !ok {
+                return Err(weights_err(
+                    format!(
+                        "tensor `{}` in {place} has dtype {:?} but the network expects {want}",
+                        spec.name, info.dtype
+                    ),
+                    Some("did you pass the weights of another architecture?"),
+                ));
+            }
+        }
+        let known: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        if let Some(extra) = self.tensors.keys().find(|k| !known.contains(k.as_str())) {
+            return Err(weights_err(
+                format!(
+                    "{place} holds tensor `{extra}`, which network `{}` does not have",
+                    graph.name
+                ),
+                Some("did you pass the weights of another architecture?"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The dtype most float bytes use (what outputs are written in).
+    pub fn dtype(&self) -> DType {
+        let mut by: HashMap<DType, usize> = HashMap::new();
+        for info in self.tensors.values() {
+            if let Some(d) = float_dtype(info.dtype) {
+                *by.entry(d).or_default() += info.end - info.start;
+            }
+        }
+        by.into_iter()
+            .max_by_key(|(d, n)| (*n, d.size()))
+            .map(|(d, _)| d)
+            .unwrap_or(DType::F32)
+    }
+
+    /// Tensor `name` in f64, refusing non-finite values.
+    pub fn decode(&self, name: &str) -> Result<ArrayD<f64>> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| weights_err(format!("{} lacks tensor `{name}`", self.shown), None))?;
+        let raw = self.bytes(name).expect("known tensor");
+        let values = decode_values(raw, info.dtype, name, &self.shown)?;
+        Ok(ArrayD::from_shape_vec(IxDyn(&info.shape), values)
+            .expect("safetensors checked the data length"))
+    }
+}
+
+pub(crate) fn float_dtype(d: Dtype) -> Option<DType> {
+    match d {
+        Dtype::F16 => Some(DType::F16),
+        Dtype::BF16 => Some(DType::BF16),
+        Dtype::F32 => Some(DType::F32),
+        Dtype::F64 => Some(DType::F64),
+        _ => None,
+    }
+}
+
+/// Decodes little-endian values of `dtype` (I64 counters or floats), refusing non-finite
+/// floats with the tensor's name and the value's flat index.
+pub fn decode_values(raw: &[u8], dtype: Dtype, name: &str, place: &str) -> Result<Vec<f64>> {
+    let v: Vec<f64> = match dtype {
+        Dtype::I64 => {
+            return Ok(raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
+                .collect())
+        }
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+            .collect(),
+        Dtype::F64 => raw
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        other => {
+            return Err(weights_err(
+                format!("tensor `{name}` in {place} has dtype {other:?}, which r2rc cannot read"),
+                None,
+            ))
+        }
+    };
+    if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
+        return Err(weights_err(
+            format!(
+                "tensor `{name}` in {place} holds a non-finite value ({}) at flat index {pos}",
+                v[pos]
+            ),
+            Some("the weights are damaged or training diverged"),
+        ));
+    }
+    Ok(v)
+}
+
+/// Encodes `values` as `dtype` (floats) or I64 (`counter`), appending to `out`; the same
+/// encoding as [`crate::params::to_bytes`].
+pub fn encode_into(
+    values: impl Iterator<Item = f64>,
+    dtype: DType,
+    counter: bool,
+    out: &mut Vec<u8>,
+) {
+    if counter {
+        for x in values {
+            out.extend_from_slice(&(x.round() as i64).to_le_bytes());
+        }
+        return;
+    }
+    match dtype {
+        DType::F16 => {
+            values.for_each(|x| out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()))
+        }
+        DType::BF16 => {
+            values.for_each(|x| out.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()))
+        }
+        DType::F32 => values.for_each(|x| out.extend_from_slice(&(x as f32).to_le_bytes())),
+        DType::F64 => values.for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+    }
+}
+
+/// Reads weights for `graph` from a sharded set (an index, or a folder), checking them as
+/// [`crate::params::load`] checks a single file.
+pub fn load(graph: &Graph, path: &Path) -> Result<Params> {
+    let src = Source::open(path)?;
+    src.check(graph)?;
+    let mut tensors = BTreeMap::new();
+    for spec in graph.param_specs() {
+        tensors.insert(spec.name.clone(), src.decode(&spec.name)?);
+    }
+    Ok(Params {
+        tensors,
+        dtype: src.dtype(),
+    })
+}
+
+/// Parses a shard size: `2GB`, `500MB`, `1.5GiB`, `4096` (bytes). Decimal units are powers
+/// of 1000, binary ones (`KiB`, `MiB`, `GiB`) of 1024, as Hugging Face reads them.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => f64::NAN,
+    };
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    let bytes = n * mult;
+    if !bytes.is_finite() || bytes < 1.0 {
+        return Err(Error::usage(
+            format!("`{s}` is not a shard size"),
+            Some("write a size such as 2GB, 500MB or 1GiB".into()),
+        ));
+    }
+    Ok(bytes as u64)
+}
+
+/// One tensor of a file to write.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub counter: bool,
+}
+
+impl Entry {
+    fn dtype_name(&self, dtype: DType) -> &'static str {
+        if self.counter {
+            "I64"
+        } else {
+            dtype.safetensors_name()
+        }
+    }
+
+    /// Bytes of the tensor's data in `dtype`.
+    pub fn nbytes(&self, dtype: DType) -> usize {
+        let n: usize = self.shape.iter().product();
+        if self.counter {
+            n.max(1) * 8
+        } else {
+            n * dtype.size()
+        }
+    }
+}
+
+/// The entries of `graph`'s tensors in its order (names as the graph gives them).
+pub fn entries(graph: &Graph) -> Vec<Entry> {
+    graph
+        .param_specs()
+        .into_iter()
+        .map(|s| Entry {
+            counter: s.slot.kind == ParamKind::NumBatchesTracked,
+            name: s.name,
+            shape: s.slot.shape,
+        })
+        .collect()
+}
+
+/// The header of a safetensors file holding `entries` in order, padded so the data starts
+/// 8-byte aligned: the same bytes [`crate::params::to_bytes`] writes.
+fn header(entries: &[Entry], dtype: DType, metadata: Option<&BTreeMap<String, String>>) -> Vec<u8> {
+    let mut header = String::from("{");
+    if let Some(meta) = metadata {
+        let meta = serde_json::to_string(meta).expect("a string map serialises");
+        header.push_str(&format!("\"__metadata__\":{meta}"));
+    }
+    let mut at = 0;
+    for e in entries {
+        if header.len() > 1 {
+            header.push(',');
+        }
+        let key = serde_json::to_string(&e.name).expect("a string serialises");
+        let n = e.nbytes(dtype);
+        header.push_str(&format!(
+            "{key}:{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{at},{}]}}",
+            e.dtype_name(dtype),
+            e.shape,
+            at + n
+        ));
+        at += n;
+    }
+    header.push('}');
+    while (header.len() + 8) % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out
+}
+
+/// The files a weights output at `path` becomes: `path` itself, or with a shard size that
+/// the tensors exceed, `<stem>-0000K-of-0000N.safetensors` next to it and the index
+/// `<stem>.safetensors.index.json` (what to check for existence before writing).
+pub fn output_paths(
+    path: &Path,
+    entries: &[Entry],
+    dtype: DType,
+    shard_size: Option<u64>,
+) -> Vec<PathBuf> {
+    let groups = split(entries, dtype, shard_size);
+    if groups.len() <= 1 {
+        return vec![path.to_path_buf()];
+    }
+    let (dir, stem) = dir_stem(path);
+    let n = groups.len();
+    let mut v: Vec<PathBuf> = (1..=n).map(|k| dir.join(shard_name(&stem, k, n))).collect();
+    v.push(dir.join(format!("{stem}{INDEX_SUFFIX}")));
+    v
+}
+
+fn dir_stem(path: &Path) -> (PathBuf, String) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    let stem = name
+        .strip_suffix(".safetensors")
+        .unwrap_or(&name)
+        .to_string();
+    (dir, stem)
+}
+
+fn shard_name(stem: &str, k: usize, n: usize) -> String {
+    format!("{stem}-{k:05}-of-{n:05}.safetensors")
+}
+
+/// Entries grouped into shards of at most `shard_size` data bytes (a larger tensor gets a
+/// shard of its own), in order.
+fn split(entries: &[Entry], dtype: DType, shard_size: Option<u64>) -> Vec<Vec<Entry>> {
+    let Some(max) = shard_size else {
+        return vec![entries.to_vec()];
+    };
+    let mut groups: Vec<Vec<Entry>> = vec![vec![]];
+    let mut size = 0u64;
+    for e in entries {
+        let n = e.nbytes(dtype) as u64;
+        if size + n > max && !groups.last().expect("one group").is_empty() {
+            groups.push(vec![]);
+            size = 0;
+        }
+        size += n;
+        groups.last_mut().expect("one group").push(e.clone());
+    }
+    groups
+}
+
+/// A set of output files being written: tensors go to their offsets in temporary files;
+/// [`Writer::finish`] renames them into place once every tensor is written. Dropped
+/// unfinished, it removes its temporary files.
+pub struct Writer {
+    files: Vec<(fs::File, PathBuf, PathBuf)>,
+    /// Tensor -> (file, absolute offset, bytes, written).
+    at: HashMap<String, (usize, u64, usize, bool)>,
+    index: Option<(PathBuf, Vec<u8>)>,
+    dtype: DType,
+    counters: HashSet<String>,
+    /// Per file: its entries and the header length reserved for it.
+    heads: Vec<(Vec<Entry>, usize)>,
+    done: bool,
+}
+
+impl Writer {
+    /// Starts writing `entries` (in `dtype`, counters as I64) at `path`, sharded by
+    /// `shard_size` when given and exceeded. Every file gets `metadata`.
+    pub fn create(
+        path: &Path,
+        entries: &[Entry],
+        dtype: DType,
+        metadata: Option<&BTreeMap<String, String>>,
+        shard_size: Option<u64>,
+        reserve: usize,
+    ) -> Result<Writer> {
+        let groups = split(entries, dtype, shard_size);
+        let finals = output_paths(path, entries, dtype, shard_size);
+        let mut w = Writer {
+            files: Vec::new(),
+            at: HashMap::new(),
+            index: None,
+            dtype,
+            counters: entries
+                .iter()
+                .filter(|e| e.counter)
+                .map(|e| e.name.clone())
+                .collect(),
+            heads: Vec::new(),
+            done: false,
+        };
+        let mut weight_map = BTreeMap::new();
+        let mut total = 0u64;
+        for (k, group) in groups.iter().enumerate() {
+            let fin = finals[k].clone();
+            let shown = fin.display().to_string();
+            let (dir, _) = dir_stem(&fin);
+            let name = fin
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(|e| Error::io(&shown, e))?;
+            w.files.push((file, tmp, fin));
+            let mut head = header(group, dtype, metadata);
+            if reserve > 0 {
+                let len = head.len() + reserve.div_ceil(8) * 8;
+                head = pad_header(head, len);
+            }
+            w.heads.push((group.clone(), head.len()));
+            let mut off = head.len() as u64;
+            for e in group {
+                let n = e.nbytes(dtype);
+                w.at.insert(e.name.clone(), (k, off, n, false));
+                weight_map.insert(e.name.clone(), name.clone());
+                off += n as u64;
+                total += n as u64;
+            }
+            let f = &w.files[k].0;
+            f.set_len(off).map_err(|e| Error::io(&shown, e))?;
+            write_at(f, &head, 0).map_err(|e| Error::io(&shown, e))?;
+        }
+        if groups.len() > 1 {
+            let index = serde_json::json!({
+                "metadata": {"total_size": total},
+                "weight_map": weight_map,
+            });
+            let text = serde_json::to_string_pretty(&index).expect("json") + "\n";
+            w.index = Some((finals[finals.len() - 1].clone(), text.into_bytes()));
+        }
+        Ok(w)
+    }
+
+    /// The dtype floats are written in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Writes `bytes` at `offset` within tensor `name`'s data; `last` marks it complete.
+    pub fn write_part(
+        &mut self,
+        name: &str,
+        offset: usize,
+        bytes: &[u8],
+        last: bool,
+    ) -> Result<()> {
+        let &(k, at, n, written) = self
+            .at
+            .get(name)
+            .ok_or_else(|| Error::weights(format!("the output has no tensor `{name}`")))?;
+        if written || offset + bytes.len() > n {
+            return Err(Error::weights(format!(
+                "tensor `{name}` was written twice or past its {n} bytes"
+            )));
+        }
+        let (f, _, fin) = &self.files[k];
+        write_at(f, bytes, at + offset as u64).map_err(|e| Error::io(fin.display(), e))?;
+        if last {
+            self.at.get_mut(name).expect("known").3 = true;
+        }
+        Ok(())
+    }
+
+    /// Writes tensor `name` from f64 values (rounded to the output dtype).
+    pub fn write_values(&mut self, name: &str, t: &ArrayD<f64>) -> Result<()> {
+        let counter = self.counters.contains(name);
+        let mut buf = Vec::with_capacity(t.len() * if counter { 8 } else { self.dtype.size() });
+        encode_into(t.iter().copied(), self.dtype, counter, &mut buf);
+        let n = self.at.get(name).map_or(0, |a| a.2);
+        if buf.len() != n {
+            return Err(Error::weights(format!(
+                "tensor `{name}` has {} bytes where the output expects {n}",
+                buf.len()
+            )));
+        }
+        self.write_part(name, 0, &buf, true)
+    }
+
+    /// Rewrites every file's metadata, when it fits the header length reserved at
+    /// [`Writer::create`]; says whether it did.
+    pub fn set_metadata(&mut self, metadata: &BTreeMap<String, String>) -> Result<bool> {
+        let heads: Vec<Vec<u8>> = self
+            .heads
+            .iter()
+            .map(|(group, len)| {
+                let h = header(group, self.dtype, Some(metadata));
+                if h.len() <= *len {
+                    pad_header(h, *len)
+                } else {
+                    h
+                }
+            })
+            .collect();
+        if heads
+            .iter()
+            .zip(&self.heads)
+            .any(|(h, (_, len))| h.len() != *len)
+        {
+            return Ok(false);
+        }
+        for (h, (f, _, fin)) in heads.iter().zip(&self.files) {
+            write_at(f, h, 0).map_err(|e| Error::io(fin.display(), e))?;
+        }
+        Ok(true)
+    }
+
+    /// Decodes tensor `name` back from what was written (for a proof that needs a
+    /// tensor already final).
+    pub fn read_values(&self, name: &str, shape: &[usize]) -> Result<ArrayD<f64>> {
+        let &(k, at, n, written) = self
+            .at
+            .get(name)
+            .ok_or_else(|| Error::weights(format!("the output has no tensor `{name}`")))?;
+        if !written {
+            return Err(Error::weights(format!(
+                "tensor `{name}` is not written yet"
+            )));
+        }
+        let (f, _, fin) = &self.files[k];
+        let mut buf = vec![0u8; n];
+        read_at(f, &mut buf, at).map_err(|e| Error::io(fin.display(), e))?;
+        let dtype = if self.counters.contains(name) {
+            Dtype::I64
+        } else {
+            match self.dtype {
+                DType::F16 => Dtype::F16,
+                DType::BF16 => Dtype::BF16,
+                DType::F32 => Dtype::F32,
+                DType::F64 => Dtype::F64,
+            }
+        };
+        let v = decode_values(&buf, dtype, name, &fin.display().to_string())?;
+        ArrayD::from_shape_vec(IxDyn(shape), v)
+            .map_err(|_| Error::weights(format!("tensor `{name}` has another shape")))
+    }
+
+    /// Syncs and renames every file into place (the index last); fails, leaving the
+    /// outputs untouched, when a tensor was not written.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+        if let Some((name, _)) = self.at.iter().find(|(_, a)| !a.3) {
+            return Err(Error::weights(format!(
+                "tensor `{name}` of the output was never written; nothing was written"
+            )));
+        }
+        for (f, _, fin) in &self.files {
+            f.sync_all().map_err(|e| Error::io(fin.display(), e))?;
+        }
+        let mut out = Vec::new();
+        for (_, tmp, fin) in &self.files {
+            fs::rename(tmp, fin).map_err(|e| Error::io(fin.display(), e))?;
+            out.push(fin.clone());
+        }
+        self.done = true;
+        if let Some((path, bytes)) = self.index.take() {
+            crate::params::write_atomic(&path, &bytes)?;
+            out.push(path);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.done {
+            for (_, tmp, _) in &self.files {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+    }
+}
+
+/// `head` (a header with its length prefix) padded with spaces to `len` bytes in all.
+fn pad_header(mut head: Vec<u8>, len: usize) -> Vec<u8> {
+    head.resize(len, b' ');
+    let n = (len - 8) as u64;
+    head[..8].copy_from_slice(&n.to_le_bytes());
+    head
+}
+
+#[cfg(unix)]
+pub(crate) fn read_at(f: &fs::File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, at)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn read_at(mut f: &fs::File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    f.seek(SeekFrom::Start(at))?;
+    f.read_exact(buf)
+}
+
+#[cfg(unix)]
+pub(crate) fn write_at(f: &fs::File, bytes: &[u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, bytes, at)
+}
+
+#[cfg(not(unix))]
+pub(crate) fn write_at(mut f: &fs::File, bytes: &[u8], at: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    f.seek(SeekFrom::Start(at))?;
+    f.write_all(bytes)
+}
+
+/// Writes `params` (names as `graph` gives them) at `path`, sharded by `shard_size` when
+/// given; returns the files written.
+pub fn save(
+    params: &Params,
+    graph: &Graph,
+    path: &Path,
+    metadata: Option<&BTreeMap<String, String>>,
+    shard_size: Option<u64>,
+) -> Result<Vec<PathBuf>> {
+    params.check(graph)?;
+    let entries = entries(graph);
+    let mut w = Writer::create(path, &entries, params.dtype, metadata, shard_size, 0)?;
+    for e in &entries {
+        w.write_values(&e.name, &params.tensors[&e.name])?;
+    }
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_hugging_face() {
+        assert_eq!(parse_size("2GB").unwrap(), 2_000_000_000);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0GB").is_err());
+    }
+
+    #[test]
+    fn shards_hold_at_most_the_size_and_big_tensors_alone() {
+        let e = |n: &str, k: usize| Entry {
+            name: n.into(),
+            shape: vec![k],
+            counter: false,
+        };
+        let v = vec![e("a", 10), e("b", 10), e("c", 100), e("d", 5)];
+        let g = split(&v, DType::F32, Some(80));
+        let names: Vec<Vec<&str>> = g
+            .iter()
+            .map(|s| s.iter().map(|e| e.name.as_str()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
+    }
+}

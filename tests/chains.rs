@@ -621,3 +621,42 @@ fn morphing_a_projection_shortcut_is_refused() {
     let e = chain(text, &[Step::Morph("conv2_1.downsample.0".into(), 3)]).unwrap_err();
     assert!(e.to_string().contains("projection shortcut"), "{e}");
 }
+
+/// Found by replaying a chain through `r2rc apply`: a plan whose Net2WiderNet step needed
+/// the f32 storage tolerance then failed its end-to-end proof at 1e-9; the end-to-end
+/// proof now uses the loosest tolerance its steps used.
+#[test]
+fn apply_proves_end_to_end_at_the_tolerance_its_steps_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = dir.path().join("c.arch");
+    std::fs::write(
+        &arch,
+        "arch C\ninput 2x8x8\nconv1 1x1, 3\npool1 4x4 3x3 avg pool, stride 2\n\
+         conv2_x [1x1, 3, act identity; 3x3, 3, stride 2; 1x1, 3] x 2, shortcut projection\n\
+         conv3_x [3x3, 6, act prelu, bias; 3x3, 5, act tanh, bias] x 2, stride 2\n\
+         head avg pool, 10-d fc\n",
+    )
+    .unwrap();
+    let plan = dir.path().join("c.plan");
+    std::fs::write(
+        &plan,
+        "deepen --after conv1 --method r2r --width 6\nwiden --layer conv1_1.conv1 --by 1.5 --method net2net\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_r2rc"))
+        .args([
+            "apply",
+            arch.to_str().unwrap(),
+            plan.to_str().unwrap(),
+            "--seed",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("proof (end to end)") && err.contains("tolerance 1e-5"),
+        "{err}"
+    );
+}

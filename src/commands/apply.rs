@@ -137,6 +137,7 @@ pub fn run(mut args: Args) -> Result<()> {
     let mut header = Vec::new();
     let mut summary = String::new();
     let mut all_exact = true;
+    let mut step_tolerance: Option<f64> = None;
     let mut notes = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let lineno = i + 1;
@@ -251,6 +252,15 @@ pub fn run(mut args: Args) -> Result<()> {
             }
         }
         all_exact &= exact;
+        // The loosest tolerance a step needed (storage rounding of Net2Net and
+        // NetMorph-dense): the end-to-end proof cannot be stricter than its steps.
+        if let Some(ev) = report.get("evidence").and_then(|e| e.as_array()) {
+            for t in ev.iter().filter_map(|e| e.get("tolerance")?.as_f64()) {
+                if t > step_tolerance.unwrap_or(0.0) {
+                    step_tolerance = Some(t);
+                }
+            }
+        }
         steps.push(report);
         g = ng;
         p = np;
@@ -267,7 +277,11 @@ pub fn run(mut args: Args) -> Result<()> {
     if let Some(o) = &opts {
         if all_exact {
             let (t, tp) = rename(&graph, &teacher, &name_map);
-            evidence = check_equivalence(&t, &tp, &g, &p, o)?;
+            let mut o = o.clone();
+            if o.tolerance.is_none() {
+                o.tolerance = step_tolerance.filter(|&t| t > o.precision.tolerance());
+            }
+            evidence = check_equivalence(&t, &tp, &g, &p, &o)?;
             if let Some(e) = r2rc::prove::failure(&evidence) {
                 return Err(e);
             }

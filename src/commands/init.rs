@@ -34,6 +34,10 @@ pub struct Args {
     /// Overwrite an existing output.
     #[arg(long)]
     force: bool,
+    /// Write shards of at most SIZE (2GB, 500MB, 1GiB) named
+    /// `<stem>-0000K-of-0000N.safetensors` with `<stem>.safetensors.index.json`.
+    #[arg(long, value_name = "SIZE")]
+    shard_size: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -46,6 +50,18 @@ pub fn run(args: Args) -> Result<()> {
         args.force,
     )?;
     let p = params::init(&graph, args.seed, args.random_stats).with_dtype(dtype);
+    if let Some(size) = &args.shard_size {
+        let size = r2rc::shards::parse_size(size)?;
+        let theirs = names::renamed_graph(&graph, naming)?;
+        let q = names::to_naming(&p, &graph, naming)?;
+        let entries = r2rc::shards::entries(&theirs);
+        let outs = r2rc::shards::output_paths(&args.output, &entries, dtype, Some(size));
+        r2rc::outputs::check_outputs(&outs, &[args.file.as_path()], args.force)?;
+        for f in r2rc::shards::save(&q, &theirs, &args.output, None, Some(size))? {
+            eprintln!("wrote {}", f.display());
+        }
+        return Ok(());
+    }
     names::save(&p, &graph, &args.output, None, naming)?;
     let values: usize = p.tensors.values().map(|t| t.len()).sum();
     eprintln!(

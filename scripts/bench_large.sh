@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Large-checkpoint benchmark (issue 6): widen every space of a wide ResNet whose f32
+# checkpoint is over 1 GB by 1.5x with --no-prove (the streaming path), against `cp` of
+# the teacher checkpoint in the same run. Prints both times, their ratio, and peak
+# resident memory against the student checkpoint's size.
+# Targets: widen <= 2x cp's time; peak RSS <= 1.5x the student checkpoint.
+# Needs ~6 GB of free disk in $R2RC_BENCH_DIR (default target/bench_large); removes the big
+# files afterwards unless KEEP=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=${R2RC_BENCH_DIR:-target/bench_large}
+K=${WIDTH_FACTOR:-5}
+mkdir -p "$D"
+df -h "$D" | tail -1
+[ -x /usr/bin/time ] || { echo "needs GNU time (/usr/bin/time): apt-get install time" >&2; exit 2; }
+cargo build --release --quiet
+B=target/release/r2rc
+# ResNet-18's layout with every width times $K (a wide ResNet, Zagoruyko & Komodakis style).
+cat > "$D/wide_resnet.arch" <<ARCH
+# ResNet-18 layout, widths x$K: a checkpoint over 1 GB for the streaming benchmark.
+arch WideResNet18
+input 3x32x32
+
+conv1    16x16  7x7, $((64 * K)), stride 2
+conv2_x  8x8    3x3 max pool, stride 2
+                [3x3, $((64 * K)); 3x3, $((64 * K))] x 2
+conv3_x  4x4    [3x3, $((128 * K)); 3x3, $((128 * K))] x 2, stride 2
+conv4_x  2x2    [3x3, $((256 * K)); 3x3, $((256 * K))] x 2, stride 2
+conv5_x  1x1    [3x3, $((512 * K)); 3x3, $((512 * K))] x 2, stride 2
+head     1x1    avg pool, 1000-d fc, softmax
+ARCH
+rm -rf "$D/student" "$D/copy.safetensors"
+"$B" init "$D/wide_resnet.arch" -o "$D/teacher.safetensors" --random-stats --force
+sync
+teacher=$(stat -c %s "$D/teacher.safetensors")
+
+# cp, then cp with the copy synced to disk (the widen syncs its outputs before renaming).
+t0=$(date +%s.%N)
+cp "$D/teacher.safetensors" "$D/copy.safetensors"
+t1=$(date +%s.%N)
+sync "$D/copy.safetensors"
+t2=$(date +%s.%N)
+rm -f "$D/copy.safetensors"; sync
+
+/usr/bin/time -v -o "$D/time.txt" "$B" widen "$D/wide_resnet.arch" --all --by 1.5 --no-prove \
+    --weights "$D/teacher.safetensors" -o "$D/student" --force 2> "$D/widen.log"
+student=$(stat -c %s "$D/student/wide_resnet.safetensors")
+wall=$(grep "Elapsed (wall clock)" "$D/time.txt" | awk '{print $NF}')
+secs=$(echo "$wall" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+rss_kb=$(grep "Maximum resident set size" "$D/time.txt" | awk '{print $NF}')
+
+python3 - "$teacher" "$student" "$t0" "$t1" "$t2" "$secs" "$rss_kb" <<'PY'
+import sys
+teacher, student = int(sys.argv[1]), int(sys.argv[2])
+t0, t1, t2, widen, rss = (float(x) for x in sys.argv[3:])
+cp, cps = t1 - t0, t2 - t0
+rss *= 1024
+print(f"teacher checkpoint   {teacher / 1e9:.3f} GB")
+print(f"student checkpoint   {student / 1e9:.3f} GB")
+print(f"cp                   {cp:.2f} s   (cp + sync of the copy: {cps:.2f} s)")
+print(f"r2rc widen --all --by 1.5 --no-prove   {widen:.2f} s")
+print(f"ratio widen / cp     {widen / cp:.2f}   (widen / (cp + sync): {widen / cps:.2f}; target <= 2)")
+print(f"peak RSS             {rss / 1e9:.3f} GB = {rss / student:.2f} x the student checkpoint (target <= 1.5)")
+PY
+if [ "${KEEP:-0}" != 1 ]; then rm -rf "$D/student" "$D/teacher.safetensors"; fi

@@ -130,7 +130,7 @@ fn widen_and_deepen_read_and_write_torchvision_names() {
     // The student reads back under the same names.
     ok(&[
         "run",
-        &s(&wide.join("resnet_cifar10.arch")),
+        s(&wide.join("resnet_cifar10.arch")),
         "--weights",
         s(&student),
         "--names",

@@ -207,6 +207,53 @@ fn fans(shape: &[usize]) -> (usize, usize) {
     (fan_in.max(1), fan_out.max(1))
 }
 
+/// The most values r2rc holds in memory for one network (8 bytes each as f64: 8 GiB):
+/// what a hostile `.arch` can make it allocate, with a clear refusal beyond.
+pub const MAX_VALUES: u64 = 1 << 30;
+
+/// Refuses a network whose weights plus, for `batch` inputs, its layer outputs would
+/// exceed [`MAX_VALUES`]: every output when `keep_all` (a proof keeps them all to compare),
+/// else a few of the largest (a forward pass frees values it no longer needs). `what`
+/// names the use.
+pub fn check_memory(graph: &Graph, batch: usize, keep_all: bool, what: &str) -> Result<()> {
+    let params: u64 = graph
+        .param_specs()
+        .iter()
+        .map(|s| {
+            s.slot
+                .shape
+                .iter()
+                .map(|&d| d as u64)
+                .fold(1u64, u64::saturating_mul)
+        })
+        .fold(0u64, u64::saturating_add);
+    let sizes = graph.g.node_weights().map(|n| {
+        n.shape
+            .iter()
+            .map(|&d| d as u64)
+            .fold(1u64, u64::saturating_mul)
+    });
+    let per_sample: u64 = if keep_all {
+        sizes.fold(0u64, u64::saturating_add)
+    } else {
+        sizes.max().unwrap_or(0).saturating_mul(4)
+    };
+    let values = params.saturating_add(per_sample.saturating_mul(batch as u64));
+    if values > MAX_VALUES {
+        return Err(Error::usage(
+            format!(
+                "{what} would hold {} values ({} parameters, {} per input for {batch} input(s)), more than the {} r2rc allows in memory",
+                crate::stats::thousands(values),
+                crate::stats::thousands(params),
+                crate::stats::thousands(per_sample),
+                crate::stats::thousands(MAX_VALUES)
+            ),
+            Some("check the widths and the input size (`r2rc check` prints the parameter count)".into()),
+        ));
+    }
+    Ok(())
+}
+
 /// Seeded PyTorch-style initial weights in f32.
 ///
 /// Convs: kaiming normal, mode fan_out, ReLU gain (torchvision's ResNet init). Linear:

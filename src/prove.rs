@@ -244,6 +244,7 @@ pub fn check_equivalence(
     sp: &Params,
     opts: &ProveOptions,
 ) -> Result<Vec<Evidence>> {
+    crate::params::check_memory(student, opts.inputs, true, "the proof")?;
     opts.modes
         .iter()
         .map(|&mode| match opts.precision {

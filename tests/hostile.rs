@@ -330,3 +330,45 @@ mod weights_never_panic {
         }
     }
 }
+
+/// Networks that compile (each tensor within the per-tensor cap) but whose weights or
+/// proof values would not fit in memory are refused before anything is allocated.
+#[test]
+fn huge_networks_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.arch");
+    // 16384 x 1,000,000 weights: 131 GB as f64.
+    std::fs::write(&huge, "arch Huge\ninput 1x128x128\nfc1 1000000-d fc\n").unwrap();
+    let w = dir.path().join("w.safetensors");
+    let h = huge.to_str().unwrap();
+    for args in [
+        vec!["init", h, "-o", w.to_str().unwrap()],
+        vec!["widen", h, "--layer", "fc1", "--add", "2"],
+        vec!["deepen", h, "--after", "fc1", "--method", "netmorph"],
+    ] {
+        let t = Instant::now();
+        let (code, _, err) = r2rc(&args);
+        assert_refused(&format!("{args:?}"), code, &err, "values");
+        assert!(err.contains("more than"), "{args:?}: {err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(!w.exists());
+    // A huge batch of random inputs for a small network.
+    let small = dir.path().join("small.arch");
+    std::fs::write(&small, ARCH).unwrap();
+    let (code, _, err) = r2rc(&["init", small.to_str().unwrap(), "-o", w.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = r2rc(&[
+        "run",
+        small.to_str().unwrap(),
+        "--weights",
+        w.to_str().unwrap(),
+        "--random",
+        "1000000000000",
+    ]);
+    assert_refused("run --random 1e12", code, &err, "this run");
+}

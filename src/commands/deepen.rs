@@ -79,7 +79,10 @@ impl Common {
                 w.display().to_string(),
             ),
             None => (
-                params::init(graph, self.seed, true),
+                {
+                    params::check_memory(graph, 0, false, "a random teacher for this network")?;
+                    params::init(graph, self.seed, true)
+                },
                 format!(
                     "random (seed {}, random biases and BN statistics)",
                     self.seed

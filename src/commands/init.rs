@@ -49,6 +49,7 @@ pub fn run(args: Args) -> Result<()> {
         &[args.file.as_path()],
         args.force,
     )?;
+    params::check_memory(&graph, 0, false, "initialising this network")?;
     let p = params::init(&graph, args.seed, args.random_stats).with_dtype(dtype);
     if let Some(size) = &args.shard_size {
         let size = r2rc::shards::parse_size(size)?;

@@ -64,8 +64,13 @@ pub fn run(args: Args) -> Result<()> {
     let p = names::load(&graph, &args.weights, Naming::parse(&args.names)?)?;
     let input = match (&args.input, args.random) {
         (Some(path), _) => read_input(path)?,
-        (None, n) => exec::random_input(&graph, n.unwrap_or(1), args.seed),
+        (None, n) => {
+            params::check_memory(&graph, n.unwrap_or(1), false, "this run")?;
+            exec::random_input(&graph, n.unwrap_or(1), args.seed)
+        }
     };
+    let batch = input.shape().first().copied().unwrap_or(1);
+    params::check_memory(&graph, batch, false, "this run")?;
     set_threads(args.threads, input.shape().first().copied().unwrap_or(1))?;
     match args.dtype.as_str() {
         "f32" => go::<f32>(&args, &graph, &p, input, mode),

@@ -139,7 +139,10 @@ pub fn run(args: Args) -> Result<()> {
     let (teacher, source) = match &args.weights {
         Some(w) => (names::load(&graph, w, naming)?, w.display().to_string()),
         None => (
-            params::init(&graph, args.seed, true),
+            {
+                params::check_memory(&graph, 0, false, "a random teacher for this network")?;
+                params::init(&graph, args.seed, true)
+            },
             format!(
                 "random (seed {}, random biases and BN statistics)",
                 args.seed

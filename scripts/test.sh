@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --all-targets
-cargo build --release
+# One release build serves the tests and the Python checks (building dev and release
+# would compile every dependency, tract-onnx included, twice).
+cargo test --release --all-targets
 scripts/ci_python.sh target/release/r2rc
 scripts/ci_torch.sh target/release/r2rc

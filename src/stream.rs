@@ -2,7 +2,12 @@
 //! each student tensor is written to its place in the output as soon as it is final, so a
 //! widening never holds both networks in memory.
 //!
-//! The rewrite is [`crate::transform`]'s, step by step, through a [`TensorStore`] that
+//! Without a proof, each touched tensor is widened on its own by all its steps at once
+//! ([`transform::tensor_touches`], [`transform::apply_touches`]: every call knows where its
+//! draws start in its step's random stream), then encoded and handed to a writer thread;
+//! nothing waits in a scratch file.
+//!
+//! With a local proof, the rewrite is [`crate::transform`]'s, step by step, through a [`TensorStore`] that
 //! knows how often each step touches each tensor: a tensor leaves the store for the output
 //! after its last touch; one that a later step touches again waits in an unlinked scratch
 //! file (f64, exactly as the in-memory path holds it), not in memory. Tensors no step
@@ -233,6 +238,38 @@ pub fn widen(
             .clone();
         copy_tensor(&mut store, &file, &out)?;
     }
+    if prove.is_none() {
+        let shapes: HashMap<String, Vec<usize>> = graph
+            .param_specs()
+            .into_iter()
+            .map(|s| (s.name, s.slot.shape))
+            .collect();
+        let touches = transform::tensor_touches(graph, &plan, args, seed, &shapes);
+        let Store {
+            writer,
+            file_name,
+            mut progress,
+            ..
+        } = store;
+        let writer = per_tensor(
+            src,
+            writer,
+            &touches,
+            &file_name,
+            &student_renames,
+            &mut progress,
+            &plan,
+            args,
+            seed,
+        )?;
+        let files = writer.finish()?;
+        return Ok(Streamed {
+            student: plan.student,
+            report,
+            files,
+            dtype,
+        });
+    }
     let mut evidence: Vec<Vec<Evidence>> = Vec::new();
     for k in 0..plan.steps.len() {
         let space = &plan.spaces.spaces[plan.steps[k].0];
@@ -289,6 +326,58 @@ pub fn widen(
         report,
         files,
         dtype,
+    })
+}
+
+/// Widens every touched tensor on its own ([`transform::apply_touches`]): read from the
+/// teacher, widened by all its steps in memory, encoded and handed to a writer thread, so
+/// computing the next tensor overlaps writing this one. No scratch file, and at most one
+/// finished tensor waits for the writer.
+#[allow(clippy::too_many_arguments)]
+fn per_tensor(
+    src: &Source,
+    mut writer: Writer,
+    touches: &[(String, Vec<transform::Touch>)],
+    file_name: &HashMap<String, String>,
+    out_name: &HashMap<String, String>,
+    progress: &mut Progress,
+    plan: &Plan,
+    args: &WidenArgs,
+    seed: u64,
+) -> Result<Writer> {
+    let dtype = writer.dtype();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(0);
+    std::thread::scope(|s| {
+        let handle = s.spawn(move || -> Result<Writer> {
+            for (name, bytes) in rx {
+                writer.write_part(&name, 0, &bytes, true)?;
+            }
+            Ok(writer)
+        });
+        let mut computed = || -> Result<()> {
+            for (name, tc) in touches {
+                let file = file_name.get(name).unwrap_or(name);
+                let t = src.decode(file)?;
+                src.release(file);
+                let t = transform::apply_touches(plan, args, seed, name, t, tc)?;
+                let t = t.as_standard_layout();
+                let bytes = shards::encode(t.as_slice().expect("standard layout"), dtype, false);
+                drop(t);
+                let n = bytes.len() as u64;
+                let out = out_name.get(name).unwrap_or(name).clone();
+                if tx.send((out, bytes)).is_err() {
+                    // The writer stopped on an error, which its join reports.
+                    return Ok(());
+                }
+                progress.inc(n);
+            }
+            Ok(())
+        };
+        let res = computed();
+        drop(tx);
+        let w = handle.join().expect("the writer thread does not panic");
+        res?;
+        w
     })
 }
 

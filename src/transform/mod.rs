@@ -23,9 +23,12 @@ pub mod r2r_deeper;
 pub mod random;
 pub mod random_deeper;
 
+use std::collections::HashMap;
+
 use ndarray::{concatenate, ArrayD, Axis, IxDyn};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::analysis::{channel_spaces, Space, Spaces};
@@ -181,6 +184,26 @@ pub trait Fill {
     fn entries(&mut self, kind: ParamKind, t: &ArrayD<f64>, cols: usize) -> ArrayD<f64>;
     /// The whole new consumer weight `[O, (C + E) * cols, ...]` from `w` (`[O, C * cols, ...]`).
     fn columns(&mut self, w: &ArrayD<f64>, cols: usize) -> ArrayD<f64>;
+    /// RNG words (u32) the `part` call draws for a tensor shaped `shape` (before the call),
+    /// so a tensor's draws can be found without making the calls before it
+    /// ([`tensor_touches`]).
+    fn words(&self, part: Part, shape: &[usize], cols: usize) -> u128;
+    /// The RNG the calls draw from.
+    fn rng(&mut self) -> &mut ChaCha8Rng;
+}
+
+/// Which call of a [`Fill`] a tensor gets in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Rows,
+    Bias,
+    Entries,
+    Columns,
+}
+
+/// Values in `shape[from..]` (1 for a scalar tail).
+pub fn tail(shape: &[usize], from: usize) -> u128 {
+    shape.iter().skip(from).map(|&d| d as u128).product()
 }
 
 /// Shared state of a fill: sizes, RNG and init rule.
@@ -194,6 +217,14 @@ pub struct FillCtx {
 }
 
 impl FillCtx {
+    /// RNG words one free weight draws: one f64 (uniform) or two (Box-Muller normal).
+    pub fn words_per_value(&self) -> u128 {
+        match self.init {
+            Init::Match => 2,
+            Init::He => 4,
+        }
+    }
+
     /// Free weights shaped like `shape`, scaled like `existing` (or He for `fan_in`).
     pub fn free(&mut self, shape: &[usize], existing: &ArrayD<f64>, fan_in: usize) -> ArrayD<f64> {
         let n: usize = shape.iter().product();
@@ -208,13 +239,11 @@ impl FillCtx {
                     (2.0 / fan_in.max(1) as f64).sqrt()
                 };
                 let b = s * 3f64.sqrt();
-                (0..n).map(|_| uniform(&mut self.rng, -b, b)).collect()
+                draw(&mut self.rng, n, 2, |r| uniform(r, -b, b))
             }
             Init::He => {
                 let s = (2.0 / fan_in.max(1) as f64).sqrt();
-                (0..n)
-                    .map(|_| s * crate::params::normal(&mut self.rng))
-                    .collect()
+                draw(&mut self.rng, n, 4, |r| s * crate::params::normal(r))
             }
         };
         ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
@@ -224,11 +253,38 @@ impl FillCtx {
     pub fn he(&mut self, shape: &[usize], fan_in: usize) -> ArrayD<f64> {
         let s = (2.0 / fan_in.max(1) as f64).sqrt();
         let n: usize = shape.iter().product();
-        let v = (0..n)
-            .map(|_| s * crate::params::normal(&mut self.rng))
-            .collect();
+        let v = draw(&mut self.rng, n, 4, |r| s * crate::params::normal(r));
         ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
     }
+}
+
+/// `n` values `f(rng)`, each drawing exactly `words` RNG words: the same values as drawing
+/// them one after another, computed in parallel chunks that each start the stream at their
+/// first value's word; `rng` ends after the last value's words.
+fn draw(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    words: u128,
+    f: impl Fn(&mut ChaCha8Rng) -> f64 + Sync,
+) -> Vec<f64> {
+    const CHUNK: usize = 1 << 15;
+    let start = rng.get_word_pos();
+    if n <= CHUNK {
+        let v = (0..n).map(|_| f(rng)).collect();
+        debug_assert_eq!(rng.get_word_pos(), start + n as u128 * words);
+        return v;
+    }
+    let base = rng.clone();
+    let mut v = vec![0.0; n];
+    v.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+        let mut r = base.clone();
+        r.set_word_pos(start + (i * CHUNK) as u128 * words);
+        for x in c {
+            *x = f(&mut r);
+        }
+    });
+    rng.set_word_pos(start + n as u128 * words);
+    v
 }
 
 pub(crate) fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
@@ -274,8 +330,92 @@ pub fn block_index(channels: impl IntoIterator<Item = usize>, cols: usize) -> Ve
         .collect()
 }
 
+/// `[a; b]` along axis 0, reusing `a`'s buffer (growing it in place when the allocator
+/// can) instead of copying both.
+pub fn append0(a: ArrayD<f64>, b: &ArrayD<f64>) -> ArrayD<f64> {
+    let mut shape = a.shape().to_vec();
+    if !a.is_standard_layout() || shape.is_empty() || b.shape().get(1..) != shape.get(1..) {
+        return cat(0, &[&a, b]);
+    }
+    shape[0] += b.shape()[0];
+    let n = a.len();
+    // Standard layout: the elements are `n` consecutive values from the offset.
+    let (mut v, offset) = a.into_raw_vec_and_offset();
+    v.drain(..offset.unwrap_or(0));
+    v.truncate(n);
+    let b = b.as_standard_layout();
+    v.extend_from_slice(b.as_slice().expect("standard layout"));
+    ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length matches shape")
+}
+
+/// `[w, v, -v]` along axis 1 (R2WiderR's consumer columns), without materialising `-v`.
+pub fn cat_pair(w: &ArrayD<f64>, v: &ArrayD<f64>) -> ArrayD<f64> {
+    let (ws, vs) = (w.as_standard_layout(), v.as_standard_layout());
+    let outer = w.shape()[0];
+    if outer == 0 || w.ndim() < 2 {
+        let minus = v.mapv(|x| -x);
+        return cat(1, &[w, v, &minus]);
+    }
+    let (ws, vs) = (
+        ws.as_slice().expect("standard"),
+        vs.as_slice().expect("standard"),
+    );
+    let (a, b) = (ws.len() / outer, vs.len() / outer);
+    let mut shape = w.shape().to_vec();
+    shape[1] += 2 * v.shape()[1];
+    let mut out = vec![0.0; outer * (a + 2 * b)];
+    if a + 2 * b > 0 {
+        out.par_chunks_mut(a + 2 * b)
+            .enumerate()
+            .for_each(|(o, row)| {
+                row[..a].copy_from_slice(&ws[o * a..(o + 1) * a]);
+                let src = &vs[o * b..(o + 1) * b];
+                row[a..a + b].copy_from_slice(src);
+                for (x, &y) in row[a + b..].iter_mut().zip(src) {
+                    *x = -y;
+                }
+            });
+    }
+    ArrayD::from_shape_vec(IxDyn(&shape), out).expect("length matches shape")
+}
+
 /// `[a; b]` along `axis`.
 pub fn cat(axis: usize, parts: &[&ArrayD<f64>]) -> ArrayD<f64> {
+    // Standard-layout parts: each output block (one index of the axes before `axis`) is
+    // the parts' blocks one after another, copied whole.
+    let std: Vec<_> = parts.iter().map(|p| p.as_standard_layout()).collect();
+    let slices: Option<Vec<&[f64]>> = std.iter().map(|p| p.as_slice()).collect();
+    let outer: usize = parts[0].shape()[..axis].iter().product();
+    if let (Some(slices), true) = (slices, outer > 0) {
+        let mut shape = parts[0].shape().to_vec();
+        shape[axis] = parts.iter().map(|p| p.shape()[axis]).sum();
+        debug_assert!(parts.iter().all(|p| p.ndim() == shape.len()
+            && p.shape()
+                .iter()
+                .enumerate()
+                .all(|(i, &d)| i == axis || d == shape[i])));
+        let widths: Vec<usize> = slices.iter().map(|s| s.len() / outer).collect();
+        let block: usize = widths.iter().sum();
+        let total = outer * block;
+        let mut v = Vec::with_capacity(total);
+        if outer == 1 || block == 0 {
+            for o in 0..outer {
+                for (s, &w) in slices.iter().zip(&widths) {
+                    v.extend_from_slice(&s[o * w..(o + 1) * w]);
+                }
+            }
+        } else {
+            v.resize(total, 0.0);
+            v.par_chunks_mut(block).enumerate().for_each(|(o, out)| {
+                let mut at = 0;
+                for (s, &w) in slices.iter().zip(&widths) {
+                    out[at..at + w].copy_from_slice(&s[o * w..(o + 1) * w]);
+                    at += w;
+                }
+            });
+        }
+        return ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length matches shape");
+    }
     let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
     concatenate(Axis(axis), &views).expect("parts agree off the axis")
 }
@@ -583,11 +723,11 @@ fn widen_space(
         let w = tensor(store, &wname)?;
         let rows = fill.rows(&w);
         grew("output rows", name, rows.shape()[0], e)?;
-        store.put(&wname, cat(0, &[&w, &rows]))?;
+        store.put(&wname, append0(w, &rows))?;
         let bname = format!("{name}.bias");
         if let Some(b) = store.take(&bname)? {
             let nb = fill.bias(&b);
-            store.put(&bname, cat(0, &[&b, &nb]))?;
+            store.put(&bname, append0(b, &nb))?;
         }
     }
     for p in &space.params {
@@ -601,7 +741,7 @@ fn widen_space(
             let t = tensor(store, &tname)?;
             let new = fill.entries(slot.kind, &t, cols);
             grew("entries", &tname, new.len(), e * cols)?;
-            store.put(&tname, cat(0, &[&t, &new]))?;
+            store.put(&tname, append0(t, &new))?;
         }
     }
     for c in &space.consumers {
@@ -803,6 +943,136 @@ pub fn graph_after(graph: &Graph, plan: &Plan, k: usize) -> Result<Graph> {
     Ok(g)
 }
 
+/// One call a widening step makes on a tensor.
+#[derive(Debug, Clone)]
+pub struct Touch {
+    /// The step (index into [`Plan::steps`]).
+    pub step: usize,
+    pub part: Part,
+    /// The parameter's kind, for [`Part::Entries`].
+    pub kind: Option<ParamKind>,
+    /// Columns per channel (entries after a flatten, consumer columns).
+    pub cols: usize,
+    /// RNG words the step's fill draws before this call.
+    pub offset: u128,
+}
+
+/// Every tensor that widening as `plan` touches, with its touches in step order, and each
+/// touch's place in its step's random stream; `shapes` holds every teacher tensor's shape
+/// (biases are optional). With [`apply_touches`], a tensor can be widened on its own, in
+/// any order or in parallel, to exactly the values [`apply_step`]s give it.
+pub fn tensor_touches(
+    graph: &Graph,
+    plan: &Plan,
+    args: &WidenArgs,
+    seed: u64,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Vec<(String, Vec<Touch>)> {
+    let mut shapes = shapes.clone();
+    let mut out: Vec<(String, Vec<Touch>)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for k in 0..plan.steps.len() {
+        let (id, e) = plan.steps[k];
+        let space = &plan.spaces.spaces[id];
+        let fill = plan.fill(k, args, seed);
+        let mut offset = 0u128;
+        let mut touch = |name: String, part: Part, kind: Option<ParamKind>, cols: usize| {
+            let Some(shape) = shapes.get_mut(&name) else {
+                return;
+            };
+            let t = Touch {
+                step: k,
+                part,
+                kind,
+                cols,
+                offset,
+            };
+            offset += fill.words(part, shape, cols);
+            match part {
+                Part::Rows | Part::Bias => shape[0] += e,
+                Part::Entries => shape[0] += e * cols,
+                Part::Columns => shape[1] += e * cols,
+            }
+            let i = *at.entry(name.clone()).or_insert_with(|| {
+                out.push((name, Vec::new()));
+                out.len() - 1
+            });
+            out[i].1.push(t);
+        };
+        for p in &space.producers {
+            let name = &graph.g[p.node].name;
+            touch(format!("{name}.weight"), Part::Rows, None, 1);
+            touch(format!("{name}.bias"), Part::Bias, None, 1);
+        }
+        for p in &space.params {
+            let cols = space.member(p.node).map_or(1, |m| m.cols);
+            let name = &graph.g[p.node].name;
+            for slot in graph.g[p.node].op.param_slots() {
+                if slot.kind != ParamKind::NumBatchesTracked {
+                    touch(
+                        format!("{name}.{}", slot.suffix),
+                        Part::Entries,
+                        Some(slot.kind),
+                        cols,
+                    );
+                }
+            }
+        }
+        for c in &space.consumers {
+            let name = &graph.g[c.node].name;
+            touch(format!("{name}.weight"), Part::Columns, None, c.cols);
+        }
+    }
+    out
+}
+
+/// Tensor `name` (teacher value `t`) after `touches` (from [`tensor_touches`]).
+pub fn apply_touches(
+    plan: &Plan,
+    args: &WidenArgs,
+    seed: u64,
+    name: &str,
+    mut t: ArrayD<f64>,
+    touches: &[Touch],
+) -> Result<ArrayD<f64>> {
+    let layer = name.rsplit_once('.').map_or(name, |(l, _)| l);
+    for tc in touches {
+        let (_, e) = plan.steps[tc.step];
+        let mut fill = plan.fill(tc.step, args, seed);
+        let rng = fill.rng();
+        let start = rng.get_word_pos();
+        rng.set_word_pos(start + tc.offset);
+        t = match tc.part {
+            Part::Rows => {
+                let rows = fill.rows(&t);
+                grew("output rows", layer, rows.shape()[0], e)?;
+                append0(t, &rows)
+            }
+            Part::Bias => {
+                let nb = fill.bias(&t);
+                append0(t, &nb)
+            }
+            Part::Entries => {
+                let kind = tc.kind.expect("entries touches carry their kind");
+                let new = fill.entries(kind, &t, tc.cols);
+                grew("entries", name, new.len(), e * tc.cols)?;
+                append0(t, &new)
+            }
+            Part::Columns => {
+                let nw = fill.columns(&t, tc.cols);
+                grew(
+                    "input columns",
+                    layer,
+                    nw.shape()[1] - t.shape()[1],
+                    e * tc.cols,
+                )?;
+                nw
+            }
+        };
+    }
+    Ok(t)
+}
+
 /// Widens `graph` as `args` asks, filling new weights by `args.method`, seeded.
 pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Result<Widened> {
     params.check(graph)?;
@@ -819,4 +1089,86 @@ pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Res
         notes: plan.notes,
         exact: plan.exact,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Widening tensor by tensor (each call's draws found by [`Fill::words`]) gives exactly
+    /// what the step-by-step widening gives, for every method and init, noise included.
+    #[test]
+    fn tensor_by_tensor_equals_step_by_step() {
+        let src = std::fs::read_to_string("examples/resnet_cifar10.arch").unwrap();
+        let g = crate::lower::compile(&src, &[("r".into(), "1/4".into())]).unwrap();
+        let teacher = crate::params::init(&g, 3, true);
+        let shapes: HashMap<String, Vec<usize>> = teacher
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape().to_vec()))
+            .collect();
+        for method in [
+            Method::R2r,
+            Method::Netmorph,
+            Method::Net2net,
+            Method::Random,
+        ] {
+            for init in [Init::Match, Init::He] {
+                let noise = (method == Method::Net2net).then_some(0.1);
+                let args = WidenArgs {
+                    target: Target::All,
+                    amount: Amount::By(1.5),
+                    method,
+                    init,
+                    noise,
+                };
+                let w = widen(&g, &teacher, &args, 11).unwrap();
+                let plan = plan(&g, &args).unwrap();
+                let touches = tensor_touches(&g, &plan, &args, 11, &shapes);
+                assert!(!touches.is_empty());
+                for (name, tc) in &touches {
+                    let t = teacher.tensors[name].clone();
+                    let got = apply_touches(&plan, &args, 11, name, t, tc).unwrap();
+                    assert_eq!(&got, &w.params.tensors[name], "{method:?} {init:?} {name}");
+                }
+            }
+        }
+    }
+
+    /// Parallel chunked draws are the sequential draws, and leave the stream where they
+    /// would.
+    #[test]
+    fn parallel_draws_equal_sequential_draws() {
+        let n = (1 << 15) * 3 + 17;
+        for words in [2u128, 4] {
+            let mut a = ChaCha8Rng::seed_from_u64(9);
+            let mut b = a.clone();
+            let f = |r: &mut ChaCha8Rng| match words {
+                2 => uniform(r, -1.0, 1.0),
+                _ => crate::params::normal(r),
+            };
+            let seq: Vec<f64> = (0..n).map(|_| f(&mut a)).collect();
+            assert_eq!(draw(&mut b, n, words, f), seq);
+            assert_eq!(a.get_word_pos(), b.get_word_pos());
+        }
+    }
+
+    #[test]
+    fn fast_concatenation_matches_ndarray() {
+        let a = ArrayD::from_shape_fn(IxDyn(&[3, 2, 2]), |i| (i[0] * 4 + i[1] * 2 + i[2]) as f64);
+        let b = ArrayD::from_shape_fn(IxDyn(&[3, 1, 2]), |i| 100.0 + (i[0] * 2 + i[2]) as f64);
+        let slow = |axis, p: &[&ArrayD<f64>]| {
+            let v: Vec<_> = p.iter().map(|x| x.view()).collect();
+            concatenate(Axis(axis), &v).unwrap()
+        };
+        assert_eq!(cat(1, &[&a, &b]), slow(1, &[&a, &b]));
+        let minus = b.mapv(|x| -x);
+        assert_eq!(cat_pair(&a, &b), slow(1, &[&a, &b, &minus]));
+        let c = ArrayD::from_shape_fn(IxDyn(&[1, 2, 2]), |i| -(i[1] as f64) - i[2] as f64);
+        assert_eq!(append0(a.clone(), &c), slow(0, &[&a, &c]));
+        // A transposed part takes the general path.
+        let t = a.clone().reversed_axes();
+        let u = ArrayD::from_shape_fn(IxDyn(&[2, 2, 1]), |i| i[0] as f64);
+        assert_eq!(cat(2, &[&t, &u]), slow(2, &[&t, &u]));
+    }
 }

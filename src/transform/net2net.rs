@@ -7,7 +7,7 @@
 
 use ndarray::{ArrayD, Axis};
 
-use super::{block_index, cat, std_of, Fill, FillCtx};
+use super::{block_index, cat, std_of, tail, Fill, FillCtx, Part};
 use crate::ir::ParamKind;
 
 pub struct Net2Net {
@@ -72,5 +72,22 @@ impl Fill for Net2Net {
         let mut new = old.select(Axis(1), &block_index(self.map.iter().copied(), cols));
         self.add_noise(&mut new, w);
         cat(1, &[&old, &new])
+    }
+
+    fn words(&self, part: Part, shape: &[usize], cols: usize) -> u128 {
+        // Only noise draws (two f64 per value); the map was drawn at construction.
+        if self.noise.filter(|s| *s > 0.0).is_none() {
+            return 0;
+        }
+        let e = self.ctx.e as u128;
+        match part {
+            Part::Rows => e * tail(shape, 1) * 4,
+            Part::Columns => shape[0] as u128 * e * cols as u128 * tail(shape, 2) * 4,
+            Part::Bias | Part::Entries => 0,
+        }
+    }
+
+    fn rng(&mut self) -> &mut rand_chacha::ChaCha8Rng {
+        &mut self.ctx.rng
     }
 }

@@ -3,7 +3,7 @@
 
 use ndarray::ArrayD;
 
-use super::{cat, default_entries, fan_in, with_dim, Fill, FillCtx};
+use super::{cat, default_entries, fan_in, tail, with_dim, Fill, FillCtx, Part};
 use crate::ir::ParamKind;
 
 pub struct NetMorph {
@@ -33,5 +33,16 @@ impl Fill for NetMorph {
     fn columns(&mut self, w: &ArrayD<f64>, cols: usize) -> ArrayD<f64> {
         let zeros = ArrayD::zeros(with_dim(w, 1, self.ctx.e * cols));
         cat(1, &[w, &zeros])
+    }
+
+    fn words(&self, part: Part, shape: &[usize], _cols: usize) -> u128 {
+        match part {
+            Part::Rows => self.ctx.e as u128 * tail(shape, 1) * self.ctx.words_per_value(),
+            Part::Bias | Part::Entries | Part::Columns => 0,
+        }
+    }
+
+    fn rng(&mut self) -> &mut rand_chacha::ChaCha8Rng {
+        &mut self.ctx.rng
     }
 }

@@ -6,7 +6,7 @@
 
 use ndarray::ArrayD;
 
-use super::{cat, default_entries, fan_in, with_dim, Fill, FillCtx};
+use super::{cat, cat_pair, default_entries, fan_in, tail, with_dim, Fill, FillCtx, Part};
 use crate::ir::ParamKind;
 
 pub struct R2r {
@@ -45,7 +45,20 @@ impl Fill for R2r {
         let v = self
             .ctx
             .free(&with_dim(w, 1, half * cols), w, fan_in(w, inputs));
-        let minus = v.mapv(|x| -x);
-        cat(1, &[w, &v, &minus])
+        cat_pair(w, &v)
+    }
+
+    fn words(&self, part: Part, shape: &[usize], cols: usize) -> u128 {
+        let half = (self.ctx.e / 2) as u128;
+        let per = self.ctx.words_per_value();
+        match part {
+            Part::Rows => half * tail(shape, 1) * per,
+            Part::Columns => shape[0] as u128 * half * cols as u128 * tail(shape, 2) * per,
+            Part::Bias | Part::Entries => 0,
+        }
+    }
+
+    fn rng(&mut self) -> &mut rand_chacha::ChaCha8Rng {
+        &mut self.ctx.rng
     }
 }

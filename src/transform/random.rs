@@ -4,7 +4,7 @@
 
 use ndarray::ArrayD;
 
-use super::{cat, default_entries, fan_in, with_dim, Fill, FillCtx};
+use super::{cat, default_entries, fan_in, tail, with_dim, Fill, FillCtx, Part};
 use crate::ir::ParamKind;
 
 pub struct RandomPad {
@@ -37,5 +37,19 @@ impl Fill for RandomPad {
             .ctx
             .he(&with_dim(w, 1, self.ctx.e * cols), fan_in(w, inputs));
         cat(1, &[w, &new])
+    }
+
+    fn words(&self, part: Part, shape: &[usize], cols: usize) -> u128 {
+        // He draws: two f64 (Box-Muller) per value.
+        let e = self.ctx.e as u128;
+        match part {
+            Part::Rows => e * tail(shape, 1) * 4,
+            Part::Columns => shape[0] as u128 * e * cols as u128 * tail(shape, 2) * 4,
+            Part::Bias | Part::Entries => 0,
+        }
+    }
+
+    fn rng(&mut self) -> &mut rand_chacha::ChaCha8Rng {
+        &mut self.ctx.rng
     }
 }

@@ -135,7 +135,8 @@ def check_arch(binary, arch, work, seed, batch, stem):
 def check_student(binary, arch, work, seed, batch, kind, flags):
     """A rewrite of arch: its module matches r2rc run on it and the teacher's module."""
     stem = os.path.splitext(os.path.basename(arch))[0]
-    w = os.path.join(work, f"{stem}.teacher.safetensors")
+    # One teacher per rewrite: outputs are never overwritten without --force.
+    w = os.path.join(work, f"{stem}.{kind}.teacher.safetensors")
     r2rc(binary, "init", arch, "-o", w, "--seed", str(seed), "--random-stats")
     out = os.path.join(work, f"{stem}_{kind}")
     r2rc(binary, kind, arch, "--weights", w, "-o", out, "--force", *flags)

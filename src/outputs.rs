@@ -106,7 +106,13 @@ impl Staged {
                 done: false,
             });
         }
-        let file = fs::File::create(&tmp).map_err(|e| Error::io(&shown, e))?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&shown, e))?;
         Ok(Staged {
             file,
             tmp,
@@ -118,6 +124,11 @@ impl Staged {
 
     pub fn file(&mut self) -> &mut fs::File {
         &mut self.file
+    }
+
+    /// The file for positioned reads and writes.
+    pub fn as_file(&self) -> &fs::File {
+        &self.file
     }
 
     /// Syncs the file and moves it over the destination in one step.
@@ -146,6 +157,18 @@ impl Drop for Staged {
     }
 }
 
+/// Test hook for writers that stream: with [`PAUSE_ENV`] set, says so on stderr and
+/// sleeps, so a test can kill r2rc while `what` is half done.
+pub fn pause_for_test(what: &str) {
+    if let Some(ms) = std::env::var(PAUSE_ENV)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        eprintln!("r2rc: {what} written but not yet in place, pausing {ms} ms ({PAUSE_ENV})");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
 fn fill(mut f: &fs::File, bytes: &[u8]) -> std::io::Result<()> {
     let pause = std::env::var(PAUSE_ENV)
         .ok()
@@ -171,6 +194,7 @@ fn fill(mut f: &fs::File, bytes: &[u8]) -> std::io::Result<()> {
 fn anonymous(dir: &Path) -> Option<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .mode(0o666)
         .custom_flags(libc::O_TMPFILE)

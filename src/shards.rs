@@ -22,6 +22,7 @@ use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::ir::{Graph, ParamKind};
+use crate::outputs::Staged;
 use crate::params::{DType, Params};
 
 /// The suffix of an index file.
@@ -686,7 +687,8 @@ fn split(entries: &[Entry], dtype: DType, shard_size: Option<u64>) -> Vec<Vec<En
 /// [`Writer::finish`] renames them into place once every tensor is written. Dropped
 /// unfinished, it removes its temporary files.
 pub struct Writer {
-    files: Vec<(fs::File, PathBuf, PathBuf)>,
+    /// Each output file, staged (nameless until persisted, gone if r2rc is killed).
+    files: Vec<(Staged, PathBuf)>,
     /// Tensor -> (file, absolute offset, bytes, written).
     at: HashMap<String, (usize, u64, usize, bool)>,
     index: Option<(PathBuf, Vec<u8>)>,
@@ -728,21 +730,12 @@ impl Writer {
         for (k, group) in groups.iter().enumerate() {
             let fin = finals[k].clone();
             let shown = fin.display().to_string();
-            let (dir, _) = dir_stem(&fin);
             let name = fin
                 .file_name()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
-            let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-            let file = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(|e| Error::io(&shown, e))?;
-            w.files.push((file, tmp, fin));
+            w.files.push((Staged::create(&fin)?, fin));
             let mut head = header(group, dtype, metadata);
             if reserve > 0 {
                 let len = head.len() + reserve.div_ceil(8) * 8;
@@ -757,7 +750,7 @@ impl Writer {
                 off += n as u64;
                 total += n as u64;
             }
-            let f = &w.files[k].0;
+            let f = w.files[k].0.as_file();
             f.set_len(off).map_err(|e| Error::io(&shown, e))?;
             write_at(f, &head, 0).map_err(|e| Error::io(&shown, e))?;
         }
@@ -794,7 +787,8 @@ impl Writer {
                 "tensor `{name}` was written twice or past its {n} bytes"
             )));
         }
-        let (f, _, fin) = &self.files[k];
+        let (f, fin) = &self.files[k];
+        let f = f.as_file();
         write_at(f, bytes, at + offset as u64).map_err(|e| Error::io(fin.display(), e))?;
         start_writeback(f, at + offset as u64, bytes.len());
         if last {
@@ -846,8 +840,8 @@ impl Writer {
         {
             return Ok(false);
         }
-        for (h, (f, _, fin)) in heads.iter().zip(&self.files) {
-            write_at(f, h, 0).map_err(|e| Error::io(fin.display(), e))?;
+        for (h, (f, fin)) in heads.iter().zip(&self.files) {
+            write_at(f.as_file(), h, 0).map_err(|e| Error::io(fin.display(), e))?;
         }
         Ok(true)
     }
@@ -864,9 +858,9 @@ impl Writer {
                 "tensor `{name}` is not written yet"
             )));
         }
-        let (f, _, fin) = &self.files[k];
+        let (f, fin) = &self.files[k];
         let mut buf = vec![0u8; n];
-        read_at(f, &mut buf, at).map_err(|e| Error::io(fin.display(), e))?;
+        read_at(f.as_file(), &mut buf, at).map_err(|e| Error::io(fin.display(), e))?;
         let dtype = if self.counters.contains(name) {
             Dtype::I64
         } else {
@@ -890,13 +884,11 @@ impl Writer {
                 "tensor `{name}` of the output was never written; nothing was written"
             )));
         }
-        for (f, _, fin) in &self.files {
-            f.sync_all().map_err(|e| Error::io(fin.display(), e))?;
-        }
+        crate::outputs::pause_for_test("every tensor of the weights");
         let mut out = Vec::new();
-        for (_, tmp, fin) in &self.files {
-            fs::rename(tmp, fin).map_err(|e| Error::io(fin.display(), e))?;
-            out.push(fin.clone());
+        for (staged, fin) in std::mem::take(&mut self.files) {
+            staged.persist()?;
+            out.push(fin);
         }
         self.done = true;
         if let Some((path, bytes)) = self.index.take() {
@@ -904,16 +896,6 @@ impl Writer {
             out.push(path);
         }
         Ok(out)
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if !self.done {
-            for (_, tmp, _) in &self.files {
-                let _ = fs::remove_file(tmp);
-            }
-        }
     }
 }
 

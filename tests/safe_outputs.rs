@@ -243,6 +243,22 @@ fn a_kill_in_the_middle_of_writing_leaves_the_old_file() {
             vec!["widen", s(&arch), "--layer", "conv1", "--add", "2", "-o"],
             d.join("out"),
         ),
+        // The streaming writer (teacher weights, no full proof) stages its files too.
+        (
+            vec![
+                "widen",
+                s(&arch),
+                "--layer",
+                "conv1",
+                "--add",
+                "2",
+                "--weights",
+                s(&w),
+                "--no-prove",
+                "-o",
+            ],
+            d.join("out"),
+        ),
     ] {
         let mut a = cmd.clone();
         let out_dir = d.join("out");

@@ -539,7 +539,9 @@ fn wrong_dtype(spec: &ParamSpec, found: Dtype, place: &str) -> Error {
     }
 }
 
-fn decode(raw: &[u8], dt: DType) -> Vec<f64> {
+/// Little-endian floats of `dt` as f64 (f32, the common case, decoded in parallel).
+pub(crate) fn decode(raw: &[u8], dt: DType) -> Vec<f64> {
+    use rayon::prelude::*;
     match dt {
         DType::F16 => raw
             .chunks_exact(2)
@@ -549,10 +551,18 @@ fn decode(raw: &[u8], dt: DType) -> Vec<f64> {
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
             .collect(),
-        DType::F32 => raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
-            .collect(),
+        DType::F32 => {
+            const CHUNK: usize = 1 << 16;
+            let mut v = vec![0.0; raw.len() / 4];
+            v.par_chunks_mut(CHUNK)
+                .zip(raw.par_chunks(CHUNK * 4))
+                .for_each(|(out, raw)| {
+                    for (x, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                        *x = f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64;
+                    }
+                });
+            v
+        }
         DType::F64 => raw
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))

@@ -412,29 +412,9 @@ pub fn decode_values(raw: &[u8], dtype: Dtype, name: &str, place: &str) -> Resul
                 .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
                 .collect())
         }
-        Dtype::F16 => raw
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        Dtype::BF16 => raw
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
-            .collect(),
-        Dtype::F32 => {
-            let mut v = vec![0.0; raw.len() / 4];
-            v.par_chunks_mut(PAR_CHUNK)
-                .zip(raw.par_chunks(PAR_CHUNK * 4))
-                .for_each(|(out, raw)| {
-                    for (x, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
-                        *x = f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64;
-                    }
-                });
-            v
+        d @ (Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) => {
+            crate::params::decode(raw, float_dtype(d).expect("a float dtype"))
         }
-        Dtype::F64 => raw
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
         other => {
             return Err(weights_err(
                 format!("tensor `{name}` in {place} has dtype {other:?}, which r2rc cannot read"),

@@ -3,7 +3,9 @@
 //!
 //! Stages: [`syntax::parse`] (text to AST), [`lower::lower`] (AST to [`ir::Graph`] with
 //! shapes), [`print::print`] (graph back to canonical text), [`params`] (weights),
-//! [`exec`] (forward pass), [`emit`] (ONNX, JSON).
+//! [`exec`] (forward pass), [`analysis`] (channel spaces, signs), [`transform`] (one file
+//! per method), [`prove`] (teacher vs student evidence), [`report`] (outputs), [`emit`]
+//! (ONNX, JSON, PyTorch).
 
 pub mod analysis;
 pub mod emit;

@@ -17,6 +17,8 @@
 //! error at that value (and never less than the tolerance): the student must agree with
 //! the teacher as closely as f32 arithmetic agrees with itself.
 
+use std::collections::BTreeMap;
+
 use ndarray::{ArrayD, Slice};
 use serde::Serialize;
 
@@ -303,4 +305,30 @@ pub fn failure(evidence: &[Evidence]) -> Option<Error> {
             bad.tolerance
         ),
     })
+}
+
+/// The `__metadata__` every rewrite writes into the student's safetensors: what was done,
+/// where, with which seed, and the evidence.
+pub fn provenance(
+    command: &str,
+    method: &str,
+    site: &str,
+    seed: u64,
+    function_preserving: bool,
+    evidence: &[Evidence],
+) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("r2rc.command".into(), command.to_string());
+    m.insert("r2rc.method".into(), method.to_string());
+    m.insert("r2rc.site".into(), site.to_string());
+    m.insert("r2rc.seed".into(), seed.to_string());
+    m.insert(
+        "r2rc.function_preserving".into(),
+        function_preserving.to_string(),
+    );
+    m.insert(
+        "r2rc.evidence".into(),
+        serde_json::to_string(evidence).expect("evidence serialises"),
+    );
+    m
 }

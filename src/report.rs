@@ -184,20 +184,14 @@ impl Report {
 
     /// `__metadata__` of the student's safetensors.
     pub fn metadata(&self) -> BTreeMap<String, String> {
-        let mut m = BTreeMap::new();
-        m.insert("r2rc.command".into(), self.command.clone());
-        m.insert("r2rc.method".into(), self.method.clone());
-        m.insert("r2rc.site".into(), self.site.target.clone());
-        m.insert("r2rc.seed".into(), self.seed.to_string());
-        m.insert(
-            "r2rc.function_preserving".into(),
-            self.function_preserving.to_string(),
-        );
-        m.insert(
-            "r2rc.evidence".into(),
-            serde_json::to_string(&self.evidence).expect("evidence serialises"),
-        );
-        m
+        crate::prove::provenance(
+            &self.command,
+            &self.method,
+            &self.site.target,
+            self.seed,
+            self.function_preserving,
+            &self.evidence,
+        )
     }
 
     /// A short human summary for stderr.

@@ -49,10 +49,21 @@ wall=$(grep "Elapsed (wall clock)" "$D/time.txt" | awk '{print $NF}')
 secs=$(echo "$wall" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
 rss_kb=$(grep "Maximum resident set size" "$D/time.txt" | awk '{print $NF}')
 
-python3 - "$teacher" "$student" "$t0" "$t1" "$t2" "$secs" "$rss_kb" <<'PY'
+# The floor: writing the student's bytes from /dev/zero into a new file (page cache, as
+# the widen writes; synced like the widen's output). No rewrite can write its output
+# faster than this, and the student is 2.25x the teacher's bytes for --by 1.5.
+sync
+f0=$(date +%s.%N)
+dd if=/dev/zero of="$D/floor.bin" bs=8M count="$student" iflag=count_bytes status=none
+f1=$(date +%s.%N)
+sync "$D/floor.bin"
+f2=$(date +%s.%N)
+rm -f "$D/floor.bin"
+
+python3 - "$teacher" "$student" "$t0" "$t1" "$t2" "$secs" "$rss_kb" "$f0" "$f1" "$f2" <<'PY'
 import sys
 teacher, student = int(sys.argv[1]), int(sys.argv[2])
-t0, t1, t2, widen, rss = (float(x) for x in sys.argv[3:])
+t0, t1, t2, widen, rss, f0, f1, f2 = (float(x) for x in sys.argv[3:])
 cp, cps = t1 - t0, t2 - t0
 rss *= 1024
 print(f"teacher checkpoint   {teacher / 1e9:.3f} GB")
@@ -60,6 +71,9 @@ print(f"student checkpoint   {student / 1e9:.3f} GB")
 print(f"cp                   {cp:.2f} s   (cp + sync of the copy: {cps:.2f} s)")
 print(f"r2rc widen --all --by 1.5 --no-prove   {widen:.2f} s")
 print(f"ratio widen / cp     {widen / cp:.2f}   (widen / (cp + sync): {widen / cps:.2f}; target <= 2)")
+floor, floors = f1 - f0, f2 - f0
+print(f"write floor          {floor:.2f} s   (dd of the student's {student / 1e9:.3f} GB from /dev/zero; + sync: {floors:.2f} s)")
+print(f"ratio widen / floor  {widen / floor:.2f}   (widen / (floor + sync): {widen / floors:.2f})")
 print(f"peak RSS             {rss / 1e9:.3f} GB = {rss / student:.2f} x the student checkpoint (target <= 1.5)")
 PY
 if [ "${KEEP:-0}" != 1 ]; then rm -rf "$D/student" "$D/teacher.safetensors"; fi

@@ -7,6 +7,7 @@
 //! per method), [`prove`] (teacher vs student evidence), [`report`] (outputs), [`emit`]
 //! (ONNX, JSON, PyTorch).
 
+pub mod alloc;
 pub mod analysis;
 pub mod emit;
 pub mod error;

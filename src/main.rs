@@ -2,6 +2,9 @@
 
 mod commands;
 
+#[global_allocator]
+static ALLOC: r2rc::alloc::ReusingAlloc = r2rc::alloc::ReusingAlloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

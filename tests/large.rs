@@ -241,3 +241,95 @@ fn local_proof_catches_a_corrupted_student() {
     assert!(ev.iter().any(|e| !e.passed), "{ev:?}");
     assert_eq!(ev[0].first_divergence.as_deref(), Some("conv2_1.conv2"));
 }
+
+/// A streamed deepening writes exactly the tensors the in-memory one does (inserted,
+/// changed, and the teacher's moved ones), from sharded or single-file teachers, into
+/// sharded or single-file outputs, under either naming.
+#[test]
+fn streaming_deepen_is_bit_identical_to_in_memory() {
+    use r2rc::transform::deepen::{deepen, DeepenArgs, DeepenMethod};
+    for (name, after, method, shard, naming) in [
+        (
+            "resnet_cifar10",
+            "conv2_1",
+            DeepenMethod::R2r,
+            None,
+            Naming::R2rc,
+        ),
+        (
+            "resnet_cifar10",
+            "conv3_x",
+            DeepenMethod::NetmorphDense,
+            Some(30_000),
+            Naming::R2rc,
+        ),
+        (
+            "resnet18",
+            "conv3_2",
+            DeepenMethod::Net2net,
+            Some(3_000_000),
+            Naming::Torchvision,
+        ),
+        (
+            "resnet18",
+            "conv1",
+            DeepenMethod::Netmorph,
+            None,
+            Naming::R2rc,
+        ),
+        (
+            "smallconv",
+            "conv1",
+            DeepenMethod::Random,
+            None,
+            Naming::R2rc,
+        ),
+    ] {
+        let g = example(name);
+        let tp = params::init(&g, 5, true);
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = dir.path().join("teacher.safetensors");
+        let theirs = r2rc::names::renamed_graph(&g, naming).unwrap();
+        let tp_theirs = r2rc::names::to_naming(&tp, &g, naming).unwrap();
+        shards::save(&tp_theirs, &theirs, &teacher, None, shard).unwrap();
+        let src = Source::open(if shard.is_some() {
+            dir.path()
+        } else {
+            &teacher
+        })
+        .unwrap();
+        let a = DeepenArgs {
+            after: after.into(),
+            method,
+            width: None,
+        };
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let path = out.join("student.safetensors");
+        let s = r2rc::stream::deepen::deepen(&g, &src, naming, &a, 7, &path, shard, "t").unwrap();
+        let d = deepen(&g, &tp, &a, 7).unwrap();
+        assert_eq!(r2rc::print::print(&s.student), r2rc::print::print(&d.graph));
+        let mem = d.params.clone().with_dtype(DType::F32);
+        let got = Source::open(&out).unwrap();
+        let want = r2rc::names::to_naming(&mem, &d.graph, naming).unwrap();
+        assert_eq!(got.tensors.len(), want.tensors.len(), "{name} {after}");
+        for (k, t) in &want.tensors {
+            let counter = k.ends_with("num_batches_tracked");
+            let bytes = shards::encode(
+                t.as_standard_layout().as_slice().unwrap(),
+                DType::F32,
+                counter,
+            );
+            assert_eq!(
+                got.bytes(k).unwrap(),
+                &bytes[..],
+                "{name} {after} {method:?}: {k}"
+            );
+        }
+        if shard.is_some() {
+            assert!(shard_files(&out).len() > 2, "{:?}", shard_files(&out));
+        } else {
+            assert_eq!(shard_files(&out), vec!["student.safetensors".to_string()]);
+        }
+    }
+}

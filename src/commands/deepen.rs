@@ -1,6 +1,9 @@
 //! `r2rc deepen FILE --after NAME [--method r2r|net2net|netmorph|netmorph-dense|random]
 //! [--width M] [--weights W] [-o DIR] [--force] [--seed S] [--no-prove] [--dtype f32|f64]
-//! [--inputs N] [--json] [--names r2rc|torchvision]`.
+//! [--inputs N] [--json] [--names r2rc|torchvision] [--shard-size SIZE]`.
+//!
+//! With `--weights`, `-o` and `--no-prove` the teacher is streamed
+//! ([`r2rc::stream::deepen`]): only the tensors the method reads are decoded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +68,10 @@ pub struct Common {
     /// family: `bn1`, `layer1.0.conv1`, `fc`).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
     pub names: String,
+    /// Write the student's weights as shards of at most SIZE (2GB, 500MB, 1GiB) with a
+    /// `<stem>.safetensors.index.json`, as Hugging Face does.
+    #[arg(long, value_name = "SIZE")]
+    pub shard_size: Option<String>,
     /// Another input the outputs must not overwrite (apply's plan); not a flag.
     #[arg(skip)]
     pub plan: Option<PathBuf>,
@@ -89,6 +96,23 @@ impl Common {
                 ),
             ),
         })
+    }
+
+    pub fn shard_size(&self) -> Result<Option<u64>> {
+        self.shard_size
+            .as_deref()
+            .map(r2rc::shards::parse_size)
+            .transpose()
+    }
+
+    /// Every file the outputs must not overwrite: the architecture, the weights (and the
+    /// shards an index names), apply's plan.
+    fn inputs<'a>(&'a self, file: &'a Path, extra: &'a [PathBuf]) -> Vec<&'a Path> {
+        let mut inputs = vec![file];
+        inputs.extend(self.weights.as_deref());
+        inputs.extend(self.plan.as_deref());
+        inputs.extend(extra.iter().map(|p| p.as_path()));
+        inputs
     }
 
     pub fn prove_options(&self) -> Result<Option<ProveOptions>> {
@@ -129,27 +153,36 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                 .map(|x| x.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "student".into());
             let naming = Naming::parse(&common.names)?;
-            let st = names::to_bytes(s.params, s.graph, Some(&s.metadata), naming)?;
-            let files = vec![
+            let mut files = vec![
                 (format!("{stem}.arch"), arch.into_bytes()),
-                (format!("{stem}.safetensors"), st),
                 (
                     "report.json".to_string(),
                     format!("{report_json}\n").into_bytes(),
                 ),
             ];
-            let mut inputs = vec![file];
-            inputs.extend(common.weights.as_deref());
-            inputs.extend(common.plan.as_deref());
-            let written = write_outputs(dir, &files, common.force, &inputs)?;
-            if common.json {
-                println!("{report_json}");
-            } else {
-                eprint!("{}", s.summary);
-                for p in written {
-                    eprintln!("wrote {}", p.display());
+            let inputs = common.inputs(file, &[]);
+            let written = match common.shard_size()? {
+                None => {
+                    let st = names::to_bytes(s.params, s.graph, Some(&s.metadata), naming)?;
+                    files.insert(1, (format!("{stem}.safetensors"), st));
+                    write_outputs(dir, &files, common.force, &inputs)?
                 }
-            }
+                Some(size) => {
+                    let theirs = names::renamed_graph(s.graph, naming)?;
+                    let p = names::to_naming(s.params, s.graph, naming)?;
+                    let path = dir.join(format!("{stem}.safetensors"));
+                    let entries = r2rc::shards::entries(&theirs);
+                    let mut outs = r2rc::shards::output_paths(&path, &entries, p.dtype, Some(size));
+                    outs.extend(files.iter().map(|(n, _)| dir.join(n)));
+                    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+                    r2rc::outputs::check_outputs(&outs, &inputs, common.force)?;
+                    let mut written =
+                        r2rc::shards::save(&p, &theirs, &path, Some(&s.metadata), Some(size))?;
+                    written.extend(write_outputs(dir, &files, true, &inputs)?);
+                    written
+                }
+            };
+            announce(common, &s.summary, &report_json, &written);
         }
         None if common.json => {
             let mut v = s.report.clone();
@@ -164,6 +197,18 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
     Ok(())
 }
 
+/// What a written student says on stderr (or the report as JSON on stdout).
+fn announce(common: &Common, summary: &str, report_json: &str, written: &[PathBuf]) {
+    if common.json {
+        println!("{report_json}");
+    } else {
+        eprint!("{summary}");
+        for p in written {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
     let dargs = DeepenArgs {
@@ -171,6 +216,10 @@ pub fn run(args: Args) -> Result<()> {
         method: DeepenMethod::parse(&args.method)?,
         width: args.width,
     };
+    let c = &args.common;
+    if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove) {
+        return run_streaming(&args, &graph, &dargs, w, dir);
+    }
     let (teacher, source) = args.common.teacher(&graph)?;
     let opts = args.common.prove_options()?;
     let (d, report) = deepen_proved(
@@ -193,4 +242,57 @@ pub fn run(args: Args) -> Result<()> {
             metadata: report.metadata(),
         },
     )
+}
+
+/// The streaming path: the teacher is memory-mapped and copied tensor by tensor into the
+/// output; only the tensors the method reads are decoded.
+fn run_streaming(
+    args: &Args,
+    graph: &Graph,
+    dargs: &DeepenArgs,
+    weights: &Path,
+    dir: &Path,
+) -> Result<()> {
+    let c = &args.common;
+    let naming = Naming::parse(&c.names)?;
+    let shard_size = c.shard_size()?;
+    let stem = args
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "student".into());
+    let src = r2rc::shards::Source::open(weights)?;
+    let path = dir.join(format!("{stem}.safetensors"));
+    let mut outs =
+        r2rc::stream::deepen::output_paths(graph, &src, dargs, c.seed, &path, naming, shard_size)?;
+    outs.push(dir.join(format!("{stem}.arch")));
+    outs.push(dir.join("report.json"));
+    let mut extra = vec![r2rc::shards::resolve(weights)?];
+    extra.extend(src.files.iter().map(|(s, _)| PathBuf::from(s)));
+    let inputs = c.inputs(&args.file, &extra);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    r2rc::outputs::check_outputs(&outs, &inputs, c.force)?;
+    let s = r2rc::stream::deepen::deepen(
+        graph,
+        &src,
+        naming,
+        dargs,
+        c.seed,
+        &path,
+        shard_size,
+        &weights.display().to_string(),
+    )?;
+    let arch = format!("{}\n{}", s.report.header(), r2rc::print::print(&s.student));
+    let report_json = serde_json::to_string_pretty(&s.report).expect("the report serialises");
+    let files = vec![
+        (format!("{stem}.arch"), arch.into_bytes()),
+        (
+            "report.json".to_string(),
+            format!("{report_json}\n").into_bytes(),
+        ),
+    ];
+    let mut written = s.files.clone();
+    written.extend(write_outputs(dir, &files, true, &inputs)?);
+    announce(c, &s.report.summary(), &report_json, &written);
+    Ok(())
 }

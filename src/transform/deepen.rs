@@ -348,16 +348,16 @@ fn block_template(graph: &Graph, b: &str) -> Vec<LayerSpec> {
     layers
 }
 
-/// What the methods need to know about the site.
-pub fn site_info<'a>(graph: &'a Graph, params: &'a Params, site: Site) -> SiteInfo<'a> {
+/// The conv whose weights' scale new weights match: the site block's last branch conv, or
+/// else the last conv before the site.
+fn scale_kernel(graph: &Graph, site: &Site) -> Option<NodeIndex> {
     let block = site.block.and_then(|_| block_of(graph, site.value));
-    let template = block
+    let template_len = block
         .as_deref()
-        .map_or(Vec::new(), |b| block_template(graph, b));
-    // The kernel of the site block's last branch conv, or else the last conv before it.
-    let last_kernel = block
+        .map_or(0, |b| block_template(graph, b).len());
+    block
         .as_deref()
-        .and_then(|b| graph.find(&format!("{b}.conv{}", template.len())))
+        .and_then(|b| graph.find(&format!("{b}.conv{template_len}")))
         .or_else(|| {
             let order = graph.order();
             let upto = order.iter().position(|&n| n == site.value).unwrap_or(0);
@@ -366,8 +366,16 @@ pub fn site_info<'a>(graph: &'a Graph, params: &'a Params, site: Site) -> SiteIn
                 .rev()
                 .copied()
                 .find(|&n| matches!(graph.g[n].op, Op::Conv2d(_)))
-        });
-    let scale = last_kernel
+        })
+}
+
+/// What the methods need to know about the site.
+pub fn site_info<'a>(graph: &'a Graph, params: &'a Params, site: Site) -> SiteInfo<'a> {
+    let block = site.block.and_then(|_| block_of(graph, site.value));
+    let template = block
+        .as_deref()
+        .map_or(Vec::new(), |b| block_template(graph, b));
+    let scale = scale_kernel(graph, &site)
         .and_then(|n| params.get(&format!("{}.weight", graph.g[n].name)))
         .map(super::std_of)
         .filter(|s| *s > 0.0)
@@ -509,6 +517,52 @@ pub fn identity_kernel(c: usize, k: usize) -> ArrayD<f64> {
 /// Inserts as `args` asks and names the student like a network written from scratch.
 pub fn deepen(graph: &Graph, params: &Params, args: &DeepenArgs, seed: u64) -> Result<Deepened> {
     params.check(graph)?;
+    let d = deepen_partial(graph, params, args, seed)?;
+    d.params.check(&d.graph)?;
+    Ok(d)
+}
+
+/// The teacher tensors a deepening after `site` reads (r2rc names): the kernel whose scale
+/// new weights match, and the weights of the layers that read the site value (NetMorph-dense
+/// multiplies them by `N^T`; through a flatten or a global pool, the layers after it).
+/// Every other tensor moves to the student unchanged, so a streamed deepening reads only
+/// these into memory.
+pub fn needed_tensors(graph: &Graph, site: &Site) -> Vec<String> {
+    let mut layers: Vec<NodeIndex> = scale_kernel(graph, site).into_iter().collect();
+    let mut stack = vec![site.value];
+    while let Some(n) = stack.pop() {
+        for r in graph.consumers(n) {
+            layers.push(r);
+            if matches!(graph.g[r].op, Op::Flatten | Op::GlobalAvgPool) {
+                stack.push(r);
+            }
+        }
+    }
+    let mut out: Vec<String> = layers
+        .into_iter()
+        .flat_map(|n| {
+            let name = graph.g[n].name.clone();
+            graph.g[n]
+                .op
+                .param_slots()
+                .into_iter()
+                .map(move |slot| format!("{name}.{}", slot.suffix))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// [`deepen`] with `params` holding at least [`needed_tensors`] (e.g. only those): the
+/// student's params then hold the new tensors, the changed ones and whichever teacher
+/// tensors `params` had, under their new names.
+pub fn deepen_partial(
+    graph: &Graph,
+    params: &Params,
+    args: &DeepenArgs,
+    seed: u64,
+) -> Result<Deepened> {
     let site = resolve_site(graph, &args.after)?;
     let info = site_info(graph, params, site.clone());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -669,13 +723,12 @@ pub fn apply_insertion(
         if on != nn {
             name_map.insert(on.clone(), nn.clone());
         }
+        // A tensor `params` lacks (a streamed deepening holds only what it reads) is
+        // missing from the result too; `deepen` checks the result is complete.
         for slot in graph.g[old].op.param_slots() {
-            let t = params
-                .get(&format!("{on}.{}", slot.suffix))
-                .ok_or_else(|| {
-                    Error::weights(format!("the weights lack `{on}.{}`", slot.suffix))
-                })?;
-            tensors.insert(format!("{nn}.{}", slot.suffix), t.clone());
+            if let Some(t) = params.get(&format!("{on}.{}", slot.suffix)) {
+                tensors.insert(format!("{nn}.{}", slot.suffix), t.clone());
+            }
         }
     }
     let mut inserted = Vec::new();
@@ -712,7 +765,6 @@ pub fn apply_insertion(
             }
         }
     }
-    p.check(&g)?;
     let where_ = match (site.block, ins.form) {
         (Some(_), Form::Block) => format!(
             "new block `{}`",
@@ -995,7 +1047,24 @@ pub fn deepen_proved(
             }
         }
     }
-    let report = StepReport {
+    let proved = prove_opts.is_some();
+    let report = step_report(graph, &d, args, seed, teacher, notes, evidence, proved);
+    Ok((d, report))
+}
+
+/// The report of deepening `graph` into `d`, with its `notes` and proof `evidence`.
+#[allow(clippy::too_many_arguments)]
+pub fn step_report(
+    graph: &Graph,
+    d: &Deepened,
+    args: &DeepenArgs,
+    seed: u64,
+    teacher: &str,
+    notes: Vec<String>,
+    evidence: Vec<Evidence>,
+    proved: bool,
+) -> StepReport {
+    StepReport {
         command: "deepen".into(),
         method: args.method.name().into(),
         function_preserving: d.exactness != Exactness::NotPreserving,
@@ -1011,8 +1080,7 @@ pub fn deepen_proved(
         seed,
         teacher: teacher.into(),
         notes,
-        proved: prove_opts.is_some() && d.exactness != Exactness::NotPreserving,
+        proved: proved && d.exactness != Exactness::NotPreserving,
         evidence,
-    };
-    Ok((d, report))
+    }
 }

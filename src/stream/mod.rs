@@ -31,6 +31,8 @@ use crate::report::{Report, Site};
 use crate::shards::{self, Source, Writer};
 use crate::transform::{self, Plan, TensorStore, WidenArgs};
 
+pub mod deepen;
+
 /// Header bytes kept free for the evidence of a local proof.
 const EVIDENCE_RESERVE: usize = 1 << 16;
 
@@ -236,7 +238,7 @@ pub fn widen(
             .get(&spec.name)
             .unwrap_or(&spec.name)
             .clone();
-        copy_tensor(&mut store, &file, &out)?;
+        copy_tensor(src, &mut store.writer, &mut store.progress, &file, &out)?;
     }
     if prove.is_none() {
         let shapes: HashMap<String, Vec<usize>> = graph
@@ -404,32 +406,36 @@ fn snapshot(
 
 /// Copies an untouched tensor from the teacher (file name `file`) to the output (`out`),
 /// in chunks, re-encoding only when its dtype is not the output's.
-fn copy_tensor(store: &mut Store, file: &str, out: &str) -> Result<()> {
-    let info = store.src.tensors[file].clone();
-    let raw = store.src.bytes(file).expect("checked");
-    let same = shards::float_dtype(info.dtype) == Some(store.writer.dtype())
+pub(crate) fn copy_tensor(
+    src: &Source,
+    writer: &mut Writer,
+    progress: &mut Progress,
+    file: &str,
+    out: &str,
+) -> Result<()> {
+    let info = src.tensors[file].clone();
+    let raw = src.bytes(file).expect("checked");
+    let same = shards::float_dtype(info.dtype) == Some(writer.dtype())
         || info.dtype == safetensors::Dtype::I64;
     if !same {
-        let t = store.src.decode(file)?;
-        store.writer.write_values(out, &t)?;
+        let t = src.decode(file)?;
+        writer.write_values(out, &t)?;
     } else {
         let size = info.dtype.bitsize() / 8;
         let chunk = (8 << 20) / size * size;
         let mut at = 0;
         while at < raw.len() {
             let end = (at + chunk).min(raw.len());
-            shards::decode_values(&raw[at..end], info.dtype, file, &store.src.shown)?;
-            store
-                .writer
-                .write_part(out, at, &raw[at..end], end == raw.len())?;
-            store.progress.inc((end - at) as u64);
+            shards::decode_values(&raw[at..end], info.dtype, file, &src.shown)?;
+            writer.write_part(out, at, &raw[at..end], end == raw.len())?;
+            progress.inc((end - at) as u64);
             at = end;
         }
         if raw.is_empty() {
-            store.writer.write_part(out, 0, &[], true)?;
+            writer.write_part(out, 0, &[], true)?;
         }
     }
-    store.src.release(file);
+    src.release(file);
     Ok(())
 }
 

@@ -1,0 +1,149 @@
+//! Streaming deepening: a deepening changes few tensors (the inserted layers', and for
+//! NetMorph-dense its readers'), so the teacher stays memory-mapped, only the tensors the
+//! method reads ([`deepen::needed_tensors`]) are decoded, and every other student tensor is
+//! copied byte for byte from the teacher's map to the output, one at a time. The bytes are
+//! those the in-memory path writes (its f64 values round-trip the teacher's dtype exactly).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::ir::Graph;
+use crate::names::{self, Naming};
+use crate::params::{DType, Params};
+use crate::progress::Progress;
+use crate::shards::{self, Source, Writer};
+use crate::transform::deepen::{self, DeepenArgs, StepReport};
+
+/// A streamed deepening's result.
+pub struct Streamed {
+    pub student: Graph,
+    pub report: StepReport,
+    /// The weight files written (shards and index, or one file).
+    pub files: Vec<PathBuf>,
+    pub dtype: DType,
+}
+
+/// The weight files a streamed deepening will write at `path` (for existence checks
+/// before any work), and the student they hold.
+pub fn output_paths(
+    graph: &Graph,
+    src: &Source,
+    args: &DeepenArgs,
+    seed: u64,
+    path: &Path,
+    naming: Naming,
+    shard_size: Option<u64>,
+) -> Result<Vec<PathBuf>> {
+    let d = deepened(graph, src, args, seed, naming)?;
+    let theirs = names::renamed_graph(&d.graph, naming)?;
+    Ok(shards::output_paths(
+        path,
+        &shards::entries(&theirs),
+        src.dtype(),
+        shard_size,
+    ))
+}
+
+/// The deepening computed from the tensors it reads only.
+fn deepened(
+    graph: &Graph,
+    src: &Source,
+    args: &DeepenArgs,
+    seed: u64,
+    naming: Naming,
+) -> Result<deepen::Deepened> {
+    let theirs = names::renamed_graph(graph, naming)?;
+    src.check(&theirs)?;
+    let renames: HashMap<String, String> =
+        names::tensor_renames(graph, naming)?.into_iter().collect();
+    let site = deepen::resolve_site(graph, &args.after)?;
+    let mut tensors = BTreeMap::new();
+    for name in deepen::needed_tensors(graph, &site) {
+        let file = renames.get(&name).unwrap_or(&name);
+        tensors.insert(name.clone(), src.decode(file)?);
+        src.release(file);
+    }
+    let partial = Params {
+        tensors,
+        dtype: src.dtype(),
+    };
+    deepen::deepen_partial(graph, &partial, args, seed)
+}
+
+/// Deepens `graph` with the teacher tensors of `src` (in `naming`'s names) streamed into
+/// `path` (sharded by `shard_size`), unproved. `teacher` says where the weights came from.
+#[allow(clippy::too_many_arguments)]
+pub fn deepen(
+    graph: &Graph,
+    src: &Source,
+    naming: Naming,
+    args: &DeepenArgs,
+    seed: u64,
+    path: &Path,
+    shard_size: Option<u64>,
+    teacher: &str,
+) -> Result<Streamed> {
+    let d = deepened(graph, src, args, seed, naming)?;
+    let dtype = src.dtype();
+    let mut notes = d.notes.clone();
+    notes.push("streamed: tensors the deepening does not change were copied byte for byte from the teacher".into());
+    let report = deepen::step_report(graph, &d, args, seed, teacher, notes, vec![], false);
+    let theirs_student = names::renamed_graph(&d.graph, naming)?;
+    let entries = shards::entries(&theirs_student);
+    let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
+    let mut writer = Writer::create(
+        path,
+        &entries,
+        dtype,
+        Some(&report.metadata()),
+        shard_size,
+        0,
+    )?;
+    let mut progress = Progress::new("writing the student", total, true);
+    let teacher_file: HashMap<String, String> =
+        names::tensor_renames(graph, naming)?.into_iter().collect();
+    let student_file: HashMap<String, String> = names::tensor_renames(&d.graph, naming)?
+        .into_iter()
+        .collect();
+    // Student layer -> teacher layer, for the tensors that move unchanged.
+    let old_name: HashMap<&str, &str> = d
+        .name_map
+        .iter()
+        .map(|(old, new)| (new.as_str(), old.as_str()))
+        .collect();
+    let rewritten: HashSet<&str> = d
+        .inserted
+        .iter()
+        .chain(&d.changed)
+        .map(|s| s.as_str())
+        .collect();
+    for spec in d.graph.param_specs() {
+        let out = student_file.get(&spec.name).unwrap_or(&spec.name);
+        let (layer, suffix) = spec
+            .name
+            .rsplit_once('.')
+            .expect("a tensor name is layer.suffix");
+        if rewritten.contains(layer) {
+            let t = d.params.get(&spec.name).ok_or_else(|| {
+                crate::Error::weights(format!(
+                    "the deepening did not produce tensor `{}`",
+                    spec.name
+                ))
+            })?;
+            writer.write_values(out, t)?;
+            progress.inc((t.len() * dtype.size()) as u64);
+        } else {
+            let from = format!("{}.{suffix}", old_name.get(layer).unwrap_or(&layer));
+            let file = teacher_file.get(&from).unwrap_or(&from);
+            crate::stream::copy_tensor(src, &mut writer, &mut progress, file, out)?;
+        }
+    }
+    let files = writer.finish()?;
+    Ok(Streamed {
+        student: d.graph,
+        report,
+        files,
+        dtype,
+    })
+}

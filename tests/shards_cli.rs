@@ -1,0 +1,206 @@
+//! Sharded and streamed outputs from the command line: `--shard-size` on widen and deepen
+//! (streamed with `--no-prove`, in memory when proved), read back by `r2rc run` with the
+//! same outputs as the unsharded, in-memory student.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn r2rc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_r2rc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = r2rc(args);
+    assert!(
+        o.status.success(),
+        "r2rc {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The student's output on 2 seeded inputs, as .npy bytes.
+fn output(arch: &Path, weights: &Path, names: &str) -> Vec<u8> {
+    let y = arch.with_extension("npy");
+    ok(&[
+        "run",
+        s(arch),
+        "--weights",
+        s(weights),
+        "--names",
+        names,
+        "--random",
+        "2",
+        "--seed",
+        "9",
+        "--output",
+        s(&y),
+        "--force",
+    ]);
+    std::fs::read(&y).unwrap()
+}
+
+#[test]
+fn streamed_and_sharded_deepen_runs_like_the_in_memory_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let teacher = d.join("teacher");
+    std::fs::create_dir(&teacher).unwrap();
+    // A sharded torchvision-named teacher.
+    let single = d.join("single.safetensors");
+    ok(&[
+        "init",
+        "examples/resnet18.arch",
+        "-o",
+        s(&single),
+        "--random-stats",
+        "--names",
+        "torchvision",
+    ]);
+    // The same values, sharded (init is seeded).
+    ok(&[
+        "init",
+        "examples/resnet18.arch",
+        "-o",
+        s(&teacher.join("resnet18.safetensors")),
+        "--random-stats",
+        "--names",
+        "torchvision",
+        "--shard-size",
+        "10MB",
+    ]);
+    assert!(files(&teacher).len() > 3, "{:?}", files(&teacher));
+    for method in ["r2r", "net2net", "random"] {
+        let mem = d.join(format!("mem-{method}"));
+        let streamed = d.join(format!("streamed-{method}"));
+        let common = [
+            "deepen",
+            "examples/resnet18.arch",
+            "--after",
+            "conv4_1",
+            "--method",
+            method,
+            "--names",
+            "torchvision",
+            "--weights",
+        ];
+        let mut a: Vec<&str> = common.to_vec();
+        a.extend([s(&single), "-o", s(&mem), "--inputs", "1"]);
+        ok(&a);
+        let mut a: Vec<&str> = common.to_vec();
+        a.extend([
+            s(&teacher),
+            "-o",
+            s(&streamed),
+            "--no-prove",
+            "--shard-size",
+            "20MB",
+        ]);
+        let log = ok(&a);
+        assert!(log.contains("index.json"), "{log}");
+        let shards = files(&streamed);
+        assert!(
+            shards
+                .iter()
+                .filter(|f| f.ends_with(".safetensors"))
+                .count()
+                >= 2,
+            "{shards:?}"
+        );
+        // Same architecture text (bar the header comments), same outputs.
+        let body = |p: &Path| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let (ma, sa) = (mem.join("resnet18.arch"), streamed.join("resnet18.arch"));
+        assert_eq!(body(&ma), body(&sa), "{method}");
+        assert_eq!(
+            output(&ma, &mem.join("resnet18.safetensors"), "torchvision"),
+            output(&sa, &streamed, "torchvision"),
+            "{method}"
+        );
+        let report = std::fs::read_to_string(streamed.join("report.json")).unwrap();
+        assert!(report.contains("\"proved\": false"), "{report}");
+    }
+}
+
+#[test]
+fn proved_deepen_and_morph_write_shards_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    ok(&[
+        "deepen",
+        "examples/resnet_cifar10.arch",
+        "--after",
+        "conv2_1",
+        "--shard-size",
+        "10kB",
+        "-o",
+        s(&out),
+    ]);
+    let f = files(&out);
+    assert!(
+        f.contains(&"resnet_cifar10.safetensors.index.json".to_string()),
+        "{f:?}"
+    );
+    assert!(
+        f.iter().filter(|x| x.ends_with(".safetensors")).count() > 2,
+        "{f:?}"
+    );
+    let report = std::fs::read_to_string(out.join("report.json")).unwrap();
+    assert!(report.contains("\"proved\": true"), "{report}");
+    // The shards load back: `run` reads the folder.
+    let y = output(&out.join("resnet_cifar10.arch"), &out, "r2rc");
+    assert!(y.len() > 80);
+    // Refused: a shard size that is not one, and existing outputs without --force.
+    let o = r2rc(&[
+        "deepen",
+        "examples/resnet_cifar10.arch",
+        "--after",
+        "conv2_1",
+        "--shard-size",
+        "12XB",
+        "-o",
+        s(&out),
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("`12XB` is not a shard size"), "{err}");
+    let o = r2rc(&[
+        "morph",
+        "examples/resnet_cifar10.arch",
+        "--layer",
+        "conv2_1.conv1",
+        "--kernel",
+        "5",
+        "--shard-size",
+        "10kB",
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--force"), "{err}");
+}

@@ -86,6 +86,37 @@ pub fn from_torchvision_layer(tv: &str) -> Option<String> {
     Some(format!("conv{}_{}.{rest}", stage + 1, block + 1))
 }
 
+/// For reports under `naming`: r2rc layer name -> `naming`'s module name, for every
+/// parameter-owning layer of `graphs` (teacher and student) that has one; `None` for r2rc's
+/// own naming. A torchvision name depends on the r2rc name alone, so one map serves both.
+pub fn report_names(graphs: &[&Graph], naming: Naming) -> Option<BTreeMap<String, String>> {
+    if naming == Naming::R2rc {
+        return None;
+    }
+    let mut map = BTreeMap::new();
+    for g in graphs {
+        for n in g.g.node_indices() {
+            let node = &g.g[n];
+            if node.op.param_slots().is_empty() {
+                continue;
+            }
+            if let Some(theirs) = torchvision_layer(&node.name, &node.row, node.block) {
+                map.insert(node.name.clone(), theirs);
+            }
+        }
+    }
+    Some(map)
+}
+
+/// `name`, followed by its name in `names` when there is one: `conv2_1.conv1
+/// (layer1.0.conv1)`.
+pub fn shown(name: &str, names: Option<&BTreeMap<String, String>>) -> String {
+    match names.and_then(|m| m.get(name)) {
+        Some(theirs) if theirs != name => format!("{name} ({theirs})"),
+        _ => name.to_string(),
+    }
+}
+
 /// The renames of `naming` for every parameter-owning layer of `graph` (ours -> theirs),
 /// or an error naming the first layer it has no name for.
 pub fn layer_renames(graph: &Graph, naming: Naming) -> Result<BTreeMap<String, String>> {

@@ -307,6 +307,17 @@ pub fn failure(evidence: &[Evidence]) -> Option<Error> {
     })
 }
 
+/// Adds `r2rc.torchvision_names` (r2rc layer -> torchvision module, JSON) to a student's
+/// metadata when its weights use torchvision's names.
+pub fn add_names(m: &mut BTreeMap<String, String>, names: Option<&BTreeMap<String, String>>) {
+    if let Some(names) = names {
+        m.insert(
+            "r2rc.torchvision_names".into(),
+            serde_json::to_string(names).expect("a map serialises"),
+        );
+    }
+}
+
 /// The `__metadata__` every rewrite writes into the student's safetensors: what was done,
 /// where, with which seed, and the evidence.
 pub fn provenance(

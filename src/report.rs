@@ -34,6 +34,11 @@ pub struct Report {
     pub notes: Vec<String>,
     pub proved: bool,
     pub evidence: Vec<Evidence>,
+    /// Under `--names torchvision`: r2rc layer name -> torchvision module name, for every
+    /// layer of teacher and student (the weights use those names; the `.arch` and the rest
+    /// of the report use r2rc's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torchvision_names: Option<BTreeMap<String, String>>,
 }
 
 /// What was widened.
@@ -120,6 +125,7 @@ pub fn widen_proved(
         notes,
         proved: prove.is_some() && w.exact,
         evidence,
+        torchvision_names: None,
     };
     Ok(Outcome { widened: w, report })
 }
@@ -184,14 +190,16 @@ impl Report {
 
     /// `__metadata__` of the student's safetensors.
     pub fn metadata(&self) -> BTreeMap<String, String> {
-        crate::prove::provenance(
+        let mut m = crate::prove::provenance(
             &self.command,
             &self.method,
             &self.site.target,
             self.seed,
             self.function_preserving,
             &self.evidence,
-        )
+        );
+        crate::prove::add_names(&mut m, self.torchvision_names.as_ref());
+        m
     }
 
     /// A short human summary for stderr.
@@ -200,7 +208,7 @@ impl Report {
         for s in &self.site.spaces {
             out.push_str(&format!(
                 "widened space `{}` ({}) from {} to {} channels\n",
-                s.label,
+                crate::names::shown(&s.label, self.torchvision_names.as_ref()),
                 s.rows.join(", "),
                 s.from,
                 s.to

@@ -256,3 +256,116 @@ fn networks_without_torchvision_names_are_refused() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("r2rc and torchvision"));
 }
+
+/// The safetensors `__metadata__` of a student.
+fn metadata(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let v: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    v["__metadata__"].clone()
+}
+
+/// Under `--names torchvision`, reports (report.json, the summary on stderr, the
+/// safetensors metadata) give every layer's torchvision module name next to r2rc's, for the
+/// in-memory and the streamed paths; under r2rc's names they add nothing.
+#[test]
+fn reports_give_torchvision_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let tv = dir.path().join("tv.safetensors");
+    let arch = ex("resnet18");
+    ok(&[
+        "init",
+        &arch,
+        "--random-stats",
+        "-o",
+        s(&tv),
+        "--names",
+        "torchvision",
+    ]);
+    for streamed in [false, true] {
+        let deep = dir.path().join(format!("deep{streamed}"));
+        let mut a = vec![
+            "deepen",
+            &arch,
+            "--after",
+            "conv4_1",
+            "--weights",
+            s(&tv),
+            "--names",
+            "torchvision",
+            "-o",
+            s(&deep),
+            "--inputs",
+            "1",
+        ];
+        if streamed {
+            a.push("--no-prove");
+        }
+        let err = text(&ok(&a).stderr);
+        // The new block is torchvision's layer3.1; the old layer3.1 moves to layer3.2.
+        assert!(err.contains("conv4_2.conv1 (layer3.1.conv1)"), "{err}");
+        assert!(
+            err.contains(
+                "renamed conv4_2.conv2 (layer3.1.conv2) -> conv4_3.conv2 (layer3.2.conv2)"
+            ),
+            "{err}"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(deep.join("report.json")).unwrap())
+                .unwrap();
+        let names = &report["torchvision_names"];
+        assert_eq!(names["conv4_3.bn2"], "layer3.2.bn2", "{names}");
+        assert_eq!(names["head.fc"], "fc");
+        assert_eq!(names["conv1.bn"], "bn1");
+        let meta = metadata(&deep.join("resnet18.safetensors"));
+        let in_file: serde_json::Value =
+            serde_json::from_str(meta["r2rc.torchvision_names"].as_str().unwrap()).unwrap();
+        assert_eq!(&in_file, names);
+    }
+    let wide = dir.path().join("wide");
+    let err = text(
+        &ok(&[
+            "widen",
+            &arch,
+            "--layer",
+            "conv3_1",
+            "--by",
+            "1.5",
+            "--weights",
+            s(&tv),
+            "--names",
+            "torchvision",
+            "-o",
+            s(&wide),
+            "--no-prove",
+        ])
+        .stderr,
+    );
+    assert!(err.contains("`conv3_1.conv1 (layer2.0.conv1)`"), "{err}");
+    let report = std::fs::read_to_string(wide.join("report.json")).unwrap();
+    assert!(
+        report.contains("\"conv3_1.conv1\": \"layer2.0.conv1\""),
+        "{report}"
+    );
+    // r2rc's own names: no second name anywhere.
+    let plain = dir.path().join("plain");
+    let err = text(
+        &ok(&[
+            "deepen",
+            &arch,
+            "--after",
+            "conv4_1",
+            "-o",
+            s(&plain),
+            "--inputs",
+            "1",
+        ])
+        .stderr,
+    );
+    assert!(!err.contains("layer3"), "{err}");
+    let report = std::fs::read_to_string(plain.join("report.json")).unwrap();
+    assert!(!report.contains("torchvision_names"), "{report}");
+    assert!(metadata(&plain.join("resnet18.safetensors"))
+        .get("r2rc.torchvision_names")
+        .is_none());
+}

@@ -105,6 +105,9 @@ struct ApplyReport {
     proved: bool,
     /// The final student against the original teacher (when every step is exact).
     evidence: Vec<Evidence>,
+    /// Under `--names torchvision`: r2rc layer name -> torchvision module name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torchvision_names: Option<BTreeMap<String, String>>,
 }
 
 /// `path:line: message` for a plan error.
@@ -306,6 +309,10 @@ pub fn run(mut args: Args) -> Result<()> {
         notes: notes.clone(),
         proved: !evidence.is_empty(),
         evidence: evidence.clone(),
+        torchvision_names: r2rc::names::report_names(
+            &[&graph, &g],
+            r2rc::names::Naming::parse(&args.common.names)?,
+        ),
     };
     let mut head = format!(
         "# r2rc apply {shown} --seed {}\n# teacher weights: {source}\n",
@@ -333,6 +340,7 @@ pub fn run(mut args: Args) -> Result<()> {
         "r2rc.evidence".to_string(),
         serde_json::to_string(&evidence).expect("json"),
     );
+    r2rc::prove::add_names(&mut metadata, report.torchvision_names.as_ref());
     emit(
         &args.file,
         &args.common,

@@ -222,7 +222,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (teacher, source) = args.common.teacher(&graph)?;
     let opts = args.common.prove_options()?;
-    let (d, report) = deepen_proved(
+    let (d, mut report) = deepen_proved(
         &graph,
         &teacher,
         &dargs,
@@ -230,6 +230,7 @@ pub fn run(args: Args) -> Result<()> {
         opts.as_ref(),
         &source,
     )?;
+    report.torchvision_names = names::report_names(&[&graph, &d.graph], Naming::parse(&c.names)?);
     emit(
         &args.file,
         &args.common,

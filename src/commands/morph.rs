@@ -26,7 +26,7 @@ pub fn run(args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
     let (teacher, source) = args.common.teacher(&graph)?;
     let opts = args.common.prove_options()?;
-    let (m, report) = morph_proved(
+    let (m, mut report) = morph_proved(
         &graph,
         &teacher,
         &args.layer,
@@ -34,6 +34,10 @@ pub fn run(args: Args) -> Result<()> {
         opts.as_ref(),
         &source,
     )?;
+    report.torchvision_names = r2rc::names::report_names(
+        &[&graph, &m.graph],
+        r2rc::names::Naming::parse(&args.common.names)?,
+    );
     emit(
         &args.file,
         &args.common,

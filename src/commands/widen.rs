@@ -168,6 +168,9 @@ pub fn run(args: Args) -> Result<()> {
             &source,
         )?
     };
+    let mut outcome = outcome;
+    outcome.report.torchvision_names =
+        names::report_names(&[&graph, &outcome.widened.graph], naming);
     let arch = student_arch(&outcome);
     let report_json = serde_json::to_string_pretty(&outcome.report).expect("the report serialises");
     match &args.output {

@@ -88,7 +88,8 @@ pub fn deepen(
     let dtype = src.dtype();
     let mut notes = d.notes.clone();
     notes.push("streamed: tensors the deepening does not change were copied byte for byte from the teacher".into());
-    let report = deepen::step_report(graph, &d, args, seed, teacher, notes, vec![], false);
+    let mut report = deepen::step_report(graph, &d, args, seed, teacher, notes, vec![], false);
+    report.torchvision_names = names::report_names(&[graph, &d.graph], naming);
     let theirs_student = names::renamed_graph(&d.graph, naming)?;
     let entries = shards::entries(&theirs_student);
     let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();

@@ -211,7 +211,9 @@ pub fn widen(
         }
     }
 
+    let tv_names = names::report_names(&[graph, &plan.student], naming);
     let mut report = widen_report(graph, &plan, args, seed, teacher, vec![], false);
+    report.torchvision_names = tv_names.clone();
     let meta = report.metadata();
     let entries = shards::entries(&theirs_student);
     let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
@@ -316,6 +318,7 @@ pub fn widen(
         vec![]
     };
     report = widen_report(graph, &plan, args, seed, teacher, evidence, prove.is_some());
+    report.torchvision_names = tv_names;
     if prove.is_some() && !store.writer.set_metadata(&report.metadata())? {
         report.notes.push(
             "the proof evidence did not fit the safetensors header space kept for it; report.json holds it".into(),
@@ -486,5 +489,6 @@ pub fn widen_report(
         notes,
         proved: proved && plan.exact,
         evidence,
+        torchvision_names: None,
     }
 }

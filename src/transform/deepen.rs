@@ -926,6 +926,11 @@ pub struct StepReport {
     pub notes: Vec<String>,
     pub proved: bool,
     pub evidence: Vec<Evidence>,
+    /// Under `--names torchvision`: r2rc layer name -> torchvision module name, for every
+    /// layer of teacher and student (the weights use those names; the `.arch` and the rest
+    /// of the report use r2rc's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torchvision_names: Option<BTreeMap<String, String>>,
 }
 
 impl StepReport {
@@ -964,17 +969,21 @@ impl StepReport {
             "r2rc.name_map".into(),
             serde_json::to_string(&self.name_map).expect("a map serialises"),
         );
+        crate::prove::add_names(&mut m, self.torchvision_names.as_ref());
         m
     }
 
     /// A short human summary for stderr.
     pub fn summary(&self) -> String {
         let mut out = format!("{} {}: {}\n", self.command, self.method, self.site);
+        let tv = self.torchvision_names.as_ref();
+        let show = |n: &String| crate::names::shown(n, tv);
         if !self.inserted.is_empty() {
-            out.push_str(&format!("inserted {}\n", self.inserted.join(", ")));
+            let shown: Vec<String> = self.inserted.iter().map(show).collect();
+            out.push_str(&format!("inserted {}\n", shown.join(", ")));
         }
         for (a, b) in &self.name_map {
-            out.push_str(&format!("renamed {a} -> {b}\n"));
+            out.push_str(&format!("renamed {} -> {}\n", show(a), show(b)));
         }
         for n in &self.notes {
             out.push_str(&format!("note: {n}\n"));
@@ -1082,5 +1091,6 @@ pub fn step_report(
         notes,
         proved: proved && d.exactness != Exactness::NotPreserving,
         evidence,
+        torchvision_names: None,
     }
 }

@@ -181,6 +181,7 @@ pub fn morph_proved(
         )],
         proved: prove.is_some(),
         evidence,
+        torchvision_names: None,
     };
     Ok((m, report))
 }

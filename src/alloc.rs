@@ -53,13 +53,13 @@ unsafe fn take(len: usize) -> (*mut u8, usize) {
         let full = (0..SLOTS).filter(|&i| c[i].0 != 0);
         let fit = full
             .clone()
-            .filter(|&i| c[i].1 >= len && c[i].1 <= len + len / 4)
+            .filter(|&i| c[i].1 >= len && c[i].1 <= len + len / 2)
             .min_by_key(|&i| c[i].1);
         let grow = full.filter(|&i| c[i].1 < len).max_by_key(|&i| c[i].1);
         fit.or(grow).map(|i| std::mem::take(&mut c[i]))
     };
     let (base, cap, dirty) = match cached {
-        Some((base, cap)) if cap >= len && cap <= len + len / 4 => (base, cap, len),
+        Some((base, cap)) if cap >= len && cap <= len + len / 2 => (base, cap, len),
         Some((base, cap)) => match resize(base, cap, len) {
             Some(q) => (q, len, cap.min(len)),
             None => {

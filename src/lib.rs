@@ -9,6 +9,7 @@
 
 pub mod alloc;
 pub mod analysis;
+pub mod direct;
 pub mod emit;
 pub mod error;
 pub mod exec;

@@ -686,6 +686,8 @@ pub struct Writer {
     counters: HashSet<String>,
     /// Per file: its entries and the header length reserved for it.
     heads: Vec<(Vec<Entry>, usize)>,
+    /// Per file, after [`Writer::sequential`]: the direct writer it is written through.
+    direct: Vec<Option<crate::direct::Sequential>>,
     done: bool,
 }
 
@@ -713,6 +715,7 @@ impl Writer {
                 .map(|e| e.name.clone())
                 .collect(),
             heads: Vec::new(),
+            direct: Vec::new(),
             done: false,
         };
         let mut weight_map = BTreeMap::new();
@@ -760,6 +763,25 @@ impl Writer {
         self.dtype
     }
 
+    /// From now on, tensors come in file order: each file is written front to back with
+    /// `O_DIRECT` where the file system takes it ([`crate::direct`]), skipping the page
+    /// cache. A write out of order still lands (the file goes back to ordinary writes).
+    pub fn sequential(&mut self) -> Result<()> {
+        self.direct.clear();
+        for (k, (staged, fin)) in self.files.iter().enumerate() {
+            let f = staged.as_file();
+            let mut head = vec![0u8; self.heads[k].1];
+            read_at(f, &mut head, 0).map_err(|e| Error::io(fin.display(), e))?;
+            let mut d = crate::direct::Sequential::new(f);
+            if let Some(d) = &mut d {
+                d.append(f, &head)
+                    .map_err(|e| Error::io(fin.display(), e))?;
+            }
+            self.direct.push(d);
+        }
+        Ok(())
+    }
+
     /// Writes `bytes` at `offset` within tensor `name`'s data; `last` marks it complete.
     pub fn write_part(
         &mut self,
@@ -779,8 +801,23 @@ impl Writer {
         }
         let (f, fin) = &self.files[k];
         let f = f.as_file();
-        write_at(f, bytes, at + offset as u64).map_err(|e| Error::io(fin.display(), e))?;
-        start_writeback(f, at + offset as u64, bytes.len());
+        let pos = at + offset as u64;
+        match self.direct.get_mut(k).and_then(|d| d.take()) {
+            Some(mut d) if d.position() == pos => {
+                d.append(f, bytes)
+                    .map_err(|e| Error::io(fin.display(), e))?;
+                self.direct[k] = Some(d);
+            }
+            other => {
+                if let Some(d) = other {
+                    // Out of order: what is buffered goes out, then ordinary writes.
+                    let end = f.metadata().map_err(|e| Error::io(fin.display(), e))?.len();
+                    d.finish(f, end).map_err(|e| Error::io(fin.display(), e))?;
+                }
+                write_at(f, bytes, pos).map_err(|e| Error::io(fin.display(), e))?;
+                start_writeback(f, pos, bytes.len());
+            }
+        }
         if last {
             self.at.get_mut(name).expect("known").3 = true;
         }
@@ -873,6 +910,18 @@ impl Writer {
             return Err(Error::weights(format!(
                 "tensor `{name}` of the output was never written; nothing was written"
             )));
+        }
+        for (k, d) in std::mem::take(&mut self.direct).into_iter().enumerate() {
+            if let Some(d) = d {
+                let (f, fin) = &self.files[k];
+                let end = f
+                    .as_file()
+                    .metadata()
+                    .map_err(|e| Error::io(fin.display(), e))?
+                    .len();
+                d.finish(f.as_file(), end)
+                    .map_err(|e| Error::io(fin.display(), e))?;
+            }
         }
         crate::outputs::pause_for_test("every tensor of the weights");
         let mut out = Vec::new();

@@ -230,18 +230,6 @@ pub fn widen(
         scratch_end: 0,
         progress: Progress::new("writing the student", total, true),
     };
-    // Untouched tensors: bytes straight from the teacher's map (checked for finiteness).
-    for spec in graph.param_specs() {
-        if left.contains_key(&spec.name) {
-            continue;
-        }
-        let file = renames.get(&spec.name).unwrap_or(&spec.name).clone();
-        let out = student_renames
-            .get(&spec.name)
-            .unwrap_or(&spec.name)
-            .clone();
-        copy_tensor(src, &mut store.writer, &mut store.progress, &file, &out)?;
-    }
     if prove.is_none() {
         let shapes: HashMap<String, Vec<usize>> = graph
             .param_specs()
@@ -249,19 +237,21 @@ pub fn widen(
             .map(|s| (s.name, s.slot.shape))
             .collect();
         let touches = transform::tensor_touches(graph, &plan, args, seed, &shapes);
+        let order: Vec<String> = graph.param_specs().into_iter().map(|s| s.name).collect();
         let Store {
             writer,
             file_name,
-            mut progress,
+            progress,
             ..
         } = store;
         let writer = per_tensor(
             src,
             writer,
+            &order,
             &touches,
             &file_name,
             &student_renames,
-            &mut progress,
+            progress,
             &plan,
             args,
             seed,
@@ -273,6 +263,18 @@ pub fn widen(
             files,
             dtype,
         });
+    }
+    // Untouched tensors: bytes straight from the teacher's map (checked for finiteness).
+    for spec in graph.param_specs() {
+        if left.contains_key(&spec.name) {
+            continue;
+        }
+        let file = renames.get(&spec.name).unwrap_or(&spec.name).clone();
+        let out = student_renames
+            .get(&spec.name)
+            .unwrap_or(&spec.name)
+            .clone();
+        copy_tensor(src, &mut store.writer, &mut store.progress, &file, &out)?;
     }
     let mut evidence: Vec<Vec<Evidence>> = Vec::new();
     for k in 0..plan.steps.len() {
@@ -334,47 +336,72 @@ pub fn widen(
     })
 }
 
-/// Widens every touched tensor on its own ([`transform::apply_touches`]): read from the
-/// teacher, widened by all its steps in memory, encoded and handed to a writer thread, so
-/// computing the next tensor overlaps writing this one. No scratch file, and at most one
-/// finished tensor waits for the writer.
+/// Writes the student in file order ([`Writer::sequential`]): a tensor no step touches is
+/// copied from the teacher's map; a touched one is read from the teacher, widened by all its
+/// steps in memory ([`transform::apply_touches`]) and encoded. A writer thread writes (and
+/// copies) while this one computes the next tensor; at most one finished tensor waits.
 #[allow(clippy::too_many_arguments)]
 fn per_tensor(
     src: &Source,
     mut writer: Writer,
+    order: &[String],
     touches: &[(String, Vec<transform::Touch>)],
     file_name: &HashMap<String, String>,
     out_name: &HashMap<String, String>,
-    progress: &mut Progress,
+    mut progress: Progress,
     plan: &Plan,
     args: &WidenArgs,
     seed: u64,
 ) -> Result<Writer> {
+    /// What the writer thread does next.
+    enum Job {
+        /// Copy the teacher's tensor (file name) to the output (name).
+        Copy(String, String),
+        /// Write these bytes as the output's tensor.
+        Bytes(String, Vec<u8>),
+    }
     let dtype = writer.dtype();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(0);
+    writer.sequential()?;
+    let touched: HashMap<&str, &[transform::Touch]> = touches
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_slice()))
+        .collect();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(0);
     std::thread::scope(|s| {
         let handle = s.spawn(move || -> Result<Writer> {
-            for (name, bytes) in rx {
-                writer.write_part(&name, 0, &bytes, true)?;
+            for job in rx {
+                match job {
+                    Job::Copy(file, out) => {
+                        copy_tensor(src, &mut writer, &mut progress, &file, &out)?
+                    }
+                    Job::Bytes(out, bytes) => {
+                        writer.write_part(&out, 0, &bytes, true)?;
+                        progress.inc(bytes.len() as u64);
+                    }
+                }
             }
             Ok(writer)
         });
-        let mut computed = || -> Result<()> {
-            for (name, tc) in touches {
+        let computed = || -> Result<()> {
+            for name in order {
                 let file = file_name.get(name).unwrap_or(name);
-                let t = src.decode(file)?;
-                src.release(file);
-                let t = transform::apply_touches(plan, args, seed, name, t, tc)?;
-                let t = t.as_standard_layout();
-                let bytes = shards::encode(t.as_slice().expect("standard layout"), dtype, false);
-                drop(t);
-                let n = bytes.len() as u64;
                 let out = out_name.get(name).unwrap_or(name).clone();
-                if tx.send((out, bytes)).is_err() {
+                let job = match touched.get(name.as_str()) {
+                    None => Job::Copy(file.clone(), out),
+                    Some(tc) => {
+                        let t = src.decode(file)?;
+                        src.release(file);
+                        let t = transform::apply_touches(plan, args, seed, name, t, tc)?;
+                        let t = t.as_standard_layout();
+                        let bytes =
+                            shards::encode(t.as_slice().expect("standard layout"), dtype, false);
+                        Job::Bytes(out, bytes)
+                    }
+                };
+                if tx.send(job).is_err() {
                     // The writer stopped on an error, which its join reports.
                     return Ok(());
                 }
-                progress.inc(n);
             }
             Ok(())
         };

@@ -306,7 +306,9 @@ fn streaming_deepen_is_bit_identical_to_in_memory() {
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
         let path = out.join("student.safetensors");
-        let s = r2rc::stream::deepen::deepen(&g, &src, naming, &a, 7, &path, shard, "t").unwrap();
+        let planned = r2rc::stream::deepen::plan(&g, &src, &a, 7, naming).unwrap();
+        let s = r2rc::stream::deepen::deepen(&g, planned, &src, naming, &a, 7, &path, shard, "t")
+            .unwrap();
         let d = deepen(&g, &tp, &a, 7).unwrap();
         assert_eq!(r2rc::print::print(&s.student), r2rc::print::print(&d.graph));
         let mem = d.params.clone().with_dtype(DType::F32);

@@ -264,8 +264,8 @@ fn run_streaming(
         .unwrap_or_else(|| "student".into());
     let src = r2rc::shards::Source::open(weights)?;
     let path = dir.join(format!("{stem}.safetensors"));
-    let mut outs =
-        r2rc::stream::deepen::output_paths(graph, &src, dargs, c.seed, &path, naming, shard_size)?;
+    let d = r2rc::stream::deepen::plan(graph, &src, dargs, c.seed, naming)?;
+    let mut outs = r2rc::stream::deepen::output_paths(&d, &src, &path, naming, shard_size)?;
     outs.push(dir.join(format!("{stem}.arch")));
     outs.push(dir.join("report.json"));
     let mut extra = vec![r2rc::shards::resolve(weights)?];
@@ -275,6 +275,7 @@ fn run_streaming(
     r2rc::outputs::check_outputs(&outs, &inputs, c.force)?;
     let s = r2rc::stream::deepen::deepen(
         graph,
+        d,
         &src,
         naming,
         dargs,

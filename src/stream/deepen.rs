@@ -13,7 +13,7 @@ use crate::names::{self, Naming};
 use crate::params::{DType, Params};
 use crate::progress::Progress;
 use crate::shards::{self, Source, Writer};
-use crate::transform::deepen::{self, DeepenArgs, StepReport};
+use crate::transform::deepen::{self, DeepenArgs, Deepened, StepReport};
 
 /// A streamed deepening's result.
 pub struct Streamed {
@@ -24,18 +24,15 @@ pub struct Streamed {
     pub dtype: DType,
 }
 
-/// The weight files a streamed deepening will write at `path` (for existence checks
-/// before any work), and the student they hold.
+/// The weight files the streamed deepening `d` will write at `path` (for existence checks
+/// before any work).
 pub fn output_paths(
-    graph: &Graph,
+    d: &Deepened,
     src: &Source,
-    args: &DeepenArgs,
-    seed: u64,
     path: &Path,
     naming: Naming,
     shard_size: Option<u64>,
 ) -> Result<Vec<PathBuf>> {
-    let d = deepened(graph, src, args, seed, naming)?;
     let theirs = names::renamed_graph(&d.graph, naming)?;
     Ok(shards::output_paths(
         path,
@@ -45,21 +42,23 @@ pub fn output_paths(
     ))
 }
 
-/// The deepening computed from the tensors it reads only.
-fn deepened(
+/// The deepening of `graph` as `args` asks, computed from the teacher tensors it reads
+/// only (decoded from `src`, in `naming`'s names): its params hold the new and changed
+/// tensors and those few.
+pub fn plan(
     graph: &Graph,
     src: &Source,
     args: &DeepenArgs,
     seed: u64,
     naming: Naming,
-) -> Result<deepen::Deepened> {
+) -> Result<Deepened> {
     let theirs = names::renamed_graph(graph, naming)?;
     src.check(&theirs)?;
     let renames: HashMap<String, String> =
         names::tensor_renames(graph, naming)?.into_iter().collect();
     let site = deepen::resolve_site(graph, &args.after)?;
     let mut tensors = BTreeMap::new();
-    for name in deepen::needed_tensors(graph, &site) {
+    for name in deepen::needed_tensors(graph, &site, args.method) {
         let file = renames.get(&name).unwrap_or(&name);
         tensors.insert(name.clone(), src.decode(file)?);
         src.release(file);
@@ -71,11 +70,14 @@ fn deepened(
     deepen::deepen_partial(graph, &partial, args, seed)
 }
 
-/// Deepens `graph` with the teacher tensors of `src` (in `naming`'s names) streamed into
-/// `path` (sharded by `shard_size`), unproved. `teacher` says where the weights came from.
+/// Writes the student of `d` ([`plan`]'s deepening of `graph`) into `path` (sharded by
+/// `shard_size`): its new and changed tensors from `d`, every other one copied from the
+/// teacher tensors of `src` (in `naming`'s names). Unproved; `teacher` says where the
+/// weights came from.
 #[allow(clippy::too_many_arguments)]
 pub fn deepen(
     graph: &Graph,
+    d: Deepened,
     src: &Source,
     naming: Naming,
     args: &DeepenArgs,
@@ -84,7 +86,6 @@ pub fn deepen(
     shard_size: Option<u64>,
     teacher: &str,
 ) -> Result<Streamed> {
-    let d = deepened(graph, src, args, seed, naming)?;
     let dtype = src.dtype();
     let mut notes = d.notes.clone();
     notes.push("streamed: tensors the deepening does not change were copied byte for byte from the teacher".into());
@@ -101,6 +102,8 @@ pub fn deepen(
         shard_size,
         0,
     )?;
+    // The loop below writes in file order, so the output can skip the page cache.
+    writer.sequential()?;
     let mut progress = Progress::new("writing the student", total, true);
     let teacher_file: HashMap<String, String> =
         names::tensor_renames(graph, naming)?.into_iter().collect();

@@ -522,14 +522,20 @@ pub fn deepen(graph: &Graph, params: &Params, args: &DeepenArgs, seed: u64) -> R
     Ok(d)
 }
 
-/// The teacher tensors a deepening after `site` reads (r2rc names): the kernel whose scale
-/// new weights match, and the weights of the layers that read the site value (NetMorph-dense
-/// multiplies them by `N^T`; through a flatten or a global pool, the layers after it).
-/// Every other tensor moves to the student unchanged, so a streamed deepening reads only
-/// these into memory.
-pub fn needed_tensors(graph: &Graph, site: &Site) -> Vec<String> {
-    let mut layers: Vec<NodeIndex> = scale_kernel(graph, site).into_iter().collect();
-    let mut stack = vec![site.value];
+/// The teacher tensors a deepening by `method` after `site` reads (r2rc names): the kernel
+/// whose scale new weights match (R2DeeperR, random blocks), and for NetMorph-dense the
+/// weights of the layers that read the site value (it multiplies them by `N^T`; through a
+/// flatten or a global pool, the layers after it). Every other tensor moves to the student
+/// unchanged, so a streamed deepening reads only these into memory.
+pub fn needed_tensors(graph: &Graph, site: &Site, method: DeepenMethod) -> Vec<String> {
+    let mut layers: Vec<NodeIndex> = Vec::new();
+    if matches!(method, DeepenMethod::R2r | DeepenMethod::Random) {
+        layers.extend(scale_kernel(graph, site));
+    }
+    let mut stack = Vec::new();
+    if method == DeepenMethod::NetmorphDense {
+        stack.push(site.value);
+    }
     while let Some(n) = stack.pop() {
         for r in graph.consumers(n) {
             layers.push(r);
@@ -615,7 +621,7 @@ pub fn apply_insertion(
     graph: &Graph,
     params: &Params,
     site: &Site,
-    ins: Insertion,
+    mut ins: Insertion,
 ) -> Result<Deepened> {
     // Where the new nodes live: the site's row (a block gets the next number, later blocks
     // of the row move up) or a new row after a single-layer row.
@@ -736,7 +742,7 @@ pub fn apply_insertion(
         let name = g.g[new_ix[k]].name.clone();
         for slot in nn.op.param_slots() {
             let key = format!("{}.{}", nn.key, slot.suffix);
-            let t = ins.params.get(&key).cloned().unwrap_or_else(|| {
+            let t = ins.params.remove(&key).unwrap_or_else(|| {
                 default_params(std::slice::from_ref(nn))
                     .remove(&key)
                     .expect("default for every slot")

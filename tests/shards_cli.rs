@@ -3,37 +3,13 @@
 //! same outputs as the unsharded, in-memory student.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn r2rc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{listing as files, r2rc, s, text};
 
+/// Runs r2rc, which must succeed; its stderr.
 fn ok(args: &[&str]) -> String {
-    let o = r2rc(args);
-    assert!(
-        o.status.success(),
-        "r2rc {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
+    text(&common::ok(args).stderr)
 }
 
 /// The student's output on 2 seeded inputs, as .npy bytes.

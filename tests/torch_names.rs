@@ -4,37 +4,9 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn r2rc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> Output {
-    let o = r2rc(args);
-    assert!(
-        o.status.success(),
-        "r2rc {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ex(name: &str) -> String {
-    format!("examples/{name}.arch")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{ex, ok, r2rc, s, text};
 
 /// Tensor names in a safetensors header.
 fn tensor_names(path: &Path) -> BTreeSet<String> {

@@ -1,28 +1,10 @@
 //! `r2rc widen`, `prove`, `spaces` and `diff` from the command line: outputs, evidence,
 //! atomic writes without overwrite, exit codes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
-fn r2rc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ex(name: &str) -> String {
-    format!("examples/{name}.arch")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{ex, r2rc, s, text};
 
 #[test]
 fn widen_writes_proved_student_with_evidence_and_refuses_to_overwrite() {

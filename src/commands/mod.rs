@@ -28,6 +28,32 @@ pub fn report_error(e: &Error) -> i32 {
     e.exit_code()
 }
 
+/// After a streamed rewrite wrote `weights`: writes `DIR/<stem>.arch` (the report's header
+/// comment, then the student's text) and `DIR/report.json`; returns every file written and
+/// the report's JSON.
+pub fn write_arch_and_report(
+    dir: &std::path::Path,
+    stem: &str,
+    header: &str,
+    student: &r2rc::ir::Graph,
+    report: &impl serde::Serialize,
+    weights: &[std::path::PathBuf],
+    inputs: &[&std::path::Path],
+) -> Result<(Vec<std::path::PathBuf>, String), Error> {
+    let arch = format!("{header}\n{}", r2rc::print::print(student));
+    let report_json = serde_json::to_string_pretty(report).expect("the report serialises");
+    let files = vec![
+        (format!("{stem}.arch"), arch.into_bytes()),
+        (
+            "report.json".to_string(),
+            format!("{report_json}\n").into_bytes(),
+        ),
+    ];
+    let mut written = weights.to_vec();
+    written.extend(r2rc::report::write_outputs(dir, &files, true, inputs)?);
+    Ok((written, report_json))
+}
+
 /// Reads an `.arch` file and compiles it, rendering source errors with file:line:col.
 pub fn load_arch(path: &std::path::Path, sets: &[String]) -> Result<r2rc::ir::Graph, Error> {
     let shown = path.display().to_string();

@@ -323,17 +323,15 @@ fn run_streaming(
         (local && !args.no_prove).then_some(opts),
         &weights.display().to_string(),
     )?;
-    let arch = format!("{}\n{}", s.report.header(), r2rc::print::print(&s.student));
-    let report_json = serde_json::to_string_pretty(&s.report).expect("the report serialises");
-    let files = vec![
-        (format!("{stem}.arch"), arch.into_bytes()),
-        (
-            "report.json".to_string(),
-            format!("{report_json}\n").into_bytes(),
-        ),
-    ];
-    let mut written = s.files.clone();
-    written.extend(write_outputs(dir, &files, true, &inputs)?);
+    let (written, report_json) = super::write_arch_and_report(
+        dir,
+        &stem,
+        &s.report.header(),
+        &s.student,
+        &s.report,
+        &s.files,
+        &inputs,
+    )?;
     finish(args, &s.report, &report_json, &written);
     Ok(())
 }

@@ -33,13 +33,7 @@ pub fn output_paths(
     naming: Naming,
     shard_size: Option<u64>,
 ) -> Result<Vec<PathBuf>> {
-    let theirs = names::renamed_graph(&d.graph, naming)?;
-    Ok(shards::output_paths(
-        path,
-        &shards::entries(&theirs),
-        src.dtype(),
-        shard_size,
-    ))
+    crate::stream::student_paths(&d.graph, src, path, naming, shard_size)
 }
 
 /// The deepening of `graph` as `args` asks, computed from the teacher tensors it reads

@@ -165,7 +165,18 @@ pub fn output_paths(
     naming: Naming,
     shard_size: Option<u64>,
 ) -> Result<Vec<PathBuf>> {
-    let theirs = names::renamed_graph(&plan.student, naming)?;
+    student_paths(&plan.student, src, path, naming, shard_size)
+}
+
+/// The weight files of `student` (in `src`'s dtype, `naming`'s names) at `path`.
+pub(crate) fn student_paths(
+    student: &Graph,
+    src: &Source,
+    path: &Path,
+    naming: Naming,
+    shard_size: Option<u64>,
+) -> Result<Vec<PathBuf>> {
+    let theirs = names::renamed_graph(student, naming)?;
     Ok(shards::output_paths(
         path,
         &shards::entries(&theirs),

@@ -307,6 +307,19 @@ pub fn failure(evidence: &[Evidence]) -> Option<Error> {
     })
 }
 
+/// A line of a report for `e`: `proof: ...` where the method must preserve the function in
+/// its mode (`required`), else `deviation (not function preserving): ...`.
+pub fn evidence_line(prefix: &str, e: &Evidence, required: bool) -> String {
+    if required {
+        format!("{prefix}proof: {}\n", e.summary())
+    } else {
+        format!(
+            "{prefix}deviation (not function preserving): {}\n",
+            e.measured()
+        )
+    }
+}
+
 /// Adds `r2rc.torchvision_names` (r2rc layer -> torchvision module, JSON) to a student's
 /// metadata when its weights use torchvision's names.
 pub fn add_names(m: &mut BTreeMap<String, String>, names: Option<&BTreeMap<String, String>>) {

@@ -178,14 +178,7 @@ impl Report {
     }
 
     fn evidence_line(&self, prefix: &str, e: &Evidence) -> String {
-        if self.function_preserving {
-            format!("{prefix}proof: {}\n", e.summary())
-        } else {
-            format!(
-                "{prefix}deviation (not function preserving): {}\n",
-                e.measured()
-            )
-        }
+        crate::prove::evidence_line(prefix, e, self.function_preserving)
     }
 
     /// `__metadata__` of the student's safetensors.

@@ -123,6 +123,37 @@ fn random_block_is_not_function_preserving() {
     assert!(errs.iter().all(|(_, e)| *e > 1e-3), "{errs:?}");
 }
 
+/// Reports call a measured deviation a deviation, not a proof: every mode of a random block,
+/// Net2DeeperNet's train mode (its eval mode is proved).
+#[test]
+fn reports_label_deviations_and_proofs() {
+    let g = load("resnet_cifar10");
+    let p = teacher(&g);
+    for (method, proofs, deviations) in [
+        (DeepenMethod::Random, 0, 2),
+        (DeepenMethod::Net2net, 1, 1),
+        (DeepenMethod::R2r, 2, 0),
+    ] {
+        let (_, r) = r2rc::transform::deepen::deepen_proved(
+            &g,
+            &p,
+            &args("conv2_1", method),
+            3,
+            Some(&opts()),
+            "t",
+        )
+        .unwrap();
+        for text in [r.header(), r.summary()] {
+            assert_eq!(text.matches("proof: ").count(), proofs, "{method:?}: {text}");
+            assert_eq!(
+                text.matches("deviation (not function preserving): ").count(),
+                deviations,
+                "{method:?}: {text}"
+            );
+        }
+    }
+}
+
 /// Every teacher tensor is in the student under its layer's new name, bit for bit.
 fn assert_tensors_kept(g: &Graph, p: &Params, d: &Deepened) {
     for spec in g.param_specs() {

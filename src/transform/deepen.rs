@@ -956,9 +956,14 @@ impl StepReport {
             out.push_str("# not proved (--no-prove)\n");
         }
         for e in &self.evidence {
-            out.push_str(&format!("# proof: {}\n", e.summary()));
+            out.push_str(&crate::prove::evidence_line("# ", e, self.required(e)));
         }
         out
+    }
+
+    /// Whether the method must preserve the function in `e`'s mode.
+    fn required(&self, e: &Evidence) -> bool {
+        Mode::parse(&e.mode).map_or(true, |m| self.exactness.required(m))
     }
 
     /// `__metadata__` of the student's safetensors.
@@ -999,7 +1004,7 @@ impl StepReport {
             self.params_before, self.params_after, self.macs_before, self.macs_after
         ));
         for e in &self.evidence {
-            out.push_str(&format!("proof: {}\n", e.summary()));
+            out.push_str(&crate::prove::evidence_line("", e, self.required(e)));
         }
         out
     }

@@ -144,9 +144,14 @@ fn reports_label_deviations_and_proofs() {
         )
         .unwrap();
         for text in [r.header(), r.summary()] {
-            assert_eq!(text.matches("proof: ").count(), proofs, "{method:?}: {text}");
             assert_eq!(
-                text.matches("deviation (not function preserving): ").count(),
+                text.matches("proof: ").count(),
+                proofs,
+                "{method:?}: {text}"
+            );
+            assert_eq!(
+                text.matches("deviation (not function preserving): ")
+                    .count(),
                 deviations,
                 "{method:?}: {text}"
             );

@@ -306,9 +306,11 @@ fn streaming_deepen_is_bit_identical_to_in_memory() {
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
         let path = out.join("student.safetensors");
-        let planned = r2rc::stream::deepen::plan(&g, &src, &a, 7, naming).unwrap();
-        let s = r2rc::stream::deepen::deepen(&g, planned, &src, naming, &a, 7, &path, shard, "t")
-            .unwrap();
+        let (planned, _) = r2rc::stream::deepen::plan(&g, &src, &a, 7, naming).unwrap();
+        let report =
+            r2rc::transform::deepen::step_report(&g, &planned, &a, 7, "t", vec![], vec![], false);
+        let s =
+            r2rc::stream::deepen::deepen(&g, planned, report, &src, naming, &path, shard).unwrap();
         let d = deepen(&g, &tp, &a, 7).unwrap();
         assert_eq!(r2rc::print::print(&s.student), r2rc::print::print(&d.graph));
         let mem = d.params.clone().with_dtype(DType::F32);

@@ -1,9 +1,10 @@
 //! `r2rc deepen FILE --after NAME [--method r2r|net2net|netmorph|netmorph-dense|random]
 //! [--width M] [--weights W] [-o DIR] [--force] [--seed S] [--no-prove] [--dtype f32|f64]
-//! [--inputs N] [--json] [--names r2rc|torchvision] [--shard-size SIZE]`.
+//! [--inputs N] [--json] [--names r2rc|torchvision] [--shard-size SIZE] [--prove local]`.
 //!
-//! With `--weights`, `-o` and `--no-prove` the teacher is streamed
-//! ([`r2rc::stream::deepen`]): only the tensors the method reads are decoded.
+//! With `--weights`, `-o` and `--no-prove` or `--prove local` the teacher is streamed
+//! ([`r2rc::stream::deepen`]): only the tensors the method reads are decoded, and a local
+//! proof runs the inserted layers alone ([`r2rc::local_proof::deepen`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use r2rc::names::{self, Naming};
 use r2rc::params::{self, Params};
 use r2rc::prove::{Precision, ProveOptions};
 use r2rc::report::write_outputs;
-use r2rc::transform::deepen::{deepen_proved, DeepenArgs, DeepenMethod};
+use r2rc::transform::deepen::{deepen_proved, judged_report, DeepenArgs, DeepenMethod};
 use r2rc::{Error, Result};
 
 #[derive(clap::Args)]
@@ -29,6 +30,16 @@ pub struct Args {
     /// Hidden width of an inserted r2r or random block (even for r2r).
     #[arg(long, value_name = "M")]
     width: Option<usize>,
+    /// full (run teacher and student whole) or local (run only the inserted layers, and
+    /// NetMorph-dense's readers, on random values shaped like the site's: far cheaper on
+    /// large nets, and streamed with --weights and -o).
+    #[arg(
+        long,
+        value_name = "HOW",
+        default_value = "full",
+        conflicts_with = "no_prove"
+    )]
+    prove: String,
     #[command(flatten)]
     common: Common,
 }
@@ -209,6 +220,8 @@ fn announce(common: &Common, summary: &str, report_json: &str, written: &[PathBu
     }
 }
 
+const LOCAL_NOTE: &str = "proved locally: the inserted layers (and the layers absorbing a dense mix) on random values shaped like the site's";
+
 pub fn run(args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
     let dargs = DeepenArgs {
@@ -217,19 +230,50 @@ pub fn run(args: Args) -> Result<()> {
         width: args.width,
     };
     let c = &args.common;
-    if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove) {
+    let local = match args.prove.as_str() {
+        "full" => false,
+        "local" => true,
+        other => {
+            return Err(Error::usage(
+                format!("--prove {other}: use full or local (or --no-prove)"),
+                None,
+            ))
+        }
+    };
+    if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
         return run_streaming(&args, &graph, &dargs, w, dir);
     }
     let (teacher, source) = args.common.teacher(&graph)?;
     let opts = args.common.prove_options()?;
-    let (d, mut report) = deepen_proved(
-        &graph,
-        &teacher,
-        &dargs,
-        args.common.seed,
-        opts.as_ref(),
-        &source,
-    )?;
+    let (d, mut report) = if local {
+        let mut d = r2rc::transform::deepen::deepen(&graph, &teacher, &dargs, c.seed)?;
+        d.params = d.params.clone().with_dtype(teacher.dtype);
+        let site = r2rc::transform::deepen::resolve_site(&graph, &dargs.after)?;
+        let report = judged_report(
+            &graph,
+            &d,
+            &dargs,
+            c.seed,
+            &source,
+            opts.as_ref(),
+            teacher.dtype,
+            |o| r2rc::local_proof::deepen::prove(&graph, &teacher, &d, &site, o),
+        )?;
+        let mut report = report;
+        if opts.is_some() {
+            report.notes.push(LOCAL_NOTE.into());
+        }
+        (d, report)
+    } else {
+        deepen_proved(
+            &graph,
+            &teacher,
+            &dargs,
+            args.common.seed,
+            opts.as_ref(),
+            &source,
+        )?
+    };
     report.torchvision_names = names::report_names(&[&graph, &d.graph], Naming::parse(&c.names)?);
     emit(
         &args.file,
@@ -264,7 +308,7 @@ fn run_streaming(
         .unwrap_or_else(|| "student".into());
     let src = r2rc::shards::Source::open(weights)?;
     let path = dir.join(format!("{stem}.safetensors"));
-    let d = r2rc::stream::deepen::plan(graph, &src, dargs, c.seed, naming)?;
+    let (d, partial) = r2rc::stream::deepen::plan(graph, &src, dargs, c.seed, naming)?;
     let mut outs = r2rc::stream::deepen::output_paths(&d, &src, &path, naming, shard_size)?;
     outs.push(dir.join(format!("{stem}.arch")));
     outs.push(dir.join("report.json"));
@@ -273,17 +317,28 @@ fn run_streaming(
     let inputs = c.inputs(&args.file, &extra);
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
     r2rc::outputs::check_outputs(&outs, &inputs, c.force)?;
-    let s = r2rc::stream::deepen::deepen(
+    let site = r2rc::transform::deepen::resolve_site(graph, &dargs.after)?;
+    let opts = c.prove_options()?;
+    let mut report = judged_report(
         graph,
-        d,
-        &src,
-        naming,
+        &d,
         dargs,
         c.seed,
-        &path,
-        shard_size,
         &weights.display().to_string(),
+        opts.as_ref(),
+        src.dtype(),
+        |o| r2rc::local_proof::deepen::prove(graph, &partial, &d, &site, o),
     )?;
+    drop(partial);
+    report.notes.push(
+        "streamed: tensors the deepening does not change were copied byte for byte from the teacher"
+            .into(),
+    );
+    if opts.is_some() {
+        report.notes.push(LOCAL_NOTE.into());
+    }
+    report.torchvision_names = names::report_names(&[graph, &d.graph], naming);
+    let s = r2rc::stream::deepen::deepen(graph, d, report, &src, naming, &path, shard_size)?;
     let (written, report_json) = super::write_arch_and_report(
         dir,
         &stem,

@@ -37,15 +37,16 @@ pub fn output_paths(
 }
 
 /// The deepening of `graph` as `args` asks, computed from the teacher tensors it reads
-/// only (decoded from `src`, in `naming`'s names): its params hold the new and changed
-/// tensors and those few.
+/// only (decoded from `src`, in `naming`'s names), and those tensors (what a local proof
+/// needs of the teacher). The deepening's params hold the new and changed tensors, rounded
+/// to `src`'s dtype as they will be written.
 pub fn plan(
     graph: &Graph,
     src: &Source,
     args: &DeepenArgs,
     seed: u64,
     naming: Naming,
-) -> Result<Deepened> {
+) -> Result<(Deepened, Params)> {
     let theirs = names::renamed_graph(graph, naming)?;
     src.check(&theirs)?;
     let renames: HashMap<String, String> =
@@ -61,30 +62,24 @@ pub fn plan(
         tensors,
         dtype: src.dtype(),
     };
-    deepen::deepen_partial(graph, &partial, args, seed)
+    let mut d = deepen::deepen_partial(graph, &partial, args, seed)?;
+    d.params = d.params.with_dtype(src.dtype());
+    Ok((d, partial))
 }
 
 /// Writes the student of `d` ([`plan`]'s deepening of `graph`) into `path` (sharded by
-/// `shard_size`): its new and changed tensors from `d`, every other one copied from the
-/// teacher tensors of `src` (in `naming`'s names). Unproved; `teacher` says where the
-/// weights came from.
-#[allow(clippy::too_many_arguments)]
+/// `shard_size`), with `report` in its metadata: its new and changed tensors from `d`,
+/// every other one copied from the teacher tensors of `src` (in `naming`'s names).
 pub fn deepen(
     graph: &Graph,
     d: Deepened,
+    report: StepReport,
     src: &Source,
     naming: Naming,
-    args: &DeepenArgs,
-    seed: u64,
     path: &Path,
     shard_size: Option<u64>,
-    teacher: &str,
 ) -> Result<Streamed> {
     let dtype = src.dtype();
-    let mut notes = d.notes.clone();
-    notes.push("streamed: tensors the deepening does not change were copied byte for byte from the teacher".into());
-    let mut report = deepen::step_report(graph, &d, args, seed, teacher, notes, vec![], false);
-    report.torchvision_names = names::report_names(&[graph, &d.graph], naming);
     let theirs_student = names::renamed_graph(&d.graph, naming)?;
     let entries = shards::entries(&theirs_student);
     let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();

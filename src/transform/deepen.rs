@@ -1034,6 +1034,34 @@ pub fn deepen_proved(
 ) -> Result<(Deepened, StepReport)> {
     let mut d = deepen(graph, params, args, seed)?;
     d.params = d.params.clone().with_dtype(params.dtype);
+    let report = judged_report(
+        graph,
+        &d,
+        args,
+        seed,
+        teacher,
+        prove_opts,
+        params.dtype,
+        |o| prove(graph, params, &d, o),
+    )?;
+    Ok((d, report))
+}
+
+/// The report of the deepening `d` (weights stored as `dtype`), proved by `run` in
+/// `prove_opts`'s modes (the whole network, or its region): the tolerance widens to what
+/// storing a method's inexact new weights costs; a required mode that fails is an
+/// [`Error::ProofFailed`]; other modes are measured and noted.
+#[allow(clippy::too_many_arguments)]
+pub fn judged_report(
+    graph: &Graph,
+    d: &Deepened,
+    args: &DeepenArgs,
+    seed: u64,
+    teacher: &str,
+    prove_opts: Option<&ProveOptions>,
+    dtype: crate::params::DType,
+    run: impl FnOnce(&ProveOptions) -> Result<Vec<Evidence>>,
+) -> Result<StepReport> {
     let mut notes = d.notes.clone();
     let mut evidence = Vec::new();
     if let Some(opts) = prove_opts {
@@ -1042,17 +1070,16 @@ pub fn deepen_proved(
             args.method,
             DeepenMethod::NetmorphDense | DeepenMethod::Net2net
         );
-        let storage = storage_tolerance(params.dtype);
+        let storage = storage_tolerance(dtype);
         if rounds && opts.tolerance.is_none() && storage > opts.precision.tolerance() {
             opts.tolerance = Some(storage);
             notes.push(format!(
-                "the weights are stored as {} and {}'s new weights are not exactly representable there, so the proof tolerance is {storage:.0e}",
-                params.dtype,
+                "the weights are stored as {dtype} and {}'s new weights are not exactly representable there, so the proof tolerance is {storage:.0e}",
                 args.method.title()
             ));
         }
-        evidence = prove(graph, params, &d, &opts)?;
-        if let Some(e) = failure(&d, &evidence) {
+        evidence = run(&opts)?;
+        if let Some(e) = failure(d, &evidence) {
             return Err(e);
         }
         for e in &evidence {
@@ -1068,8 +1095,9 @@ pub fn deepen_proved(
         }
     }
     let proved = prove_opts.is_some();
-    let report = step_report(graph, &d, args, seed, teacher, notes, evidence, proved);
-    Ok((d, report))
+    Ok(step_report(
+        graph, d, args, seed, teacher, notes, evidence, proved,
+    ))
 }
 
 /// The report of deepening `graph` into `d`, with its `notes` and proof `evidence`.

@@ -21,6 +21,8 @@ use crate::ir::{Conv2d, Graph, NodeIndex, Op, ParamKind};
 use crate::params::{DType, Params};
 use crate::prove::{check_equivalence, Evidence, ProveOptions};
 
+pub mod deepen;
+
 /// Channels of the shared random image feeding the adapters.
 const SEED_CHANNELS: usize = 4;
 

@@ -14,7 +14,7 @@ use r2rc::names::{self, Naming};
 use r2rc::params::{self, Params};
 use r2rc::prove::{Precision, ProveOptions};
 use r2rc::report::write_outputs;
-use r2rc::transform::deepen::{deepen_proved, judged_report, DeepenArgs, DeepenMethod};
+use r2rc::transform::deepen::{deepen_proved, judged_report, DeepenArgs, DeepenMethod, StepReport};
 use r2rc::{Error, Result};
 
 #[derive(clap::Args)]
@@ -220,7 +220,7 @@ fn announce(common: &Common, summary: &str, report_json: &str, written: &[PathBu
     }
 }
 
-const LOCAL_NOTE: &str = "proved locally: the inserted layers (and the layers absorbing a dense mix) on random values shaped like the site's";
+pub const LOCAL_NOTE: &str = "proved locally: the inserted layers (and the layers absorbing a dense mix) on random values shaped like the site's";
 
 pub fn run(args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
@@ -230,16 +230,7 @@ pub fn run(args: Args) -> Result<()> {
         width: args.width,
     };
     let c = &args.common;
-    let local = match args.prove.as_str() {
-        "full" => false,
-        "local" => true,
-        other => {
-            return Err(Error::usage(
-                format!("--prove {other}: use full or local (or --no-prove)"),
-                None,
-            ))
-        }
-    };
+    let local = super::local_proof(&args.prove)?;
     if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
         return run_streaming(&args, &graph, &dargs, w, dir);
     }
@@ -301,22 +292,9 @@ fn run_streaming(
     let c = &args.common;
     let naming = Naming::parse(&c.names)?;
     let shard_size = c.shard_size()?;
-    let stem = args
-        .file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "student".into());
     let src = r2rc::shards::Source::open(weights)?;
-    let path = dir.join(format!("{stem}.safetensors"));
     let (d, partial) = r2rc::stream::deepen::plan(graph, &src, dargs, c.seed, naming)?;
-    let mut outs = r2rc::stream::deepen::output_paths(&d, &src, &path, naming, shard_size)?;
-    outs.push(dir.join(format!("{stem}.arch")));
-    outs.push(dir.join("report.json"));
-    let mut extra = vec![r2rc::shards::resolve(weights)?];
-    extra.extend(src.files.iter().map(|(s, _)| PathBuf::from(s)));
-    let inputs = c.inputs(&args.file, &extra);
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-    r2rc::outputs::check_outputs(&outs, &inputs, c.force)?;
+    let out = StreamOut::check(&args.file, c, &src, weights, dir, &d.graph)?;
     let site = r2rc::transform::deepen::resolve_site(graph, &dargs.after)?;
     let opts = c.prove_options()?;
     let mut report = judged_report(
@@ -330,24 +308,88 @@ fn run_streaming(
         |o| r2rc::local_proof::deepen::prove(graph, &partial, &d, &site, o),
     )?;
     drop(partial);
-    report.notes.push(
-        "streamed: tensors the deepening does not change were copied byte for byte from the teacher"
-            .into(),
-    );
+    report.notes.push(STREAMED_NOTE.into());
     if opts.is_some() {
         report.notes.push(LOCAL_NOTE.into());
     }
     report.torchvision_names = names::report_names(&[graph, &d.graph], naming);
-    let s = r2rc::stream::deepen::deepen(graph, d, report, &src, naming, &path, shard_size)?;
-    let (written, report_json) = super::write_arch_and_report(
-        dir,
-        &stem,
-        &s.report.header(),
-        &s.student,
-        &s.report,
-        &s.files,
-        &inputs,
-    )?;
-    announce(c, &s.report.summary(), &report_json, &written);
-    Ok(())
+    let s = r2rc::stream::deepen::deepen(graph, d, report, &src, naming, &out.path, shard_size)?;
+    out.finish(c, &s.report, &s.student, &s.files)
+}
+
+pub const STREAMED_NOTE: &str =
+    "streamed: tensors the rewrite does not change were copied byte for byte from the teacher";
+
+/// Where a streamed rewrite writes: checked (nothing exists without --force, no input is
+/// overwritten) before any weights are written.
+pub struct StreamOut {
+    pub dir: PathBuf,
+    pub stem: String,
+    /// The weights at `<dir>/<stem>.safetensors` (or its shards).
+    pub path: PathBuf,
+    /// The architecture, the weights and their shards: never overwritten.
+    inputs: Vec<PathBuf>,
+}
+
+impl StreamOut {
+    /// Checks the outputs of writing `student` into `dir` from the teacher `file` and its
+    /// `weights` (opened as `src`).
+    pub fn check(
+        file: &Path,
+        c: &Common,
+        src: &r2rc::shards::Source,
+        weights: &Path,
+        dir: &Path,
+        student: &Graph,
+    ) -> Result<StreamOut> {
+        let stem = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "student".into());
+        let path = dir.join(format!("{stem}.safetensors"));
+        let naming = Naming::parse(&c.names)?;
+        let mut outs = r2rc::stream::student_paths(student, src, &path, naming, c.shard_size()?)?;
+        outs.push(dir.join(format!("{stem}.arch")));
+        outs.push(dir.join("report.json"));
+        let mut extra = vec![r2rc::shards::resolve(weights)?];
+        extra.extend(src.files.iter().map(|(s, _)| PathBuf::from(s)));
+        let mut inputs: Vec<PathBuf> = c
+            .inputs(file, &extra)
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
+        inputs.dedup();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+        let refs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+        r2rc::outputs::check_outputs(&outs, &refs, c.force)?;
+        Ok(StreamOut {
+            dir: dir.to_path_buf(),
+            stem,
+            path,
+            inputs,
+        })
+    }
+
+    /// After the weights (`files`): writes the `.arch` and report.json and says what was
+    /// written.
+    pub fn finish(
+        &self,
+        c: &Common,
+        report: &StepReport,
+        student: &Graph,
+        files: &[PathBuf],
+    ) -> Result<()> {
+        let refs: Vec<&Path> = self.inputs.iter().map(|p| p.as_path()).collect();
+        let (written, report_json) = super::write_arch_and_report(
+            &self.dir,
+            &self.stem,
+            &report.header(),
+            student,
+            report,
+            files,
+            &refs,
+        )?;
+        announce(c, &report.summary(), &report_json, &written);
+        Ok(())
+    }
 }

@@ -54,6 +54,18 @@ pub fn write_arch_and_report(
     Ok((written, report_json))
 }
 
+/// `--prove full|local`: whether the proof is local.
+pub fn local_proof(how: &str) -> Result<bool, Error> {
+    match how {
+        "full" => Ok(false),
+        "local" => Ok(true),
+        other => Err(Error::usage(
+            format!("--prove {other}: use full or local (or --no-prove)"),
+            None,
+        )),
+    }
+}
+
 /// Reads an `.arch` file and compiles it, rendering source errors with file:line:col.
 pub fn load_arch(path: &std::path::Path, sets: &[String]) -> Result<r2rc::ir::Graph, Error> {
     let shown = path.display().to_string();

@@ -1,12 +1,20 @@
 //! `r2rc morph FILE --layer NAME --kernel K [--weights W] [-o DIR] [--force] [--seed S]
-//! [--no-prove] [--json]`: kernel-size morphing, proved.
+//! [--no-prove | --prove local] [--json] [--shard-size SIZE]`: kernel-size morphing,
+//! proved. With `--weights`, `-o` and `--no-prove` or `--prove local` the teacher is
+//! streamed: only the morphed kernel is decoded, every other tensor is copied.
 
 use std::path::PathBuf;
 
-use r2rc::transform::morph_kernel::morph_proved;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use r2rc::ir::Graph;
+use r2rc::names::Naming;
+use r2rc::params::Params;
+use r2rc::transform::morph_kernel::{morph_kernel, morph_partial, morph_proved, morph_report};
 use r2rc::Result;
 
-use super::deepen::{emit, Common, Student};
+use super::deepen::{emit, Common, StreamOut, Student, LOCAL_NOTE, STREAMED_NOTE};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,26 +26,49 @@ pub struct Args {
     /// The new kernel size: larger than the old one, with the same parity.
     #[arg(long, value_name = "K")]
     kernel: usize,
+    /// full (run teacher and student whole) or local (run the convolution alone, old and
+    /// new kernel: far cheaper on large nets, and streamed with --weights and -o).
+    #[arg(
+        long,
+        value_name = "HOW",
+        default_value = "full",
+        conflicts_with = "no_prove"
+    )]
+    prove: String,
     #[command(flatten)]
     common: Common,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
-    let (teacher, source) = args.common.teacher(&graph)?;
-    let opts = args.common.prove_options()?;
-    let (m, mut report) = morph_proved(
-        &graph,
-        &teacher,
-        &args.layer,
-        args.kernel,
-        opts.as_ref(),
-        &source,
-    )?;
-    report.torchvision_names = r2rc::names::report_names(
-        &[&graph, &m.graph],
-        r2rc::names::Naming::parse(&args.common.names)?,
-    );
+    let c = &args.common;
+    let local = super::local_proof(&args.prove)?;
+    let naming = Naming::parse(&c.names)?;
+    if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
+        return run_streaming(&args, &graph, w, dir, naming);
+    }
+    let (teacher, source) = c.teacher(&graph)?;
+    let opts = c.prove_options()?;
+    let (m, mut report) = if local {
+        let m = morph_kernel(&graph, &teacher, &args.layer, args.kernel)?;
+        let mut report = morph_report(&graph, &m, &source, opts.as_ref(), |o| {
+            r2rc::local_proof::morph::prove(&graph, &teacher, &m, o)
+        })?;
+        if opts.is_some() {
+            report.notes.push(LOCAL_NOTE.into());
+        }
+        (m, report)
+    } else {
+        morph_proved(
+            &graph,
+            &teacher,
+            &args.layer,
+            args.kernel,
+            opts.as_ref(),
+            &source,
+        )?
+    };
+    report.torchvision_names = r2rc::names::report_names(&[&graph, &m.graph], naming);
     emit(
         &args.file,
         &args.common,
@@ -50,4 +81,64 @@ pub fn run(args: Args) -> Result<()> {
             metadata: report.metadata(),
         },
     )
+}
+
+/// The streaming path: only the morphed convolution's weight is decoded; every other
+/// tensor is copied from the teacher's map; a local proof runs that convolution alone.
+fn run_streaming(
+    args: &Args,
+    graph: &Graph,
+    weights: &Path,
+    dir: &Path,
+    naming: Naming,
+) -> Result<()> {
+    let c = &args.common;
+    let src = r2rc::shards::Source::open(weights)?;
+    src.check(&r2rc::names::renamed_graph(graph, naming)?)?;
+    let renames: BTreeMap<String, String> = r2rc::names::tensor_renames(graph, naming)?
+        .into_iter()
+        .collect();
+    // The layer's tensors (weight, and bias if any; all are rewritten as one layer). An
+    // unknown or non-conv layer is refused by morph_partial with the reason.
+    let mut tensors = BTreeMap::new();
+    let prefix = format!("{}.", args.layer);
+    for spec in graph.param_specs() {
+        if spec.name.starts_with(&prefix) {
+            let file = renames.get(&spec.name).unwrap_or(&spec.name);
+            tensors.insert(spec.name.clone(), src.decode(file)?);
+            src.release(file);
+        }
+    }
+    let partial = Params {
+        tensors,
+        dtype: src.dtype(),
+    };
+    let m = morph_partial(graph, &partial, &args.layer, args.kernel)?;
+    let out = StreamOut::check(&args.file, c, &src, weights, dir, &m.graph)?;
+    let opts = c.prove_options()?;
+    let source = weights.display().to_string();
+    let mut report = morph_report(graph, &m, &source, opts.as_ref(), |o| {
+        r2rc::local_proof::morph::prove(graph, &partial, &m, o)
+    })?;
+    report.notes.push(STREAMED_NOTE.into());
+    if opts.is_some() {
+        report.notes.push(LOCAL_NOTE.into());
+    }
+    report.torchvision_names = r2rc::names::report_names(&[graph, &m.graph], naming);
+    let rewritten: HashSet<&str> = HashSet::from([args.layer.as_str()]);
+    let files = r2rc::stream::copy::write(
+        &r2rc::stream::copy::Rewrite {
+            teacher: graph,
+            student: &m.graph,
+            new: &m.params,
+            rewritten: &rewritten,
+            name_map: &BTreeMap::new(),
+        },
+        &report.metadata(),
+        &src,
+        naming,
+        &out.path,
+        c.shard_size()?,
+    )?;
+    out.finish(c, &report, &m.graph, &files)
 }

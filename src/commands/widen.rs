@@ -109,16 +109,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.inputs == 0 {
         return Err(Error::usage("--inputs must be at least 1", None));
     }
-    let local = match args.prove.as_str() {
-        "full" => false,
-        "local" => true,
-        other => {
-            return Err(Error::usage(
-                format!("--prove {other}: use full or local (or --no-prove)"),
-                None,
-            ))
-        }
-    };
+    let local = super::local_proof(&args.prove)?;
     let shard_size = args
         .shard_size
         .as_deref()

@@ -42,7 +42,7 @@ fn readers(graph: &Graph, start: NodeIndex) -> Vec<NodeIndex> {
 
 /// A graph of `nodes` of `src` (in order; inputs outside them read the site value), after
 /// an input shaped like the site and the `SITE` node; each node named by `name`.
-fn region(
+pub(crate) fn region(
     src: &Graph,
     site: NodeIndex,
     nodes: &[NodeIndex],
@@ -89,7 +89,7 @@ fn region(
 }
 
 /// The tensors of `region`'s layers, taken from `params` under `source`'s names.
-fn region_params(
+pub(crate) fn region_params(
     region: &Graph,
     params: &Params,
     source: &dyn Fn(&str) -> String,

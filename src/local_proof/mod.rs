@@ -22,6 +22,7 @@ use crate::params::{DType, Params};
 use crate::prove::{check_equivalence, Evidence, ProveOptions};
 
 pub mod deepen;
+pub mod morph;
 
 /// Channels of the shared random image feeding the adapters.
 const SEED_CHANNELS: usize = 4;

@@ -11,8 +11,7 @@ use crate::error::Result;
 use crate::ir::Graph;
 use crate::names::{self, Naming};
 use crate::params::{DType, Params};
-use crate::progress::Progress;
-use crate::shards::{self, Source, Writer};
+use crate::shards::Source;
 use crate::transform::deepen::{self, DeepenArgs, Deepened, StepReport};
 
 /// A streamed deepening's result.
@@ -22,18 +21,6 @@ pub struct Streamed {
     /// The weight files written (shards and index, or one file).
     pub files: Vec<PathBuf>,
     pub dtype: DType,
-}
-
-/// The weight files the streamed deepening `d` will write at `path` (for existence checks
-/// before any work).
-pub fn output_paths(
-    d: &Deepened,
-    src: &Source,
-    path: &Path,
-    naming: Naming,
-    shard_size: Option<u64>,
-) -> Result<Vec<PathBuf>> {
-    crate::stream::student_paths(&d.graph, src, path, naming, shard_size)
 }
 
 /// The deepening of `graph` as `args` asks, computed from the teacher tensors it reads
@@ -79,64 +66,30 @@ pub fn deepen(
     path: &Path,
     shard_size: Option<u64>,
 ) -> Result<Streamed> {
-    let dtype = src.dtype();
-    let theirs_student = names::renamed_graph(&d.graph, naming)?;
-    let entries = shards::entries(&theirs_student);
-    let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
-    let mut writer = Writer::create(
-        path,
-        &entries,
-        dtype,
-        Some(&report.metadata()),
-        shard_size,
-        0,
-    )?;
-    // The loop below writes in file order, so the output can skip the page cache.
-    writer.sequential()?;
-    let mut progress = Progress::new("writing the student", total, true);
-    let teacher_file: HashMap<String, String> =
-        names::tensor_renames(graph, naming)?.into_iter().collect();
-    let student_file: HashMap<String, String> = names::tensor_renames(&d.graph, naming)?
-        .into_iter()
-        .collect();
-    // Student layer -> teacher layer, for the tensors that move unchanged.
-    let old_name: HashMap<&str, &str> = d
-        .name_map
-        .iter()
-        .map(|(old, new)| (new.as_str(), old.as_str()))
-        .collect();
     let rewritten: HashSet<&str> = d
         .inserted
         .iter()
         .chain(&d.changed)
         .map(|s| s.as_str())
         .collect();
-    for spec in d.graph.param_specs() {
-        let out = student_file.get(&spec.name).unwrap_or(&spec.name);
-        let (layer, suffix) = spec
-            .name
-            .rsplit_once('.')
-            .expect("a tensor name is layer.suffix");
-        if rewritten.contains(layer) {
-            let t = d.params.get(&spec.name).ok_or_else(|| {
-                crate::Error::weights(format!(
-                    "the deepening did not produce tensor `{}`",
-                    spec.name
-                ))
-            })?;
-            writer.write_values(out, t)?;
-            progress.inc((t.len() * dtype.size()) as u64);
-        } else {
-            let from = format!("{}.{suffix}", old_name.get(layer).unwrap_or(&layer));
-            let file = teacher_file.get(&from).unwrap_or(&from);
-            crate::stream::copy_tensor(src, &mut writer, &mut progress, file, out)?;
-        }
-    }
-    let files = writer.finish()?;
+    let files = crate::stream::copy::write(
+        &crate::stream::copy::Rewrite {
+            teacher: graph,
+            student: &d.graph,
+            new: &d.params,
+            rewritten: &rewritten,
+            name_map: &d.name_map,
+        },
+        &report.metadata(),
+        src,
+        naming,
+        path,
+        shard_size,
+    )?;
     Ok(Streamed {
         student: d.graph,
         report,
         files,
-        dtype,
+        dtype: src.dtype(),
     })
 }

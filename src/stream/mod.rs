@@ -31,6 +31,7 @@ use crate::report::{Report, Site};
 use crate::shards::{self, Source, Writer};
 use crate::transform::{self, Plan, TensorStore, WidenArgs};
 
+pub mod copy;
 pub mod deepen;
 
 /// Header bytes kept free for the evidence of a local proof.
@@ -169,7 +170,7 @@ pub fn output_paths(
 }
 
 /// The weight files of `student` (in `src`'s dtype, `naming`'s names) at `path`.
-pub(crate) fn student_paths(
+pub fn student_paths(
     student: &Graph,
     src: &Source,
     path: &Path,

@@ -33,6 +33,14 @@ pub struct KernelChange {
 /// Morphs layer `layer`'s kernel to `k_new x k_new`.
 pub fn morph_kernel(graph: &Graph, params: &Params, layer: &str, k_new: usize) -> Result<Morphed> {
     params.check(graph)?;
+    let m = morph_partial(graph, params, layer, k_new)?;
+    m.params.check(&m.graph)?;
+    Ok(m)
+}
+
+/// [`morph_kernel`] with `params` holding at least `layer.weight` (e.g. only it, for a
+/// streamed morph): the result's params are `params` with that weight grown.
+pub fn morph_partial(graph: &Graph, params: &Params, layer: &str, k_new: usize) -> Result<Morphed> {
     let Some(n) = graph.find(layer).filter(|&n| n != graph.input) else {
         let names: Vec<String> = graph
             .order()
@@ -124,7 +132,6 @@ pub fn morph_kernel(graph: &Graph, params: &Params, layer: &str, k_new: usize) -
         tensors,
         dtype: params.dtype,
     };
-    p.check(&g)?;
     Ok(Morphed {
         graph: g,
         params: p,
@@ -149,9 +156,24 @@ pub fn morph_proved(
     teacher: &str,
 ) -> Result<(Morphed, super::deepen::StepReport)> {
     let m = morph_kernel(graph, params, layer, k_new)?;
+    let report = morph_report(graph, &m, teacher, prove, |o| {
+        crate::prove::check_equivalence(graph, params, &m.graph, &m.params, o)
+    })?;
+    Ok((m, report))
+}
+
+/// The report of the morph `m` of `graph`, proved by `run` (the whole network or the conv
+/// alone) in `prove`'s modes, every one required; a failure is an [`Error::ProofFailed`].
+pub fn morph_report(
+    graph: &Graph,
+    m: &Morphed,
+    teacher: &str,
+    prove: Option<&crate::prove::ProveOptions>,
+    run: impl FnOnce(&crate::prove::ProveOptions) -> Result<Vec<crate::prove::Evidence>>,
+) -> Result<super::deepen::StepReport> {
     let mut evidence = Vec::new();
     if let Some(opts) = prove {
-        evidence = crate::prove::check_equivalence(graph, params, &m.graph, &m.params, opts)?;
+        evidence = run(opts)?;
         if let Some(e) = crate::prove::failure(&evidence) {
             return Err(e);
         }
@@ -183,5 +205,5 @@ pub fn morph_proved(
         evidence,
         torchvision_names: None,
     };
-    Ok((m, report))
+    Ok(report)
 }

@@ -290,31 +290,56 @@ fn run_streaming(
     dir: &Path,
 ) -> Result<()> {
     let c = &args.common;
-    let naming = Naming::parse(&c.names)?;
-    let shard_size = c.shard_size()?;
     let src = r2rc::shards::Source::open(weights)?;
-    let (d, partial) = r2rc::stream::deepen::plan(graph, &src, dargs, c.seed, naming)?;
-    let out = StreamOut::check(&args.file, c, &src, weights, dir, &d.graph)?;
-    let site = r2rc::transform::deepen::resolve_site(graph, &dargs.after)?;
-    let opts = c.prove_options()?;
-    let mut report = judged_report(
+    let mut out = None;
+    let (student, report, files) = stream_deepen(
         graph,
-        &d,
+        &src,
+        Naming::parse(&c.names)?,
         dargs,
         c.seed,
+        c.prove_options()?.as_ref(),
         &weights.display().to_string(),
-        opts.as_ref(),
-        src.dtype(),
-        |o| r2rc::local_proof::deepen::prove(graph, &partial, &d, &site, o),
+        c.shard_size()?,
+        |student| {
+            let o = StreamOut::check(&args.file, c, &src, weights, dir, student)?;
+            let path = o.path.clone();
+            out = Some(o);
+            Ok(path)
+        },
     )?;
+    out.expect("checked before writing")
+        .finish(c, &report, &student, &files)
+}
+
+/// A streamed deepening of the teacher in `src`: planned, proved locally (`opts`), then
+/// written where `place` says once it has checked the student's outputs.
+#[allow(clippy::too_many_arguments)]
+pub fn stream_deepen(
+    graph: &Graph,
+    src: &r2rc::shards::Source,
+    naming: Naming,
+    dargs: &DeepenArgs,
+    seed: u64,
+    opts: Option<&ProveOptions>,
+    teacher: &str,
+    shard_size: Option<u64>,
+    place: impl FnOnce(&Graph) -> Result<PathBuf>,
+) -> Result<(Graph, StepReport, Vec<PathBuf>)> {
+    let (d, partial) = r2rc::stream::deepen::plan(graph, src, dargs, seed, naming)?;
+    let path = place(&d.graph)?;
+    let site = r2rc::transform::deepen::resolve_site(graph, &dargs.after)?;
+    let mut report = judged_report(graph, &d, dargs, seed, teacher, opts, src.dtype(), |o| {
+        r2rc::local_proof::deepen::prove(graph, &partial, &d, &site, o)
+    })?;
     drop(partial);
     report.notes.push(STREAMED_NOTE.into());
     if opts.is_some() {
         report.notes.push(LOCAL_NOTE.into());
     }
     report.torchvision_names = names::report_names(&[graph, &d.graph], naming);
-    let s = r2rc::stream::deepen::deepen(graph, d, report, &src, naming, &out.path, shard_size)?;
-    out.finish(c, &s.report, &s.student, &s.files)
+    let s = r2rc::stream::deepen::deepen(graph, d, report, src, naming, &path, shard_size)?;
+    Ok((s.student, s.report, s.files))
 }
 
 pub const STREAMED_NOTE: &str =

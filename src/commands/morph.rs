@@ -11,6 +11,7 @@ use std::path::Path;
 use r2rc::ir::Graph;
 use r2rc::names::Naming;
 use r2rc::params::Params;
+use r2rc::transform::deepen::StepReport;
 use r2rc::transform::morph_kernel::{morph_kernel, morph_partial, morph_proved, morph_report};
 use r2rc::Result;
 
@@ -94,14 +95,49 @@ fn run_streaming(
 ) -> Result<()> {
     let c = &args.common;
     let src = r2rc::shards::Source::open(weights)?;
+    let mut out = None;
+    let (student, report, files) = stream_morph(
+        graph,
+        &src,
+        naming,
+        &args.layer,
+        args.kernel,
+        c.prove_options()?.as_ref(),
+        &weights.display().to_string(),
+        c.shard_size()?,
+        |student| {
+            let o = StreamOut::check(&args.file, c, &src, weights, dir, student)?;
+            let path = o.path.clone();
+            out = Some(o);
+            Ok(path)
+        },
+    )?;
+    out.expect("checked before writing")
+        .finish(c, &report, &student, &files)
+}
+
+/// A streamed kernel morph of the teacher in `src`: the conv's tensors decoded and grown,
+/// proved on the conv alone (`opts`), then written where `place` says once it has checked
+/// the student's outputs; every other tensor copied.
+#[allow(clippy::too_many_arguments)]
+pub fn stream_morph(
+    graph: &Graph,
+    src: &r2rc::shards::Source,
+    naming: Naming,
+    layer: &str,
+    kernel: usize,
+    opts: Option<&r2rc::prove::ProveOptions>,
+    teacher: &str,
+    shard_size: Option<u64>,
+    place: impl FnOnce(&Graph) -> Result<PathBuf>,
+) -> Result<(Graph, StepReport, Vec<PathBuf>)> {
     src.check(&r2rc::names::renamed_graph(graph, naming)?)?;
-    let renames: BTreeMap<String, String> = r2rc::names::tensor_renames(graph, naming)?
-        .into_iter()
-        .collect();
+    let renames: BTreeMap<String, String> =
+        r2rc::names::tensor_renames(graph, naming)?.into_iter().collect();
     // The layer's tensors (weight, and bias if any; all are rewritten as one layer). An
     // unknown or non-conv layer is refused by morph_partial with the reason.
     let mut tensors = BTreeMap::new();
-    let prefix = format!("{}.", args.layer);
+    let prefix = format!("{layer}.");
     for spec in graph.param_specs() {
         if spec.name.starts_with(&prefix) {
             let file = renames.get(&spec.name).unwrap_or(&spec.name);
@@ -113,11 +149,9 @@ fn run_streaming(
         tensors,
         dtype: src.dtype(),
     };
-    let m = morph_partial(graph, &partial, &args.layer, args.kernel)?;
-    let out = StreamOut::check(&args.file, c, &src, weights, dir, &m.graph)?;
-    let opts = c.prove_options()?;
-    let source = weights.display().to_string();
-    let mut report = morph_report(graph, &m, &source, opts.as_ref(), |o| {
+    let m = morph_partial(graph, &partial, layer, kernel)?;
+    let path = place(&m.graph)?;
+    let mut report = morph_report(graph, &m, teacher, opts, |o| {
         r2rc::local_proof::morph::prove(graph, &partial, &m, o)
     })?;
     report.notes.push(STREAMED_NOTE.into());
@@ -125,7 +159,7 @@ fn run_streaming(
         report.notes.push(LOCAL_NOTE.into());
     }
     report.torchvision_names = r2rc::names::report_names(&[graph, &m.graph], naming);
-    let rewritten: HashSet<&str> = HashSet::from([args.layer.as_str()]);
+    let rewritten: HashSet<&str> = HashSet::from([layer]);
     let files = r2rc::stream::copy::write(
         &r2rc::stream::copy::Rewrite {
             teacher: graph,
@@ -135,10 +169,10 @@ fn run_streaming(
             name_map: &BTreeMap::new(),
         },
         &report.metadata(),
-        &src,
+        src,
         naming,
-        &out.path,
-        c.shard_size()?,
+        &path,
+        shard_size,
     )?;
-    out.finish(c, &report, &m.graph, &files)
+    Ok((m.graph, report, files))
 }

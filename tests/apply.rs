@@ -219,3 +219,117 @@ fn deepen_command_outputs_and_refusals() {
         .contains("not function preserving in train mode"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tensors of a weights output (a file or a sharded folder), sorted by name.
+fn tensors(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let src = r2rc::shards::Source::open(path).unwrap();
+    let mut v: Vec<(String, Vec<u8>)> = src
+        .tensors
+        .keys()
+        .map(|k| (k.clone(), src.bytes(k).unwrap().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `apply --prove local` with weights and -o streams every step through a scratch file:
+/// the same student as in memory (bit for bit), each step proved on its region, sharded
+/// output, no scratch left; a failing step leaves nothing; without weights it is refused.
+#[test]
+fn streamed_plan_matches_the_in_memory_plan() {
+    let dir = tmp("stream");
+    std::fs::create_dir_all(&dir).unwrap();
+    let w = dir.join("t.safetensors");
+    let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let o = r2rc(&[
+        "init",
+        "examples/resnet_cifar10.arch",
+        "-o",
+        &s(&w),
+        "--random-stats",
+    ]);
+    assert!(o.status.success());
+    let plan = dir.join("mixed.plan");
+    std::fs::write(
+        &plan,
+        "# every kind of step\ndeepen --after conv2_2 --method r2r\nwiden --layer conv2_1 --by 1.5\nmorph --layer conv3_1.conv1 --kernel 5\ndeepen --after conv3_x --method netmorph-dense\nname Grown\n",
+    )
+    .unwrap();
+    let (mem, st) = (dir.join("mem"), dir.join("st"));
+    let run = |out: &PathBuf, extra: &[&str]| {
+        let mut a = vec![
+            "apply".to_string(),
+            "examples/resnet_cifar10.arch".into(),
+            s(&plan),
+            "--weights".into(),
+            s(&w),
+            "-o".into(),
+            s(out),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let refs: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
+        r2rc(&refs)
+    };
+    let o = run(&mem, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&st, &["--prove", "local", "--shard-size", "30kB"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    // Four proved steps, eval and train each (NetMorph-dense has a tolerance note).
+    assert_eq!(err.matches("proof: ").count(), 8, "{err}");
+    assert_eq!(
+        tensors(&mem.join("resnet_cifar10.safetensors")),
+        tensors(&st),
+        "streamed and in-memory students differ"
+    );
+    let arch =
+        |d: &PathBuf| canonical(&std::fs::read_to_string(d.join("resnet_cifar10.arch")).unwrap());
+    assert_eq!(arch(&mem), arch(&st));
+    let listing: Vec<String> = std::fs::read_dir(&st)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(listing.iter().all(|f| !f.starts_with('.')), "{listing:?}");
+    assert!(
+        listing
+            .iter()
+            .filter(|f| f.ends_with(".safetensors"))
+            .count()
+            > 2,
+        "{listing:?}"
+    );
+    let report = std::fs::read_to_string(st.join("report.json")).unwrap();
+    assert!(
+        report.contains("proves the plan by composition"),
+        "{report}"
+    );
+    // A failing step: nothing written, no scratch left.
+    let bad = dir.join("bad.plan");
+    std::fs::write(&bad, "deepen --after conv2_2\nwiden --layer nope --by 2\n").unwrap();
+    let out = dir.join("bad");
+    let o = r2rc(&[
+        "apply",
+        "examples/resnet_cifar10.arch",
+        &s(&bad),
+        "--weights",
+        &s(&w),
+        "-o",
+        &s(&out),
+        "--prove",
+        "local",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.plan:2:"));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    // Local proofs need the streamed path.
+    let o = r2rc(&[
+        "apply",
+        "examples/resnet_cifar10.arch",
+        &s(&plan),
+        "--prove",
+        "local",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs --weights and -o"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,12 +8,13 @@
 //! exact in both modes, the final student is also proved against the original teacher.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use serde::Serialize;
 
 use r2rc::ir::Graph;
+use r2rc::names::Naming;
 use r2rc::params::Params;
 use r2rc::prove::{check_equivalence, Evidence};
 use r2rc::report::widen_proved;
@@ -30,6 +31,16 @@ pub struct Args {
     file: PathBuf,
     /// The plan: one transform per line.
     plan: PathBuf,
+    /// full (each step, and the plan end to end, on the whole networks) or local (each
+    /// step on its region only: far cheaper on large nets, and streamed with --weights and
+    /// -o, every step's student in a scratch file next to the output).
+    #[arg(
+        long,
+        value_name = "HOW",
+        default_value = "full",
+        conflicts_with = "no_prove"
+    )]
+    prove: String,
     #[command(flatten)]
     common: Common,
 }
@@ -110,6 +121,60 @@ struct ApplyReport {
     torchvision_names: Option<BTreeMap<String, String>>,
 }
 
+/// The steps of a plan (line number, text, step), or the first line that is not one.
+fn parse_plan(text: &str, shown: &str) -> Result<Vec<(usize, String, Step)>> {
+    let mut steps = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let parsed = Line::try_parse_from(&words).map_err(|e| {
+            let msg = e.render().to_string();
+            let first = msg.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+            Error::usage(
+                format!("{shown}:{lineno}: cannot read plan line `{line}`: {first}"),
+                Some("plan lines are `deepen --after NAME [--method M] [--width W]`, `widen (--layer NAME | --all) (--by F | --to C | --add E) [--method M]`, `morph --layer NAME --kernel K` or `name NEW`".into()),
+            )
+        })?;
+        steps.push((lineno, line.to_string(), parsed.step));
+    }
+    if steps.is_empty() {
+        return Err(Error::usage(
+            format!("{shown} has no steps"),
+            Some("write one transform per line, e.g. `deepen --after conv2_2 --method r2r`".into()),
+        ));
+    }
+    Ok(steps)
+}
+
+/// The arguments of a plan's widen line.
+fn widen_args(
+    layer: Option<String>,
+    by: Option<f64>,
+    to: Option<usize>,
+    add: Option<usize>,
+    method: &str,
+    init: &str,
+    noise: Option<f64>,
+) -> Result<WidenArgs> {
+    let amount = match (by, to, add) {
+        (Some(f), _, _) => Amount::By(f),
+        (_, Some(c), _) => Amount::To(c),
+        (_, _, Some(e)) => Amount::Add(e),
+        _ => unreachable!("clap requires one amount"),
+    };
+    Ok(WidenArgs {
+        target: layer.map_or(Target::All, Target::Name),
+        amount,
+        method: Method::parse(method)?,
+        init: Init::parse(init)?,
+        noise,
+    })
+}
+
 /// `path:line: message` for a plan error.
 fn at(plan: &str, line: usize, e: Error) -> Error {
     let hint = e.hint_text().map(String::from);
@@ -126,6 +191,17 @@ pub fn run(mut args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
     let shown = args.plan.display().to_string();
     let text = std::fs::read_to_string(&args.plan).map_err(|e| Error::io(&shown, e))?;
+    let local = super::local_proof(&args.prove)?;
+    let c = &args.common;
+    if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
+        return run_streaming(&args, &graph, &text, &shown, w, dir);
+    }
+    if local {
+        return Err(Error::usage(
+            "apply --prove local needs --weights and -o (it streams the steps through files)",
+            Some("without them, apply proves every step and the plan end to end in memory; drop --prove local".into()),
+        ));
+    }
     let (teacher, source) = args.common.teacher(&graph)?;
     let opts = args.common.prove_options()?;
     let mut g: Graph = graph.clone();
@@ -142,21 +218,7 @@ pub fn run(mut args: Args) -> Result<()> {
     let mut all_exact = true;
     let mut step_tolerance: Option<f64> = None;
     let mut notes = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let lineno = i + 1;
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let parsed = Line::try_parse_from(&words).map_err(|e| {
-            let msg = e.render().to_string();
-            let first = msg.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
-            Error::usage(
-                format!("{shown}:{lineno}: cannot read plan line `{line}`: {first}"),
-                Some("plan lines are `deepen --after NAME [--method M] [--width W]`, `widen (--layer NAME | --all) (--by F | --to C | --add E) [--method M]`, `morph --layer NAME --kernel K` or `name NEW`".into()),
-            )
-        })?;
+    for (lineno, line, step) in parse_plan(&text, &shown)? {
         let seed = args.common.seed.wrapping_add(steps.len() as u64);
         let step_source = format!("step {} of {shown}", steps.len() + 1);
         let (ng, np, report, map, exact): (
@@ -165,7 +227,7 @@ pub fn run(mut args: Args) -> Result<()> {
             serde_json::Value,
             BTreeMap<String, String>,
             bool,
-        ) = match parsed.step {
+        ) = match step {
             Step::Deepen {
                 after,
                 method,
@@ -201,20 +263,8 @@ pub fn run(mut args: Args) -> Result<()> {
                 init,
                 noise,
             } => {
-                let method = Method::parse(&method).map_err(|e| at(&shown, lineno, e))?;
-                let amount = match (by, to, add) {
-                    (Some(f), _, _) => Amount::By(f),
-                    (_, Some(c), _) => Amount::To(c),
-                    (_, _, Some(e)) => Amount::Add(e),
-                    _ => unreachable!("clap requires one amount"),
-                };
-                let wa = WidenArgs {
-                    target: layer.map_or(Target::All, Target::Name),
-                    amount,
-                    method,
-                    init: Init::parse(&init).map_err(|e| at(&shown, lineno, e))?,
-                    noise,
-                };
+                let wa = widen_args(layer, by, to, add, &method, &init, noise)
+                    .map_err(|e| at(&shown, lineno, e))?;
                 let o = widen_proved(&g, &p, &wa, seed, opts.as_ref(), &step_source)
                     .map_err(|e| at(&shown, lineno, e))?;
                 summary.push_str(&o.report.summary());
@@ -267,12 +317,6 @@ pub fn run(mut args: Args) -> Result<()> {
         steps.push(report);
         g = ng;
         p = np;
-    }
-    if steps.is_empty() {
-        return Err(Error::usage(
-            format!("{shown} has no steps"),
-            Some("write one transform per line, e.g. `deepen --after conv2_2 --method r2r`".into()),
-        ));
     }
     let name_map: BTreeMap<String, String> = names.into_iter().filter(|(a, b)| a != b).collect();
     // End to end: the original teacher, renamed, against the final student.
@@ -353,4 +397,258 @@ pub fn run(mut args: Args) -> Result<()> {
             metadata,
         },
     )
+}
+
+/// A scratch folder next to the output for the steps' students; removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Streams a plan: each step reads the previous student memory-mapped from a scratch file
+/// (the first reads the teacher) and writes its own, proved on its region (`--prove local`)
+/// or not at all; the final student is copied into place with the plan's metadata. At most
+/// two students are on disk in the scratch folder at once, none whole in memory.
+fn run_streaming(
+    args: &Args,
+    graph: &Graph,
+    text: &str,
+    shown: &str,
+    weights: &Path,
+    dir: &Path,
+) -> Result<()> {
+    let c = &args.common;
+    let naming = Naming::parse(&c.names)?;
+    let opts = c.prove_options()?;
+    let plan = parse_plan(text, shown)?;
+    // Refuse existing outputs before any work (the exact shard names are checked again
+    // once the final student is known).
+    let stem = args
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "student".into());
+    let early: Vec<PathBuf> = [
+        format!("{stem}.arch"),
+        format!("{stem}.safetensors"),
+        format!("{stem}.safetensors.index.json"),
+        "report.json".into(),
+    ]
+    .iter()
+    .map(|n| dir.join(n))
+    .collect();
+    let inputs: Vec<&Path> = vec![args.file.as_path(), weights, args.plan.as_path()];
+    r2rc::outputs::check_outputs(&early, &inputs, c.force)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    let scratch = Scratch(dir.join(format!(".r2rc-apply.{}.tmp", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| Error::io(scratch.0.display(), e))?;
+
+    let mut g = graph.clone();
+    let mut src = r2rc::shards::Source::open(weights)?;
+    let mut names: BTreeMap<String, String> = graph
+        .g
+        .node_weights()
+        .map(|n| (n.name.clone(), n.name.clone()))
+        .collect();
+    let (mut steps, mut header, mut summary) = (Vec::new(), Vec::new(), String::new());
+    let mut all_preserving = true;
+    for (k, (lineno, line, step)) in plan.into_iter().enumerate() {
+        let seed = c.seed.wrapping_add(k as u64);
+        let source = format!("step {} of {shown}", k + 1);
+        let next = scratch.0.join(format!("step{}.safetensors", k + 1));
+        let to_next = |_: &Graph| Ok(next.clone());
+        let (ng, report, map, preserving, site): (Graph, serde_json::Value, _, bool, String) =
+            match step {
+                Step::Deepen {
+                    after,
+                    method,
+                    width,
+                } => {
+                    let a = DeepenArgs {
+                        after,
+                        method: DeepenMethod::parse(&method).map_err(|e| at(shown, lineno, e))?,
+                        width,
+                    };
+                    let (ng, r, _) = super::deepen::stream_deepen(
+                        &g,
+                        &src,
+                        naming,
+                        &a,
+                        seed,
+                        opts.as_ref(),
+                        &source,
+                        None,
+                        to_next,
+                    )
+                    .map_err(|e| at(shown, lineno, e))?;
+                    summary.push_str(&r.summary());
+                    let json = serde_json::to_value(&r).expect("json");
+                    (ng, json, r.name_map, r.function_preserving, r.site)
+                }
+                Step::Widen {
+                    layer,
+                    all: _,
+                    by,
+                    to,
+                    add,
+                    method,
+                    init,
+                    noise,
+                } => {
+                    let wa = widen_args(layer, by, to, add, &method, &init, noise)
+                        .map_err(|e| at(shown, lineno, e))?;
+                    let s = r2rc::stream::widen(
+                        &g,
+                        &src,
+                        naming,
+                        &wa,
+                        seed,
+                        &next,
+                        None,
+                        opts.as_ref(),
+                        &source,
+                    )
+                    .map_err(|e| at(shown, lineno, e))?;
+                    summary.push_str(&s.report.summary());
+                    let json = serde_json::to_value(&s.report).expect("json");
+                    let site = s.report.site.target.clone();
+                    (
+                        s.student,
+                        json,
+                        BTreeMap::new(),
+                        s.report.function_preserving,
+                        site,
+                    )
+                }
+                Step::Morph { layer, kernel } => {
+                    let (ng, r, _) = super::morph::stream_morph(
+                        &g,
+                        &src,
+                        naming,
+                        &layer,
+                        kernel,
+                        opts.as_ref(),
+                        &source,
+                        None,
+                        to_next,
+                    )
+                    .map_err(|e| at(shown, lineno, e))?;
+                    summary.push_str(&r.summary());
+                    let json = serde_json::to_value(&r).expect("json");
+                    (ng, json, BTreeMap::new(), true, r.site)
+                }
+                Step::Name { name } => {
+                    let mut ng = g.clone();
+                    ng.name = name.clone();
+                    let r = serde_json::json!({"command": "name", "from": g.name, "to": name});
+                    (ng, r, BTreeMap::new(), true, String::new())
+                }
+            };
+        header.push(match site.as_str() {
+            "" => format!("# step {}: {line}", k + 1),
+            _ => format!("# step {}: {line} -> {site}", k + 1),
+        });
+        for cur in names.values_mut() {
+            if let Some(n) = map.get(cur) {
+                *cur = n.clone();
+            }
+        }
+        all_preserving &= preserving;
+        steps.push(report);
+        if next.exists() {
+            // This step's student is the next step's teacher; the one before is done.
+            let old = std::mem::replace(&mut src, r2rc::shards::Source::open(&next)?);
+            let done: Vec<PathBuf> = old.files.iter().map(|(f, _)| PathBuf::from(f)).collect();
+            drop(old);
+            for f in done.iter().filter(|f| f.starts_with(&scratch.0)) {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        g = ng;
+    }
+    let name_map: BTreeMap<String, String> = names.into_iter().filter(|(a, b)| a != b).collect();
+    let mut notes = vec![format!(
+        "streamed: each step read the previous student memory-mapped from a scratch file; {}",
+        if opts.is_some() {
+            "each step was proved on its region (--prove local), which proves the plan by composition; no end-to-end run of both networks"
+        } else {
+            "not proved (--no-prove)"
+        }
+    )];
+    if !all_preserving {
+        notes.push("not every step preserves the function".into());
+    }
+    let source = weights.display().to_string();
+    let report = ApplyReport {
+        command: "apply".into(),
+        plan: shown.to_string(),
+        method: "plan".into(),
+        site: format!("{} steps", steps.len()),
+        name_map,
+        params_before: r2rc::stats::param_count(graph),
+        params_after: r2rc::stats::param_count(&g),
+        macs_before: r2rc::stats::mac_count(graph),
+        macs_after: r2rc::stats::mac_count(&g),
+        seed: c.seed,
+        teacher: source.clone(),
+        function_preserving: all_preserving,
+        steps,
+        notes: notes.clone(),
+        proved: opts.is_some() && all_preserving,
+        evidence: vec![],
+        torchvision_names: r2rc::names::report_names(&[graph, &g], naming),
+    };
+    let mut head = format!(
+        "# r2rc apply {shown} --seed {}\n# teacher weights: {source}\n",
+        c.seed
+    );
+    for h in header.iter().chain(
+        notes
+            .iter()
+            .map(|n| format!("# note: {n}"))
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        head.push_str(h);
+        head.push('\n');
+    }
+    let mut metadata = BTreeMap::new();
+    metadata.insert("r2rc.command".to_string(), "apply".to_string());
+    metadata.insert("r2rc.plan".to_string(), text.to_string());
+    metadata.insert(
+        "r2rc.name_map".to_string(),
+        serde_json::to_string(&report.name_map).expect("json"),
+    );
+    metadata.insert(
+        "r2rc.steps".to_string(),
+        serde_json::to_string(&report.steps).expect("json"),
+    );
+    r2rc::prove::add_names(&mut metadata, report.torchvision_names.as_ref());
+    // The final student, copied into place with the plan's metadata (and shards).
+    let teacher_src = r2rc::shards::Source::open(weights)?;
+    let out = super::deepen::StreamOut::check(&args.file, c, &teacher_src, weights, dir, &g)?;
+    drop(teacher_src);
+    let files = r2rc::stream::copy::write(
+        &r2rc::stream::copy::Rewrite {
+            teacher: &g,
+            student: &g,
+            new: &Params {
+                tensors: BTreeMap::new(),
+                dtype: src.dtype(),
+            },
+            rewritten: &std::collections::HashSet::new(),
+            name_map: &BTreeMap::new(),
+        },
+        &metadata,
+        &src,
+        naming,
+        &out.path,
+        c.shard_size()?,
+    )?;
+    drop(src);
+    drop(scratch);
+    out.finish_with(c, &head, &summary, &report, &g, &files)
 }

@@ -404,17 +404,31 @@ impl StreamOut {
         student: &Graph,
         files: &[PathBuf],
     ) -> Result<()> {
+        self.finish_with(
+            c,
+            &report.header(),
+            &report.summary(),
+            report,
+            student,
+            files,
+        )
+    }
+
+    /// [`StreamOut::finish`] for any report, with its `.arch` header and summary.
+    pub fn finish_with(
+        &self,
+        c: &Common,
+        header: &str,
+        summary: &str,
+        report: &impl serde::Serialize,
+        student: &Graph,
+        files: &[PathBuf],
+    ) -> Result<()> {
         let refs: Vec<&Path> = self.inputs.iter().map(|p| p.as_path()).collect();
         let (written, report_json) = super::write_arch_and_report(
-            &self.dir,
-            &self.stem,
-            &report.header(),
-            student,
-            report,
-            files,
-            &refs,
+            &self.dir, &self.stem, header, student, report, files, &refs,
         )?;
-        announce(c, &report.summary(), &report_json, &written);
+        announce(c, summary, &report_json, &written);
         Ok(())
     }
 }

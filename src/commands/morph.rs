@@ -132,8 +132,9 @@ pub fn stream_morph(
     place: impl FnOnce(&Graph) -> Result<PathBuf>,
 ) -> Result<(Graph, StepReport, Vec<PathBuf>)> {
     src.check(&r2rc::names::renamed_graph(graph, naming)?)?;
-    let renames: BTreeMap<String, String> =
-        r2rc::names::tensor_renames(graph, naming)?.into_iter().collect();
+    let renames: BTreeMap<String, String> = r2rc::names::tensor_renames(graph, naming)?
+        .into_iter()
+        .collect();
     // The layer's tensors (weight, and bias if any; all are rewritten as one layer). An
     // unknown or non-conv layer is refused by morph_partial with the reason.
     let mut tensors = BTreeMap::new();

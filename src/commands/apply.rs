@@ -31,16 +31,6 @@ pub struct Args {
     file: PathBuf,
     /// The plan: one transform per line.
     plan: PathBuf,
-    /// full (each step, and the plan end to end, on the whole networks) or local (each
-    /// step on its region only: far cheaper on large nets, and streamed with --weights and
-    /// -o, every step's student in a scratch file next to the output).
-    #[arg(
-        long,
-        value_name = "HOW",
-        default_value = "full",
-        conflicts_with = "no_prove"
-    )]
-    prove: String,
     #[command(flatten)]
     common: Common,
 }
@@ -191,8 +181,8 @@ pub fn run(mut args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
     let shown = args.plan.display().to_string();
     let text = std::fs::read_to_string(&args.plan).map_err(|e| Error::io(&shown, e))?;
-    let local = super::local_proof(&args.prove)?;
     let c = &args.common;
+    let local = super::local_proof(&c.prove)?;
     if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
         return run_streaming(&args, &graph, &text, &shown, w, dir);
     }
@@ -459,7 +449,7 @@ fn run_streaming(
         let seed = c.seed.wrapping_add(k as u64);
         let source = format!("step {} of {shown}", k + 1);
         let next = scratch.0.join(format!("step{}.safetensors", k + 1));
-        let to_next = |_: &Graph| Ok(next.clone());
+        let mut to_next = |_: &Graph| Ok(next.clone());
         let (ng, report, map, preserving, site): (Graph, serde_json::Value, _, bool, String) =
             match step {
                 Step::Deepen {
@@ -481,7 +471,7 @@ fn run_streaming(
                         opts.as_ref(),
                         &source,
                         None,
-                        to_next,
+                        &mut to_next,
                     )
                     .map_err(|e| at(shown, lineno, e))?;
                     summary.push_str(&r.summary());
@@ -533,7 +523,7 @@ fn run_streaming(
                         opts.as_ref(),
                         &source,
                         None,
-                        to_next,
+                        &mut to_next,
                     )
                     .map_err(|e| at(shown, lineno, e))?;
                     summary.push_str(&r.summary());

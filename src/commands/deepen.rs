@@ -30,16 +30,6 @@ pub struct Args {
     /// Hidden width of an inserted r2r or random block (even for r2r).
     #[arg(long, value_name = "M")]
     width: Option<usize>,
-    /// full (run teacher and student whole) or local (run only the inserted layers, and
-    /// NetMorph-dense's readers, on random values shaped like the site's: far cheaper on
-    /// large nets, and streamed with --weights and -o).
-    #[arg(
-        long,
-        value_name = "HOW",
-        default_value = "full",
-        conflicts_with = "no_prove"
-    )]
-    prove: String,
     #[command(flatten)]
     common: Common,
 }
@@ -63,6 +53,16 @@ pub struct Common {
     /// Skip the proof.
     #[arg(long)]
     pub no_prove: bool,
+    /// full (run teacher and student whole) or local (run only the rewritten region: the
+    /// inserted layers, the morphed conv, each step of a plan; far cheaper on large nets,
+    /// and streamed with --weights and -o).
+    #[arg(
+        long,
+        value_name = "HOW",
+        default_value = "full",
+        conflicts_with = "no_prove"
+    )]
+    pub prove: String,
     /// Precision of the proof: f64 (tolerance 1e-9) or f32 (1e-5).
     #[arg(long, default_value = "f64")]
     pub dtype: String,
@@ -230,7 +230,7 @@ pub fn run(args: Args) -> Result<()> {
         width: args.width,
     };
     let c = &args.common;
-    let local = super::local_proof(&args.prove)?;
+    let local = super::local_proof(&c.prove)?;
     if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
         return run_streaming(&args, &graph, &dargs, w, dir);
     }
@@ -290,24 +290,44 @@ fn run_streaming(
     dir: &Path,
 ) -> Result<()> {
     let c = &args.common;
+    streamed_command(&args.file, c, weights, dir, |src, naming, place| {
+        stream_deepen(
+            graph,
+            src,
+            naming,
+            dargs,
+            c.seed,
+            c.prove_options()?.as_ref(),
+            &weights.display().to_string(),
+            c.shard_size()?,
+            place,
+        )
+    })
+}
+
+/// A streamed rewrite of `weights` (the teacher of `file`) into `dir` as a command does it:
+/// `step` gets the opened teacher, its naming and a `place` that checks the student's
+/// outputs and says where its weights go; then the `.arch` and report are written.
+pub fn streamed_command(
+    file: &Path,
+    c: &Common,
+    weights: &Path,
+    dir: &Path,
+    step: impl FnOnce(
+        &r2rc::shards::Source,
+        Naming,
+        &mut dyn FnMut(&Graph) -> Result<PathBuf>,
+    ) -> Result<(Graph, StepReport, Vec<PathBuf>)>,
+) -> Result<()> {
     let src = r2rc::shards::Source::open(weights)?;
     let mut out = None;
-    let (student, report, files) = stream_deepen(
-        graph,
-        &src,
-        Naming::parse(&c.names)?,
-        dargs,
-        c.seed,
-        c.prove_options()?.as_ref(),
-        &weights.display().to_string(),
-        c.shard_size()?,
-        |student| {
-            let o = StreamOut::check(&args.file, c, &src, weights, dir, student)?;
-            let path = o.path.clone();
-            out = Some(o);
-            Ok(path)
-        },
-    )?;
+    let mut place = |student: &Graph| {
+        let o = StreamOut::check(file, c, &src, weights, dir, student)?;
+        let path = o.path.clone();
+        out = Some(o);
+        Ok(path)
+    };
+    let (student, report, files) = step(&src, Naming::parse(&c.names)?, &mut place)?;
     out.expect("checked before writing")
         .finish(c, &report, &student, &files)
 }
@@ -324,7 +344,7 @@ pub fn stream_deepen(
     opts: Option<&ProveOptions>,
     teacher: &str,
     shard_size: Option<u64>,
-    place: impl FnOnce(&Graph) -> Result<PathBuf>,
+    place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
 ) -> Result<(Graph, StepReport, Vec<PathBuf>)> {
     let (d, partial) = r2rc::stream::deepen::plan(graph, src, dargs, seed, naming)?;
     let path = place(&d.graph)?;

@@ -15,7 +15,7 @@ use r2rc::transform::deepen::StepReport;
 use r2rc::transform::morph_kernel::{morph_kernel, morph_partial, morph_proved, morph_report};
 use r2rc::Result;
 
-use super::deepen::{emit, Common, StreamOut, Student, LOCAL_NOTE, STREAMED_NOTE};
+use super::deepen::{emit, streamed_command, Common, Student, LOCAL_NOTE, STREAMED_NOTE};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -27,15 +27,6 @@ pub struct Args {
     /// The new kernel size: larger than the old one, with the same parity.
     #[arg(long, value_name = "K")]
     kernel: usize,
-    /// full (run teacher and student whole) or local (run the convolution alone, old and
-    /// new kernel: far cheaper on large nets, and streamed with --weights and -o).
-    #[arg(
-        long,
-        value_name = "HOW",
-        default_value = "full",
-        conflicts_with = "no_prove"
-    )]
-    prove: String,
     #[command(flatten)]
     common: Common,
 }
@@ -43,10 +34,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
     let c = &args.common;
-    let local = super::local_proof(&args.prove)?;
+    let local = super::local_proof(&c.prove)?;
     let naming = Naming::parse(&c.names)?;
     if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
-        return run_streaming(&args, &graph, w, dir, naming);
+        return run_streaming(&args, &graph, w, dir);
     }
     let (teacher, source) = c.teacher(&graph)?;
     let opts = c.prove_options()?;
@@ -86,34 +77,21 @@ pub fn run(args: Args) -> Result<()> {
 
 /// The streaming path: only the morphed convolution's weight is decoded; every other
 /// tensor is copied from the teacher's map; a local proof runs that convolution alone.
-fn run_streaming(
-    args: &Args,
-    graph: &Graph,
-    weights: &Path,
-    dir: &Path,
-    naming: Naming,
-) -> Result<()> {
+fn run_streaming(args: &Args, graph: &Graph, weights: &Path, dir: &Path) -> Result<()> {
     let c = &args.common;
-    let src = r2rc::shards::Source::open(weights)?;
-    let mut out = None;
-    let (student, report, files) = stream_morph(
-        graph,
-        &src,
-        naming,
-        &args.layer,
-        args.kernel,
-        c.prove_options()?.as_ref(),
-        &weights.display().to_string(),
-        c.shard_size()?,
-        |student| {
-            let o = StreamOut::check(&args.file, c, &src, weights, dir, student)?;
-            let path = o.path.clone();
-            out = Some(o);
-            Ok(path)
-        },
-    )?;
-    out.expect("checked before writing")
-        .finish(c, &report, &student, &files)
+    streamed_command(&args.file, c, weights, dir, |src, naming, place| {
+        stream_morph(
+            graph,
+            src,
+            naming,
+            &args.layer,
+            args.kernel,
+            c.prove_options()?.as_ref(),
+            &weights.display().to_string(),
+            c.shard_size()?,
+            place,
+        )
+    })
 }
 
 /// A streamed kernel morph of the teacher in `src`: the conv's tensors decoded and grown,
@@ -129,7 +107,7 @@ pub fn stream_morph(
     opts: Option<&r2rc::prove::ProveOptions>,
     teacher: &str,
     shard_size: Option<u64>,
-    place: impl FnOnce(&Graph) -> Result<PathBuf>,
+    place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
 ) -> Result<(Graph, StepReport, Vec<PathBuf>)> {
     src.check(&r2rc::names::renamed_graph(graph, naming)?)?;
     let renames: BTreeMap<String, String> = r2rc::names::tensor_renames(graph, naming)?

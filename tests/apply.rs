@@ -256,6 +256,10 @@ fn streamed_plan_matches_the_in_memory_plan() {
     )
     .unwrap();
     let (mem, st) = (dir.join("mem"), dir.join("st"));
+    // The scratch folder of a killed run (its process is gone) is cleared; others stay.
+    let stale = st.join(".r2rc-apply.4294967295.tmp");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("step1.safetensors"), b"half written").unwrap();
     let run = |out: &PathBuf, extra: &[&str]| {
         let mut a = vec![
             "apply".to_string(),
@@ -290,6 +294,7 @@ fn streamed_plan_matches_the_in_memory_plan() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(listing.iter().all(|f| !f.starts_with('.')), "{listing:?}");
+    assert!(!stale.exists());
     assert!(
         listing
             .iter()

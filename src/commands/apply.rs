@@ -392,6 +392,32 @@ pub fn run(mut args: Args) -> Result<()> {
 /// A scratch folder next to the output for the steps' students; removed when dropped.
 struct Scratch(PathBuf);
 
+impl Scratch {
+    /// `dir/.r2rc-apply.<pid>.tmp`, after removing the scratch folders of earlier runs
+    /// that were killed (their process is gone; Linux's /proc tells).
+    fn create(dir: &Path) -> Result<Scratch> {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix(".r2rc-apply.")
+                    .and_then(|r| r.strip_suffix(".tmp"))
+                    .and_then(|p| p.parse::<u32>().ok());
+                if let Some(pid) = pid {
+                    if Path::new("/proc/self").exists()
+                        && !Path::new(&format!("/proc/{pid}")).exists()
+                    {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
+        let p = dir.join(format!(".r2rc-apply.{}.tmp", std::process::id()));
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(p.display(), e))?;
+        Ok(Scratch(p))
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -433,8 +459,7 @@ fn run_streaming(
     let inputs: Vec<&Path> = vec![args.file.as_path(), weights, args.plan.as_path()];
     r2rc::outputs::check_outputs(&early, &inputs, c.force)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
-    let scratch = Scratch(dir.join(format!(".r2rc-apply.{}.tmp", std::process::id())));
-    std::fs::create_dir_all(&scratch.0).map_err(|e| Error::io(scratch.0.display(), e))?;
+    let scratch = Scratch::create(dir)?;
 
     let mut g = graph.clone();
     let mut src = r2rc::shards::Source::open(weights)?;

@@ -346,7 +346,11 @@ pub fn stream_deepen(
     shard_size: Option<u64>,
     place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
 ) -> Result<(Graph, StepReport, Vec<PathBuf>)> {
-    let (d, partial) = r2rc::stream::deepen::plan(graph, src, dargs, seed, naming)?;
+    let (d, mut partial) = r2rc::stream::deepen::plan(graph, src, dargs, seed, naming)?;
+    // Only NetMorph-dense's proof reads teacher tensors (its readers); free the others.
+    if dargs.method != DeepenMethod::NetmorphDense {
+        partial.tensors.clear();
+    }
     let path = place(&d.graph)?;
     let site = r2rc::transform::deepen::resolve_site(graph, &dargs.after)?;
     let mut report = judged_report(graph, &d, dargs, seed, teacher, opts, src.dtype(), |o| {

@@ -256,6 +256,29 @@ pub fn save(
 /// Adds "pass --names X" to a load error when the file's tensor names are those of the
 /// other naming.
 fn with_naming_hint(e: Error, graph: &Graph, path: &Path, naming: Naming) -> Error {
+    let shown = path.display().to_string();
+    naming_hint(e, graph, naming, file_tensor_names(path), &shown)
+}
+
+/// Checks that the (memory-mapped, maybe sharded) `src` holds `graph`'s tensors under
+/// `naming`'s names, with the same hint as [`load`] when they are the other naming's.
+pub fn check_source(src: &crate::shards::Source, graph: &Graph, naming: Naming) -> Result<()> {
+    let theirs = renamed_graph(graph, naming)?;
+    src.check(&theirs).map_err(|e| {
+        let names = src.tensors.keys().cloned().collect();
+        naming_hint(e, graph, naming, Some(names), &src.shown)
+    })
+}
+
+/// `e` with a hint to switch `--names` when the file's tensor `names` are exactly
+/// `graph`'s under the other naming.
+fn naming_hint(
+    e: Error,
+    graph: &Graph,
+    naming: Naming,
+    names: Option<BTreeSet<String>>,
+    shown: &str,
+) -> Error {
     let other = match naming {
         Naming::R2rc => Naming::Torchvision,
         Naming::Torchvision => Naming::R2rc,
@@ -266,7 +289,7 @@ fn with_naming_hint(e: Error, graph: &Graph, path: &Path, naming: Naming) -> Err
     let Ok(expected) = renamed_graph(graph, other) else {
         return e;
     };
-    let Some(names) = file_tensor_names(path) else {
+    let Some(names) = names else {
         return e;
     };
     let want: BTreeSet<String> = expected.param_specs().into_iter().map(|s| s.name).collect();
@@ -280,8 +303,7 @@ fn with_naming_hint(e: Error, graph: &Graph, path: &Path, naming: Naming) -> Err
     Error::Weights {
         message: message.clone(),
         hint: Some(format!(
-            "{} names its tensors the {} way: {flag}",
-            path.display(),
+            "{shown} names its tensors the {} way: {flag}",
             other.keyword()
         )),
     }

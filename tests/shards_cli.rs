@@ -180,3 +180,45 @@ fn proved_deepen_and_morph_write_shards_too() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--force"), "{err}");
 }
+
+/// Streamed rewrites given weights in the other naming say which `--names` to pass, like
+/// the in-memory paths.
+#[test]
+fn streamed_rewrites_hint_at_the_other_naming() {
+    let dir = tempfile::tempdir().unwrap();
+    let tv = dir.path().join("tv.safetensors");
+    ok(&[
+        "init",
+        "examples/resnet18.arch",
+        "-o",
+        s(&tv),
+        "--names",
+        "torchvision",
+    ]);
+    let out = dir.path().join("out");
+    for cmd in [
+        vec!["widen", "--layer", "conv2_1", "--by", "2", "--no-prove"],
+        vec!["deepen", "--after", "conv4_1", "--no-prove"],
+        vec![
+            "morph",
+            "--layer",
+            "conv2_1.conv1",
+            "--kernel",
+            "5",
+            "--prove",
+            "local",
+        ],
+    ] {
+        let mut a = vec![cmd[0], "examples/resnet18.arch"];
+        a.extend(&cmd[1..]);
+        a.extend(["--weights", s(&tv), "-o", s(&out)]);
+        let o = r2rc(&a);
+        assert_eq!(o.status.code(), Some(2), "{a:?}");
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("names its tensors the torchvision way: pass --names torchvision"),
+            "{a:?}: {err}"
+        );
+        assert!(!out.exists(), "{a:?} wrote something");
+    }
+}

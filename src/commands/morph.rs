@@ -109,7 +109,7 @@ pub fn stream_morph(
     shard_size: Option<u64>,
     place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
 ) -> Result<(Graph, StepReport, Vec<PathBuf>)> {
-    src.check(&r2rc::names::renamed_graph(graph, naming)?)?;
+    r2rc::names::check_source(src, graph, naming)?;
     let renames: BTreeMap<String, String> = r2rc::names::tensor_renames(graph, naming)?
         .into_iter()
         .collect();

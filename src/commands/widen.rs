@@ -291,6 +291,8 @@ fn run_streaming(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "student".into());
     let src = r2rc::shards::Source::open(weights)?;
+    // Wrong weights are refused before the output folder is made.
+    names::check_source(&src, graph, naming)?;
     let plan = r2rc::transform::plan(graph, wargs)?;
     let path = dir.join(format!("{stem}.safetensors"));
     let mut outs = r2rc::stream::output_paths(&plan, &src, &path, naming, shard_size)?;

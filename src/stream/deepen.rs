@@ -34,8 +34,7 @@ pub fn plan(
     seed: u64,
     naming: Naming,
 ) -> Result<(Deepened, Params)> {
-    let theirs = names::renamed_graph(graph, naming)?;
-    src.check(&theirs)?;
+    names::check_source(src, graph, naming)?;
     let renames: HashMap<String, String> =
         names::tensor_renames(graph, naming)?.into_iter().collect();
     let site = deepen::resolve_site(graph, &args.after)?;

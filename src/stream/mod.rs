@@ -202,8 +202,7 @@ pub fn widen(
     teacher: &str,
 ) -> Result<Streamed> {
     let plan = transform::plan(graph, args)?;
-    let theirs_teacher = names::renamed_graph(graph, naming)?;
-    src.check(&theirs_teacher)?;
+    names::check_source(src, graph, naming)?;
     let dtype = src.dtype();
     let renames: HashMap<String, String> =
         names::tensor_renames(graph, naming)?.into_iter().collect();

@@ -7,7 +7,7 @@
 //! mapped). A freed large mapping is kept, and a later large request takes the cached one
 //! that fits best, growing it with `mremap` (which moves page tables, not data) when none
 //! is big enough, so pages are faulted about once per run instead of once per tensor. At
-//! most [`CACHE_BYTES`] sit unused in the cache; more is returned to the kernel.
+//! most `CACHE_BYTES` (2 GiB) sit unused in the cache; more is returned to the kernel.
 //!
 //! A large block is a private mapping whose first page holds its capacity; the caller gets
 //! the address one page in (so alignments up to a page hold).

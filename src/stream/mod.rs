@@ -2,10 +2,12 @@
 //! each student tensor is written to its place in the output as soon as it is final, so a
 //! widening never holds both networks in memory.
 //!
-//! Without a proof, each touched tensor is widened on its own by all its steps at once
+//! Without a proof, the student is written in file order: an untouched tensor is copied
+//! from the teacher's map; a touched one is widened on its own by all its steps at once
 //! ([`transform::tensor_touches`], [`transform::apply_touches`]: every call knows where its
-//! draws start in its step's random stream), then encoded and handed to a writer thread;
-//! nothing waits in a scratch file.
+//! draws start in its step's random stream), encoded and handed to a writer thread, which
+//! writes through `O_DIRECT` where it can ([`Writer::sequential`]); nothing waits in a
+//! scratch file.
 //!
 //! With a local proof, the rewrite is [`crate::transform`]'s, step by step, through a [`TensorStore`] that
 //! knows how often each step touches each tensor: a tensor leaves the store for the output

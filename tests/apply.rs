@@ -2,14 +2,9 @@
 //! to end, and the `deepen` command's outputs and refusals.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn r2rc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::r2rc;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("r2rc-apply-{name}-{}", std::process::id()));

@@ -122,6 +122,20 @@ fn a_bad_plan_line_names_its_line() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.plan:1: cannot read plan line"));
+    // A widen line without an amount says which flags are missing.
+    std::fs::write(&plan, "# grow\nwiden --layer conv2_1\n").unwrap();
+    let out = r2rc(&[
+        "apply",
+        "examples/resnet_cifar10.arch",
+        plan.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.plan:2: cannot read plan line `widen --layer conv2_1`")
+            && err.contains("not provided: <--by <BY>|--to <TO>|--add <ADD>>"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

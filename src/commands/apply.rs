@@ -54,26 +54,7 @@ enum Step {
         width: Option<usize>,
     },
     /// Widen a layer, block, row or every space.
-    #[command(group(clap::ArgGroup::new("target").required(true).args(["layer", "all"])))]
-    #[command(group(clap::ArgGroup::new("amount").required(true).args(["by", "to", "add"])))]
-    Widen {
-        #[arg(long)]
-        layer: Option<String>,
-        #[arg(long)]
-        all: bool,
-        #[arg(long)]
-        by: Option<f64>,
-        #[arg(long)]
-        to: Option<usize>,
-        #[arg(long)]
-        add: Option<usize>,
-        #[arg(long, default_value = "r2r")]
-        method: String,
-        #[arg(long, default_value = "match")]
-        init: String,
-        #[arg(long)]
-        noise: Option<f64>,
-    },
+    Widen(WidenLine),
     /// Grow a convolution's kernel.
     Morph {
         #[arg(long)]
@@ -83,6 +64,29 @@ enum Step {
     },
     /// Rename the architecture (the `arch` line).
     Name { name: String },
+}
+
+/// A plan's widen line.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["layer", "all"])))]
+#[command(group(clap::ArgGroup::new("amount").required(true).args(["by", "to", "add"])))]
+struct WidenLine {
+    #[arg(long)]
+    layer: Option<String>,
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    by: Option<f64>,
+    #[arg(long)]
+    to: Option<usize>,
+    #[arg(long)]
+    add: Option<usize>,
+    #[arg(long, default_value = "r2r")]
+    method: String,
+    #[arg(long, default_value = "match")]
+    init: String,
+    #[arg(long)]
+    noise: Option<f64>,
 }
 
 /// `report.json` of a plan.
@@ -123,7 +127,14 @@ fn parse_plan(text: &str, shown: &str) -> Result<Vec<(usize, String, Step)>> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let parsed = Line::try_parse_from(&words).map_err(|e| {
             let msg = e.render().to_string();
-            let first = msg.lines().next().unwrap_or("").trim_start_matches("error: ").to_string();
+            // clap's first line, and for "...were not provided:" the line naming them.
+            let mut lines = msg.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("").trim_start_matches("error: ").to_string();
+            if first.ends_with(':') {
+                if let Some(next) = lines.next() {
+                    first = format!("{first} {next}");
+                }
+            }
             Error::usage(
                 format!("{shown}:{lineno}: cannot read plan line `{line}`: {first}"),
                 Some("plan lines are `deepen --after NAME [--method M] [--width W]`, `widen (--layer NAME | --all) (--by F | --to C | --add E) [--method M]`, `morph --layer NAME --kernel K` or `name NEW`".into()),
@@ -141,27 +152,19 @@ fn parse_plan(text: &str, shown: &str) -> Result<Vec<(usize, String, Step)>> {
 }
 
 /// The arguments of a plan's widen line.
-fn widen_args(
-    layer: Option<String>,
-    by: Option<f64>,
-    to: Option<usize>,
-    add: Option<usize>,
-    method: &str,
-    init: &str,
-    noise: Option<f64>,
-) -> Result<WidenArgs> {
-    let amount = match (by, to, add) {
+fn widen_args(w: WidenLine) -> Result<WidenArgs> {
+    let amount = match (w.by, w.to, w.add) {
         (Some(f), _, _) => Amount::By(f),
         (_, Some(c), _) => Amount::To(c),
         (_, _, Some(e)) => Amount::Add(e),
         _ => unreachable!("clap requires one amount"),
     };
     Ok(WidenArgs {
-        target: layer.map_or(Target::All, Target::Name),
+        target: w.layer.map_or(Target::All, Target::Name),
         amount,
-        method: Method::parse(method)?,
-        init: Init::parse(init)?,
-        noise,
+        method: Method::parse(&w.method)?,
+        init: Init::parse(&w.init)?,
+        noise: w.noise,
     })
 }
 
@@ -243,18 +246,8 @@ pub fn run(mut args: Args) -> Result<()> {
                     exact,
                 )
             }
-            Step::Widen {
-                layer,
-                all: _,
-                by,
-                to,
-                add,
-                method,
-                init,
-                noise,
-            } => {
-                let wa = widen_args(layer, by, to, add, &method, &init, noise)
-                    .map_err(|e| at(&shown, lineno, e))?;
+            Step::Widen(w) => {
+                let wa = widen_args(w).map_err(|e| at(&shown, lineno, e))?;
                 let o = widen_proved(&g, &p, &wa, seed, opts.as_ref(), &step_source)
                     .map_err(|e| at(&shown, lineno, e))?;
                 summary.push_str(&o.report.summary());
@@ -503,18 +496,8 @@ fn run_streaming(
                     let json = serde_json::to_value(&r).expect("json");
                     (ng, json, r.name_map, r.function_preserving, r.site)
                 }
-                Step::Widen {
-                    layer,
-                    all: _,
-                    by,
-                    to,
-                    add,
-                    method,
-                    init,
-                    noise,
-                } => {
-                    let wa = widen_args(layer, by, to, add, &method, &init, noise)
-                        .map_err(|e| at(shown, lineno, e))?;
+                Step::Widen(w) => {
+                    let wa = widen_args(w).map_err(|e| at(shown, lineno, e))?;
                     let s = r2rc::stream::widen(
                         &g,
                         &src,

@@ -118,6 +118,19 @@ impl Params {
 
     /// Checks that the tensors are exactly those `graph` needs, with the right shapes.
     pub fn check(&self, graph: &Graph) -> Result<()> {
+        self.check_covers(graph)?;
+        let specs = graph.param_specs();
+        let known: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        if let Some(extra) = self.tensors.keys().find(|k| !known.contains(k.as_str())) {
+            return Err(extra_tensor(extra, graph, "the parameters"));
+        }
+        Ok(())
+    }
+
+    /// [`Params::check`] without refusing extra tensors: every tensor `graph` needs is
+    /// here with its shape (what running it needs; a local proof runs a region of a
+    /// network on the whole network's tensors).
+    pub fn check_covers(&self, graph: &Graph) -> Result<()> {
         let specs = graph.param_specs();
         for spec in &specs {
             match self.tensors.get(&spec.name) {
@@ -127,10 +140,6 @@ impl Params {
                 }
                 Some(_) => {}
             }
-        }
-        let known: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        if let Some(extra) = self.tensors.keys().find(|k| !known.contains(k.as_str())) {
-            return Err(extra_tensor(extra, graph, "the parameters"));
         }
         Ok(())
     }

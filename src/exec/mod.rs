@@ -184,7 +184,7 @@ pub struct Executor<T> {
 impl<T: Float> Executor<T> {
     /// Checks `params` against `graph` and converts them to `T` once.
     pub fn new(graph: &Graph, params: &Params) -> Result<Executor<T>> {
-        params.check(graph)?;
+        params.check_covers(graph)?;
         let order = graph.order();
         let position: std::collections::HashMap<NodeIndex, usize> =
             order.iter().enumerate().map(|(i, n)| (*n, i)).collect();

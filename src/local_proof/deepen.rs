@@ -142,7 +142,8 @@ pub fn prove(
     }
     let same = |n: &str| n.to_string();
     let s_region = region(student, s_site, &s_nodes, &site.shape, &first, &same)?;
-    let sp = region_params(&s_region, &d.params, &same)?;
+    // The region's layers keep their names, so it runs on `d.params` as they are (no copy
+    // of a new block that may hold hundreds of megabytes).
     // Teacher: the site value itself under the new output's name, or (NetMorph-dense) the
     // readers under their new names; values that hold N x by design are not compared.
     let out_name = student.g[out].name.clone();
@@ -183,5 +184,5 @@ pub fn prove(
     let tpr = region_params(&t_region, tp, &|n: &str| {
         back.get(n).cloned().unwrap_or_else(|| n.to_string())
     })?;
-    check_equivalence(&t_region, &tpr, &s_region, &sp, opts)
+    check_equivalence(&t_region, &tpr, &s_region, &d.params, opts)
 }

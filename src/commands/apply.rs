@@ -168,6 +168,39 @@ fn widen_args(w: WidenLine) -> Result<WidenArgs> {
     })
 }
 
+impl ApplyReport {
+    /// The student's `.arch` header: the command, the teacher, a line per step (`steps`),
+    /// the notes.
+    fn header(&self, steps: &[String]) -> String {
+        let mut head = format!(
+            "# r2rc apply {} --seed {}\n# teacher weights: {}\n",
+            self.plan, self.seed, self.teacher
+        );
+        for h in steps {
+            head.push_str(h);
+            head.push('\n');
+        }
+        for n in &self.notes {
+            head.push_str(&format!("# note: {n}\n"));
+        }
+        head
+    }
+
+    /// `__metadata__` of the student: the command, the plan's `text`, the name map and
+    /// torchvision's names.
+    fn metadata(&self, text: &str) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("r2rc.command".to_string(), "apply".to_string());
+        m.insert("r2rc.plan".to_string(), text.to_string());
+        m.insert(
+            "r2rc.name_map".to_string(),
+            serde_json::to_string(&self.name_map).expect("json"),
+        );
+        r2rc::prove::add_names(&mut m, self.torchvision_names.as_ref());
+        m
+    }
+}
+
 /// `path:line: message` for a plan error.
 fn at(plan: &str, line: usize, e: Error) -> Error {
     let hint = e.hint_text().map(String::from);
@@ -341,33 +374,16 @@ pub fn run(mut args: Args) -> Result<()> {
             r2rc::names::Naming::parse(&args.common.names)?,
         ),
     };
-    let mut head = format!(
-        "# r2rc apply {shown} --seed {}\n# teacher weights: {source}\n",
-        args.common.seed
-    );
-    for h in &header {
-        head.push_str(h);
-        head.push('\n');
-    }
-    for n in &notes {
-        head.push_str(&format!("# note: {n}\n"));
-    }
+    let mut head = report.header(&header);
     for e in &evidence {
         head.push_str(&format!("# proof (end to end): {}\n", e.summary()));
         summary.push_str(&format!("proof (end to end): {}\n", e.summary()));
     }
-    let mut metadata = BTreeMap::new();
-    metadata.insert("r2rc.command".to_string(), "apply".to_string());
-    metadata.insert("r2rc.plan".to_string(), text.clone());
-    metadata.insert(
-        "r2rc.name_map".to_string(),
-        serde_json::to_string(&report.name_map).expect("json"),
-    );
+    let mut metadata = report.metadata(&text);
     metadata.insert(
         "r2rc.evidence".to_string(),
         serde_json::to_string(&evidence).expect("json"),
     );
-    r2rc::prove::add_names(&mut metadata, report.torchvision_names.as_ref());
     emit(
         &args.file,
         &args.common,
@@ -435,11 +451,7 @@ fn run_streaming(
     let plan = parse_plan(text, shown)?;
     // Refuse existing outputs before any work (the exact shard names are checked again
     // once the final student is known).
-    let stem = args
-        .file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "student".into());
+    let stem = super::stem_of(&args.file);
     let early: Vec<PathBuf> = [
         format!("{stem}.arch"),
         format!("{stem}.safetensors"),
@@ -599,32 +611,12 @@ fn run_streaming(
         evidence: vec![],
         torchvision_names: r2rc::names::report_names(&[graph, &g], naming),
     };
-    let mut head = format!(
-        "# r2rc apply {shown} --seed {}\n# teacher weights: {source}\n",
-        c.seed
-    );
-    for h in header.iter().chain(
-        notes
-            .iter()
-            .map(|n| format!("# note: {n}"))
-            .collect::<Vec<_>>()
-            .iter(),
-    ) {
-        head.push_str(h);
-        head.push('\n');
-    }
-    let mut metadata = BTreeMap::new();
-    metadata.insert("r2rc.command".to_string(), "apply".to_string());
-    metadata.insert("r2rc.plan".to_string(), text.to_string());
-    metadata.insert(
-        "r2rc.name_map".to_string(),
-        serde_json::to_string(&report.name_map).expect("json"),
-    );
+    let head = report.header(&header);
+    let mut metadata = report.metadata(text);
     metadata.insert(
         "r2rc.steps".to_string(),
         serde_json::to_string(&report.steps).expect("json"),
     );
-    r2rc::prove::add_names(&mut metadata, report.torchvision_names.as_ref());
     // The final student, copied into place with the plan's metadata (and shards).
     let teacher_src = r2rc::shards::Source::open(weights)?;
     let out = super::deepen::StreamOut::check(&args.file, c, &teacher_src, weights, dir, &g)?;

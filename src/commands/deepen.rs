@@ -159,10 +159,7 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
     let report_json = serde_json::to_string_pretty(&s.report).expect("the report serialises");
     match &common.output {
         Some(dir) => {
-            let stem = file
-                .file_stem()
-                .map(|x| x.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "student".into());
+            let stem = super::stem_of(file);
             let naming = Naming::parse(&common.names)?;
             let mut files = vec![
                 (format!("{stem}.arch"), arch.into_bytes()),
@@ -391,10 +388,7 @@ impl StreamOut {
         dir: &Path,
         student: &Graph,
     ) -> Result<StreamOut> {
-        let stem = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "student".into());
+        let stem = super::stem_of(file);
         let path = dir.join(format!("{stem}.safetensors"));
         let naming = Naming::parse(&c.names)?;
         let mut outs = r2rc::stream::student_paths(student, src, &path, naming, c.shard_size()?)?;

@@ -54,6 +54,13 @@ pub fn write_arch_and_report(
     Ok((written, report_json))
 }
 
+/// The stem outputs are named after: `resnet18` for `examples/resnet18.arch`.
+pub fn stem_of(file: &std::path::Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "student".into())
+}
+
 /// `--prove full|local`: whether the proof is local.
 pub fn local_proof(how: &str) -> Result<bool, Error> {
     match how {

@@ -166,11 +166,7 @@ pub fn run(args: Args) -> Result<()> {
     let report_json = serde_json::to_string_pretty(&outcome.report).expect("the report serialises");
     match &args.output {
         Some(dir) => {
-            let stem = args
-                .file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "student".into());
+            let stem = super::stem_of(&args.file);
             let meta = outcome.report.metadata();
             if let Some(size) = shard_size {
                 return write_sharded(&args, dir, &stem, &outcome, &arch, naming, size);
@@ -285,11 +281,7 @@ fn run_streaming(
     local: bool,
     opts: &ProveOptions,
 ) -> Result<()> {
-    let stem = args
-        .file
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "student".into());
+    let stem = super::stem_of(&args.file);
     let src = r2rc::shards::Source::open(weights)?;
     // Wrong weights are refused before the output folder is made.
     names::check_source(&src, graph, naming)?;

@@ -24,13 +24,13 @@ enum Command {
     Check(commands::check::Args),
     /// Print the canonical form of an architecture.
     Print(commands::check::PrintArgs),
-    /// Print the graph as Graphviz dot or JSON.
+    /// Draw the graph as Graphviz dot, JSON, or an svg/png picture (png needs -o FILE).
     Graph(commands::check::GraphArgs),
     /// Write seeded PyTorch-style initial weights as safetensors.
     Init(commands::init::Args),
     /// Run the network forward on inputs from .npy or seeded random inputs.
     Run(commands::run::Args),
-    /// Export to ONNX or graph JSON.
+    /// Export to ONNX (--onnx), graph JSON (--json) or a PyTorch module source (--torch).
     Export(commands::export::Args),
     /// List channel spaces: what widening each touches, and whether it can be widened.
     Spaces(commands::spaces::Args),
@@ -44,8 +44,22 @@ enum Command {
     Apply(commands::apply::Args),
     /// Check that a student computes the teacher's function on every shared value.
     Prove(commands::prove::Args),
-    /// Unified diff of two architectures' canonical prints.
+    /// Diff two architectures: unified text, or a picture of what the rewrite changed (-o FILE).
     Diff(commands::diff::Args),
+}
+
+/// Runs a rewrite whose outputs go to `dir`: they appear together, or (on an error or a
+/// kill) not at all ([`r2rc::outputs::Set`]).
+fn one_set(
+    dir: Option<std::path::PathBuf>,
+    run: impl FnOnce() -> r2rc::Result<()>,
+) -> r2rc::Result<()> {
+    let Some(dir) = dir else {
+        return run();
+    };
+    let set = r2rc::outputs::Set::begin(&dir)?;
+    run()?;
+    set.commit()
 }
 
 fn main() {
@@ -58,10 +72,10 @@ fn main() {
         Command::Run(a) => commands::run::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Spaces(a) => commands::spaces::run(a),
-        Command::Widen(a) => commands::widen::run(a),
-        Command::Deepen(a) => commands::deepen::run(a),
-        Command::Morph(a) => commands::morph::run(a),
-        Command::Apply(a) => commands::apply::run(a),
+        Command::Widen(a) => one_set(a.output.clone(), || commands::widen::run(a)),
+        Command::Deepen(a) => one_set(a.common.output.clone(), || commands::deepen::run(a)),
+        Command::Morph(a) => one_set(a.common.output.clone(), || commands::morph::run(a)),
+        Command::Apply(a) => one_set(a.common.output.clone(), || commands::apply::run(a)),
         Command::Prove(a) => commands::prove::run(a),
         Command::Diff(a) => commands::diff::run(a),
     };

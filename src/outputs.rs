@@ -6,10 +6,18 @@
 //! On Linux the temporary file is anonymous (`O_TMPFILE`): it has no name until it is
 //! complete, so a kill in the middle of writing leaves nothing at all behind. Elsewhere (or
 //! on a filesystem without `O_TMPFILE`) it is a named `.NAME.PID.tmp`, removed on error.
+//!
+//! A command's outputs in one folder form a [`Set`]: they appear together or not at all.
+//! While a set is open, finished files wait under temporary names; [`Set::commit`] writes a
+//! journal (`.r2rc-commit.json`, itself atomically) listing the renames, performs them and
+//! removes the journal. A kill before the journal leaves only temporary files (removed by
+//! the next run in that folder); a kill after it is rolled forward by the next run, before
+//! that run looks at what exists ([`recover`]).
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
@@ -20,6 +28,9 @@ pub const PAUSE_ENV: &str = "R2RC_TEST_WRITE_PAUSE_MS";
 /// Refuses before anything is written: an output that is one of `inputs` (the same file,
 /// whatever the path says), and, without `force`, an output that exists.
 pub fn check_outputs(outputs: &[PathBuf], inputs: &[&Path], force: bool) -> Result<()> {
+    for out in outputs {
+        recover(parent_of(out))?;
+    }
     for out in outputs {
         if let Some(input) = inputs.iter().find(|i| same_file(out, i)) {
             return Err(Error::usage(
@@ -142,11 +153,179 @@ impl Staged {
                 let _ = fs::remove_file(&self.tmp);
                 link_follow(Path::new(&format!("/proc/self/fd/{fd}")), &self.tmp)?;
             }
+            if let Some(tmp) = defer(&self.path)? {
+                fs::rename(&self.tmp, &tmp)?;
+                return Ok(());
+            }
             fs::rename(&self.tmp, &self.path)
         });
         self.done = result.is_ok();
         result.map_err(|e| Error::io(&shown, e))
     }
+}
+
+/// The open output set: its folder as given and the files waiting in it (temporary name,
+/// final name).
+static OPEN: Mutex<Option<(PathBuf, Vec<(PathBuf, PathBuf)>)>> = Mutex::new(None);
+
+/// The journal of a set being committed, in the set's folder.
+pub const JOURNAL: &str = ".r2rc-commit.json";
+
+/// Test hook: `R2RC_TEST_KILL_AT=k` ends the process (as a kill would) just before the
+/// `k`-th step of a commit: 0 before the journal, 1..=n before the n-th rename, n + 1
+/// before the journal is removed.
+pub const KILL_ENV: &str = "R2RC_TEST_KILL_AT";
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Where a finished `path` waits while a set is open for its folder (`None`: no set, so it
+/// goes straight into place).
+fn defer(path: &Path) -> std::io::Result<Option<PathBuf>> {
+    let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((given, waiting)) = open.as_mut() else {
+        return Ok(None);
+    };
+    let dir = fs::canonicalize(parent_of(path))?;
+    if fs::canonicalize(&*given).ok() != Some(dir.clone()) {
+        return Ok(None);
+    }
+    let name = path.file_name().unwrap_or_default();
+    let fin = dir.join(name);
+    let tmp = dir.join(format!(
+        ".r2rc-set.{}.{}",
+        std::process::id(),
+        name.to_string_lossy()
+    ));
+    waiting.retain(|(_, f)| *f != fin);
+    waiting.push((tmp.clone(), fin));
+    Ok(Some(tmp))
+}
+
+/// A command's outputs in one folder, committed together ([`Set::commit`]) or, dropped
+/// uncommitted, not at all.
+pub struct Set {
+    done: bool,
+}
+
+impl Set {
+    /// Opens the set of outputs written into `dir` from now on, after finishing or
+    /// clearing what killed runs left there (the folder is made by whoever writes first).
+    pub fn begin(dir: &Path) -> Result<Set> {
+        if dir.is_dir() {
+            recover(dir)?;
+        }
+        *OPEN.lock().unwrap_or_else(|e| e.into_inner()) = Some((dir.to_path_buf(), Vec::new()));
+        Ok(Set { done: false })
+    }
+
+    /// Moves every waiting file into place, all or none (see the module's doc).
+    pub fn commit(mut self) -> Result<()> {
+        self.done = true;
+        let Some((dir, waiting)) = OPEN.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Ok(());
+        };
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let dir = fs::canonicalize(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        let journal = dir.join(JOURNAL);
+        let plan: Vec<(String, String)> = waiting
+            .iter()
+            .map(|(t, f)| (t.display().to_string(), f.display().to_string()))
+            .collect();
+        kill_point(0);
+        write_atomic(
+            &journal,
+            &serde_json::to_vec(&plan).expect("paths serialise"),
+        )?;
+        sync_dir(&dir);
+        for (k, (tmp, fin)) in waiting.iter().enumerate() {
+            kill_point(k + 1);
+            fs::rename(tmp, fin).map_err(|e| Error::io(fin.display(), e))?;
+        }
+        sync_dir(&dir);
+        kill_point(waiting.len() + 1);
+        fs::remove_file(&journal).map_err(|e| Error::io(journal.display(), e))?;
+        Ok(())
+    }
+}
+
+impl Drop for Set {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some((_, waiting)) = OPEN.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            for (tmp, _) in waiting {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+    }
+}
+
+fn kill_point(k: usize) {
+    if std::env::var(KILL_ENV)
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        == Some(k)
+    {
+        eprintln!("r2rc: killed at commit step {k} ({KILL_ENV})");
+        std::process::exit(137);
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Finishes what a killed run left in `dir`: a journal is rolled forward (its renames
+/// done, so its set appears whole); waiting files of runs whose process is gone, with no
+/// journal, are removed (their set never appears).
+pub fn recover(dir: &Path) -> Result<()> {
+    let journal = dir.join(JOURNAL);
+    if let Ok(bytes) = fs::read(&journal) {
+        let plan: Vec<(String, String)> = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::io(
+                journal.display(),
+                format!("an unreadable commit journal ({e}); remove it and rerun"),
+            )
+        })?;
+        for (tmp, fin) in plan {
+            if Path::new(&tmp).exists() {
+                fs::rename(&tmp, &fin).map_err(|e| Error::io(&fin, e))?;
+            }
+        }
+        sync_dir(dir);
+        fs::remove_file(&journal).map_err(|e| Error::io(journal.display(), e))?;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(".r2rc-set.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(p, _)| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !alive(pid) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether process `pid` still runs (Linux's /proc tells; elsewhere assume it does).
+fn alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl Drop for Staged {

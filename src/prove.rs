@@ -90,6 +90,39 @@ impl Default for ProveOptions {
     }
 }
 
+/// The relative error that storing a computed value in `dtype` may introduce.
+pub fn storage_tolerance(dtype: crate::params::DType) -> f64 {
+    use crate::params::DType;
+    match dtype {
+        DType::F64 => 0.0,
+        DType::F32 => 1e-5,
+        DType::F16 | DType::BF16 => 1e-2,
+    }
+}
+
+/// The one tolerance rule of every proof (widen, deepen, morph, apply, local or full, and
+/// `prove`): when the weights are stored as `dtype` and the rewrite computed values that
+/// `dtype` cannot hold exactly (`rounds`: replica divisions, orthogonal mixes, rescaled
+/// norms; `prove` cannot know, so it assumes so), the tolerance widens to `dtype`'s
+/// storage error unless the user set one. Returns the options and the note saying so.
+pub fn stored_options(
+    opts: &ProveOptions,
+    dtype: crate::params::DType,
+    rounds: bool,
+    what: &str,
+) -> (ProveOptions, Option<String>) {
+    let mut o = opts.clone();
+    let storage = storage_tolerance(dtype);
+    if rounds && o.tolerance.is_none() && storage > o.precision.tolerance() {
+        o.tolerance = Some(storage);
+        let note = format!(
+            "the weights are stored as {dtype} and {what} computes values that {dtype} cannot hold exactly, so the proof tolerance is {storage:.0e}"
+        );
+        return (o, Some(note));
+    }
+    (o, None)
+}
+
 /// The outcome of one proof run (one mode).
 #[derive(Debug, Clone, Serialize)]
 pub struct Evidence {

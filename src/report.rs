@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::ir::Graph;
-use crate::params::{DType, Params};
+use crate::params::Params;
 use crate::prove::{check_equivalence, failure, Evidence, ProveOptions};
 use crate::transform::{widen, Method, SpaceChange, WidenArgs, Widened};
 
@@ -73,19 +73,11 @@ pub fn widen_proved(
     let evidence = match prove {
         None => vec![],
         Some(opts) => {
-            let mut opts = opts.clone();
-            // Net2Net divides weights by replica counts; stored in a narrow dtype that
-            // rounding is part of the student, so the tolerance widens to that dtype's.
-            if w.exact && args.method == Method::Net2net && opts.tolerance.is_none() {
-                let storage = storage_tolerance(params.dtype);
-                if storage > opts.precision.tolerance() {
-                    opts.tolerance = Some(storage);
-                    notes.push(format!(
-                        "Net2WiderNet divides weights by replica counts and the weights are stored as {}, so the proof tolerance is {storage:.0e}",
-                        params.dtype
-                    ));
-                }
-            }
+            // Net2Net divides weights by replica counts.
+            let rounds = w.exact && args.method == Method::Net2net;
+            let (opts, note) =
+                crate::prove::stored_options(opts, params.dtype, rounds, args.method.title());
+            notes.extend(note);
             let ev = check_equivalence(graph, params, &w.graph, &w.params, &opts)?;
             if w.exact {
                 if let Some(e) = failure(&ev) {
@@ -134,15 +126,6 @@ fn method_label(args: &WidenArgs) -> String {
     match (args.method, args.noise) {
         (Method::Net2net, Some(s)) => format!("Net2WiderNet with noise {s}"),
         (m, _) => m.title().to_string(),
-    }
-}
-
-/// The relative error rounding to a stored dtype may introduce.
-fn storage_tolerance(d: DType) -> f64 {
-    match d {
-        DType::F64 => 0.0,
-        DType::F32 => 1e-5,
-        DType::F16 | DType::BF16 => 1e-2,
     }
 }
 

@@ -32,7 +32,7 @@ pub struct Args {
     /// The plan: one transform per line.
     plan: PathBuf,
     #[command(flatten)]
-    common: Common,
+    pub common: Common,
 }
 
 #[derive(Parser)]

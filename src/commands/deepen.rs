@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long, value_name = "M")]
     width: Option<usize>,
     #[command(flatten)]
-    common: Common,
+    pub common: Common,
 }
 
 /// Flags shared by `deepen`, `morph` and `apply`.

@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, value_name = "K")]
     kernel: usize,
     #[command(flatten)]
-    common: Common,
+    pub common: Common,
 }
 
 pub fn run(args: Args) -> Result<()> {

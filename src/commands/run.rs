@@ -59,6 +59,9 @@ pub fn run(args: Args) -> Result<()> {
     if args.threads == Some(0) {
         return Err(Error::usage("--threads must be at least 1", None));
     }
+    // Before anything runs in parallel: loading the weights already uses rayon's global
+    // pool, which can be sized only before its first use.
+    start_pool(args.threads)?;
     let mode = Mode::parse(&args.mode)?;
     let graph = super::load_arch(&args.file, &args.sets)?;
     let p = names::load(&graph, &args.weights, Naming::parse(&args.names)?)?;
@@ -71,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let batch = input.shape().first().copied().unwrap_or(1);
     params::check_memory(&graph, batch, false, "this run")?;
-    set_threads(args.threads, input.shape().first().copied().unwrap_or(1))?;
+    set_gemm_threads(args.threads, batch);
     match args.dtype.as_str() {
         "f32" => go::<f32>(&args, &graph, &p, input, mode),
         "f64" => go::<f64>(&args, &graph, &p, input, mode),
@@ -82,27 +85,27 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// Sizes rayon's pool and matrixmultiply's (which reads `MATMUL_NUM_THREADS` once, at its
-/// first product). With at least one image per thread the executor runs images in
-/// parallel, so each product gets one thread (nested threading measured 25% slower);
-/// with fewer images the products get the threads. A `MATMUL_NUM_THREADS` already set wins.
-fn set_threads(threads: Option<usize>, batch: usize) -> Result<()> {
-    let t = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-        let gemm = if batch >= t { 1 } else { t };
-        std::env::set_var("MATMUL_NUM_THREADS", gemm.to_string());
-    }
-    if threads.is_some() {
+/// Sizes rayon's global pool to `--threads` (the default pool has one thread per core).
+fn start_pool(threads: Option<usize>) -> Result<()> {
+    if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()
             .map_err(|e| Error::usage(format!("cannot start {t} threads: {e}"), None))?;
     }
     Ok(())
+}
+
+/// Sizes matrixmultiply's threads (it reads `MATMUL_NUM_THREADS` once, at its first
+/// product). With at least one image per thread the executor runs images in parallel, so
+/// each product gets one thread (nested threading measured 25% slower); with fewer images
+/// the products get the threads. A `MATMUL_NUM_THREADS` already set wins.
+fn set_gemm_threads(threads: Option<usize>, batch: usize) {
+    let t = threads.unwrap_or_else(rayon::current_num_threads);
+    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        let gemm = if batch >= t { 1 } else { t };
+        std::env::set_var("MATMUL_NUM_THREADS", gemm.to_string());
+    }
 }
 
 /// Reads an f32 or f64 `.npy` into f64.

@@ -49,7 +49,7 @@ pub struct Args {
     weights: Option<PathBuf>,
     /// Write DIR/<stem>.arch, DIR/<stem>.safetensors and DIR/report.json.
     #[arg(short = 'o', long = "output", value_name = "DIR")]
-    output: Option<PathBuf>,
+    pub output: Option<PathBuf>,
     /// Overwrite existing outputs.
     #[arg(long)]
     force: bool,

@@ -231,71 +231,45 @@ pub fn combine(all: Vec<Vec<Evidence>>, regions: usize) -> Vec<Evidence> {
     out
 }
 
-/// The options of a local proof of `args` on weights stored as `dtype`: Net2WiderNet
-/// divides weights by replica counts, and stored in a narrow dtype that rounding is part
-/// of the student, so the tolerance widens to the dtype's (as the full proof does).
+/// The options of a local proof of `args` on weights stored as `dtype` (the one rule:
+/// [`crate::prove::stored_options`]; Net2WiderNet divides weights by replica counts).
 pub fn options_for(
     opts: &ProveOptions,
     args: &crate::transform::WidenArgs,
     dtype: DType,
 ) -> ProveOptions {
-    let mut o = opts.clone();
-    let storage = match dtype {
-        DType::F64 => 0.0,
-        DType::F32 => 1e-5,
-        DType::F16 | DType::BF16 => 1e-2,
-    };
-    if args.method == crate::transform::Method::Net2net
-        && o.tolerance.is_none()
-        && storage > o.precision.tolerance()
-    {
-        o.tolerance = Some(storage);
-    }
-    o
+    let rounds = args.method == crate::transform::Method::Net2net;
+    crate::prove::stored_options(opts, dtype, rounds, args.method.title()).0
 }
 
-/// Rounds every tensor of a snapshot to `dtype`: steps are proved on the values as they
-/// are stored, so the chain of steps runs from the stored teacher to the stored student.
-pub fn round_all(m: &mut BTreeMap<String, ArrayD<f64>>, dtype: DType) {
-    for t in m.values_mut() {
-        t.mapv_inplace(|x| dtype.round(x));
-    }
-}
-
-/// Widens in memory, proving every step on its region; returns the student (rounded to
-/// the teacher's dtype, as written) and the evidence per step. An exact method whose
-/// region fails is an [`Error::ProofFailed`].
-pub fn widen_local(
-    graph: &Graph,
-    params: &Params,
-    args: &crate::transform::WidenArgs,
-    seed: u64,
+/// Proves every step of widening `w` on its region; `teacher` gives a teacher tensor by
+/// its r2rc name. Each region's tensors before and after its step are computed from the
+/// teacher's alone ([`crate::transform::Widening::tensor`]) and rounded to `dtype`, the
+/// precision they are stored in. An exact method whose region fails is an
+/// [`Error::ProofFailed`].
+pub fn prove_widening(
+    w: &crate::transform::Widening,
+    teacher: &mut dyn FnMut(&str) -> Result<ArrayD<f64>>,
+    dtype: DType,
     opts: &ProveOptions,
-) -> Result<(crate::transform::Widened, Vec<Vec<Evidence>>)> {
-    use crate::transform::{apply_step, graph_after, plan, TensorStore};
-    params.check(graph)?;
-    let plan = plan(graph, args)?;
-    let opts = &options_for(opts, args, params.dtype);
-    let mut p = params.clone();
+) -> Result<Vec<Vec<Evidence>>> {
+    use crate::transform::graph_after;
+    let opts = &options_for(opts, w.args, dtype);
     let mut all = Vec::new();
-    for k in 0..plan.steps.len() {
-        let space = &plan.spaces.spaces[plan.steps[k].0];
-        let g0 = graph_after(graph, &plan, k)?;
-        let g1 = graph_after(graph, &plan, k + 1)?;
-        let snap = |p: &mut Params, g: &Graph| -> Result<BTreeMap<String, ArrayD<f64>>> {
+    for k in 0..w.plan.steps.len() {
+        let space = &w.plan.spaces.spaces[w.plan.steps[k].0];
+        let g0 = graph_after(w.graph, &w.plan, k)?;
+        let g1 = graph_after(w.graph, &w.plan, k + 1)?;
+        let mut snap = |g: &Graph, steps: usize| -> Result<BTreeMap<String, ArrayD<f64>>> {
             let mut m = BTreeMap::new();
             for n in region_tensors(g, space) {
-                if let Some(t) = p.peek(&n)? {
-                    m.insert(n, t);
-                }
+                let t = w.tensor(&n, teacher(&n)?, steps)?;
+                m.insert(n, t.mapv(|x| dtype.round(x)));
             }
             Ok(m)
         };
-        let mut before = snap(&mut p, &g0)?;
-        apply_step(graph, &plan, k, &mut p, args, seed)?;
-        let mut after = snap(&mut p, &g1)?;
-        round_all(&mut before, params.dtype);
-        round_all(&mut after, params.dtype);
+        let before = snap(&g0, k)?;
+        let after = snap(&g1, k + 1)?;
         let get = |m: &BTreeMap<String, ArrayD<f64>>, n: &str| {
             m.get(n)
                 .cloned()
@@ -309,20 +283,40 @@ pub fn widen_local(
             &mut |n| get(&after, n),
             opts,
         )?;
-        if plan.exact {
+        if w.plan.exact {
             if let Some(e) = crate::prove::failure(&ev) {
                 return Err(e);
             }
         }
         all.push(ev);
     }
-    p.check(&plan.student)?;
+    Ok(all)
+}
+
+/// Widens in memory, proving every step on its region; returns the student (rounded to
+/// the teacher's dtype, as written) and the evidence per step.
+pub fn widen_local(
+    graph: &Graph,
+    params: &Params,
+    args: &crate::transform::WidenArgs,
+    seed: u64,
+    opts: &ProveOptions,
+) -> Result<(crate::transform::Widened, Vec<Vec<Evidence>>)> {
+    params.check(graph)?;
+    let w =
+        crate::transform::Widening::new(graph, args, seed, &|n| params.tensors.contains_key(n))?;
+    let mut teacher = |n: &str| {
+        params
+            .tensors
+            .get(n)
+            .cloned()
+            .ok_or_else(|| Error::weights(format!("the weights lack tensor `{n}`")))
+    };
+    let all = prove_widening(&w, &mut teacher, params.dtype, opts)?;
+    let widened = crate::transform::widen(graph, params, args, seed)?;
     let widened = crate::transform::Widened {
-        graph: plan.student,
-        params: p.with_dtype(params.dtype),
-        changes: plan.changes,
-        notes: plan.notes,
-        exact: plan.exact,
+        params: widened.params.with_dtype(params.dtype),
+        ..widened
     };
     Ok((widened, all))
 }

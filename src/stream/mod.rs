@@ -9,35 +9,27 @@
 //! writes through `O_DIRECT` where it can ([`Writer::sequential`]); nothing waits in a
 //! scratch file.
 //!
-//! With a local proof, the rewrite is [`crate::transform`]'s, step by step, through a [`TensorStore`] that
-//! knows how often each step touches each tensor: a tensor leaves the store for the output
-//! after its last touch; one that a later step touches again waits in an unlinked scratch
-//! file (f64, exactly as the in-memory path holds it), not in memory. Tensors no step
-//! touches are copied byte for byte from the teacher's map. Every value goes through the
-//! same arithmetic as [`crate::transform::widen`] followed by rounding to the teacher's
-//! dtype, so the output is bit-identical to the in-memory path's.
+//! With a local proof, every step is proved first on its region
+//! ([`crate::local_proof::prove_widening`]), from the teacher tensors the regions read,
+//! computed by the same per-tensor rewrite; only then is the student written, as above.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ir::Graph;
 use crate::names::{self, Naming};
 use crate::params::DType;
 use crate::progress::Progress;
-use crate::prove::{failure, Evidence, ProveOptions};
+use crate::prove::{Evidence, ProveOptions};
 use crate::report::{Report, Site};
 use crate::shards::{self, Source, Writer};
-use crate::transform::{self, Plan, TensorStore, WidenArgs};
+use crate::transform::{Plan, WidenArgs, Widening};
 
 pub mod copy;
 pub mod deepen;
-
-/// Header bytes kept free for the evidence of a local proof.
-const EVIDENCE_RESERVE: usize = 1 << 16;
 
 /// A streamed widening's result.
 pub struct Streamed {
@@ -46,117 +38,6 @@ pub struct Streamed {
     /// The weight files written (shards and index, or one file).
     pub files: Vec<PathBuf>,
     pub dtype: DType,
-}
-
-/// Where a tensor's current value is.
-enum Slot {
-    /// In the teacher file, untouched.
-    Teacher,
-    /// In the scratch file at this offset, f64, with this shape.
-    Scratch(u64, Vec<usize>),
-    /// Final and written to the output.
-    Written(Vec<usize>),
-}
-
-struct Store<'a> {
-    src: &'a Source,
-    writer: Writer,
-    /// r2rc name -> file name.
-    file_name: HashMap<String, String>,
-    left: HashMap<String, usize>,
-    slots: HashMap<String, Slot>,
-    scratch: fs::File,
-    scratch_end: u64,
-    progress: Progress,
-}
-
-impl Store<'_> {
-    fn fname<'b>(&'b self, name: &'b str) -> &'b str {
-        self.file_name.get(name).map_or(name, |s| s.as_str())
-    }
-
-    fn current(&mut self, name: &str) -> Result<Option<ArrayD<f64>>> {
-        let file = self.fname(name).to_string();
-        match self.slots.get(name) {
-            None => Ok(None),
-            Some(Slot::Teacher) => {
-                let t = self.src.decode(&file)?;
-                self.src.release(&file);
-                Ok(Some(t))
-            }
-            Some(Slot::Scratch(at, shape)) => {
-                let n: usize = shape.iter().product();
-                let mut buf = vec![0u8; n * 8];
-                shards::read_at(&self.scratch, &mut buf, *at)
-                    .map_err(|e| Error::io("the scratch file", e))?;
-                let v = buf
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect();
-                Ok(Some(
-                    ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches"),
-                ))
-            }
-            Some(Slot::Written(shape)) => Ok(Some(self.writer.read_values(&file, &shape.clone())?)),
-        }
-    }
-}
-
-impl TensorStore for Store<'_> {
-    fn take(&mut self, name: &str) -> Result<Option<ArrayD<f64>>> {
-        if let Some(Slot::Written(_)) = self.slots.get(name) {
-            return Err(Error::weights(format!(
-                "tensor `{name}` was touched after it was final (a streaming plan error)"
-            )));
-        }
-        self.current(name)
-    }
-
-    fn put(&mut self, name: &str, t: ArrayD<f64>) -> Result<()> {
-        let left = self.left.get_mut(name).ok_or_else(|| {
-            Error::weights(format!(
-                "widening wrote tensor `{name}`, which its plan does not touch"
-            ))
-        })?;
-        *left -= 1;
-        let shape = t.shape().to_vec();
-        if *left == 0 {
-            let file = self.fname(name).to_string();
-            self.writer.write_values(&file, &t)?;
-            self.progress
-                .inc((t.len() * self.writer.dtype().size()) as u64);
-            self.slots.insert(name.to_string(), Slot::Written(shape));
-        } else {
-            let mut buf = Vec::with_capacity(t.len() * 8);
-            for x in t.iter() {
-                buf.extend_from_slice(&x.to_le_bytes());
-            }
-            shards::write_at(&self.scratch, &buf, self.scratch_end)
-                .map_err(|e| Error::io("the scratch file", e))?;
-            self.slots
-                .insert(name.to_string(), Slot::Scratch(self.scratch_end, shape));
-            self.scratch_end += buf.len() as u64;
-        }
-        Ok(())
-    }
-
-    fn peek(&mut self, name: &str) -> Result<Option<ArrayD<f64>>> {
-        self.current(name)
-    }
-}
-
-/// An unlinked scratch file in `dir` (gone when closed, whatever happens).
-fn scratch_file(dir: &Path) -> Result<fs::File> {
-    let p = dir.join(format!(".r2rc-scratch.{}.tmp", std::process::id()));
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&p)
-        .map_err(|e| Error::io(p.display(), e))?;
-    let _ = fs::remove_file(&p);
-    Ok(f)
 }
 
 /// The weight files a streamed widening will write at `path` (for existence checks before
@@ -190,7 +71,8 @@ pub fn student_paths(
 
 /// Widens `graph` with the teacher tensors of `src` (in `naming`'s names) streamed into
 /// `path` (sharded by `shard_size`); with `prove`, proves every step on its region
-/// ([`crate::local_proof`]). `teacher` says where the weights came from, for the report.
+/// ([`crate::local_proof`]) before writing anything. `teacher` says where the weights came
+/// from, for the report.
 #[allow(clippy::too_many_arguments)]
 pub fn widen(
     graph: &Graph,
@@ -203,146 +85,64 @@ pub fn widen(
     prove: Option<&ProveOptions>,
     teacher: &str,
 ) -> Result<Streamed> {
-    let plan = transform::plan(graph, args)?;
     names::check_source(src, graph, naming)?;
     let dtype = src.dtype();
+    let specs: HashSet<String> = graph.param_specs().into_iter().map(|s| s.name).collect();
+    let w = Widening::new(graph, args, seed, &|n| specs.contains(n))?;
     let renames: HashMap<String, String> =
         names::tensor_renames(graph, naming)?.into_iter().collect();
-    let theirs_student = names::renamed_graph(&plan.student, naming)?;
-    let student_renames: HashMap<String, String> = names::tensor_renames(&plan.student, naming)?
+    let theirs_student = names::renamed_graph(&w.plan.student, naming)?;
+    let student_renames: HashMap<String, String> = names::tensor_renames(&w.plan.student, naming)?
         .into_iter()
         .collect();
-
-    // Touches per tensor, over all steps.
-    let specs: std::collections::HashSet<String> =
-        graph.param_specs().into_iter().map(|s| s.name).collect();
-    let has = |n: &str| specs.contains(n);
-    let mut left: HashMap<String, usize> = HashMap::new();
-    for &(id, _) in &plan.steps {
-        for t in transform::space_tensors(graph, &plan.spaces.spaces[id], &has) {
-            *left.entry(t).or_default() += 1;
+    let evidence = match prove {
+        None => vec![],
+        Some(opts) => {
+            let mut read = |n: &str| -> Result<ArrayD<f64>> {
+                let file = renames.get(n).map_or(n, |s| s.as_str());
+                let t = src.decode(file)?;
+                src.release(file);
+                Ok(t)
+            };
+            let all = crate::local_proof::prove_widening(&w, &mut read, dtype, opts)?;
+            let regions = all.len();
+            crate::local_proof::combine(all, regions)
         }
-    }
-
-    let tv_names = names::report_names(&[graph, &plan.student], naming);
-    let mut report = widen_report(graph, &plan, args, seed, teacher, vec![], false);
-    report.torchvision_names = tv_names.clone();
-    let meta = report.metadata();
+    };
+    let mut report = widen_report(
+        graph,
+        &w.plan,
+        args,
+        seed,
+        teacher,
+        evidence,
+        prove.is_some(),
+    );
+    report.torchvision_names = names::report_names(&[graph, &w.plan.student], naming);
     let entries = shards::entries(&theirs_student);
     let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
-    let reserve = if prove.is_some() { EVIDENCE_RESERVE } else { 0 };
-    let writer = Writer::create(path, &entries, dtype, Some(&meta), shard_size, reserve)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let mut store = Store {
+    let writer = Writer::create(
+        path,
+        &entries,
+        dtype,
+        Some(&report.metadata()),
+        shard_size,
+        0,
+    )?;
+    let order: Vec<String> = graph.param_specs().into_iter().map(|s| s.name).collect();
+    let progress = Progress::new("writing the student", total, true);
+    let writer = per_tensor(
         src,
         writer,
-        file_name: renames.clone(),
-        left: left.clone(),
-        slots: specs.iter().map(|n| (n.clone(), Slot::Teacher)).collect(),
-        scratch: scratch_file(dir.unwrap_or(Path::new(".")))?,
-        scratch_end: 0,
-        progress: Progress::new("writing the student", total, true),
-    };
-    if prove.is_none() {
-        let shapes: HashMap<String, Vec<usize>> = graph
-            .param_specs()
-            .into_iter()
-            .map(|s| (s.name, s.slot.shape))
-            .collect();
-        let touches = transform::tensor_touches(graph, &plan, args, seed, &shapes);
-        let order: Vec<String> = graph.param_specs().into_iter().map(|s| s.name).collect();
-        let Store {
-            writer,
-            file_name,
-            progress,
-            ..
-        } = store;
-        let writer = per_tensor(
-            src,
-            writer,
-            &order,
-            &touches,
-            &file_name,
-            &student_renames,
-            progress,
-            &plan,
-            args,
-            seed,
-        )?;
-        let files = writer.finish()?;
-        return Ok(Streamed {
-            student: plan.student,
-            report,
-            files,
-            dtype,
-        });
-    }
-    // Untouched tensors: bytes straight from the teacher's map (checked for finiteness).
-    for spec in graph.param_specs() {
-        if left.contains_key(&spec.name) {
-            continue;
-        }
-        let file = renames.get(&spec.name).unwrap_or(&spec.name).clone();
-        let out = student_renames
-            .get(&spec.name)
-            .unwrap_or(&spec.name)
-            .clone();
-        copy_tensor(src, &mut store.writer, &mut store.progress, &file, &out)?;
-    }
-    let mut evidence: Vec<Vec<Evidence>> = Vec::new();
-    for k in 0..plan.steps.len() {
-        let space = &plan.spaces.spaces[plan.steps[k].0];
-        store.progress.message(&format!("space {}", space.label));
-        let before = match prove {
-            Some(_) => Some(snapshot(
-                &mut store,
-                &transform::graph_after(graph, &plan, k)?,
-                space,
-            )?),
-            None => None,
-        };
-        transform::apply_step(graph, &plan, k, &mut store, args, seed)?;
-        if let (Some(opts), Some(before)) = (prove, before) {
-            let g0 = transform::graph_after(graph, &plan, k)?;
-            let g1 = transform::graph_after(graph, &plan, k + 1)?;
-            let mut after = snapshot(&mut store, &g1, space)?;
-            let mut before = before;
-            crate::local_proof::round_all(&mut before, dtype);
-            crate::local_proof::round_all(&mut after, dtype);
-            let opts = &crate::local_proof::options_for(opts, args, dtype);
-            let ev = crate::local_proof::prove_step(
-                &g0,
-                &g1,
-                space,
-                &mut |n| lookup(&before, n),
-                &mut |n| lookup(&after, n),
-                opts,
-            )?;
-            if plan.exact {
-                if let Some(e) = failure(&ev) {
-                    return Err(e);
-                }
-            }
-            evidence.push(ev);
-        }
-    }
-    let regions = evidence.len();
-    let evidence = if regions > 0 {
-        crate::local_proof::combine(evidence, regions)
-    } else {
-        vec![]
-    };
-    report = widen_report(graph, &plan, args, seed, teacher, evidence, prove.is_some());
-    report.torchvision_names = tv_names;
-    if prove.is_some() && !store.writer.set_metadata(&report.metadata())? {
-        report.notes.push(
-            "the proof evidence did not fit the safetensors header space kept for it; report.json holds it".into(),
-        );
-    }
-    let Store { writer, .. } = store;
+        &order,
+        &w,
+        &renames,
+        &student_renames,
+        progress,
+    )?;
     let files = writer.finish()?;
     Ok(Streamed {
-        student: plan.student,
+        student: w.plan.student,
         report,
         files,
         dtype,
@@ -351,20 +151,16 @@ pub fn widen(
 
 /// Writes the student in file order ([`Writer::sequential`]): a tensor no step touches is
 /// copied from the teacher's map; a touched one is read from the teacher, widened by all its
-/// steps in memory ([`transform::apply_touches`]) and encoded. A writer thread writes (and
-/// copies) while this one computes the next tensor; at most one finished tensor waits.
-#[allow(clippy::too_many_arguments)]
+/// steps in memory ([`Widening::tensor`]) and encoded. A writer thread writes (and copies)
+/// while this one computes the next tensor; at most one finished tensor waits.
 fn per_tensor(
     src: &Source,
     mut writer: Writer,
     order: &[String],
-    touches: &[(String, Vec<transform::Touch>)],
+    w: &Widening,
     file_name: &HashMap<String, String>,
     out_name: &HashMap<String, String>,
     mut progress: Progress,
-    plan: &Plan,
-    args: &WidenArgs,
-    seed: u64,
 ) -> Result<Writer> {
     /// What the writer thread does next.
     enum Job {
@@ -375,10 +171,6 @@ fn per_tensor(
     }
     let dtype = writer.dtype();
     writer.sequential()?;
-    let touched: HashMap<&str, &[transform::Touch]> = touches
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_slice()))
-        .collect();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(0);
     std::thread::scope(|s| {
         let handle = s.spawn(move || -> Result<Writer> {
@@ -399,12 +191,13 @@ fn per_tensor(
             for name in order {
                 let file = file_name.get(name).unwrap_or(name);
                 let out = out_name.get(name).unwrap_or(name).clone();
-                let job = match touched.get(name.as_str()) {
-                    None => Job::Copy(file.clone(), out),
-                    Some(tc) => {
+                let job = if !w.touches(name) {
+                    Job::Copy(file.clone(), out)
+                } else {
+                    {
                         let t = src.decode(file)?;
                         src.release(file);
-                        let t = transform::apply_touches(plan, args, seed, name, t, tc)?;
+                        let t = w.tensor(name, t, usize::MAX)?;
                         let t = t.as_standard_layout();
                         let bytes =
                             shards::encode(t.as_slice().expect("standard layout"), dtype, false);
@@ -424,27 +217,6 @@ fn per_tensor(
         res?;
         w
     })
-}
-
-fn lookup(m: &BTreeMap<String, ArrayD<f64>>, n: &str) -> Result<ArrayD<f64>> {
-    m.get(n)
-        .cloned()
-        .ok_or_else(|| Error::weights(format!("the local proof lacks tensor `{n}`")))
-}
-
-/// The region's tensors as they are now.
-fn snapshot(
-    store: &mut Store,
-    g: &Graph,
-    space: &crate::analysis::Space,
-) -> Result<BTreeMap<String, ArrayD<f64>>> {
-    let mut m = BTreeMap::new();
-    for n in crate::local_proof::region_tensors(g, space) {
-        if let Some(t) = store.peek(&n)? {
-            m.insert(n, t);
-        }
-    }
-    Ok(m)
 }
 
 /// Copies an untouched tensor from the teacher (file name `file`) to the output (`out`),

@@ -1010,17 +1010,6 @@ impl StepReport {
     }
 }
 
-/// Relative error that storing weights in `dtype` may introduce into a method whose new
-/// weights are not exactly representable there (orthogonal mixes, `sqrt(1 + eps)`).
-fn storage_tolerance(dtype: crate::params::DType) -> f64 {
-    use crate::params::DType;
-    match dtype {
-        DType::F64 => 0.0,
-        DType::F32 => 1e-5,
-        DType::F16 | DType::BF16 => 1e-2,
-    }
-}
-
 /// Deepens, rounds the student's tensors to the teacher's dtype (what is written is what
 /// is proved) and proves, in `prove`'s modes. A required mode that fails is an
 /// [`Error::ProofFailed`]; other modes are measured and reported. `prove == None` skips it.
@@ -1065,19 +1054,12 @@ pub fn judged_report(
     let mut notes = d.notes.clone();
     let mut evidence = Vec::new();
     if let Some(opts) = prove_opts {
-        let mut opts = opts.clone();
         let rounds = matches!(
             args.method,
             DeepenMethod::NetmorphDense | DeepenMethod::Net2net
         );
-        let storage = storage_tolerance(dtype);
-        if rounds && opts.tolerance.is_none() && storage > opts.precision.tolerance() {
-            opts.tolerance = Some(storage);
-            notes.push(format!(
-                "the weights are stored as {dtype} and {}'s new weights are not exactly representable there, so the proof tolerance is {storage:.0e}",
-                args.method.title()
-            ));
-        }
+        let (opts, note) = crate::prove::stored_options(opts, dtype, rounds, args.method.title());
+        notes.extend(note);
         evidence = run(&opts)?;
         if let Some(e) = failure(d, &evidence) {
             return Err(e);

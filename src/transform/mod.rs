@@ -9,10 +9,17 @@
 //! their composition is too (a conv whose input and output spaces both widen gets its new
 //! rows first, then new columns across all rows).
 //!
+//! A widening is planned before any weight is read ([`plan`]): the student graph and, per
+//! tensor, the calls each step makes on it ([`tensor_touches`]). Every call draws from its
+//! own stream keyed by (seed, step, tensor, part), so one tensor is rewritten on its own
+//! ([`apply_touches`]) to the same bits in memory, streamed in file order, or for a local
+//! proof: the paths agree by construction.
+//!
 //! Transforms are pure: `(graph, params, args, seed) -> (graph', params')`; they never run
 //! the network. Proving is [`crate::prove`]'s job.
 
 pub mod deepen;
+pub mod fill;
 pub mod morph_kernel;
 pub mod net2net;
 pub mod net2net_deeper;
@@ -22,19 +29,26 @@ pub mod r2r;
 pub mod r2r_deeper;
 pub mod random;
 pub mod random_deeper;
+pub mod target;
 
 use std::collections::HashMap;
 
-use ndarray::{concatenate, ArrayD, Axis, IxDyn};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use ndarray::ArrayD;
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::analysis::{channel_spaces, Space, Spaces};
 use crate::error::{Error, Result};
-use crate::ir::{Activation, Graph, NodeIndex, Op, ParamKind};
+use crate::ir::{Activation, Graph, Op, ParamKind};
 use crate::params::Params;
+
+pub(crate) use fill::uniform;
+pub use fill::{
+    append0, block_index, cat, cat_pair, default_entries, fan_in, keyed_rng, std_of, with_dim,
+    Fill, FillCtx, Part,
+};
+use target::{added, refuse_silent_shortcuts};
+pub use target::{resolve, target_names};
 
 /// A widening method (DESIGN.md's table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -174,465 +188,22 @@ pub struct Widened {
     pub exact: bool,
 }
 
-/// What a method puts into the new rows, entries and columns of one space.
-pub trait Fill {
-    /// New output rows `[E, ...]` of producer weight `w` (`[C, ...]`).
-    fn rows(&mut self, w: &ArrayD<f64>) -> ArrayD<f64>;
-    /// New entries `[E]` of a producer's bias `b` (`[C]`).
-    fn bias(&mut self, b: &ArrayD<f64>) -> ArrayD<f64>;
-    /// New entries `[E * cols]` of a channel-wise parameter `t` (`[C * cols]`).
-    fn entries(&mut self, kind: ParamKind, t: &ArrayD<f64>, cols: usize) -> ArrayD<f64>;
-    /// The whole new consumer weight `[O, (C + E) * cols, ...]` from `w` (`[O, C * cols, ...]`).
-    fn columns(&mut self, w: &ArrayD<f64>, cols: usize) -> ArrayD<f64>;
-    /// RNG words (u32) the `part` call draws for a tensor shaped `shape` (before the call),
-    /// so a tensor's draws can be found without making the calls before it
-    /// ([`tensor_touches`]).
-    fn words(&self, part: Part, shape: &[usize], cols: usize) -> u128;
-    /// The RNG the calls draw from.
-    fn rng(&mut self) -> &mut ChaCha8Rng;
-}
-
-/// Which call of a [`Fill`] a tensor gets in a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    Rows,
-    Bias,
-    Entries,
-    Columns,
-}
-
-/// Values in `shape[from..]` (1 for a scalar tail).
-pub fn tail(shape: &[usize], from: usize) -> u128 {
-    shape.iter().skip(from).map(|&d| d as u128).product()
-}
-
-/// Shared state of a fill: sizes, RNG and init rule.
-pub struct FillCtx {
-    /// Channels before.
-    pub c: usize,
-    /// Channels added.
-    pub e: usize,
-    pub rng: ChaCha8Rng,
-    pub init: Init,
-}
-
-impl FillCtx {
-    /// RNG words one free weight draws: one f64 (uniform) or two (Box-Muller normal).
-    pub fn words_per_value(&self) -> u128 {
-        match self.init {
-            Init::Match => 2,
-            Init::He => 4,
-        }
-    }
-
-    /// Free weights shaped like `shape`, scaled like `existing` (or He for `fan_in`).
-    pub fn free(&mut self, shape: &[usize], existing: &ArrayD<f64>, fan_in: usize) -> ArrayD<f64> {
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = match self.init {
-            Init::Match => {
-                // U(-s*sqrt(3), s*sqrt(3)) has standard deviation s (the paper's section 6
-                // writes s/sqrt(3), which would give s/3).
-                let s = std_of(existing);
-                let s = if s > 0.0 {
-                    s
-                } else {
-                    (2.0 / fan_in.max(1) as f64).sqrt()
-                };
-                let b = s * 3f64.sqrt();
-                draw(&mut self.rng, n, 2, |r| uniform(r, -b, b))
-            }
-            Init::He => {
-                let s = (2.0 / fan_in.max(1) as f64).sqrt();
-                draw(&mut self.rng, n, 4, |r| s * crate::params::normal(r))
-            }
-        };
-        ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
-    }
-
-    /// He-normal weights for `shape` with `fan_in` (random padding).
-    pub fn he(&mut self, shape: &[usize], fan_in: usize) -> ArrayD<f64> {
-        let s = (2.0 / fan_in.max(1) as f64).sqrt();
-        let n: usize = shape.iter().product();
-        let v = draw(&mut self.rng, n, 4, |r| s * crate::params::normal(r));
-        ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
-    }
-}
-
-/// `n` values `f(rng)`, each drawing exactly `words` RNG words: the same values as drawing
-/// them one after another, computed in parallel chunks that each start the stream at their
-/// first value's word; `rng` ends after the last value's words.
-fn draw(
-    rng: &mut ChaCha8Rng,
-    n: usize,
-    words: u128,
-    f: impl Fn(&mut ChaCha8Rng) -> f64 + Sync,
-) -> Vec<f64> {
-    const CHUNK: usize = 1 << 15;
-    let start = rng.get_word_pos();
-    if n <= CHUNK {
-        let v = (0..n).map(|_| f(rng)).collect();
-        debug_assert_eq!(rng.get_word_pos(), start + n as u128 * words);
-        return v;
-    }
-    let base = rng.clone();
-    let mut v = vec![0.0; n];
-    v.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
-        let mut r = base.clone();
-        r.set_word_pos(start + (i * CHUNK) as u128 * words);
-        for x in c {
-            *x = f(&mut r);
-        }
-    });
-    rng.set_word_pos(start + n as u128 * words);
-    v
-}
-
-pub(crate) fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
-    use rand::Rng;
-    lo + (hi - lo) * rng.random::<f64>()
-}
-
-/// Population standard deviation of a tensor's values.
-///
-/// Summed in fixed chunks (8 lanes each, so it vectorises) whose partial sums are added in
-/// order: the same bits however many threads run it, and fast on the hundreds of millions
-/// of values of a wide layer (a plain sequential sum was a tenth of a large widening).
-pub fn std_of(t: &ArrayD<f64>) -> f64 {
-    let t = t.as_standard_layout();
-    let v = t.as_slice().expect("standard layout");
-    let n = v.len().max(1) as f64;
-    let mean = chunked_sum(v, |x| x) / n;
-    (chunked_sum(v, |x| (x - mean) * (x - mean)) / n).sqrt()
-}
-
-/// `sum f(x)` over `v`: fixed chunks in parallel, their sums added in order.
-fn chunked_sum(v: &[f64], f: impl Fn(f64) -> f64 + Sync) -> f64 {
-    const CHUNK: usize = 1 << 16;
-    let parts: Vec<f64> = v.par_chunks(CHUNK).map(|c| lanes_sum(c, &f)).collect();
-    parts.iter().sum()
-}
-
-/// `sum f(x)` over `c` in 8 interleaved lanes, then the lanes and the remainder in order.
-fn lanes_sum(c: &[f64], f: &impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut it = c.chunks_exact(8);
-    for ch in &mut it {
-        for (a, &x) in acc.iter_mut().zip(ch) {
-            *a += f(x);
-        }
-    }
-    acc.iter().sum::<f64>() + it.remainder().iter().map(|&x| f(x)).sum::<f64>()
-}
-
-/// The shape of `t` with dimension `axis` set to `len`.
-pub fn with_dim(t: &ArrayD<f64>, axis: usize, len: usize) -> Vec<usize> {
-    let mut s = t.shape().to_vec();
-    s[axis] = len;
-    s
-}
-
-/// Fan-in of a weight whose input dimension becomes `inputs`.
-pub fn fan_in(t: &ArrayD<f64>, inputs: usize) -> usize {
-    inputs * t.shape().iter().skip(2).product::<usize>()
-}
-
-/// Default entries of a channel-wise parameter (BN: gamma 1, beta 0, mean 0, var 1;
-/// PReLU 0.25), `n` of them.
-pub fn default_entries(kind: ParamKind, n: usize) -> ArrayD<f64> {
-    let v = match kind {
-        ParamKind::BnWeight | ParamKind::RunningVar => 1.0,
-        ParamKind::PreluWeight => 0.25,
-        _ => 0.0,
-    };
-    ArrayD::from_elem(IxDyn(&[n]), v)
-}
-
-/// Channel indices expanded to column indices, `cols` per channel.
-pub fn block_index(channels: impl IntoIterator<Item = usize>, cols: usize) -> Vec<usize> {
-    channels
-        .into_iter()
-        .flat_map(|c| c * cols..(c + 1) * cols)
-        .collect()
-}
-
-/// `[a; b]` along axis 0, reusing `a`'s buffer (growing it in place when the allocator
-/// can) instead of copying both.
-pub fn append0(a: ArrayD<f64>, b: &ArrayD<f64>) -> ArrayD<f64> {
-    let mut shape = a.shape().to_vec();
-    if !a.is_standard_layout() || shape.is_empty() || b.shape().get(1..) != shape.get(1..) {
-        return cat(0, &[&a, b]);
-    }
-    shape[0] += b.shape()[0];
-    let n = a.len();
-    // Standard layout: the elements are `n` consecutive values from the offset.
-    let (mut v, offset) = a.into_raw_vec_and_offset();
-    v.drain(..offset.unwrap_or(0));
-    v.truncate(n);
-    let b = b.as_standard_layout();
-    v.extend_from_slice(b.as_slice().expect("standard layout"));
-    ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length matches shape")
-}
-
-/// `[w, v, -v]` along axis 1 (R2WiderR's consumer columns), without materialising `-v`.
-pub fn cat_pair(w: &ArrayD<f64>, v: &ArrayD<f64>) -> ArrayD<f64> {
-    let (ws, vs) = (w.as_standard_layout(), v.as_standard_layout());
-    let outer = w.shape()[0];
-    if outer == 0 || w.ndim() < 2 {
-        let minus = v.mapv(|x| -x);
-        return cat(1, &[w, v, &minus]);
-    }
-    let (ws, vs) = (
-        ws.as_slice().expect("standard"),
-        vs.as_slice().expect("standard"),
-    );
-    let (a, b) = (ws.len() / outer, vs.len() / outer);
-    let mut shape = w.shape().to_vec();
-    shape[1] += 2 * v.shape()[1];
-    let mut out = vec![0.0; outer * (a + 2 * b)];
-    if a + 2 * b > 0 {
-        out.par_chunks_mut(a + 2 * b)
-            .enumerate()
-            .for_each(|(o, row)| {
-                row[..a].copy_from_slice(&ws[o * a..(o + 1) * a]);
-                let src = &vs[o * b..(o + 1) * b];
-                row[a..a + b].copy_from_slice(src);
-                for (x, &y) in row[a + b..].iter_mut().zip(src) {
-                    *x = -y;
-                }
-            });
-    }
-    ArrayD::from_shape_vec(IxDyn(&shape), out).expect("length matches shape")
-}
-
-/// `[a; b]` along `axis`.
-pub fn cat(axis: usize, parts: &[&ArrayD<f64>]) -> ArrayD<f64> {
-    // Standard-layout parts: each output block (one index of the axes before `axis`) is
-    // the parts' blocks one after another, copied whole.
-    let std: Vec<_> = parts.iter().map(|p| p.as_standard_layout()).collect();
-    let slices: Option<Vec<&[f64]>> = std.iter().map(|p| p.as_slice()).collect();
-    let outer: usize = parts[0].shape()[..axis].iter().product();
-    if let (Some(slices), true) = (slices, outer > 0) {
-        let mut shape = parts[0].shape().to_vec();
-        shape[axis] = parts.iter().map(|p| p.shape()[axis]).sum();
-        debug_assert!(parts.iter().all(|p| p.ndim() == shape.len()
-            && p.shape()
-                .iter()
-                .enumerate()
-                .all(|(i, &d)| i == axis || d == shape[i])));
-        let widths: Vec<usize> = slices.iter().map(|s| s.len() / outer).collect();
-        let block: usize = widths.iter().sum();
-        let total = outer * block;
-        let mut v = Vec::with_capacity(total);
-        if outer == 1 || block == 0 {
-            for o in 0..outer {
-                for (s, &w) in slices.iter().zip(&widths) {
-                    v.extend_from_slice(&s[o * w..(o + 1) * w]);
-                }
-            }
-        } else {
-            v.resize(total, 0.0);
-            v.par_chunks_mut(block).enumerate().for_each(|(o, out)| {
-                let mut at = 0;
-                for (s, &w) in slices.iter().zip(&widths) {
-                    out[at..at + w].copy_from_slice(&s[o * w..(o + 1) * w]);
-                    at += w;
-                }
-            });
-        }
-        return ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length matches shape");
-    }
-    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    concatenate(Axis(axis), &views).expect("parts agree off the axis")
-}
-
-fn make_fill(method: Method, ctx: FillCtx, noise: Option<f64>) -> Box<dyn Fill> {
+fn make_fill(
+    method: Method,
+    ctx: FillCtx,
+    noise: Option<f64>,
+    seed: u64,
+    step: usize,
+) -> Box<dyn Fill> {
     match method {
         Method::R2r => Box::new(r2r::R2r::new(ctx)),
         Method::Netmorph => Box::new(netmorph::NetMorph::new(ctx)),
-        Method::Net2net => Box::new(net2net::Net2Net::new(ctx, noise)),
+        Method::Net2net => {
+            let mut rng = keyed_rng(seed, step, "", Part::Step);
+            Box::new(net2net::Net2Net::new(ctx, noise, &mut rng))
+        }
         Method::Random => Box::new(random::RandomPad::new(ctx)),
     }
-}
-
-/// Every name a target may use: nodes, blocks (`conv2_1`) and rows (`conv2_x`, `head`).
-pub fn target_names(graph: &Graph) -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    for n in graph.order() {
-        let node = &graph.g[n];
-        if n == graph.input {
-            continue;
-        }
-        for name in [
-            Some(node.row.clone()),
-            block_name(graph, n),
-            Some(node.name.clone()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if !v.contains(&name) {
-                v.push(name);
-            }
-        }
-    }
-    v
-}
-
-/// `conv2_1` for a node of block 1 of row `conv2_x` (the prefix of its dotted name).
-fn block_name(graph: &Graph, n: NodeIndex) -> Option<String> {
-    let node = &graph.g[n];
-    node.block?;
-    node.name.split_once('.').map(|(b, _)| b.to_string())
-}
-
-/// The spaces a target names, and a sentence saying what that is.
-pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<usize>> {
-    let name = match target {
-        Target::All => {
-            let v: Vec<usize> = spaces
-                .spaces
-                .iter()
-                .filter(|s| s.widenable())
-                .map(|s| s.id)
-                .collect();
-            if v.is_empty() {
-                return Err(Error::usage(
-                    format!(
-                        "network `{}` has no channel space that can be widened",
-                        graph.name
-                    ),
-                    Some("`r2rc spaces FILE` lists every space and why it is fixed".into()),
-                ));
-            }
-            return Ok(v);
-        }
-        Target::Name(n) => n.as_str(),
-    };
-    let order = graph.order();
-    let check = |ids: Vec<usize>, what: &str| -> Result<Vec<usize>> {
-        for &id in &ids {
-            let s = &spaces.spaces[id];
-            if !s.widenable() {
-                return Err(Error::usage(
-                    format!(
-                        "cannot widen `{name}` ({what}): {} cannot be widened because {}",
-                        s.describe(),
-                        s.blockers.join("; and ")
-                    ),
-                    Some("`r2rc spaces FILE` lists the spaces that can be widened".into()),
-                ));
-            }
-        }
-        Ok(ids)
-    };
-    // A row (single-layer row or stage): the stream its last value lies in.
-    let row_nodes: Vec<NodeIndex> = order
-        .iter()
-        .copied()
-        .filter(|&n| n != graph.input && graph.g[n].row == name)
-        .collect();
-    if let Some(&last) = row_nodes.last() {
-        return check(vec![spaces.of[&last]], "a row: its output stream");
-    }
-    // A layer: the channels of its output.
-    if let Some(n) = graph.find(name) {
-        return check(vec![spaces.of[&n]], "a layer: its output channels");
-    }
-    // A block: its hidden widths, the spaces of its producers except the block output's.
-    let block: Vec<NodeIndex> = order
-        .iter()
-        .copied()
-        .filter(|&n| block_name(graph, n).as_deref() == Some(name))
-        .collect();
-    if let Some(&last) = block.last() {
-        let out = spaces.of[&last];
-        let mut ids = Vec::new();
-        for &n in &block {
-            let id = spaces.of[&n];
-            if id != out
-                && matches!(graph.g[n].op, Op::Conv2d(_) | Op::Linear(_))
-                && !ids.contains(&id)
-            {
-                ids.push(id);
-            }
-        }
-        if ids.is_empty() {
-            return Err(Error::usage(
-                format!("block `{name}` has no hidden width to widen"),
-                Some(format!("name the stream instead: `{}`", graph.g[last].row)),
-            ));
-        }
-        return check(ids, "a block: its hidden widths");
-    }
-    let names = target_names(graph);
-    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-    let hint = match crate::lower::closest(name, &refs) {
-        Some(c) => format!("did you mean `{c}`?"),
-        None => "`r2rc check FILE` lists every layer name".into(),
-    };
-    Err(Error::usage(
-        format!(
-            "network `{}` has no layer, block or row named `{name}`",
-            graph.name
-        ),
-        Some(hint),
-    ))
-}
-
-/// Channels to add to a space of width `c`, and a note when R2R rounded it up.
-fn added(c: usize, amount: Amount, method: Method, label: &str) -> Result<(usize, Option<String>)> {
-    let e = match amount {
-        Amount::By(f) => {
-            if !(f.is_finite() && f > 1.0) {
-                return Err(Error::usage(
-                    format!("--by {f} does not widen: the factor must be greater than 1"),
-                    Some("for example --by 1.5".into()),
-                ));
-            }
-            // The language's floor, forgiving rounding error like 8 * 1.5.
-            let to = (c as f64 * f + 1e-9 * (c as f64 * f)).floor() as usize;
-            to.saturating_sub(c)
-        }
-        Amount::To(t) => {
-            if t <= c {
-                return Err(Error::usage(
-                    format!(
-                        "--to {t} does not widen space `{label}`, which already has {c} channels"
-                    ),
-                    Some(format!("give a width above {c}")),
-                ));
-            }
-            t - c
-        }
-        Amount::Add(e) => {
-            if method == Method::R2r && !e.is_multiple_of(2) {
-                return Err(Error::usage(
-                    format!("R2WiderR adds channels in pairs (rows U/U, columns V/-V), so --add must be even, not {e}"),
-                    Some(format!("use --add {} or --add {}", e.saturating_sub(1).max(2), e + 1)),
-                ));
-            }
-            e
-        }
-    };
-    if e == 0 {
-        return Err(Error::usage(
-            format!("widening space `{label}` ({c} channels) by this amount adds no channel"),
-            Some("use a larger --by, --to or --add".into()),
-        ));
-    }
-    if method == Method::R2r && !e.is_multiple_of(2) {
-        return Ok((
-            e + 1,
-            Some(format!(
-                "R2WiderR adds channels in pairs: space `{label}` grows by {} to {} channels instead of {} to {}",
-                e + 1,
-                c + e + 1,
-                e,
-                c + e
-            )),
-        ));
-    }
-    Ok((e, None))
 }
 
 /// Recomputes every node's shape from the input's, in topological order.
@@ -661,69 +232,6 @@ pub fn resize_input(graph: &Graph, shape: &[usize]) -> Result<Graph> {
     Ok(g)
 }
 
-/// Where widening reads and writes tensors: [`Params`] in memory, or a streaming store
-/// that reads the teacher lazily and writes each finished tensor out
-/// ([`crate::stream`]). Widening takes a tensor, computes its new value and puts it back.
-pub trait TensorStore {
-    /// The current value of tensor `name`, or `None` when the network has no such tensor
-    /// (a conv without bias).
-    fn take(&mut self, name: &str) -> Result<Option<ArrayD<f64>>>;
-    /// The new value of tensor `name`.
-    fn put(&mut self, name: &str, t: ArrayD<f64>) -> Result<()>;
-    /// A copy of tensor `name`'s current value, not counted as a use (for proofs).
-    fn peek(&mut self, name: &str) -> Result<Option<ArrayD<f64>>>;
-}
-
-impl TensorStore for Params {
-    fn take(&mut self, name: &str) -> Result<Option<ArrayD<f64>>> {
-        Ok(self.tensors.remove(name))
-    }
-
-    fn put(&mut self, name: &str, t: ArrayD<f64>) -> Result<()> {
-        self.tensors.insert(name.to_string(), t);
-        Ok(())
-    }
-
-    fn peek(&mut self, name: &str) -> Result<Option<ArrayD<f64>>> {
-        Ok(self.tensors.get(name).cloned())
-    }
-}
-
-fn tensor(store: &mut dyn TensorStore, name: &str) -> Result<ArrayD<f64>> {
-    store.take(name)?.ok_or_else(|| {
-        Error::weights(format!(
-            "the weights lack tensor `{name}`, which widening needs"
-        ))
-    })
-}
-
-/// The tensors widening `space` takes and puts, in order; `has` says whether a tensor
-/// exists (biases are optional). A streaming store counts these to know when a tensor is
-/// final.
-pub fn space_tensors(graph: &Graph, space: &Space, has: &dyn Fn(&str) -> bool) -> Vec<String> {
-    let mut v = Vec::new();
-    for p in &space.producers {
-        let name = &graph.g[p.node].name;
-        v.push(format!("{name}.weight"));
-        let bname = format!("{name}.bias");
-        if has(&bname) {
-            v.push(bname);
-        }
-    }
-    for p in &space.params {
-        let name = &graph.g[p.node].name;
-        for slot in graph.g[p.node].op.param_slots() {
-            if slot.kind != ParamKind::NumBatchesTracked {
-                v.push(format!("{name}.{}", slot.suffix));
-            }
-        }
-    }
-    for c in &space.consumers {
-        v.push(format!("{}.weight", graph.g[c.node].name));
-    }
-    v
-}
-
 fn grew(what: &str, name: &str, got: usize, want: usize) -> Result<()> {
     if got == want {
         return Ok(());
@@ -731,58 +239,6 @@ fn grew(what: &str, name: &str, got: usize, want: usize) -> Result<()> {
     Err(Error::weights(format!(
         "widening `{name}` gave {got} new {what} where the plan says {want}"
     )))
-}
-
-/// Widens the tensors of one space by `e` channels through `store` (the graph is only
-/// read: [`widen_space_graph`] updates it).
-fn widen_space(
-    graph: &Graph,
-    store: &mut dyn TensorStore,
-    space: &Space,
-    e: usize,
-    fill: &mut dyn Fill,
-) -> Result<()> {
-    for p in &space.producers {
-        let name = &graph.g[p.node].name;
-        let wname = format!("{name}.weight");
-        let w = tensor(store, &wname)?;
-        let rows = fill.rows(&w);
-        grew("output rows", name, rows.shape()[0], e)?;
-        store.put(&wname, append0(w, &rows))?;
-        let bname = format!("{name}.bias");
-        if let Some(b) = store.take(&bname)? {
-            let nb = fill.bias(&b);
-            store.put(&bname, append0(b, &nb))?;
-        }
-    }
-    for p in &space.params {
-        let cols = space.member(p.node).map_or(1, |m| m.cols);
-        let name = &graph.g[p.node].name;
-        for slot in graph.g[p.node].op.param_slots() {
-            if slot.kind == ParamKind::NumBatchesTracked {
-                continue;
-            }
-            let tname = format!("{name}.{}", slot.suffix);
-            let t = tensor(store, &tname)?;
-            let new = fill.entries(slot.kind, &t, cols);
-            grew("entries", &tname, new.len(), e * cols)?;
-            store.put(&tname, append0(t, &new))?;
-        }
-    }
-    for c in &space.consumers {
-        let name = &graph.g[c.node].name;
-        let wname = format!("{name}.weight");
-        let w = tensor(store, &wname)?;
-        let nw = fill.columns(&w, c.cols);
-        grew(
-            "input columns",
-            name,
-            nw.shape()[1] - w.shape()[1],
-            e * c.cols,
-        )?;
-        store.put(&wname, nw)?;
-    }
-    Ok(())
 }
 
 /// Gives the layers of `space` `e` more channels (shapes are re-inferred afterwards).
@@ -810,42 +266,6 @@ fn widen_space_graph(graph: &mut Graph, space: &Space, e: usize) {
         }
     }
 }
-
-/// The .arch language gives a block whose input and output shapes match an identity
-/// shortcut, so a projection (or pad) shortcut that widening made shape-preserving could
-/// not be written: refuse rather than print a network that computes something else.
-fn refuse_silent_shortcuts(g: &Graph, target: &Target) -> Result<()> {
-    for n in g.order() {
-        if !matches!(g.g[n].op, Op::Add) {
-            continue;
-        }
-        let Some(&short) = g.inputs(n).get(1) else {
-            continue;
-        };
-        let mut from = short;
-        if matches!(g.g[from].op, Op::BatchNorm(_)) {
-            from = g.inputs(from)[0];
-        }
-        if !matches!(g.g[from].op, Op::Conv2d(_) | Op::ShortcutPad(_)) {
-            continue;
-        }
-        let input = g.inputs(from)[0];
-        if g.g[input].shape == g.g[n].shape {
-            return Err(Error::usage(
-                format!(
-                    "widening {} would give `{}` the shape of its input ({}), so its shortcut `{}` would be written as an identity: the .arch language has no shape-preserving projection",
-                    target.show(),
-                    g.g[n].name.trim_end_matches(".add"),
-                    g.g[n].shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
-                    g.g[from].name
-                ),
-                Some("choose a width that differs from the block's output width, or widen the block's output stream too".into()),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// A widening decided before any weight is read: the spaces, the channels each gets, the
 /// student graph (shapes inferred, unprintable shortcuts refused) and the report's parts.
 #[derive(Debug, Clone)]
@@ -860,19 +280,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The fill of step `k` (one RNG stream per space, so widening one space does not
-    /// shift another's draws).
+    /// The fill of step `k`.
     fn fill(&self, k: usize, args: &WidenArgs, seed: u64) -> Box<dyn Fill> {
         let (id, e) = self.steps[k];
         let ctx = FillCtx {
             c: self.spaces.spaces[id].width,
             e,
-            rng: ChaCha8Rng::seed_from_u64(
-                seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k as u64 + 1)),
-            ),
             init: args.init,
         };
-        make_fill(args.method, ctx, args.noise)
+        make_fill(args.method, ctx, args.noise, seed, k)
     }
 }
 
@@ -942,21 +358,6 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
     })
 }
 
-/// Computes step `k` of `plan` (one space) through `store`: the same draws, in the same
-/// order, whichever store holds the tensors, as long as the steps run in order.
-pub fn apply_step(
-    graph: &Graph,
-    plan: &Plan,
-    k: usize,
-    store: &mut dyn TensorStore,
-    args: &WidenArgs,
-    seed: u64,
-) -> Result<()> {
-    let (id, e) = plan.steps[k];
-    let mut fill = plan.fill(k, args, seed);
-    widen_space(graph, store, &plan.spaces.spaces[id], e, fill.as_mut())
-}
-
 /// `graph` with the first `k` steps of `plan` applied (shapes inferred): the network a
 /// step-by-step proof compares step `k` against.
 pub fn graph_after(graph: &Graph, plan: &Plan, k: usize) -> Result<Graph> {
@@ -978,46 +379,30 @@ pub struct Touch {
     pub kind: Option<ParamKind>,
     /// Columns per channel (entries after a flatten, consumer columns).
     pub cols: usize,
-    /// RNG words the step's fill draws before this call.
-    pub offset: u128,
 }
 
-/// Every tensor that widening as `plan` touches, with its touches in step order, and each
-/// touch's place in its step's random stream; `shapes` holds every teacher tensor's shape
-/// (biases are optional). With [`apply_touches`], a tensor can be widened on its own, in
-/// any order or in parallel, to exactly the values [`apply_step`]s give it.
+/// Every tensor that widening as `plan` touches, with its touches in step order; `has`
+/// says whether a teacher tensor exists (biases are optional). With [`apply_touches`], a
+/// tensor can be widened on its own, in any order or in parallel.
 pub fn tensor_touches(
     graph: &Graph,
     plan: &Plan,
-    args: &WidenArgs,
-    seed: u64,
-    shapes: &HashMap<String, Vec<usize>>,
+    has: &dyn Fn(&str) -> bool,
 ) -> Vec<(String, Vec<Touch>)> {
-    let mut shapes = shapes.clone();
     let mut out: Vec<(String, Vec<Touch>)> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
-    for k in 0..plan.steps.len() {
-        let (id, e) = plan.steps[k];
+    for (k, &(id, _)) in plan.steps.iter().enumerate() {
         let space = &plan.spaces.spaces[id];
-        let fill = plan.fill(k, args, seed);
-        let mut offset = 0u128;
         let mut touch = |name: String, part: Part, kind: Option<ParamKind>, cols: usize| {
-            let Some(shape) = shapes.get_mut(&name) else {
+            if !has(&name) {
                 return;
-            };
+            }
             let t = Touch {
                 step: k,
                 part,
                 kind,
                 cols,
-                offset,
             };
-            offset += fill.words(part, shape, cols);
-            match part {
-                Part::Rows | Part::Bias => shape[0] += e,
-                Part::Entries => shape[0] += e * cols,
-                Part::Columns => shape[1] += e * cols,
-            }
             let i = *at.entry(name.clone()).or_insert_with(|| {
                 out.push((name, Vec::new()));
                 out.len() - 1
@@ -1051,6 +436,11 @@ pub fn tensor_touches(
     out
 }
 
+/// The touches of `touches` made by steps before `k` (touches are in step order).
+pub fn before_step(touches: &[Touch], k: usize) -> &[Touch] {
+    &touches[..touches.iter().take_while(|t| t.step < k).count()]
+}
+
 /// Tensor `name` (teacher value `t`) after `touches` (from [`tensor_touches`]).
 pub fn apply_touches(
     plan: &Plan,
@@ -1063,28 +453,27 @@ pub fn apply_touches(
     let layer = name.rsplit_once('.').map_or(name, |(l, _)| l);
     for tc in touches {
         let (_, e) = plan.steps[tc.step];
-        let mut fill = plan.fill(tc.step, args, seed);
-        let rng = fill.rng();
-        let start = rng.get_word_pos();
-        rng.set_word_pos(start + tc.offset);
+        let fill = plan.fill(tc.step, args, seed);
+        let rng = &mut keyed_rng(seed, tc.step, name, tc.part);
         t = match tc.part {
+            Part::Step => unreachable!("tensors are not touched by step draws"),
             Part::Rows => {
-                let rows = fill.rows(&t);
+                let rows = fill.rows(&t, rng);
                 grew("output rows", layer, rows.shape()[0], e)?;
                 append0(t, &rows)
             }
             Part::Bias => {
-                let nb = fill.bias(&t);
+                let nb = fill.bias(&t, rng);
                 append0(t, &nb)
             }
             Part::Entries => {
                 let kind = tc.kind.expect("entries touches carry their kind");
-                let new = fill.entries(kind, &t, tc.cols);
+                let new = fill.entries(kind, &t, tc.cols, rng);
                 grew("entries", name, new.len(), e * tc.cols)?;
                 append0(t, &new)
             }
             Part::Columns => {
-                let nw = fill.columns(&t, tc.cols);
+                let nw = fill.columns(&t, tc.cols, rng);
                 grew(
                     "input columns",
                     layer,
@@ -1098,40 +487,95 @@ pub fn apply_touches(
     Ok(t)
 }
 
+/// A planned widening with its per-tensor touches: everything needed to compute any
+/// student tensor from its teacher tensor, alone.
+pub struct Widening<'a> {
+    pub graph: &'a Graph,
+    pub plan: Plan,
+    pub args: &'a WidenArgs,
+    pub seed: u64,
+    touches: HashMap<String, Vec<Touch>>,
+}
+
+impl<'a> Widening<'a> {
+    /// Plans `args` on `graph`; `has` says which teacher tensors exist.
+    pub fn new(
+        graph: &'a Graph,
+        args: &'a WidenArgs,
+        seed: u64,
+        has: &dyn Fn(&str) -> bool,
+    ) -> Result<Widening<'a>> {
+        let plan = plan(graph, args)?;
+        let touches = tensor_touches(graph, &plan, has).into_iter().collect();
+        Ok(Widening {
+            graph,
+            plan,
+            args,
+            seed,
+            touches,
+        })
+    }
+
+    /// Whether widening changes tensor `name`.
+    pub fn touches(&self, name: &str) -> bool {
+        self.touches.contains_key(name)
+    }
+
+    /// Tensor `name` (teacher value `t`) after the first `steps` steps (all: `usize::MAX`).
+    pub fn tensor(&self, name: &str, t: ArrayD<f64>, steps: usize) -> Result<ArrayD<f64>> {
+        match self.touches.get(name) {
+            None => Ok(t),
+            Some(tc) => apply_touches(
+                &self.plan,
+                self.args,
+                self.seed,
+                name,
+                t,
+                before_step(tc, steps),
+            ),
+        }
+    }
+}
+
 /// Widens `graph` as `args` asks, filling new weights by `args.method`, seeded.
 pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Result<Widened> {
     params.check(graph)?;
-    let plan = plan(graph, args)?;
+    let w = Widening::new(graph, args, seed, &|n| params.tensors.contains_key(n))?;
+    let names: Vec<&String> = params.tensors.keys().filter(|n| w.touches(n)).collect();
+    let new: Vec<(String, ArrayD<f64>)> = names
+        .into_par_iter()
+        .map(|n| {
+            Ok((
+                n.clone(),
+                w.tensor(n, params.tensors[n].clone(), usize::MAX)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     let mut p = params.clone();
-    for k in 0..plan.steps.len() {
-        apply_step(graph, &plan, k, &mut p, args, seed)?;
-    }
-    p.check(&plan.student)?;
+    p.tensors.extend(new);
+    p.check(&w.plan.student)?;
     Ok(Widened {
-        graph: plan.student,
+        graph: w.plan.student,
         params: p,
-        changes: plan.changes,
-        notes: plan.notes,
-        exact: plan.exact,
+        changes: w.plan.changes,
+        notes: w.plan.notes,
+        exact: w.plan.exact,
     })
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::{concatenate, Axis, IxDyn};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
-    /// Widening tensor by tensor (each call's draws found by [`Fill::words`]) gives exactly
-    /// what the step-by-step widening gives, for every method and init, noise included.
+    /// A tensor's rewrite depends only on (seed, step, tensor, part): widening the tensors
+    /// in reverse order gives the same bits as in file order, for every method and init.
     #[test]
-    fn tensor_by_tensor_equals_step_by_step() {
+    fn any_order_gives_the_same_bits() {
         let src = std::fs::read_to_string("examples/resnet_cifar10.arch").unwrap();
         let g = crate::lower::compile(&src, &[("r".into(), "1/4".into())]).unwrap();
         let teacher = crate::params::init(&g, 3, true);
-        let shapes: HashMap<String, Vec<usize>> = teacher
-            .tensors
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shape().to_vec()))
-            .collect();
         for method in [
             Method::R2r,
             Method::Netmorph,
@@ -1149,17 +593,38 @@ mod tests {
                 };
                 let w = widen(&g, &teacher, &args, 11).unwrap();
                 let plan = plan(&g, &args).unwrap();
-                let touches = tensor_touches(&g, &plan, &args, 11, &shapes);
+                let touches = tensor_touches(&g, &plan, &|n| teacher.tensors.contains_key(n));
                 assert!(!touches.is_empty());
-                for (name, tc) in &touches {
+                let mut changed = 0;
+                for (name, tc) in touches.iter().rev() {
                     let t = teacher.tensors[name].clone();
                     let got = apply_touches(&plan, &args, 11, name, t, tc).unwrap();
                     assert_eq!(&got, &w.params.tensors[name], "{method:?} {init:?} {name}");
+                    changed += usize::from(got.shape() != teacher.tensors[name].shape());
                 }
+                assert_eq!(changed, touches.len(), "every touched tensor grows");
+                // Another seed draws other weights (except NetMorph's zero columns).
+                let other = widen(&g, &teacher, &args, 12).unwrap();
+                assert_ne!(
+                    other.params.tensors, w.params.tensors,
+                    "{method:?} {init:?}"
+                );
             }
         }
     }
 
+    /// Streams are keyed: another step, tensor or part gives other bits.
+    #[test]
+    fn keyed_streams_differ_by_every_key_part() {
+        use rand::Rng;
+        let first = |mut r: ChaCha8Rng| r.random::<u64>();
+        let a = first(keyed_rng(1, 0, "conv1.weight", Part::Rows));
+        assert_eq!(a, first(keyed_rng(1, 0, "conv1.weight", Part::Rows)));
+        assert_ne!(a, first(keyed_rng(2, 0, "conv1.weight", Part::Rows)));
+        assert_ne!(a, first(keyed_rng(1, 1, "conv1.weight", Part::Rows)));
+        assert_ne!(a, first(keyed_rng(1, 0, "conv1.bias", Part::Rows)));
+        assert_ne!(a, first(keyed_rng(1, 0, "conv1.weight", Part::Columns)));
+    }
     /// Parallel chunked draws are the sequential draws, and leave the stream where they
     /// would.
     #[test]
@@ -1169,11 +634,11 @@ mod tests {
             let mut a = ChaCha8Rng::seed_from_u64(9);
             let mut b = a.clone();
             let f = |r: &mut ChaCha8Rng| match words {
-                2 => uniform(r, -1.0, 1.0),
+                2 => fill::uniform(r, -1.0, 1.0),
                 _ => crate::params::normal(r),
             };
             let seq: Vec<f64> = (0..n).map(|_| f(&mut a)).collect();
-            assert_eq!(draw(&mut b, n, words, f), seq);
+            assert_eq!(fill::draw(&mut b, n, words, f), seq);
             assert_eq!(a.get_word_pos(), b.get_word_pos());
         }
     }

@@ -6,12 +6,12 @@
 //! weights only, and the result is then only approximately the teacher.
 
 use ndarray::{ArrayD, Axis};
+use rand_chacha::ChaCha8Rng;
 
-use super::{block_index, cat, std_of, tail, Fill, FillCtx, Part};
+use super::fill::{block_index, cat, std_of, Fill, FillCtx};
 use crate::ir::ParamKind;
 
 pub struct Net2Net {
-    ctx: FillCtx,
     /// `g(j)` for each new channel `j`.
     map: Vec<usize>,
     /// Copies of each original channel, itself included.
@@ -21,47 +21,50 @@ pub struct Net2Net {
 }
 
 impl Net2Net {
-    pub fn new(mut ctx: FillCtx, noise: Option<f64>) -> Net2Net {
+    /// The replica map is drawn from the step's own stream (`map_rng`), so every tensor of
+    /// the space sees the same map.
+    pub fn new(ctx: FillCtx, noise: Option<f64>, map_rng: &mut ChaCha8Rng) -> Net2Net {
         use rand::Rng;
-        let map: Vec<usize> = (0..ctx.e).map(|_| ctx.rng.random_range(0..ctx.c)).collect();
+        let map: Vec<usize> = (0..ctx.e).map(|_| map_rng.random_range(0..ctx.c)).collect();
         let mut counts = vec![1; ctx.c];
         for &g in &map {
             counts[g] += 1;
         }
-        Net2Net {
-            ctx,
-            map,
-            counts,
-            noise,
-        }
+        Net2Net { map, counts, noise }
     }
 
-    fn add_noise(&mut self, t: &mut ArrayD<f64>, scale_of: &ArrayD<f64>) {
+    fn add_noise(&self, t: &mut ArrayD<f64>, scale_of: &ArrayD<f64>, rng: &mut ChaCha8Rng) {
         if let Some(sigma) = self.noise.filter(|s| *s > 0.0) {
             let s = sigma * std_of(scale_of);
             for x in t.iter_mut() {
-                *x += s * crate::params::normal(&mut self.ctx.rng);
+                *x += s * crate::params::normal(rng);
             }
         }
     }
 }
 
 impl Fill for Net2Net {
-    fn rows(&mut self, w: &ArrayD<f64>) -> ArrayD<f64> {
+    fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         let mut rows = w.select(Axis(0), &self.map);
-        self.add_noise(&mut rows, w);
+        self.add_noise(&mut rows, w, rng);
         rows
     }
 
-    fn bias(&mut self, b: &ArrayD<f64>) -> ArrayD<f64> {
+    fn bias(&self, b: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         b.select(Axis(0), &self.map)
     }
 
-    fn entries(&mut self, _kind: ParamKind, t: &ArrayD<f64>, cols: usize) -> ArrayD<f64> {
+    fn entries(
+        &self,
+        _kind: ParamKind,
+        t: &ArrayD<f64>,
+        cols: usize,
+        _rng: &mut ChaCha8Rng,
+    ) -> ArrayD<f64> {
         t.select(Axis(0), &block_index(self.map.iter().copied(), cols))
     }
 
-    fn columns(&mut self, w: &ArrayD<f64>, cols: usize) -> ArrayD<f64> {
+    fn columns(&self, w: &ArrayD<f64>, cols: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         let mut old = w.clone();
         for (c, &n) in self.counts.iter().enumerate() {
             if n > 1 {
@@ -70,24 +73,7 @@ impl Fill for Net2Net {
             }
         }
         let mut new = old.select(Axis(1), &block_index(self.map.iter().copied(), cols));
-        self.add_noise(&mut new, w);
+        self.add_noise(&mut new, w, rng);
         cat(1, &[&old, &new])
-    }
-
-    fn words(&self, part: Part, shape: &[usize], cols: usize) -> u128 {
-        // Only noise draws (two f64 per value); the map was drawn at construction.
-        if self.noise.filter(|s| *s > 0.0).is_none() {
-            return 0;
-        }
-        let e = self.ctx.e as u128;
-        match part {
-            Part::Rows => e * tail(shape, 1) * 4,
-            Part::Columns => shape[0] as u128 * e * cols as u128 * tail(shape, 2) * 4,
-            Part::Bias | Part::Entries => 0,
-        }
-    }
-
-    fn rng(&mut self) -> &mut rand_chacha::ChaCha8Rng {
-        &mut self.ctx.rng
     }
 }

@@ -5,8 +5,9 @@
 //! contributions cancel exactly. Existing parameters are untouched.
 
 use ndarray::ArrayD;
+use rand_chacha::ChaCha8Rng;
 
-use super::{cat, cat_pair, default_entries, fan_in, tail, with_dim, Fill, FillCtx, Part};
+use super::fill::{cat, cat_pair, default_entries, fan_in, with_dim, Fill, FillCtx};
 use crate::ir::ParamKind;
 
 pub struct R2r {
@@ -22,43 +23,35 @@ impl R2r {
 }
 
 impl Fill for R2r {
-    fn rows(&mut self, w: &ArrayD<f64>) -> ArrayD<f64> {
+    fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         let half = self.ctx.e / 2;
         let u = self
             .ctx
-            .free(&with_dim(w, 0, half), w, fan_in(w, w.shape()[1]));
+            .free(rng, &with_dim(w, 0, half), w, fan_in(w, w.shape()[1]));
         cat(0, &[&u, &u])
     }
 
-    fn bias(&mut self, _b: &ArrayD<f64>) -> ArrayD<f64> {
+    fn bias(&self, _b: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         ArrayD::zeros(ndarray::IxDyn(&[self.ctx.e]))
     }
 
-    fn entries(&mut self, kind: ParamKind, _t: &ArrayD<f64>, cols: usize) -> ArrayD<f64> {
+    fn entries(
+        &self,
+        kind: ParamKind,
+        _t: &ArrayD<f64>,
+        cols: usize,
+        _rng: &mut ChaCha8Rng,
+    ) -> ArrayD<f64> {
         // Equal for L and R: the defaults are.
         default_entries(kind, self.ctx.e * cols)
     }
 
-    fn columns(&mut self, w: &ArrayD<f64>, cols: usize) -> ArrayD<f64> {
+    fn columns(&self, w: &ArrayD<f64>, cols: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         let half = self.ctx.e / 2;
         let inputs = (self.ctx.c + self.ctx.e) * cols;
         let v = self
             .ctx
-            .free(&with_dim(w, 1, half * cols), w, fan_in(w, inputs));
+            .free(rng, &with_dim(w, 1, half * cols), w, fan_in(w, inputs));
         cat_pair(w, &v)
-    }
-
-    fn words(&self, part: Part, shape: &[usize], cols: usize) -> u128 {
-        let half = (self.ctx.e / 2) as u128;
-        let per = self.ctx.words_per_value();
-        match part {
-            Part::Rows => half * tail(shape, 1) * per,
-            Part::Columns => shape[0] as u128 * half * cols as u128 * tail(shape, 2) * per,
-            Part::Bias | Part::Entries => 0,
-        }
-    }
-
-    fn rng(&mut self) -> &mut rand_chacha::ChaCha8Rng {
-        &mut self.ctx.rng
     }
 }

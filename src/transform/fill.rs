@@ -1,0 +1,290 @@
+//! What goes into new rows, entries and columns: the [`Fill`] trait each widening method
+//! implements, its keyed random streams, and the array helpers the fills share.
+
+use ndarray::{concatenate, ArrayD, Axis, IxDyn};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use super::Init;
+use crate::ir::ParamKind;
+
+/// What a method puts into the new rows, entries and columns of one space. Every call gets
+/// its own random stream, keyed by (seed, step, tensor, part) ([`keyed_rng`]), so a tensor
+/// can be rewritten on its own, in any order, to the same bits.
+pub trait Fill: Sync {
+    /// New output rows `[E, ...]` of producer weight `w` (`[C, ...]`).
+    fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
+    /// New entries `[E]` of a producer's bias `b` (`[C]`).
+    fn bias(&self, b: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
+    /// New entries `[E * cols]` of a channel-wise parameter `t` (`[C * cols]`).
+    fn entries(
+        &self,
+        kind: ParamKind,
+        t: &ArrayD<f64>,
+        cols: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> ArrayD<f64>;
+    /// The whole new consumer weight `[O, (C + E) * cols, ...]` from `w` (`[O, C * cols, ...]`).
+    fn columns(&self, w: &ArrayD<f64>, cols: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
+}
+
+/// Which call of a [`Fill`] a tensor gets in a step, or the step's own draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    Rows,
+    Bias,
+    Entries,
+    Columns,
+    /// A draw that belongs to the step, not to a tensor (Net2WiderNet's replica map).
+    Step,
+}
+
+/// The random stream of one call: a function of (seed, step, tensor, part) only, so the
+/// same call draws the same bits whatever ran before it (in memory, streamed, in parallel).
+pub fn keyed_rng(seed: u64, step: usize, tensor: &str, part: Part) -> ChaCha8Rng {
+    // FNV-1a: stable across Rust versions and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tensor.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&(step as u64).to_le_bytes());
+    key[16..24].copy_from_slice(&h.to_le_bytes());
+    key[24..32].copy_from_slice(&(part as u64 + 1).to_le_bytes());
+    ChaCha8Rng::from_seed(key)
+}
+
+/// Shared sizes of a fill and its init rule.
+pub struct FillCtx {
+    /// Channels before.
+    pub c: usize,
+    /// Channels added.
+    pub e: usize,
+    pub init: Init,
+}
+
+impl FillCtx {
+    /// Free weights shaped like `shape`, scaled like `existing` (or He for `fan_in`).
+    pub fn free(
+        &self,
+        rng: &mut ChaCha8Rng,
+        shape: &[usize],
+        existing: &ArrayD<f64>,
+        fan_in: usize,
+    ) -> ArrayD<f64> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = match self.init {
+            Init::Match => {
+                // U(-s*sqrt(3), s*sqrt(3)) has standard deviation s (the paper's section 6
+                // writes s/sqrt(3), which would give s/3).
+                let s = std_of(existing);
+                let s = if s > 0.0 {
+                    s
+                } else {
+                    (2.0 / fan_in.max(1) as f64).sqrt()
+                };
+                let b = s * 3f64.sqrt();
+                draw(rng, n, 2, |r| uniform(r, -b, b))
+            }
+            Init::He => return he(rng, shape, fan_in),
+        };
+        ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
+    }
+}
+
+/// He-normal weights for `shape` with `fan_in` (random padding).
+pub fn he(rng: &mut ChaCha8Rng, shape: &[usize], fan_in: usize) -> ArrayD<f64> {
+    let s = (2.0 / fan_in.max(1) as f64).sqrt();
+    let n: usize = shape.iter().product();
+    let v = draw(rng, n, 4, |r| s * crate::params::normal(r));
+    ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
+}
+
+/// `n` values `f(rng)`, each drawing exactly `words` RNG words: the same values as drawing
+/// them one after another, computed in parallel chunks that each start the stream at their
+/// first value's word; `rng` ends after the last value's words.
+pub fn draw(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    words: u128,
+    f: impl Fn(&mut ChaCha8Rng) -> f64 + Sync,
+) -> Vec<f64> {
+    const CHUNK: usize = 1 << 15;
+    let start = rng.get_word_pos();
+    if n <= CHUNK {
+        let v = (0..n).map(|_| f(rng)).collect();
+        debug_assert_eq!(rng.get_word_pos(), start + n as u128 * words);
+        return v;
+    }
+    let base = rng.clone();
+    let mut v = vec![0.0; n];
+    v.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+        let mut r = base.clone();
+        r.set_word_pos(start + (i * CHUNK) as u128 * words);
+        for x in c {
+            *x = f(&mut r);
+        }
+    });
+    rng.set_word_pos(start + n as u128 * words);
+    v
+}
+
+pub(crate) fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
+    use rand::Rng;
+    lo + (hi - lo) * rng.random::<f64>()
+}
+
+/// Population standard deviation of a tensor's values.
+///
+/// Summed in fixed chunks (8 lanes each, so it vectorises) whose partial sums are added in
+/// order: the same bits however many threads run it, and fast on the hundreds of millions
+/// of values of a wide layer (a plain sequential sum was a tenth of a large widening).
+pub fn std_of(t: &ArrayD<f64>) -> f64 {
+    let t = t.as_standard_layout();
+    let v = t.as_slice().expect("standard layout");
+    let n = v.len().max(1) as f64;
+    let mean = chunked_sum(v, |x| x) / n;
+    (chunked_sum(v, |x| (x - mean) * (x - mean)) / n).sqrt()
+}
+
+/// `sum f(x)` over `v`: fixed chunks in parallel, their sums added in order.
+fn chunked_sum(v: &[f64], f: impl Fn(f64) -> f64 + Sync) -> f64 {
+    const CHUNK: usize = 1 << 16;
+    let parts: Vec<f64> = v.par_chunks(CHUNK).map(|c| lanes_sum(c, &f)).collect();
+    parts.iter().sum()
+}
+
+/// `sum f(x)` over `c` in 8 interleaved lanes, then the lanes and the remainder in order.
+fn lanes_sum(c: &[f64], f: &impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut it = c.chunks_exact(8);
+    for ch in &mut it {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            *a += f(x);
+        }
+    }
+    acc.iter().sum::<f64>() + it.remainder().iter().map(|&x| f(x)).sum::<f64>()
+}
+
+/// The shape of `t` with dimension `axis` set to `len`.
+pub fn with_dim(t: &ArrayD<f64>, axis: usize, len: usize) -> Vec<usize> {
+    let mut s = t.shape().to_vec();
+    s[axis] = len;
+    s
+}
+
+/// Fan-in of a weight whose input dimension becomes `inputs`.
+pub fn fan_in(t: &ArrayD<f64>, inputs: usize) -> usize {
+    inputs * t.shape().iter().skip(2).product::<usize>()
+}
+
+/// Default entries of a channel-wise parameter (BN: gamma 1, beta 0, mean 0, var 1;
+/// PReLU 0.25), `n` of them.
+pub fn default_entries(kind: ParamKind, n: usize) -> ArrayD<f64> {
+    let v = match kind {
+        ParamKind::BnWeight | ParamKind::RunningVar => 1.0,
+        ParamKind::PreluWeight => 0.25,
+        _ => 0.0,
+    };
+    ArrayD::from_elem(IxDyn(&[n]), v)
+}
+
+/// Channel indices expanded to column indices, `cols` per channel.
+pub fn block_index(channels: impl IntoIterator<Item = usize>, cols: usize) -> Vec<usize> {
+    channels
+        .into_iter()
+        .flat_map(|c| c * cols..(c + 1) * cols)
+        .collect()
+}
+
+/// `[a; b]` along axis 0, reusing `a`'s buffer (growing it in place when the allocator
+/// can) instead of copying both.
+pub fn append0(a: ArrayD<f64>, b: &ArrayD<f64>) -> ArrayD<f64> {
+    let mut shape = a.shape().to_vec();
+    if !a.is_standard_layout() || shape.is_empty() || b.shape().get(1..) != shape.get(1..) {
+        return cat(0, &[&a, b]);
+    }
+    shape[0] += b.shape()[0];
+    let n = a.len();
+    // Standard layout: the elements are `n` consecutive values from the offset.
+    let (mut v, offset) = a.into_raw_vec_and_offset();
+    v.drain(..offset.unwrap_or(0));
+    v.truncate(n);
+    let b = b.as_standard_layout();
+    v.extend_from_slice(b.as_slice().expect("standard layout"));
+    ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length matches shape")
+}
+
+/// `[w, v, -v]` along axis 1 (R2WiderR's consumer columns), without materialising `-v`.
+pub fn cat_pair(w: &ArrayD<f64>, v: &ArrayD<f64>) -> ArrayD<f64> {
+    let (ws, vs) = (w.as_standard_layout(), v.as_standard_layout());
+    let outer = w.shape()[0];
+    if outer == 0 || w.ndim() < 2 {
+        let minus = v.mapv(|x| -x);
+        return cat(1, &[w, v, &minus]);
+    }
+    let (ws, vs) = (
+        ws.as_slice().expect("standard"),
+        vs.as_slice().expect("standard"),
+    );
+    let (a, b) = (ws.len() / outer, vs.len() / outer);
+    let mut shape = w.shape().to_vec();
+    shape[1] += 2 * v.shape()[1];
+    let mut out = vec![0.0; outer * (a + 2 * b)];
+    if a + 2 * b > 0 {
+        out.par_chunks_mut(a + 2 * b)
+            .enumerate()
+            .for_each(|(o, row)| {
+                row[..a].copy_from_slice(&ws[o * a..(o + 1) * a]);
+                let src = &vs[o * b..(o + 1) * b];
+                row[a..a + b].copy_from_slice(src);
+                for (x, &y) in row[a + b..].iter_mut().zip(src) {
+                    *x = -y;
+                }
+            });
+    }
+    ArrayD::from_shape_vec(IxDyn(&shape), out).expect("length matches shape")
+}
+
+/// `[a; b]` along `axis`.
+pub fn cat(axis: usize, parts: &[&ArrayD<f64>]) -> ArrayD<f64> {
+    // Standard-layout parts: each output block (one index of the axes before `axis`) is
+    // the parts' blocks one after another, copied whole.
+    let std: Vec<_> = parts.iter().map(|p| p.as_standard_layout()).collect();
+    let slices: Option<Vec<&[f64]>> = std.iter().map(|p| p.as_slice()).collect();
+    let outer: usize = parts[0].shape()[..axis].iter().product();
+    if let (Some(slices), true) = (slices, outer > 0) {
+        let mut shape = parts[0].shape().to_vec();
+        shape[axis] = parts.iter().map(|p| p.shape()[axis]).sum();
+        debug_assert!(parts.iter().all(|p| p.ndim() == shape.len()
+            && p.shape()
+                .iter()
+                .enumerate()
+                .all(|(i, &d)| i == axis || d == shape[i])));
+        let widths: Vec<usize> = slices.iter().map(|s| s.len() / outer).collect();
+        let block: usize = widths.iter().sum();
+        let total = outer * block;
+        let mut v = Vec::with_capacity(total);
+        if outer == 1 || block == 0 {
+            for o in 0..outer {
+                for (s, &w) in slices.iter().zip(&widths) {
+                    v.extend_from_slice(&s[o * w..(o + 1) * w]);
+                }
+            }
+        } else {
+            v.resize(total, 0.0);
+            v.par_chunks_mut(block).enumerate().for_each(|(o, out)| {
+                let mut at = 0;
+                for (s, &w) in slices.iter().zip(&widths) {
+                    out[at..at + w].copy_from_slice(&s[o * w..(o + 1) * w]);
+                    at += w;
+                }
+            });
+        }
+        return ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length matches shape");
+    }
+    let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    concatenate(Axis(axis), &views).expect("parts agree off the axis")
+}

@@ -1,0 +1,228 @@
+//! What a widening target names: a layer, block, row or `--all`, resolved to channel spaces,
+//! and how many channels each space gets.
+
+use super::{Amount, Method, Target};
+use crate::analysis::Spaces;
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeIndex, Op};
+
+/// Every name a target may use: nodes, blocks (`conv2_1`) and rows (`conv2_x`, `head`).
+pub fn target_names(graph: &Graph) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for n in graph.order() {
+        let node = &graph.g[n];
+        if n == graph.input {
+            continue;
+        }
+        for name in [
+            Some(node.row.clone()),
+            block_name(graph, n),
+            Some(node.name.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !v.contains(&name) {
+                v.push(name);
+            }
+        }
+    }
+    v
+}
+
+/// `conv2_1` for a node of block 1 of row `conv2_x` (the prefix of its dotted name).
+fn block_name(graph: &Graph, n: NodeIndex) -> Option<String> {
+    let node = &graph.g[n];
+    node.block?;
+    node.name.split_once('.').map(|(b, _)| b.to_string())
+}
+
+/// The spaces a target names, and a sentence saying what that is.
+pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<usize>> {
+    let name = match target {
+        Target::All => {
+            let v: Vec<usize> = spaces
+                .spaces
+                .iter()
+                .filter(|s| s.widenable())
+                .map(|s| s.id)
+                .collect();
+            if v.is_empty() {
+                return Err(Error::usage(
+                    format!(
+                        "network `{}` has no channel space that can be widened",
+                        graph.name
+                    ),
+                    Some("`r2rc spaces FILE` lists every space and why it is fixed".into()),
+                ));
+            }
+            return Ok(v);
+        }
+        Target::Name(n) => n.as_str(),
+    };
+    let order = graph.order();
+    let check = |ids: Vec<usize>, what: &str| -> Result<Vec<usize>> {
+        for &id in &ids {
+            let s = &spaces.spaces[id];
+            if !s.widenable() {
+                return Err(Error::usage(
+                    format!(
+                        "cannot widen `{name}` ({what}): {} cannot be widened because {}",
+                        s.describe(),
+                        s.blockers.join("; and ")
+                    ),
+                    Some("`r2rc spaces FILE` lists the spaces that can be widened".into()),
+                ));
+            }
+        }
+        Ok(ids)
+    };
+    // A row (single-layer row or stage): the stream its last value lies in.
+    let row_nodes: Vec<NodeIndex> = order
+        .iter()
+        .copied()
+        .filter(|&n| n != graph.input && graph.g[n].row == name)
+        .collect();
+    if let Some(&last) = row_nodes.last() {
+        return check(vec![spaces.of[&last]], "a row: its output stream");
+    }
+    // A layer: the channels of its output.
+    if let Some(n) = graph.find(name) {
+        return check(vec![spaces.of[&n]], "a layer: its output channels");
+    }
+    // A block: its hidden widths, the spaces of its producers except the block output's.
+    let block: Vec<NodeIndex> = order
+        .iter()
+        .copied()
+        .filter(|&n| block_name(graph, n).as_deref() == Some(name))
+        .collect();
+    if let Some(&last) = block.last() {
+        let out = spaces.of[&last];
+        let mut ids = Vec::new();
+        for &n in &block {
+            let id = spaces.of[&n];
+            if id != out
+                && matches!(graph.g[n].op, Op::Conv2d(_) | Op::Linear(_))
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            return Err(Error::usage(
+                format!("block `{name}` has no hidden width to widen"),
+                Some(format!("name the stream instead: `{}`", graph.g[last].row)),
+            ));
+        }
+        return check(ids, "a block: its hidden widths");
+    }
+    let names = target_names(graph);
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let hint = match crate::lower::closest(name, &refs) {
+        Some(c) => format!("did you mean `{c}`?"),
+        None => "`r2rc check FILE` lists every layer name".into(),
+    };
+    Err(Error::usage(
+        format!(
+            "network `{}` has no layer, block or row named `{name}`",
+            graph.name
+        ),
+        Some(hint),
+    ))
+}
+
+/// Channels to add to a space of width `c`, and a note when R2R rounded it up.
+pub(crate) fn added(
+    c: usize,
+    amount: Amount,
+    method: Method,
+    label: &str,
+) -> Result<(usize, Option<String>)> {
+    let e = match amount {
+        Amount::By(f) => {
+            if !(f.is_finite() && f > 1.0) {
+                return Err(Error::usage(
+                    format!("--by {f} does not widen: the factor must be greater than 1"),
+                    Some("for example --by 1.5".into()),
+                ));
+            }
+            // The language's floor, forgiving rounding error like 8 * 1.5.
+            let to = (c as f64 * f + 1e-9 * (c as f64 * f)).floor() as usize;
+            to.saturating_sub(c)
+        }
+        Amount::To(t) => {
+            if t <= c {
+                return Err(Error::usage(
+                    format!(
+                        "--to {t} does not widen space `{label}`, which already has {c} channels"
+                    ),
+                    Some(format!("give a width above {c}")),
+                ));
+            }
+            t - c
+        }
+        Amount::Add(e) => {
+            if method == Method::R2r && !e.is_multiple_of(2) {
+                return Err(Error::usage(
+                    format!("R2WiderR adds channels in pairs (rows U/U, columns V/-V), so --add must be even, not {e}"),
+                    Some(format!("use --add {} or --add {}", e.saturating_sub(1).max(2), e + 1)),
+                ));
+            }
+            e
+        }
+    };
+    if e == 0 {
+        return Err(Error::usage(
+            format!("widening space `{label}` ({c} channels) by this amount adds no channel"),
+            Some("use a larger --by, --to or --add".into()),
+        ));
+    }
+    if method == Method::R2r && !e.is_multiple_of(2) {
+        return Ok((
+            e + 1,
+            Some(format!(
+                "R2WiderR adds channels in pairs: space `{label}` grows by {} to {} channels instead of {} to {}",
+                e + 1,
+                c + e + 1,
+                e,
+                c + e
+            )),
+        ));
+    }
+    Ok((e, None))
+}
+
+/// The .arch language gives a block whose input and output shapes match an identity
+/// shortcut, so a projection (or pad) shortcut that widening made shape-preserving could
+/// not be written: refuse rather than print a network that computes something else.
+pub(crate) fn refuse_silent_shortcuts(g: &Graph, target: &Target) -> Result<()> {
+    for n in g.order() {
+        if !matches!(g.g[n].op, Op::Add) {
+            continue;
+        }
+        let Some(&short) = g.inputs(n).get(1) else {
+            continue;
+        };
+        let mut from = short;
+        if matches!(g.g[from].op, Op::BatchNorm(_)) {
+            from = g.inputs(from)[0];
+        }
+        if !matches!(g.g[from].op, Op::Conv2d(_) | Op::ShortcutPad(_)) {
+            continue;
+        }
+        let input = g.inputs(from)[0];
+        if g.g[input].shape == g.g[n].shape {
+            return Err(Error::usage(
+                format!(
+                    "widening {} would give `{}` the shape of its input ({}), so its shortcut `{}` would be written as an identity: the .arch language has no shape-preserving projection",
+                    target.show(),
+                    g.g[n].name.trim_end_matches(".add"),
+                    g.g[n].shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"),
+                    g.g[from].name
+                ),
+                Some("choose a width that differs from the block's output width, or widen the block's output stream too".into()),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::ir::Graph;
+use crate::ir::{Graph, Op};
 use crate::params::{self, Params};
 
 /// Whose names a weights file uses.
@@ -84,6 +84,283 @@ pub fn from_torchvision_layer(tv: &str) -> Option<String> {
         return None;
     }
     Some(format!("conv{}_{}.{rest}", stage + 1, block + 1))
+}
+
+/// `K` of a stage row `convK_x` with K >= 2 (torchvision's `layer{K-1}`).
+fn stage_number(row: &str) -> Option<usize> {
+    let k: usize = row.strip_prefix("conv")?.strip_suffix("_x")?.parse().ok()?;
+    (k >= 2 && row == format!("conv{k}_x")).then_some(k)
+}
+
+/// Whether `rest` (what follows `layerK.N.`) names a module of torchvision's BasicBlock or
+/// Bottleneck: `conv1`, `bn2`, `downsample`, `downsample.0`, `downsample.1`. The block's
+/// one `relu` module is applied several times, so it names no single r2rc layer.
+fn is_block_module(rest: &str) -> bool {
+    let numbered = |p: &str| {
+        rest.strip_prefix(p)
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()))
+    };
+    numbered("conv")
+        || numbered("bn")
+        || matches!(rest, "downsample" | "downsample.0" | "downsample.1")
+}
+
+/// The module names a command's target may use under torchvision's naming, for `graph`:
+/// torchvision name -> r2rc name. Stages (`layer2` -> `conv3_x`), blocks (`layer2.0` ->
+/// `conv3_1`), the modules of a block (`layer2.0.conv1`, `layer2.0.downsample.0`), the stem
+/// (`conv1`, `bn1`, `relu`, `maxpool`) and the head (`avgpool`, `fc`). Holds only what
+/// `graph` has; nothing for a network outside torchvision's ResNet layout.
+pub fn torchvision_targets(graph: &Graph) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    // Outside the layout its weights have no torchvision names, so its modules have none.
+    if layer_renames(graph, Naming::Torchvision).is_err() {
+        return map;
+    }
+    for n in graph.order() {
+        if n == graph.input {
+            continue;
+        }
+        let node = &graph.g[n];
+        if let (Some(k), Some(b)) = (stage_number(&node.row), node.block) {
+            let block = format!("conv{k}_{b}");
+            let Some(rest) = node.name.strip_prefix(&format!("{block}.")) else {
+                continue;
+            };
+            if b == 0 {
+                continue;
+            }
+            let theirs = format!("layer{}.{}", k - 1, b - 1);
+            map.entry(format!("layer{}", k - 1))
+                .or_insert_with(|| node.row.clone());
+            if is_block_module(rest) {
+                map.insert(format!("{theirs}.{rest}"), node.name.clone());
+            }
+            map.entry(theirs).or_insert(block);
+            continue;
+        }
+        if node.block.is_some() {
+            continue;
+        }
+        let theirs = match (node.name.as_str(), &node.op) {
+            ("conv1" | "conv1.bn" | "conv1.act" | "head.fc", _) => {
+                torchvision_layer(&node.name, &node.row, None)
+            }
+            ("head.pool", Op::GlobalAvgPool) => Some("avgpool".into()),
+            // torchvision's stem max pool, which r2rc's ResNet table writes in conv2_x.
+            (_, Op::MaxPool(_)) if node.row == "conv2_x" => Some("maxpool".into()),
+            _ => None,
+        };
+        if let Some(t) = theirs {
+            map.entry(t).or_insert_with(|| node.name.clone());
+        }
+    }
+    map
+}
+
+/// The r2rc name of a command's target (`--layer`, `--after`) written in `naming`'s names:
+/// under torchvision a layer (`layer2.0.conv1` -> `conv3_1.conv1`, `bn1` -> `conv1.bn`,
+/// `fc` -> `head.fc`), a block (`layer2.0` -> `conv3_1`) or a stage (`layer3` ->
+/// `conv4_x`); r2rc's own names are accepted under either naming and returned as they
+/// are. A name `graph` does not have is refused with the nearest spelling and the names
+/// it does have.
+pub fn target_to_r2rc(graph: &Graph, naming: Naming, target: &str) -> Result<String> {
+    let tv = torchvision_targets(graph);
+    if naming == Naming::Torchvision {
+        if let Some(ours) = tv.get(target) {
+            return Ok(ours.clone());
+        }
+    }
+    let ours = crate::transform::target_names(graph);
+    if ours.iter().any(|n| n == target) {
+        return Ok(target.to_string());
+    }
+    Err(unknown_target(graph, naming, target, &tv, &ours))
+}
+
+/// The refusal of a target `graph` does not have, with the nearest spelling and the names
+/// it has.
+fn unknown_target(
+    graph: &Graph,
+    naming: Naming,
+    target: &str,
+    tv: &BTreeMap<String, String>,
+    ours: &[String],
+) -> Error {
+    let mut hints = Vec::new();
+    // Written in the other naming: say which flag (or which name) fits.
+    if naming == Naming::R2rc {
+        if let Some(r) = tv.get(target) {
+            hints.push(format!(
+                "`{target}` is torchvision's name for `{r}`: pass --names torchvision, or write `{r}`"
+            ));
+        }
+    }
+    // torchvision's blocks share one `relu` module; r2rc names each use.
+    if let Some(block) = target.strip_suffix(".relu").and_then(|b| tv.get(b)) {
+        let acts: Vec<String> = graph
+            .order()
+            .into_iter()
+            .map(|n| &graph.g[n])
+            .filter(|n| {
+                matches!(n.op, Op::Activation(_))
+                    && n.name
+                        .strip_prefix(block.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+            })
+            .map(|n| format!("`{}`", n.name))
+            .collect();
+        if !acts.is_empty() {
+            hints.push(format!(
+                "torchvision's block applies its one `relu` module {} times; r2rc names them {}",
+                acts.len(),
+                acts.join(", ")
+            ));
+        }
+    }
+    if hints.is_empty() {
+        let mut candidates: Vec<&str> = ours.iter().map(|s| s.as_str()).collect();
+        if naming == Naming::Torchvision {
+            candidates.extend(tv.keys().map(|s| s.as_str()));
+        }
+        if let Some(c) = crate::lower::closest(target, &candidates) {
+            match tv.get(c) {
+                Some(r) if naming == Naming::Torchvision => {
+                    hints.push(format!("did you mean `{c}` (r2rc's `{r}`)?"))
+                }
+                _ => hints.push(format!("did you mean `{c}`?")),
+            }
+        }
+    }
+    hints.push(match naming {
+        Naming::Torchvision if !tv.is_empty() => format!(
+            "its torchvision names are {}; r2rc's names (`r2rc check FILE` lists every layer) are accepted too",
+            torchvision_listing(tv)
+        ),
+        Naming::Torchvision => format!(
+            "`{}` is not in torchvision's ResNet layout, so only r2rc's names apply: {}",
+            graph.name,
+            r2rc_listing(graph)
+        ),
+        Naming::R2rc => r2rc_listing(graph),
+    });
+    let what = match naming {
+        Naming::Torchvision => "module, layer, block or row",
+        Naming::R2rc => "layer, block or row",
+    };
+    let under = match naming {
+        Naming::Torchvision => " (under --names torchvision)",
+        Naming::R2rc => "",
+    };
+    Error::usage(
+        format!(
+            "network `{}` has no {what} named `{target}`{under}",
+            graph.name
+        ),
+        Some(hints.join("; ")),
+    )
+}
+
+/// `a` or `a-b` for the first and last of a run of names.
+fn span(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, .., last] => format!("{first}-{last}"),
+    }
+}
+
+/// The stem, stages with their blocks, the modules inside a block and the head, in
+/// torchvision's names: `conv1, bn1, relu, maxpool, layer1 (blocks layer1.0-layer1.1),
+/// ..., avgpool, fc; in a block conv1, bn1, conv2, bn2, downsample.0, downsample.1`.
+fn torchvision_listing(tv: &BTreeMap<String, String>) -> String {
+    let mut parts: Vec<String> = ["conv1", "bn1", "relu", "maxpool"]
+        .into_iter()
+        .filter(|n| tv.contains_key(*n))
+        .map(String::from)
+        .collect();
+    let mut stages: Vec<(usize, &str)> = tv
+        .keys()
+        .filter_map(|k| Some((k.strip_prefix("layer")?.parse().ok()?, k.as_str())))
+        .collect();
+    stages.sort();
+    let mut inside: Vec<&str> = Vec::new();
+    for (_, stage) in &stages {
+        let mut blocks: Vec<(usize, &str)> = tv
+            .keys()
+            .filter_map(|k| {
+                let b = k.strip_prefix(*stage)?.strip_prefix('.')?;
+                Some((b.parse().ok()?, k.as_str()))
+            })
+            .collect();
+        blocks.sort();
+        let blocks: Vec<&str> = blocks.into_iter().map(|(_, b)| b).collect();
+        parts.push(format!("{stage} (blocks {})", span(&blocks)));
+        for b in &blocks {
+            for k in tv.keys() {
+                if let Some(rest) = k.strip_prefix(*b).and_then(|r| r.strip_prefix('.')) {
+                    if !inside.contains(&rest) {
+                        inside.push(rest);
+                    }
+                }
+            }
+        }
+    }
+    parts.extend(
+        ["avgpool", "fc"]
+            .into_iter()
+            .filter(|n| tv.contains_key(*n))
+            .map(String::from),
+    );
+    // In a block's order: conv1, bn1, conv2, bn2, ..., then the shortcut.
+    inside.sort_by_key(|m| {
+        let num = |p: &str| m.strip_prefix(p).and_then(|d| d.parse::<usize>().ok());
+        match (num("conv"), num("bn")) {
+            (Some(k), _) => (0, k, 0, *m),
+            (_, Some(k)) => (0, k, 1, *m),
+            _ => (1, 0, 0, *m),
+        }
+    });
+    let mut text = parts.join(", ");
+    if !inside.is_empty() {
+        text.push_str(&format!("; in a block {}", inside.join(", ")));
+    }
+    text
+}
+
+/// r2rc's rows with their blocks: `rows conv1, conv2_x (blocks conv2_1-conv2_2), ...,
+/// head; `r2rc check FILE` lists every layer`.
+fn r2rc_listing(graph: &Graph) -> String {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    for n in graph.order() {
+        if n == graph.input {
+            continue;
+        }
+        let node = &graph.g[n];
+        if rows.last().is_none_or(|(r, _)| *r != node.row) {
+            rows.push((node.row.clone(), Vec::new()));
+        }
+        let blocks = &mut rows.last_mut().expect("pushed").1;
+        if let (Some(_), Some((b, _))) = (node.block, node.name.split_once('.')) {
+            if !blocks.iter().any(|x| x == b) {
+                blocks.push(b.to_string());
+            }
+        }
+    }
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|(r, blocks)| {
+            let refs: Vec<&str> = blocks.iter().map(|s| s.as_str()).collect();
+            if refs.is_empty() {
+                r.clone()
+            } else {
+                format!("{r} (blocks {})", span(&refs))
+            }
+        })
+        .collect();
+    format!(
+        "its rows are {}; `r2rc check FILE` lists every layer",
+        rows.join(", ")
+    )
 }
 
 /// For reports under `naming`: r2rc layer name -> `naming`'s module name, for every
@@ -486,6 +763,149 @@ mod tests {
         out.extend_from_slice(h.as_bytes());
         out.extend_from_slice(&data);
         out
+    }
+
+    fn to_r2rc(g: &Graph, naming: Naming, t: &str) -> String {
+        target_to_r2rc(g, naming, t).unwrap_or_else(|e| panic!("{t}: {e}"))
+    }
+
+    #[test]
+    fn torchvision_targets_name_layers_blocks_and_stages() {
+        let tv = Naming::Torchvision;
+        let g = example("resnet18");
+        // Layers of the stem, of blocks, of a projection shortcut, and of the head.
+        for (theirs, ours) in [
+            ("conv1", "conv1"),
+            ("bn1", "conv1.bn"),
+            ("relu", "conv1.act"),
+            ("maxpool", "conv2_x.pool"),
+            ("layer1.0.conv1", "conv2_1.conv1"),
+            ("layer2.0.conv1", "conv3_1.conv1"),
+            ("layer2.1.bn2", "conv3_2.bn2"),
+            ("layer4.1.conv2", "conv5_2.conv2"),
+            ("layer2.0.downsample.0", "conv3_1.downsample.0"),
+            ("layer3.0.downsample.1", "conv4_1.downsample.1"),
+            ("avgpool", "head.pool"),
+            ("fc", "head.fc"),
+            // Blocks and stages.
+            ("layer1.0", "conv2_1"),
+            ("layer2.0", "conv3_1"),
+            ("layer3.1", "conv4_2"),
+            ("layer1", "conv2_x"),
+            ("layer3", "conv4_x"),
+            ("layer4", "conv5_x"),
+        ] {
+            assert_eq!(to_r2rc(&g, tv, theirs), ours, "{theirs}");
+        }
+        // r2rc's own names stay valid under torchvision's naming, and are the identity
+        // under r2rc's.
+        for ours in [
+            "conv3_1.conv1",
+            "conv4_2",
+            "conv5_x",
+            "head.fc",
+            "head",
+            "conv1.bn",
+        ] {
+            assert_eq!(to_r2rc(&g, tv, ours), ours);
+            assert_eq!(to_r2rc(&g, Naming::R2rc, ours), ours);
+        }
+        // A bottleneck's third conv, a deep stage's late block.
+        let g50 = example("resnet50");
+        assert_eq!(to_r2rc(&g50, tv, "layer3.5.conv3"), "conv4_6.conv3");
+        assert_eq!(to_r2rc(&g50, tv, "layer3.5"), "conv4_6");
+        assert_eq!(
+            to_r2rc(&g50, tv, "layer1.0.downsample.0"),
+            "conv2_1.downsample.0"
+        );
+        // A padding shortcut (option A) is one module, `downsample`.
+        let src = "arch Pad\ninput 3x16x16\nshortcut pad\nconv1 16x16 3x3, 8\n\
+                   conv2_x 16x16 [3x3, 8; 3x3, 8] x 1\n\
+                   conv3_x 8x8 [3x3, 16; 3x3, 16] x 2, stride 2\nhead 1x1 avg pool, 10-d fc\n";
+        let pad = compile(src, &[]).unwrap();
+        assert_eq!(
+            to_r2rc(&pad, tv, "layer2.0.downsample"),
+            "conv3_1.downsample"
+        );
+        assert_eq!(to_r2rc(&pad, tv, "layer2.1"), "conv3_2");
+        assert_eq!(to_r2rc(&pad, tv, "layer2"), "conv3_x");
+    }
+
+    #[test]
+    fn every_torchvision_target_is_a_target_and_every_tensor_layer_has_one() {
+        for ex in [
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "resnet_cifar10",
+            "resnet_cifar18",
+        ] {
+            let g = example(ex);
+            let tv = torchvision_targets(&g);
+            let ours = crate::transform::target_names(&g);
+            for (theirs, r) in &tv {
+                assert!(ours.contains(r), "{ex}: {theirs} -> {r}");
+            }
+            // The module of every tensor in a torchvision file can be named as a target.
+            for (r, theirs) in layer_renames(&g, Naming::Torchvision).unwrap() {
+                assert_eq!(tv.get(&theirs), Some(&r), "{ex}: {theirs}");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_targets_are_refused_with_the_nearest_name_and_the_valid_ones() {
+        let tv = Naming::Torchvision;
+        let g = example("resnet18");
+        let err = |naming, t: &str| {
+            let e = target_to_r2rc(&g, naming, t).unwrap_err();
+            assert!(matches!(e, Error::Usage { .. }), "{e:?}");
+            assert!(e.to_string().contains(&format!("`{t}`")), "{e}");
+            e.hint_text().unwrap_or_default().to_string()
+        };
+        // A stage resnet18 lacks: the hint lists its stages with their blocks.
+        let h = err(tv, "layer5");
+        assert!(h.contains("layer4 (blocks layer4.0-layer4.1)"), "{h}");
+        assert!(h.contains("in a block conv1, bn1, conv2, bn2"), "{h}");
+        assert!(h.contains("downsample.0"), "{h}");
+        // Misspellings get the nearest name, with its r2rc name.
+        let h = err(tv, "layer2.0.conv3");
+        assert!(
+            h.contains("did you mean `layer2.0.conv1` (r2rc's `conv3_1.conv1`)?"),
+            "{h}"
+        );
+        let h = err(tv, "layer2.2");
+        assert!(h.contains("did you mean `layer2."), "{h}");
+        assert!(h.contains("layer2 (blocks layer2.0-layer2.1)"), "{h}");
+        // A block's shared relu: which r2rc layers it stands for.
+        let h = err(tv, "layer2.0.relu");
+        assert!(
+            h.contains("`conv3_1.act1`") && h.contains("`conv3_1.act`"),
+            "{h}"
+        );
+        // A torchvision name without --names torchvision: say which flag fits.
+        let h = err(Naming::R2rc, "layer2.0.conv1");
+        assert!(
+            h.contains("pass --names torchvision, or write `conv3_1.conv1`"),
+            "{h}"
+        );
+        let h = err(Naming::R2rc, "layer3");
+        assert!(h.contains("`conv4_x`"), "{h}");
+        // r2rc misspellings under r2rc's naming.
+        let h = err(Naming::R2rc, "conv3_1.conv9");
+        assert!(h.contains("did you mean `conv3_1.conv1`?"), "{h}");
+        assert!(h.contains("conv2_x (blocks conv2_1-conv2_2)"), "{h}");
+        // A network outside the ResNet layout: r2rc's names only, and said so.
+        let small = example("smallconv");
+        assert!(torchvision_targets(&small).is_empty());
+        let name = crate::transform::target_names(&small)
+            .into_iter()
+            .last()
+            .unwrap();
+        assert_eq!(to_r2rc(&small, tv, &name), name);
+        let e = target_to_r2rc(&small, tv, "layer1").unwrap_err();
+        let h = e.hint_text().unwrap_or_default();
+        assert!(h.contains("not in torchvision's ResNet layout"), "{h}");
     }
 
     #[test]

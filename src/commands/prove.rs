@@ -1,11 +1,12 @@
 //! `r2rc prove TEACHER.arch TEACHER.safetensors STUDENT.arch STUDENT.safetensors
 //! [--mode eval|train|both] [--dtype f32|f64] [--inputs N] [--seed S] [--tolerance T]
-//! [--json]`: checks a teacher/student pair on its own.
+//! [--json] [--names r2rc|torchvision] [--student-names r2rc|torchvision]`: checks a
+//! teacher/student pair on its own.
 
 use std::path::PathBuf;
 
 use r2rc::exec::Mode;
-use r2rc::params;
+use r2rc::names::{self, Naming};
 use r2rc::prove::{check_equivalence, failure, Precision, ProveOptions};
 use r2rc::{Error, Result};
 
@@ -39,6 +40,13 @@ pub struct Args {
     /// Parameters of the student architecture.
     #[arg(long = "student-set", value_name = "NAME=EXPR")]
     student_sets: Vec<String>,
+    /// Tensor names of the weights: r2rc or torchvision (ResNet family: `bn1`,
+    /// `layer1.0.conv1`, `fc`).
+    #[arg(long, default_value = "r2rc", value_name = "NAMING")]
+    names: String,
+    /// Tensor names of the student's weights when they differ from --names.
+    #[arg(long, value_name = "NAMING")]
+    student_names: Option<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -51,8 +59,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     let t = super::load_arch(&args.teacher, &args.sets)?;
     let s = super::load_arch(&args.student, &args.student_sets)?;
-    let tp = params::load(&t, &args.teacher_weights)?;
-    let sp = params::load(&s, &args.student_weights)?;
+    let naming = Naming::parse(&args.names)?;
+    let student_naming = match &args.student_names {
+        Some(n) => Naming::parse(n)?,
+        None => naming,
+    };
+    let tp = names::load(&t, &args.teacher_weights, naming)?;
+    let sp = names::load(&s, &args.student_weights, student_naming)?;
     let opts = ProveOptions {
         modes,
         precision: Precision::parse(&args.dtype)?,

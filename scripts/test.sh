@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/check_grow_digits.sh
 # One release build serves the tests and the Python checks (building dev and release
 # would compile every dependency, tract-onnx included, twice).
 cargo test --release --all-targets

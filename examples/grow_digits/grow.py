@@ -8,7 +8,14 @@ it (same method for both), the student's module is exported and loaded with its 
 small net trained throughout, and the grown architecture trained from scratch.
 
 Data: scikit-learn's bundled 8x8 digits (1797 images, nothing downloaded).
-Output: accuracy_vs_flops.png and results.json / results.md in --out.
+Output: accuracy_vs_flops.png, results.json and results.md in --out (default
+target/grow_digits; a folder in the repository's tracked tree is refused). --reference
+rewrites the committed reference copies in examples/grow_digits that README.md shows.
+
+Same seeds, thread count, PyTorch build and CPU give the same numbers bit for bit (seeded
+split, init and batch order, deterministic algorithms, fixed thread counts); another
+PyTorch build or CPU rounds differently, and SGD amplifies that to differences of the
+size of the spread between seeds.
 """
 
 import argparse
@@ -16,20 +23,18 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import time
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 ARCH = os.path.join(HERE, "digits.arch")
+DEFAULT_OUT = os.path.join(REPO, "target", "grow_digits")
+OUTPUTS = ["accuracy_vs_flops.png", "results.json", "results.md"]
+# Settings that decide the numbers; a reference is comparable only when they all match.
+SETTINGS = ["epochs", "grow_at", "seeds", "batch", "lr", "warmup", "wd", "threads"]
 METHODS = ["r2r", "net2net", "netmorph", "random"]
 TITLES = {
     "r2r": "R2R",
@@ -43,6 +48,26 @@ TITLES = {
 PRESERVING = {"r2r", "net2net", "netmorph"}
 
 
+def import_deps():
+    """Imports the heavy packages after argument checks, so --help needs none of them."""
+    global np, torch, nn, F, load_file, save_file, load_digits, train_test_split
+    try:
+        import numpy as np
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+        from safetensors.torch import load_file, save_file
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as e:
+        sys.stderr.write(
+            f"error: {sys.executable} cannot import {e.name}\n"
+            "  help: apt-get install python3-torch python3-sklearn python3-matplotlib;"
+            " pip install safetensors (or set PYTHON=... for run.sh)\n"
+        )
+        sys.exit(2)
+
+
 def r2rc(r2rc_bin, *args):
     p = subprocess.run([r2rc_bin, *args], capture_output=True, text=True)
     if p.returncode != 0:
@@ -54,7 +79,8 @@ def load_module(r2rc_bin, arch, workdir):
     """The exported torch.nn.Module class of an .arch and its forward MACs per example."""
     py = os.path.join(workdir, "model.py")
     r2rc(r2rc_bin, "export", arch, "--torch", py, "--force")
-    spec = importlib.util.spec_from_file_location(f"m{abs(hash(py))}", py)
+    load_module.count += 1
+    spec = importlib.util.spec_from_file_location(f"digits_model{load_module.count}", py)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cls = [
@@ -68,6 +94,9 @@ def load_module(r2rc_bin, arch, workdir):
     return cls[0], int(macs)
 
 
+load_module.count = 0
+
+
 def data(seed):
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]
@@ -77,10 +106,10 @@ def data(seed):
     return (torch.tensor(xt), torch.tensor(yt)), (torch.tensor(xv), torch.tensor(yv))
 
 
-@torch.no_grad()
 def evaluate(model, xs, ys):
     model.eval()
-    out = model(xs)
+    with torch.no_grad():
+        out = model(xs)
     loss = F.cross_entropy(out, ys).item()
     acc = (out.argmax(1) == ys).float().mean().item()
     return loss, acc
@@ -198,37 +227,202 @@ def run(args, seed, r2rc_bin, log):
         curves[method], finals[method] = st["curve"], st["curve"][-1][1]
         log(f"seed {seed} {method}: final val acc {finals[method]:.4f}")
 
-    # The grown architecture from scratch, for the whole schedule.
+    # The grown architecture from scratch, for the whole schedule, with its own batch order.
     large_cls, large_macs = load_module(r2rc_bin, large_arch, os.path.join(work, "random"))
     torch.manual_seed(seed + 1000)
     large = large_cls()
     st = {"epoch": 0, "flops": 0.0, "curve": []}
-    train_epochs(large, train, val, args.epochs, large_macs, st, args, gen)
+    train_epochs(
+        large, train, val, args.epochs, large_macs, st, args,
+        torch.Generator().manual_seed(seed + 1000),
+    )
     curves["large"], finals["large"] = st["curve"], st["curve"][-1][1]
     log(f"seed {seed} large: final val acc {finals['large']:.4f}")
     return curves, finals, checks, small_macs, large_macs
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--r2rc", default=os.environ.get("R2RC", "r2rc"))
+def rel(path):
+    """`path` relative to the repository when inside it, for messages."""
+    r = os.path.relpath(os.path.realpath(path), os.path.realpath(REPO))
+    return path if r.startswith("..") else r
+
+
+def tracked_tree_problem(path, folder=False):
+    """Why writing `path` would touch the repository's tracked tree ("it is ..."), or None.
+
+    Safe: outside the repository, or a path git ignores (target/...). A tracked file is
+    never ignored, so committed outputs are refused too. A folder is asked about through
+    a name inside it, which git matches against folder patterns such as `work/`.
+    """
+    if folder:
+        return tracked_tree_problem(os.path.join(path, "seed0"))
+    real, repo = os.path.realpath(path), os.path.realpath(REPO)
+    if os.path.commonpath([real, repo]) != repo:
+        return None
+    r = os.path.relpath(real, repo)
+    try:
+        p = subprocess.run(
+            ["git", "-C", repo, "check-ignore", "-q", "--no-index", "--", r],
+            capture_output=True,
+        )
+        if p.returncode in (0, 1):
+            tracked = subprocess.run(
+                ["git", "-C", repo, "ls-files", "--error-unmatch", "--", r],
+                capture_output=True,
+            ).returncode == 0
+            if p.returncode == 0 and not tracked:
+                return None
+            return f"it is {'tracked' if tracked else 'not ignored'} by git"
+    except OSError:
+        pass
+    # No git (an unpacked archive): only target/ is known to be build output.
+    if r == "target" or r.startswith("target" + os.sep):
+        return None
+    return "it is in the repository, outside target/ (and git is missing)"
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="\n".join(__doc__.split("\n")[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--out", metavar="DIR",
+        help=f"folder for {', '.join(OUTPUTS)} (default {rel(DEFAULT_OUT)}); a folder in"
+        " the repository's tracked tree is refused",
+    )
+    ap.add_argument(
+        "--reference", action="store_true",
+        help="rewrite the committed reference outputs in examples/grow_digits (README's"
+        " table and plot) instead of writing to --out",
+    )
+    ap.add_argument(
+        "--work", metavar="DIR",
+        help="scratch folder for r2rc's outputs (default OUT/work, with --reference"
+        f" {rel(os.path.join(DEFAULT_OUT, 'work'))})",
+    )
+    ap.add_argument(
+        "--check-only", action="store_true",
+        help="check the arguments and output folders, then exit (run.sh does this before"
+        " building r2rc)",
+    )
+    ap.add_argument("--r2rc", default=os.environ.get("R2RC", "r2rc"), metavar="PATH",
+                    help="the r2rc binary (default $R2RC, else r2rc on PATH)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--grow-at", type=int, default=6)
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=2, help="epochs of LR ramp after growth")
     ap.add_argument("--wd", type=float, default=5e-4)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=HERE)
-    ap.add_argument("--work", default=os.path.join(HERE, "work"))
-    args = ap.parse_args()
+    ap.add_argument(
+        "--threads", type=int, default=1,
+        help="PyTorch threads (default 1); part of the result: another count can round"
+        " differently",
+    )
+    args = ap.parse_args(argv)
+    if args.reference and args.out:
+        ap.error("--reference writes examples/grow_digits; give it or --out, not both")
+    if not 0 < args.grow_at < args.epochs:
+        ap.error(f"--grow-at must lie between 1 and --epochs - 1 ({args.epochs - 1})")
+    if args.seeds < 1 or args.threads < 1:
+        ap.error("--seeds and --threads must be at least 1")
+    args.out = HERE if args.reference else (args.out or DEFAULT_OUT)
+    args.work = args.work or os.path.join(
+        DEFAULT_OUT if args.reference else args.out, "work"
+    )
+    checks = [] if args.reference else [os.path.join(args.out, f) for f in OUTPUTS]
+    for path in [*checks, args.work]:
+        problem = tracked_tree_problem(path, folder=path == args.work)
+        if problem:
+            ap.exit(
+                2,
+                f"error: refusing to write {rel(path)}: {problem}\n"
+                "  help: choose a folder outside the repository or under target/ with"
+                " --out DIR (--work DIR for the scratch folder); --reference rewrites the"
+                " committed reference outputs\n",
+            )
+    return args
+
+
+def environment(r2rc_bin):
+    """What the numbers depend on besides the settings."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import sklearn
+
+    return {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "r2rc": r2rc(r2rc_bin, "--version").strip(),
+    }
+
+
+def compare_with_reference(result, log):
+    """Says whether this run reproduced the committed reference (README's table)."""
+    path = os.path.join(HERE, "results.json")
+    if os.path.realpath(path) == os.path.realpath(os.path.join(result["out"], "results.json")):
+        return
+    try:
+        with open(path) as f:
+            ref = json.load(f)
+    except (OSError, ValueError):
+        return
+    differ = [k for k in SETTINGS if ref.get("settings", {}).get(k) != result["settings"][k]]
+    if differ:
+        log(f"not compared with {rel(path)}: its settings differ ({', '.join(differ)})")
+        return
+    mine, theirs = result["final_val_acc"], ref["final_val_acc"]
+    changed = [n for n in mine if mine[n]["per_seed"] != theirs.get(n, {}).get("per_seed")]
+    if not changed:
+        log(f"every final accuracy equals the reference {rel(path)} (README's table)")
+        return
+    log(f"differs from the reference {rel(path)} in {', '.join(changed)}:")
+    for n in changed:
+        a, b = mine[n], theirs.get(n, {"mean": float("nan"), "std": float("nan")})
+        log(
+            f"  {TITLES[n]}: {100 * a['mean']:.2f}% ± {100 * a['std']:.2f} here,"
+            f" {100 * b['mean']:.2f}% ± {100 * b['std']:.2f} in the reference"
+        )
+    env_diff = {
+        k: (v, ref.get("environment", {}).get(k))
+        for k, v in result["environment"].items()
+        if ref.get("environment", {}).get(k) != v
+    }
+    if env_diff:
+        log(
+            "  environments differ: "
+            + "; ".join(f"{k} {a} here, {b} there" for k, (a, b) in env_diff.items())
+            + " (another PyTorch build or CPU rounds differently; compare with the seed"
+            " spread)"
+        )
+
+
+def main():
+    args = parse_args()
+    if args.check_only:
+        return
+    import_deps()
+    # Same seeds, same numbers: fixed thread counts, deterministic kernels.
     torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    torch.use_deterministic_algorithms(True)
+    os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
 
     def log(msg):
         print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
+    log(f"writing {rel(args.out)} (scratch {rel(args.work)}), r2rc {args.r2rc}")
     runs = [run(args, s, args.r2rc, log) for s in range(args.seeds)]
     names = ["small", *METHODS, "large"]
     table = {}
@@ -238,6 +432,8 @@ def main():
         table[name] = {
             "mean": float(accs.mean()),
             "std": float(accs.std()),
+            "min": float(accs.min()),
+            "max": float(accs.max()),
             "per_seed": accs.tolist(),
             "train_flops": flops,
         }
@@ -271,30 +467,33 @@ def main():
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     png = os.path.join(args.out, "accuracy_vs_flops.png")
-    fig.savefig(png, dpi=120)
+    # No timestamp in the file: same numbers, same bytes.
+    fig.savefig(png, dpi=120, metadata={"Software": None})
 
+    # No timings either, so two runs' results.json compare with cmp.
     result = {
-        "epochs": args.epochs,
-        "grow_at": args.grow_at,
-        "seeds": args.seeds,
+        "settings": {k: getattr(args, k) for k in SETTINGS},
+        "environment": environment(args.r2rc),
         "macs_small": runs[0][3],
         "macs_large": runs[0][4],
         "final_val_acc": table,
         "start_loss_check": checks,
         "curves": {n: [r[0][n] for r in runs] for n in names},
-        "seconds": time.time() - t0,
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
+        f.write("\n")
     lines = [
+        f"Final validation accuracy over seeds 0..{args.seeds - 1}: mean ± std (min-max).",
+        "",
         "| network | final val. accuracy | training FLOPs |",
         "|---|---|---|",
     ]
     for name in names:
         t = table[name]
         lines.append(
-            f"| {TITLES[name]} | {100 * t['mean']:.2f}% ± {100 * t['std']:.2f} |"
-            f" {t['train_flops']:.3g} |"
+            f"| {TITLES[name]} | {100 * t['mean']:.2f}% ± {100 * t['std']:.2f}"
+            f" ({100 * t['min']:.2f}-{100 * t['max']:.2f}) | {t['train_flops']:.3g} |"
         )
     md = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
@@ -303,7 +502,8 @@ def main():
     for m in METHODS:
         worst = max(c["abs_diff"] for c in checks[m])
         print(f"{m}: largest |student - teacher| start loss over seeds {worst:.2e}")
-    log(f"wrote {png}")
+    log(f"wrote {', '.join(rel(os.path.join(args.out, f)) for f in OUTPUTS)}")
+    compare_with_reference({**result, "out": args.out}, log)
 
 
 if __name__ == "__main__":

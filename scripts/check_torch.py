@@ -10,10 +10,11 @@
    modules must also reproduce the teacher's output (the rewrites preserve the function).
 3. torchvision.models.resnet18() and resnet50() with random BN statistics and affine
    parameters, saved with safetensors.torch.save_file: `r2rc run examples/resnetN.arch
-   --names torchvision` must match torchvision's eval output (softmax of its logits, and
-   the logits themselves with `, softmax` removed from the text), and the student of
-   `r2rc widen --names torchvision`, loaded into the module of `r2rc export --torch
-   --names torchvision`, must still match the torchvision teacher.
+   --names torchvision` must match torchvision's eval output, its logits (the examples
+   end in the fc, as torchvision does, and their exported modules must not apply a
+   softmax), and the students of `r2rc widen` and `r2rc deepen --names torchvision`,
+   loaded into the module of `r2rc export --torch --names torchvision`, must still match
+   the torchvision teacher.
 
 Prints one line per check and `torch: N passed, M failed`; exits non-zero on a failure.
 """
@@ -175,22 +176,26 @@ def check_torchvision(binary, examples, work, seed, batch, net, widen_flags, gro
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, w)
     x = np.random.default_rng(seed).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     logits = forward(teacher, x)
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
     rows = []
     t0 = time.perf_counter()
+    # The example claims torchvision's layout, so it ends in logits as torchvision does.
+    if logits_variant(arch, work) is not None:
+        raise AssertionError(f"{arch} ends in a softmax; torchvision's {net} ends in logits")
+    module, _ = torch_model(binary, arch, w, work, f"tv_{net}_module", names="torchvision")
+    with open(os.path.join(work, f"tv_{net}_module.py")) as f:
+        if "softmax" in f.read():
+            raise AssertionError(f"r2rc export --torch of {arch} applies a softmax")
     ours = r2rc_run(binary, arch, w, x, work, f"tv_{net}", names="torchvision")
-    rows.append(compare(f"torchvision {net}: r2rc run --names torchvision (softmax)",
-                        ours, probs))
-    cut = logits_variant(arch, work)
-    ours = r2rc_run(binary, cut, w, x, work, f"tv_{net}_logits", names="torchvision")
     rows.append(compare(f"torchvision {net}: r2rc run --names torchvision (logits)",
                         ours, logits))
+    rows.append(compare(f"torchvision {net}: r2rc export --torch --names torchvision",
+                        forward(module, x), logits))
     # The student: widened under torchvision's names, loaded through the exported module.
     if widen_flags is not None:
         out = os.path.join(work, f"tv_{net}_widened")
-        r2rc(binary, "widen", cut, "--names", "torchvision", "--weights", w, "-o", out,
+        r2rc(binary, "widen", arch, "--names", "torchvision", "--weights", w, "-o", out,
              "--force", *widen_flags)
-        stem = os.path.splitext(os.path.basename(cut))[0]
+        stem = os.path.splitext(os.path.basename(arch))[0]
         s_arch = os.path.join(out, f"{stem}.arch")
         s_w = os.path.join(out, f"{stem}.safetensors")
         state = load_file(s_w)
@@ -206,9 +211,9 @@ def check_torchvision(binary, examples, work, seed, batch, net, widen_flags, gro
                             f"vs torchvision", forward(student, x), logits))
     if deepen_after is not None:
         out = os.path.join(work, f"tv_{net}_deepened")
-        r2rc(binary, "deepen", cut, "--names", "torchvision", "--weights", w, "-o", out,
+        r2rc(binary, "deepen", arch, "--names", "torchvision", "--weights", w, "-o", out,
              "--force", "--after", deepen_after)
-        stem = os.path.splitext(os.path.basename(cut))[0]
+        stem = os.path.splitext(os.path.basename(arch))[0]
         s_arch = os.path.join(out, f"{stem}.arch")
         s_w = os.path.join(out, f"{stem}.safetensors")
         added = sorted(set(load_file(s_w)) - set(teacher.state_dict()))
@@ -219,12 +224,12 @@ def check_torchvision(binary, examples, work, seed, batch, net, widen_flags, gro
                             f"...) vs torchvision", forward(student, x), logits))
     # Weights r2rc writes under torchvision's names load into torchvision's own model.
     w2 = os.path.join(work, f"tv_{net}_init.safetensors")
-    r2rc(binary, "init", cut, "-o", w2, "--names", "torchvision", "--random-stats",
+    r2rc(binary, "init", arch, "-o", w2, "--names", "torchvision", "--random-stats",
          "--seed", str(seed))
     fresh = getattr(torchvision.models, net)()
     fresh.load_state_dict(load_file(w2), strict=True)
     rows.append(compare(f"torchvision {net}: r2rc init --names torchvision in torchvision",
-                        r2rc_run(binary, cut, w2, x, work, f"tv_{net}_init", names="torchvision"),
+                        r2rc_run(binary, arch, w2, x, work, f"tv_{net}_init", names="torchvision"),
                         forward(fresh.eval(), x)))
     print(f"  ({net}: {time.perf_counter() - t0:.1f} s)", flush=True)
     return rows

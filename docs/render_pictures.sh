@@ -9,9 +9,9 @@ r2rc=target/release/r2rc
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 "$r2rc" widen examples/resnet_cifar10.arch --layer conv2_1 --by 2 -o "$tmp/w" >/dev/null 2>&1
-"$r2rc" graph examples/resnet_cifar10.arch --focus conv2_1 --format png >"$tmp/before.png"
+"$r2rc" graph examples/resnet_cifar10.arch --focus conv2_1 --format png -o "$tmp/before.png"
 "$r2rc" diff examples/resnet_cifar10.arch "$tmp/w/resnet_cifar10.arch" --focus conv2_1 \
-    --format png >"$tmp/after.png"
+    --format png -o "$tmp/after.png"
 "${PYTHON:-python3}" - "$tmp/before.png" "$tmp/after.png" docs/widen_conv2_1.png <<'PY'
 import sys
 from PIL import Image, ImageDraw

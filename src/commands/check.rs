@@ -1,4 +1,5 @@
-//! `r2rc check`, `r2rc print` and `r2rc graph`: the front end's views of a file.
+//! `r2rc check`, `r2rc print` and `r2rc graph`: the front end's views of a file; `graph`
+//! writes to `-o FILE` or standard output (png only to a file).
 
 use std::path::PathBuf;
 
@@ -25,16 +26,32 @@ pub struct PrintArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum GraphFormat {
+    /// Graphviz dot text.
     Dot,
+    /// The graph JSON of `export --json`.
     Json,
     /// Rendered by Graphviz's `dot`, which must be installed.
     Svg,
+    /// Rendered by Graphviz's `dot`; binary, so it needs `-o FILE`.
     Png,
+}
+
+impl GraphFormat {
+    fn name(self) -> &'static str {
+        match self {
+            GraphFormat::Dot => "dot",
+            GraphFormat::Json => "json",
+            GraphFormat::Svg => "svg",
+            GraphFormat::Png => "png",
+        }
+    }
 }
 
 #[derive(clap::Args)]
 pub struct GraphArgs {
+    /// The `.arch` file.
     file: PathBuf,
+    /// Override an architecture parameter: `--set r=3/16`.
     #[arg(long = "set", value_name = "NAME=EXPR")]
     sets: Vec<String>,
     #[arg(long, value_enum, default_value = "dot")]
@@ -42,6 +59,12 @@ pub struct GraphArgs {
     /// Draw only this row (`conv2_x`), block (`conv2_1`) or layer, with its neighbours.
     #[arg(long, value_name = "NAME")]
     focus: Option<String>,
+    /// Write the picture to FILE instead of standard output (required for png).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -72,23 +95,20 @@ pub fn print(a: PrintArgs) -> Result<()> {
 }
 
 pub fn graph(a: GraphArgs) -> Result<()> {
+    let format = a.format.name();
+    let out = super::diff::Destination::new(format, a.output.as_deref(), a.force, &[&a.file])?;
     let graph = super::load_arch(&a.file, &a.sets)?;
     match a.format {
-        GraphFormat::Dot => print!("{}", picture::dot_focus(&graph, a.focus.as_deref())?),
+        GraphFormat::Dot => out.write(picture::dot_focus(&graph, a.focus.as_deref())?.as_bytes()),
         GraphFormat::Svg | GraphFormat::Png => {
-            let format = if matches!(a.format, GraphFormat::Svg) {
-                "svg"
-            } else {
-                "png"
-            };
             let text = picture::dot_focus(&graph, a.focus.as_deref())?;
-            super::diff::write_picture(&text, format)?
+            out.write(&picture::render_with_graphviz(&text, format)?)
         }
-        GraphFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&r2rc::emit::json::graph_json(&graph))
-                .expect("JSON of plain data")
-        ),
+        GraphFormat::Json => {
+            let mut text = serde_json::to_string_pretty(&r2rc::emit::json::graph_json(&graph))
+                .expect("JSON of plain data");
+            text.push('\n');
+            out.write(text.as_bytes())
+        }
     }
-    Ok(())
 }

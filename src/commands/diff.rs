@@ -1,10 +1,11 @@
-//! `r2rc diff A.arch B.arch [--format text|dot|svg|png] [--focus NAME]`: a unified diff of the canonical
-//! prints, or a picture of B with what the rewrite added (green) or widened (orange, old ->
-//! new widths) marked; svg and png are rendered by Graphviz's `dot`.
+//! `r2rc diff A.arch B.arch [--format text|dot|svg|png] [--focus NAME] [-o FILE]`: a unified
+//! diff of the canonical prints, or a picture of B with what the rewrite added (green) or
+//! widened (orange, old -> new widths) marked; svg and png are rendered by Graphviz's `dot`.
+//! Also holds the output handling `graph` shares: png only with `-o FILE`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use r2rc::picture::diff_dot_renamed;
 use r2rc::{Error, Result};
@@ -13,9 +14,15 @@ use r2rc::{Error, Result};
 pub struct Args {
     a: PathBuf,
     b: PathBuf,
-    /// text (unified diff), dot, or svg/png (rendered by Graphviz's `dot`).
+    /// text (unified diff), dot, or svg/png (rendered by Graphviz's `dot`); png needs -o.
     #[arg(long, default_value = "text")]
     format: String,
+    /// Write the diff or picture to FILE instead of standard output (required for png).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    force: bool,
     /// Pictures: draw only this row (`conv2_x`), block (`conv2_1`) or layer of B.
     #[arg(long, value_name = "NAME")]
     focus: Option<String>,
@@ -38,29 +45,34 @@ pub fn run(args: Args) -> Result<()> {
             Some("use text, dot, svg or png".into()),
         ));
     }
+    let out = Destination::new(
+        &args.format,
+        args.output.as_deref(),
+        args.force,
+        &[&args.a, &args.b],
+    )?;
     let a = super::load_arch(&args.a, &args.sets)?;
     let b = super::load_arch(&args.b, &args.b_sets)?;
     match args.format.as_str() {
-        "text" => print!(
-            "{}",
+        "text" => out.write(
             r2rc::report::diff(
                 &a,
                 &b,
                 &args.a.display().to_string(),
-                &args.b.display().to_string()
+                &args.b.display().to_string(),
             )
+            .as_bytes(),
         ),
         f => {
             let renames = renames(&args)?;
             let text = diff_dot_renamed(&a, &b, &renames, args.focus.as_deref())?;
             if f == "dot" {
-                print!("{text}")
+                out.write(text.as_bytes())
             } else {
-                write_picture(&text, f)?
+                out.write(&r2rc::picture::render_with_graphviz(&text, f)?)
             }
         }
     }
-    Ok(())
 }
 
 /// The teacher -> student renames of the rewrite's report, if there is one.
@@ -97,11 +109,57 @@ fn renames(args: &Args) -> Result<BTreeMap<String, String>> {
     Ok(map)
 }
 
-/// Renders dot text with Graphviz and writes the picture to stdout.
-pub fn write_picture(dot_text: &str, format: &str) -> Result<()> {
-    let bytes = r2rc::picture::render_with_graphviz(dot_text, format)?;
-    let mut out = std::io::stdout().lock();
-    out.write_all(&bytes)
-        .and_then(|_| out.flush())
-        .map_err(|e| Error::io("standard output", e))
+/// Formats whose bytes are not text: never written to standard output, where they would
+/// fill a terminal with garbage.
+const BINARY_FORMATS: &[&str] = &["png"];
+
+/// Where `graph` or `diff` writes: `-o FILE`, or standard output for text formats.
+pub struct Destination<'a> {
+    file: Option<&'a Path>,
+    force: bool,
+}
+
+impl<'a> Destination<'a> {
+    /// Checked before any work (and before Graphviz runs): a binary format needs `-o FILE`,
+    /// and FILE is never one of `inputs` nor, without `force`, an existing file.
+    pub fn new(
+        format: &str,
+        file: Option<&'a Path>,
+        force: bool,
+        inputs: &[&Path],
+    ) -> Result<Self> {
+        match file {
+            None if BINARY_FORMATS.contains(&format) => Err(Error::usage(
+                format!(
+                    "--format {format} is binary image data, which r2rc does not write to \
+                     standard output"
+                ),
+                Some(format!(
+                    "write it to a file with `-o FILE`, e.g. `-o picture.{format}`"
+                )),
+            )),
+            None => Ok(Self { file, force }),
+            Some(path) => {
+                r2rc::outputs::check_outputs(&[path.to_path_buf()], inputs, force)?;
+                Ok(Self { file, force })
+            }
+        }
+    }
+
+    /// Writes the bytes to the file (atomically) or to standard output.
+    pub fn write(&self, bytes: &[u8]) -> Result<()> {
+        match self.file {
+            Some(path) => {
+                r2rc::emit::write_new(path, bytes, self.force)?;
+                eprintln!("wrote {} ({} bytes)", path.display(), bytes.len());
+                Ok(())
+            }
+            None => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes)
+                    .and_then(|_| out.flush())
+                    .map_err(|e| Error::io("standard output", e))
+            }
+        }
+    }
 }

@@ -150,12 +150,10 @@ pub fn eval(e: &Expr, env: &BTreeMap<String, f64>) -> Result<f64, SourceError> {
         Expr::Number(v, _) => *v,
         Expr::Var(id) => *env.get(&id.text).ok_or_else(|| {
             let known: Vec<&str> = env.keys().map(|k| k.as_str()).collect();
-            let hint = match closest(&id.text, &known) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None if known.is_empty() => {
-                    "declare it in the arch line: `arch Name(r = 1/8)`".to_string()
-                }
-                None => format!("known parameters: {}", known.join(", ")),
+            let hint = if known.is_empty() {
+                "declare it in the arch line: `arch Name(r = 1/8)`".to_string()
+            } else {
+                suggest(&id.text, &known, "known parameters")
             };
             err(
                 SourceErrorKind::Name,
@@ -202,7 +200,8 @@ fn floor(v: f64) -> f64 {
     (v + 1e-9 * v.abs().max(1.0)).floor()
 }
 
-/// The closest name within a small edit distance, for "did you mean" hints.
+/// The closest name within a small edit distance, for "did you mean" hints; ties go to
+/// the first in alphabetical order.
 pub fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
@@ -212,17 +211,39 @@ pub fn closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
+/// A hint for an unknown word: the nearest valid spelling when one is close, then every
+/// valid one: "did you mean `relu`? activations: `relu`, `prelu` or `gelu`".
+pub fn suggest(name: &str, valid: &[&str], what: &str) -> String {
+    let quoted: Vec<String> = valid.iter().map(|v| format!("`{v}`")).collect();
+    let all = match quoted.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    };
+    match closest(&name.to_ascii_lowercase(), valid) {
+        Some(c) => format!("did you mean `{c}`? {what}: {all}"),
+        None => format!("{what}: {all}"),
+    }
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of
+/// neighbours cost 1, so `conv_3x` is 1 from `conv3_x` (and 2 from `conv2_x`).
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    // d[i][j]: distance between a[..i] and b[..j]; three rows suffice for the swap.
+    let mut before: Vec<usize> = Vec::new();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for i in 1..=a.len() {
         let mut cur = vec![i; b.len() + 1];
         for j in 1..=b.len() {
             let sub = prev[j - 1] + usize::from(a[i - 1] != b[j - 1]);
             cur[j] = sub.min(prev[j] + 1).min(cur[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(before[j - 2] + 1);
+            }
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -264,7 +285,12 @@ fn read_headers(file: &ast::File) -> Result<(Defaults, Shape), SourceError> {
                             id.span,
                             format!("unknown norm `{}`", id.text),
                         )
-                        .hint("use `norm batch` or `norm none`"))
+                        .label("unknown")
+                        .hint(suggest(
+                            &id.text,
+                            &["batch", "none"],
+                            "norms",
+                        )))
                     }
                 }
             }
@@ -324,10 +350,10 @@ fn activation(a: &ActSpec, channels: usize) -> Result<Activation, SourceError> {
         "gelu" => Activation::Gelu,
         "identity" => Activation::Identity,
         _ => {
-            let hint = match closest(&name, &ACTIVATIONS) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => format!("activations are {}", ACTIVATIONS.join(", ")),
-            };
+            let hint = format!(
+                "{} (leaky_relu takes a slope: `leaky_relu(0.1)`)",
+                suggest(&name, &ACTIVATIONS, "activations")
+            );
             return Err(err(
                 SourceErrorKind::Name,
                 a.name.span,
@@ -350,7 +376,12 @@ fn shortcut_kind(id: &ast::Ident) -> Result<ShortcutKind, SourceError> {
                 id.span,
                 format!("unknown shortcut `{}`", id.text),
             )
-            .hint("use `shortcut projection`, `shortcut pad` or `shortcut none`"))
+            .label("unknown")
+            .hint(suggest(
+                &id.text,
+                &["projection", "pad", "none"],
+                "shortcuts",
+            )))
         }
     })
 }
@@ -827,7 +858,12 @@ impl Lowering {
                             w.span,
                             format!("`no {}` is not an option", w.text),
                         )
-                        .hint("use `no norm`, `no bias` or `no act`"))
+                        .label("unknown")
+                        .hint(suggest(
+                            &w.text,
+                            &["norm", "bias", "act"],
+                            "`no` takes",
+                        )))
                     }
                 },
                 OptionKind::Shortcut(_) => {
@@ -952,4 +988,39 @@ fn not_for(o: &ast::ItemOption, what: &str, allowed: &str) -> SourceError {
     )
     .label("not allowed here")
     .hint(format!("options for {what}: {allowed}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swapped_neighbours_are_one_edit() {
+        assert_eq!(edit_distance("conv_3x", "conv3_x"), 1);
+        assert_eq!(edit_distance("conv_3x", "conv2_x"), 2);
+        assert_eq!(edit_distance("gleu", "gelu"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn the_nearest_name_wins_over_alphabetical_order() {
+        let rows = ["conv1", "conv2_x", "conv3_x", "head"];
+        assert_eq!(closest("conv_3x", &rows), Some("conv3_x"));
+        assert_eq!(closest("conv_2x", &rows), Some("conv2_x"));
+        assert_eq!(closest("fc", &rows), None);
+    }
+
+    #[test]
+    fn suggestions_name_the_nearest_and_list_every_valid_spelling() {
+        let acts = ["relu", "gelu", "tanh"];
+        assert_eq!(
+            suggest("Relu6", &acts, "activations"),
+            "did you mean `relu`? activations: `relu`, `gelu` or `tanh`"
+        );
+        assert_eq!(
+            suggest("swish", &acts, "activations"),
+            "activations: `relu`, `gelu` or `tanh`"
+        );
+    }
 }

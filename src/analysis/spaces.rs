@@ -74,11 +74,11 @@ impl Space {
         self.members.iter().find(|m| m.node == node)
     }
 
-    /// A one-line description: `space 2 (conv1: conv1, conv2_x; 8 channels)`.
+    /// A one-line description, named by its first member as every message names spaces
+    /// (the id is internal): "space `conv1` (8 channels, rows conv1, conv2_x)".
     pub fn describe(&self) -> String {
         format!(
-            "space {} `{}` ({} channels, rows {})",
-            self.id,
+            "space `{}` ({} channels, rows {})",
             self.label,
             self.width,
             self.rows.join(", ")

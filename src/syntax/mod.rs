@@ -102,8 +102,8 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         Rule::arch_line | Rule::kw_arch => "`arch NAME`",
         Rule::row => "a row `NAME [HxW] ITEM, ...`",
         Rule::ident => "a name",
-        Rule::dims => "a size such as `3x3`",
-        Rule::int => "a whole number",
+        Rule::dims => SIZE,
+        Rule::int => INT,
         Rule::number => "a number",
         Rule::expr | Rule::term | Rule::power | Rule::unary => "an expression such as `64r`",
         Rule::elements
@@ -113,15 +113,15 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         | Rule::global_pool
         | Rule::fc
         | Rule::softmax
-        | Rule::block => "a layer such as `3x3, 64`",
-        Rule::option => "an option such as `stride 2`",
+        | Rule::block => LAYER,
+        Rule::option => OPTION,
         Rule::layer => "a layer such as `3x3, 64` inside the brackets",
         Rule::arch_params => "`(` with parameters",
         Rule::param_def => "a parameter `NAME = VALUE`",
         Rule::kw_pool => "`pool`",
         Rule::kw_fc => "`fc`",
         Rule::act_spec => "an activation name",
-        Rule::EOI => "the end of the file",
+        Rule::EOI => EOF,
         Rule::continuation => "a continuation line",
         _ => return None,
     })
@@ -139,8 +139,32 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> SourceError {
         }
         pest::error::ErrorVariant::CustomError { .. } => vec![],
     };
-    expected.dedup();
+    let mut seen = Vec::new();
+    expected.retain(|x| {
+        let new = !seen.contains(x);
+        seen.push(*x);
+        new
+    });
     let rest = &src[pos.min(src.len())..];
+    let line_start = src[..pos.min(src.len())].rfind('\n').map_or(0, |i| i + 1);
+    let mid_line = !src[line_start..pos.min(src.len())].trim().is_empty();
+    // The file rule ends in EOI, so pest offers "the end of the file" wherever a row may
+    // end; in the middle of the file that is the end of the line (or, at a line start,
+    // nothing worth saying).
+    if !rest.trim().is_empty() || mid_line {
+        expected.retain(|x| mid_line || *x != EOF);
+        for x in expected.iter_mut() {
+            if *x == EOF {
+                *x = "the end of the line";
+            }
+        }
+    }
+    // A size or a number here is the start of a layer: say "a layer" once.
+    if expected.contains(&LAYER) {
+        expected.retain(|x| *x != SIZE && *x != INT);
+    }
+    // The end of the line goes last: "a layer ..., an option ... or the end of the line".
+    expected.sort_by_key(|x| x.contains("the end of"));
     let token: String = rest
         .chars()
         .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ';')
@@ -160,6 +184,11 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> SourceError {
     } else {
         format!("`{}`", token.escape_debug())
     };
+    if let Some((message, label, hint)) = misspelt_option(src, pos, &token, &expected) {
+        return err(SourceErrorKind::Syntax, Span::new(pos, end), message)
+            .label(label)
+            .hint(hint);
+    }
     let message = if expected.is_empty() {
         format!("unexpected {}", found.trim_start_matches("the "))
     } else {
@@ -182,6 +211,129 @@ fn syntax_error(src: &str, e: pest::error::Error<Rule>) -> SourceError {
         .label("here")
         .hint(hint)
 }
+
+const EOF: &str = "the end of the file";
+const LAYER: &str = "a layer such as `3x3, 64`";
+const OPTION: &str = "an option such as `stride 2`";
+const SIZE: &str = "a size such as `3x3`";
+const INT: &str = "a whole number";
+
+/// Every option keyword, and how each is written.
+const OPTIONS: [(&str, &str); 9] = [
+    ("stride", "stride S"),
+    ("pad", "pad P"),
+    ("dilation", "dilation D"),
+    ("groups", "groups G"),
+    ("bias", "bias"),
+    ("norm", "norm"),
+    ("no", "no norm|bias|act"),
+    ("act", "act NAME"),
+    ("shortcut", "shortcut KIND"),
+];
+
+fn options_list() -> String {
+    let all: Vec<String> = OPTIONS.iter().map(|(_, w)| format!("`{w}`")).collect();
+    format!("options are {}", all.join(", "))
+}
+
+/// An option written wrongly where the parser stopped: without the comma before it
+/// (`3x3, 64 stride 2`), with `=` (`groups=32`), or misspelt (`strid 2`). Returns the
+/// message, the label and a hint that names the nearest valid spelling.
+fn misspelt_option(
+    src: &str,
+    pos: usize,
+    token: &str,
+    expected: &[&str],
+) -> Option<(String, &'static str, String)> {
+    let word: String = token
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic() || *c == '_')
+        .collect();
+    if word.is_empty() {
+        return None;
+    }
+    let lower = word.to_ascii_lowercase();
+    let keyword = OPTIONS.iter().find(|(k, _)| *k == lower);
+    let line_start = src[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let before = src[line_start..pos].trim_end();
+    let in_block = before.rfind('[') > before.rfind(']');
+    let example = if in_block {
+        "`[3x3, 64; 3x3, 64, stride 2] x 2`"
+    } else {
+        "`3x3, 64, stride 2`"
+    };
+    let after = &token[word.len()..];
+    if let Some((k, _)) = keyword {
+        // `conv1  32x32  stride 2`: where an item must start.
+        if expected.contains(&SIZE) && !expected.contains(&OPTION) {
+            return Some((
+                format!("the option `{word}` needs an item before it"),
+                "option without an item",
+                format!(
+                    "write the layer first, e.g. {example}; items are {ITEMS}; {}",
+                    options_list()
+                ),
+            ));
+        }
+        // `3x3, 64 stride 2`: after a complete item, where only the end of its row or
+        // layer may follow, with white space but no comma in between.
+        if pos > before.len() + line_start
+            && !before.is_empty()
+            && !before.ends_with([',', '[', ';'])
+            && expected.iter().all(|x| x.contains("the end of"))
+            && (after.is_empty() || after.starts_with(['=', ':']))
+        {
+            return Some((
+                format!("missing `,` before the option `{word}`"),
+                "needs a `,` before it",
+                format!(
+                    "an option follows its item after a comma: {example}; {}",
+                    options_list()
+                ),
+            ));
+        }
+        // `groups=32`, `stride:2`: options take their value after a space.
+        if let Some(value) = after.strip_prefix(['=', ':']) {
+            if expected.contains(&OPTION) {
+                let fixed = if value.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{k} {value}")
+                };
+                return Some((
+                    format!("`{token}` is not how an option is written"),
+                    "not an option",
+                    format!(
+                        "did you mean `{fixed}`? an option's value follows it after a space; {}",
+                        options_list()
+                    ),
+                ));
+            }
+        }
+        return None;
+    }
+    // A word that is no option nor item keyword, after a comma, where an option may stand.
+    let item_words = ["softmax", "avg", "max", "pool", "fc"];
+    if expected.contains(&OPTION) && !item_words.contains(&lower.as_str()) {
+        let mut words: Vec<&str> = OPTIONS.iter().map(|(k, _)| *k).collect();
+        words.push("softmax");
+        let hint = match crate::lower::closest(&lower, &words) {
+            Some(n) => {
+                let written = OPTIONS.iter().find(|(k, _)| *k == n).map_or(n, |(_, w)| w);
+                format!(
+                    "did you mean `{written}`? {}; items are {ITEMS}",
+                    options_list()
+                )
+            }
+            None => format!("{}; items are {ITEMS}", options_list()),
+        };
+        return Some((format!("unknown option or item `{word}`"), "unknown", hint));
+    }
+    None
+}
+
+/// Every item, as the hints show them.
+const ITEMS: &str = "`3x3, 64`, `3x3 max pool`, `avg pool`, `[...] x N`, `10-d fc`, `softmax`";
 
 fn join_or(items: &[&str]) -> String {
     match items {
@@ -218,6 +370,9 @@ fn syntax_hint(src: &str, pos: usize, token: &str, expected: &[&str]) -> Option<
     {
         return Some("a convolution is `KxK, WIDTH` with a comma between kernel and width".into());
     }
+    if before.to_ascii_lowercase().ends_with("floor") {
+        return Some("the floor is written `floor(64r)` or `⌊64r⌋`".into());
+    }
     if before.ends_with("max") || before.ends_with("avg") {
         return Some("pooling is written `3x3 max pool` or `avg pool` for global pooling".into());
     }
@@ -237,10 +392,8 @@ fn syntax_hint(src: &str, pos: usize, token: &str, expected: &[&str]) -> Option<
             "expressions use numbers, parameters, + - * / ^, `64r`, `⌊64r⌋` or `floor(64r)`".into(),
         );
     }
-    if expected.contains(&"an option such as `stride 2`")
-        || expected.contains(&"a layer such as `3x3, 64`")
-    {
-        return Some("items are `3x3, 64`, `3x3 max pool`, `avg pool`, `[...] x N`, `10-d fc`, `softmax`; options are `stride S`, `pad P`, `dilation D`, `groups G`, `bias`, `no norm`, `act NAME`, `shortcut KIND`".into());
+    if expected.contains(&OPTION) || expected.contains(&LAYER) {
+        return Some(format!("items are {ITEMS}; {}", options_list()));
     }
     None
 }

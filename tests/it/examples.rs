@@ -17,7 +17,7 @@ fn settings() -> insta::Settings {
 #[test]
 fn check_and_print_snapshots() {
     settings().bind(|| {
-        insta::glob!("../examples", "*.arch", |path| {
+        insta::glob!("../../examples", "*.arch", |path| {
             let src = std::fs::read_to_string(path).unwrap();
             let graph = compile(&src, &[]).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
             insta::assert_snapshot!("check", table(&graph));

@@ -8,8 +8,7 @@ use r2rc::params::{init, DType, Params};
 use r2rc::prove::ProveOptions;
 use r2rc::transform::deepen::{deepen, resolve_site, DeepenArgs, DeepenMethod, Deepened};
 
-mod common;
-use common::{ok, s, text};
+use crate::common::{self, ok, s, text};
 
 fn load(file: &str) -> Graph {
     let src = std::fs::read_to_string(format!("examples/{file}.arch")).unwrap();

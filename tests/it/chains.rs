@@ -11,8 +11,8 @@
 //! - a chain whose steps are all exact in both modes proves end to end, the original
 //!   teacher (renamed) against the final student.
 //!
-//! `R2RC_CHAIN_CASES=N` runs N cases instead of 300 (`cargo test --release --test chains`
-//! for long runs); `R2RC_CHAIN_FIRST=K` starts at case K (to replay one).
+//! `R2RC_CHAIN_CASES=N` runs N cases instead of 300 (`cargo test --release --test it
+//! chains::` for long runs); `R2RC_CHAIN_FIRST=K` starts at case K (to replay one).
 
 use std::collections::BTreeMap;
 

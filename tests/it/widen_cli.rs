@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-mod common;
-use common::{ex, r2rc, s, text};
+use crate::common::{ex, r2rc, s, text};
 
 #[test]
 fn widen_writes_proved_student_with_evidence_and_refuses_to_overwrite() {

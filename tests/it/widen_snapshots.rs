@@ -58,7 +58,7 @@ fn widen_diffs() {
                 text.push_str(&format!("# note: {n}\n"));
             }
             insta::with_settings!({
-                snapshot_path => "../snapshots/widen",
+                snapshot_path => "../../snapshots/widen",
                 prepend_module_to_snapshot => false,
                 description => format!("r2rc widen examples/{name}.arch --layer {target} --by 1.5 --method {}", method.name()),
             }, {

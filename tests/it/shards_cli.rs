@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-mod common;
-use common::{listing as files, r2rc, s, text};
+use crate::common::{self, listing as files, r2rc, s, text};
 
 /// Runs r2rc, which must succeed; its stderr.
 fn ok(args: &[&str]) -> String {

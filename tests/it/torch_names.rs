@@ -5,8 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-mod common;
-use common::{ex, ok, r2rc, s, text};
+use crate::common::{ex, ok, r2rc, s, text};
 
 /// Tensor names in a safetensors header.
 fn tensor_names(path: &Path) -> BTreeSet<String> {

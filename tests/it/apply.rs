@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-mod common;
-use common::r2rc;
+use crate::common::r2rc;
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("r2rc-apply-{name}-{}", std::process::id()));

@@ -13,7 +13,7 @@ fn every_error_fixture_is_a_rendered_diagnostic() {
     s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/errors"));
     s.set_prepend_module_to_snapshot(false);
     s.bind(|| {
-        insta::glob!("fixtures/errors", "*.arch", |path| {
+        insta::glob!("../fixtures/errors", "*.arch", |path| {
             let bytes = std::fs::read(path).unwrap();
             let src = String::from_utf8_lossy(&bytes);
             let name = path.file_name().unwrap().to_str().unwrap();

@@ -1,0 +1,30 @@
+//! The integration tests, one binary: each module was once a test binary of its own.
+//! Paths in the tests are relative to the crate root, where cargo runs them.
+
+mod common;
+
+mod apply;
+mod chains;
+mod cli_front;
+mod deepen;
+mod deepen_bn_scale;
+mod deepen_local;
+mod deepen_snapshots;
+mod errors;
+mod examples;
+mod exec;
+mod hostile;
+mod large;
+mod morph;
+mod onnx_tract;
+mod params;
+mod picture;
+mod prove;
+mod roundtrip;
+mod safe_outputs;
+mod shards_cli;
+mod spaces;
+mod torch_names;
+mod widen;
+mod widen_cli;
+mod widen_snapshots;

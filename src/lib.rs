@@ -20,6 +20,7 @@ pub mod names;
 pub mod outputs;
 pub mod params;
 pub mod picture;
+pub mod pipeline;
 pub mod print;
 pub mod progress;
 pub mod prove;

@@ -1,6 +1,7 @@
-//! The transactional widening pipeline (transform, then prove, then describe) and what it
-//! writes: the student's `.arch` with an evidence header, safetensors metadata,
-//! `report.json`; also `diff` of two architectures.
+//! The one report of a rewrite step (`report.json`, the `.arch` header comment, the
+//! safetensors `__metadata__`, the stderr summary), whatever the command: widen, deepen or
+//! morph; a plan's report is its list of steps. Also what is written beside the student
+//! and `diff` of two architectures.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,27 +9,41 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::exec::Mode;
 use crate::ir::Graph;
-use crate::params::Params;
-use crate::prove::{check_equivalence, failure, Evidence, ProveOptions};
-use crate::transform::{widen, Method, SpaceChange, WidenArgs, Widened};
+use crate::prove::Evidence;
+use crate::transform::deepen::{DeepenArgs, Deepened};
+use crate::transform::morph_kernel::Morphed;
+use crate::transform::{Exactness, Plan, SpaceChange, WidenArgs};
 
-/// `report.json` of a widening (CLI.md lists the fields).
+/// `report.json` of one rewrite step (CLI.md lists the fields), also one step of an
+/// `apply` report.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct StepReport {
+    /// widen, deepen or morph.
     pub command: String,
     pub method: String,
-    /// Whether the method preserves the function (noisy Net2Net and random pad do not).
+    /// Whether the method preserves the function (in the modes `exactness` says).
     pub function_preserving: bool,
-    pub site: Site,
-    /// Old layer name -> new name (widening renames nothing).
+    pub exactness: Exactness,
+    /// The target as given (widen), or where layers went in (deepen) or what changed (morph).
+    pub site: String,
+    /// The widened channel spaces (widen only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spaces: Vec<SpaceChange>,
+    /// Old layer name -> new name, every layer that was renamed.
     pub name_map: BTreeMap<String, String>,
+    pub inserted: Vec<String>,
+    /// Existing layers whose tensors changed.
+    pub changed: Vec<String>,
     pub params_before: u64,
     pub params_after: u64,
     pub macs_before: u64,
     pub macs_after: u64,
     pub seed: u64,
-    pub init: String,
+    /// How free new weights were drawn (widen only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
     /// Where the teacher weights came from.
     pub teacher: String,
     pub notes: Vec<String>,
@@ -41,113 +56,31 @@ pub struct Report {
     pub torchvision_names: Option<BTreeMap<String, String>>,
 }
 
-/// What was widened.
-#[derive(Debug, Clone, Serialize)]
-pub struct Site {
-    pub target: String,
-    pub spaces: Vec<SpaceChange>,
-}
+/// Renames listed one by one up to this many; more are one line (report.json has them all).
+const RENAMES_SHOWN: usize = 3;
 
-/// A proved (or measured) student with its report.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub widened: Widened,
-    pub report: Report,
-}
-
-/// Widens, rounds the new weights to the teacher's dtype (what will be written is what is
-/// proved) and proves. A function-preserving method whose proof fails is an
-/// [`Error::ProofFailed`]; a method that is not one gets its deviation measured instead.
-/// `prove == None` skips the proof.
-pub fn widen_proved(
-    graph: &Graph,
-    params: &Params,
-    args: &WidenArgs,
-    seed: u64,
-    prove: Option<&ProveOptions>,
-    teacher: &str,
-) -> Result<Outcome> {
-    let mut w = widen(graph, params, args, seed)?;
-    w.params = w.params.with_dtype(params.dtype);
-    let mut notes = w.notes.clone();
-    let evidence = match prove {
-        None => vec![],
-        Some(opts) => {
-            // Net2Net divides weights by replica counts.
-            let rounds = w.exact && args.method == Method::Net2net;
-            let (opts, note) =
-                crate::prove::stored_options(opts, params.dtype, rounds, args.method.title());
-            notes.extend(note);
-            let ev = check_equivalence(graph, params, &w.graph, &w.params, &opts)?;
-            if w.exact {
-                if let Some(e) = failure(&ev) {
-                    return Err(e);
-                }
-            } else {
-                let dev = ev.iter().map(|e| e.max_rel_err).fold(0.0, f64::max);
-                notes.push(format!(
-                    "{} is not function preserving: the student deviates from the teacher by up to {dev:.3e} (relative)",
-                    method_label(args)
-                ));
-            }
-            ev
-        }
-    };
-    let name_map = graph
-        .order()
-        .into_iter()
-        .map(|n| (graph.g[n].name.clone(), graph.g[n].name.clone()))
-        .collect();
-    let report = Report {
-        command: "widen".into(),
-        method: args.method.name().into(),
-        function_preserving: w.exact,
-        site: Site {
-            target: args.target.show(),
-            spaces: w.changes.clone(),
-        },
-        name_map,
-        params_before: crate::stats::param_count(graph),
-        params_after: crate::stats::param_count(&w.graph),
-        macs_before: crate::stats::mac_count(graph),
-        macs_after: crate::stats::mac_count(&w.graph),
-        seed,
-        init: format!("{:?}", args.init).to_lowercase(),
-        teacher: teacher.into(),
-        notes,
-        proved: prove.is_some() && w.exact,
-        evidence,
-        torchvision_names: None,
-    };
-    Ok(Outcome { widened: w, report })
-}
-
-fn method_label(args: &WidenArgs) -> String {
-    match (args.method, args.noise) {
-        (Method::Net2net, Some(s)) => format!("Net2WiderNet with noise {s}"),
-        (m, _) => m.title().to_string(),
-    }
-}
-
-impl Report {
-    /// Comment lines recording the transform and its evidence.
+impl StepReport {
+    /// Comment lines recording the transform and its evidence, for the student's `.arch`.
     pub fn header(&self) -> String {
-        let mut out = String::new();
-        let widths: Vec<String> = self
-            .site
-            .spaces
-            .iter()
-            .map(|s| format!("{} {}->{}", s.label, s.from, s.to))
-            .collect();
-        out.push_str(&format!(
-            "# r2rc widen {} --method {} --seed {} (init {}): {}\n",
-            self.site.target,
-            self.method,
-            self.seed,
-            self.init,
-            widths.join(", ")
-        ));
+        let mut out = match &self.init {
+            // A widening names its target first, as its command line does.
+            Some(init) => format!(
+                "# r2rc {} {} --method {} --seed {} (init {init}): {}\n",
+                self.command,
+                self.site,
+                self.method,
+                self.seed,
+                self.widths()
+            ),
+            None => format!(
+                "# r2rc {} --method {} --seed {}: {}\n",
+                self.command, self.method, self.seed, self.site
+            ),
+        };
         out.push_str(&format!("# teacher weights: {}\n", self.teacher));
+        for line in self.rename_lines() {
+            out.push_str(&format!("# {line}\n"));
+        }
         for n in &self.notes {
             out.push_str(&format!("# note: {n}\n"));
         }
@@ -155,13 +88,44 @@ impl Report {
             out.push_str("# not proved (--no-prove)\n");
         }
         for e in &self.evidence {
-            out.push_str(&self.evidence_line("# ", e));
+            out.push_str(&crate::prove::evidence_line("# ", e, self.required(e)));
         }
         out
     }
 
-    fn evidence_line(&self, prefix: &str, e: &Evidence) -> String {
-        crate::prove::evidence_line(prefix, e, self.function_preserving)
+    /// `conv2_x 16->24, ...`: the widened spaces.
+    fn widths(&self) -> String {
+        let widths: Vec<String> = self
+            .spaces
+            .iter()
+            .map(|s| format!("{} {}->{}", s.label, s.from, s.to))
+            .collect();
+        widths.join(", ")
+    }
+
+    /// `renamed a -> b` lines, or one line for a long list.
+    fn rename_lines(&self) -> Vec<String> {
+        let tv = self.torchvision_names.as_ref();
+        let show = |n: &String| crate::names::shown(n, tv);
+        if self.name_map.len() <= RENAMES_SHOWN {
+            return self
+                .name_map
+                .iter()
+                .map(|(a, b)| format!("renamed {} -> {}", show(a), show(b)))
+                .collect();
+        }
+        let (a, b) = self.name_map.iter().next().expect("not empty");
+        vec![format!(
+            "renamed {} layers to make room ({} -> {}, ...; report.json's name_map has them all)",
+            self.name_map.len(),
+            show(a),
+            show(b)
+        )]
+    }
+
+    /// Whether the method must preserve the function in `e`'s mode.
+    pub fn required(&self, e: &Evidence) -> bool {
+        Mode::parse(&e.mode).map_or(true, |m| self.exactness.required(m))
     }
 
     /// `__metadata__` of the student's safetensors.
@@ -169,26 +133,47 @@ impl Report {
         let mut m = crate::prove::provenance(
             &self.command,
             &self.method,
-            &self.site.target,
+            &self.site,
             self.seed,
             self.function_preserving,
             &self.evidence,
         );
+        if !self.name_map.is_empty() {
+            m.insert(
+                "r2rc.name_map".into(),
+                serde_json::to_string(&self.name_map).expect("a map serialises"),
+            );
+        }
         crate::prove::add_names(&mut m, self.torchvision_names.as_ref());
         m
     }
 
     /// A short human summary for stderr.
     pub fn summary(&self) -> String {
+        let tv = self.torchvision_names.as_ref();
+        let show = |n: &String| crate::names::shown(n, tv);
         let mut out = String::new();
-        for s in &self.site.spaces {
+        if self.spaces.is_empty() {
+            out.push_str(&format!(
+                "{} {}: {}\n",
+                self.command, self.method, self.site
+            ));
+        }
+        for s in &self.spaces {
             out.push_str(&format!(
                 "widened space `{}` ({}) from {} to {} channels\n",
-                crate::names::shown(&s.label, self.torchvision_names.as_ref()),
+                show(&s.label),
                 s.rows.join(", "),
                 s.from,
                 s.to
             ));
+        }
+        if !self.inserted.is_empty() {
+            let shown: Vec<String> = self.inserted.iter().map(show).collect();
+            out.push_str(&format!("inserted {}\n", shown.join(", ")));
+        }
+        for line in self.rename_lines() {
+            out.push_str(&format!("{line}\n"));
         }
         for n in &self.notes {
             out.push_str(&format!("note: {n}\n"));
@@ -198,19 +183,112 @@ impl Report {
             self.params_before, self.params_after, self.macs_before, self.macs_after
         ));
         for e in &self.evidence {
-            out.push_str(&self.evidence_line("", e));
+            out.push_str(&crate::prove::evidence_line("", e, self.required(e)));
         }
         out
     }
 }
 
-/// The student's `.arch` text: the evidence header, then the canonical print.
-pub fn student_arch(outcome: &Outcome) -> String {
-    format!(
-        "{}\n{}",
-        outcome.report.header(),
-        crate::print::print(&outcome.widened.graph)
-    )
+/// The report of a widening planned as `plan`, before any proof ([`crate::pipeline::judge`]
+/// adds the evidence).
+pub fn widen_report(
+    graph: &Graph,
+    plan: &Plan,
+    args: &WidenArgs,
+    seed: u64,
+    teacher: &str,
+) -> StepReport {
+    StepReport {
+        command: "widen".into(),
+        method: args.method.name().into(),
+        function_preserving: plan.exact,
+        exactness: if plan.exact {
+            Exactness::Exact
+        } else {
+            Exactness::NotPreserving
+        },
+        site: args.target.show(),
+        spaces: plan.changes.clone(),
+        name_map: BTreeMap::new(),
+        inserted: Vec::new(),
+        changed: Vec::new(),
+        params_before: crate::stats::param_count(graph),
+        params_after: crate::stats::param_count(&plan.student),
+        macs_before: crate::stats::mac_count(graph),
+        macs_after: crate::stats::mac_count(&plan.student),
+        seed,
+        init: Some(format!("{:?}", args.init).to_lowercase()),
+        teacher: teacher.into(),
+        notes: plan.notes.clone(),
+        proved: false,
+        evidence: Vec::new(),
+        torchvision_names: None,
+    }
+}
+
+/// The report of deepening `graph` into `d`, before any proof.
+pub fn deepen_report(
+    graph: &Graph,
+    d: &Deepened,
+    args: &DeepenArgs,
+    seed: u64,
+    teacher: &str,
+) -> StepReport {
+    StepReport {
+        command: "deepen".into(),
+        method: args.method.name().into(),
+        function_preserving: d.exactness != Exactness::NotPreserving,
+        exactness: d.exactness,
+        site: d.site.clone(),
+        spaces: Vec::new(),
+        name_map: d.name_map.clone(),
+        inserted: d.inserted.clone(),
+        changed: d.changed.clone(),
+        params_before: crate::stats::param_count(graph),
+        params_after: crate::stats::param_count(&d.graph),
+        macs_before: crate::stats::mac_count(graph),
+        macs_after: crate::stats::mac_count(&d.graph),
+        seed,
+        init: None,
+        teacher: teacher.into(),
+        notes: d.notes.clone(),
+        proved: false,
+        evidence: Vec::new(),
+        torchvision_names: None,
+    }
+}
+
+/// The report of the kernel morph `m` of `graph`, before any proof.
+pub fn morph_report(graph: &Graph, m: &Morphed, teacher: &str, seed: u64) -> StepReport {
+    let c = &m.change;
+    StepReport {
+        command: "morph".into(),
+        method: "zero-pad".into(),
+        function_preserving: true,
+        exactness: Exactness::Exact,
+        site: format!(
+            "{}: kernel {}x{} -> {}x{}, padding {} -> {}",
+            c.layer, c.from, c.from, c.to, c.to, c.padding_from, c.padding_to
+        ),
+        spaces: Vec::new(),
+        name_map: BTreeMap::new(),
+        inserted: Vec::new(),
+        changed: vec![c.layer.clone()],
+        params_before: crate::stats::param_count(graph),
+        params_after: crate::stats::param_count(&m.graph),
+        macs_before: crate::stats::mac_count(graph),
+        macs_after: crate::stats::mac_count(&m.graph),
+        seed,
+        init: None,
+        teacher: teacher.into(),
+        notes: vec![format!(
+            "the {}x{} kernel of `{}` sits at the centre of a zero {}x{} kernel",
+            c.from, c.from, c.layer, c.to, c.to
+        )],
+        proved: false,
+        evidence: Vec::new(),
+        torchvision_names: None,
+    }
 }
 
 /// Writes `files` (name, bytes) into `dir` atomically: refuses before writing anything if

@@ -16,10 +16,9 @@ use serde::Serialize;
 use r2rc::ir::Graph;
 use r2rc::names::Naming;
 use r2rc::params::Params;
+use r2rc::pipeline::{deepen_proved, morph_proved, widen_proved};
 use r2rc::prove::{check_equivalence, Evidence};
-use r2rc::report::widen_proved;
-use r2rc::transform::deepen::{deepen_proved, rename, DeepenArgs, DeepenMethod, Exactness};
-use r2rc::transform::morph_kernel::morph_proved;
+use r2rc::transform::deepen::{rename, DeepenArgs, DeepenMethod, Exactness};
 use r2rc::transform::{Amount, Init, Method, Target, WidenArgs};
 use r2rc::{Error, Result};
 
@@ -524,7 +523,7 @@ fn run_streaming(
                     .map_err(|e| at(shown, lineno, e))?;
                     summary.push_str(&s.report.summary());
                     let json = serde_json::to_value(&s.report).expect("json");
-                    let site = s.report.site.target.clone();
+                    let site = s.report.site.clone();
                     (
                         s.student,
                         json,

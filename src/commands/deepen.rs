@@ -12,9 +12,11 @@ use std::path::{Path, PathBuf};
 use r2rc::ir::Graph;
 use r2rc::names::{self, Naming};
 use r2rc::params::{self, Params};
+use r2rc::pipeline::{deepen_judged, deepen_proved, judge};
 use r2rc::prove::{Precision, ProveOptions};
 use r2rc::report::write_outputs;
-use r2rc::transform::deepen::{deepen_proved, judged_report, DeepenArgs, DeepenMethod, StepReport};
+use r2rc::report::{deepen_report, StepReport};
+use r2rc::transform::deepen::{DeepenArgs, DeepenMethod};
 use r2rc::{Error, Result};
 
 #[derive(clap::Args)]
@@ -237,17 +239,13 @@ pub fn run(args: Args) -> Result<()> {
         let mut d = r2rc::transform::deepen::deepen(&graph, &teacher, &dargs, c.seed)?;
         d.params = d.params.clone().with_dtype(teacher.dtype);
         let site = r2rc::transform::deepen::resolve_site(&graph, &dargs.after)?;
-        let report = judged_report(
-            &graph,
-            &d,
-            &dargs,
-            c.seed,
-            &source,
+        let mut report = deepen_report(&graph, &d, &dargs, c.seed, &source);
+        judge(
+            &mut report,
+            deepen_judged(&dargs, teacher.dtype),
             opts.as_ref(),
-            teacher.dtype,
             |o| r2rc::local_proof::deepen::prove(&graph, &teacher, &d, &site, o),
         )?;
-        let mut report = report;
         if opts.is_some() {
             report.notes.push(LOCAL_NOTE.into());
         }
@@ -350,7 +348,8 @@ pub fn stream_deepen(
     }
     let path = place(&d.graph)?;
     let site = r2rc::transform::deepen::resolve_site(graph, &dargs.after)?;
-    let mut report = judged_report(graph, &d, dargs, seed, teacher, opts, src.dtype(), |o| {
+    let mut report = deepen_report(graph, &d, dargs, seed, teacher);
+    judge(&mut report, deepen_judged(dargs, src.dtype()), opts, |o| {
         r2rc::local_proof::deepen::prove(graph, &partial, &d, &site, o)
     })?;
     drop(partial);

@@ -11,8 +11,9 @@ use std::path::Path;
 use r2rc::ir::Graph;
 use r2rc::names::Naming;
 use r2rc::params::Params;
-use r2rc::transform::deepen::StepReport;
-use r2rc::transform::morph_kernel::{morph_kernel, morph_partial, morph_proved, morph_report};
+use r2rc::pipeline::{judge, morph_judged, morph_proved};
+use r2rc::report::{morph_report, StepReport};
+use r2rc::transform::morph_kernel::{morph_kernel, morph_partial};
 use r2rc::Result;
 
 use super::deepen::{emit, streamed_command, Common, Student, LOCAL_NOTE, STREAMED_NOTE};
@@ -43,9 +44,13 @@ pub fn run(args: Args) -> Result<()> {
     let opts = c.prove_options()?;
     let (m, mut report) = if local {
         let m = morph_kernel(&graph, &teacher, &args.layer, args.kernel)?;
-        let mut report = morph_report(&graph, &m, &source, opts.as_ref(), |o| {
-            r2rc::local_proof::morph::prove(&graph, &teacher, &m, o)
-        })?;
+        let mut report = morph_report(&graph, &m, &source, c.seed);
+        judge(
+            &mut report,
+            morph_judged(teacher.dtype),
+            opts.as_ref(),
+            |o| r2rc::local_proof::morph::prove(&graph, &teacher, &m, o),
+        )?;
         if opts.is_some() {
             report.notes.push(LOCAL_NOTE.into());
         }
@@ -130,7 +135,8 @@ pub fn stream_morph(
     };
     let m = morph_partial(graph, &partial, layer, kernel)?;
     let path = place(&m.graph)?;
-    let mut report = morph_report(graph, &m, teacher, opts, |o| {
+    let mut report = morph_report(graph, &m, teacher, opts.map_or(0, |o| o.seed));
+    judge(&mut report, morph_judged(src.dtype()), opts, |o| {
         r2rc::local_proof::morph::prove(graph, &partial, &m, o)
     })?;
     report.notes.push(STREAMED_NOTE.into());

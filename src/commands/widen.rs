@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use r2rc::names::{self, Naming};
 use r2rc::params::{self, DType};
+use r2rc::pipeline::{widen_local_proved, widen_proved, Outcome};
 use r2rc::prove::{Precision, ProveOptions};
-use r2rc::report::{student_arch, widen_proved, write_outputs};
+use r2rc::report::{write_outputs, StepReport};
 use r2rc::transform::{Amount, Init, Method, Target, WidenArgs};
 use r2rc::{Error, Result};
 
@@ -141,14 +142,7 @@ pub fn run(args: Args) -> Result<()> {
         ),
     };
     let outcome = if local && !args.no_prove {
-        let (widened, evidence) =
-            r2rc::local_proof::widen_local(&graph, &teacher, &wargs, args.seed, &opts)?;
-        let n = evidence.len();
-        let ev = r2rc::local_proof::combine(evidence, n);
-        let plan = r2rc::transform::plan(&graph, &wargs)?;
-        let report =
-            r2rc::stream::widen_report(&graph, &plan, &wargs, args.seed, &source, ev, true);
-        r2rc::report::Outcome { widened, report }
+        widen_local_proved(&graph, &teacher, &wargs, args.seed, &opts, &source)?
     } else {
         widen_proved(
             &graph,
@@ -162,7 +156,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut outcome = outcome;
     outcome.report.torchvision_names =
         names::report_names(&[&graph, &outcome.widened.graph], naming);
-    let arch = student_arch(&outcome);
+    let arch = format!(
+        "{}\n{}",
+        outcome.report.header(),
+        r2rc::print::print(&outcome.widened.graph)
+    );
     let report_json = serde_json::to_string_pretty(&outcome.report).expect("the report serialises");
     match &args.output {
         Some(dir) => {
@@ -221,7 +219,7 @@ fn write_sharded(
     args: &Args,
     dir: &std::path::Path,
     stem: &str,
-    outcome: &r2rc::report::Outcome,
+    outcome: &Outcome,
     arch: &str,
     naming: Naming,
     size: u64,
@@ -256,7 +254,7 @@ fn write_sharded(
     Ok(())
 }
 
-fn finish(args: &Args, report: &r2rc::report::Report, report_json: &str, written: &[PathBuf]) {
+fn finish(args: &Args, report: &StepReport, report_json: &str, written: &[PathBuf]) {
     if args.json {
         println!("{report_json}");
     } else {

@@ -231,30 +231,23 @@ pub fn combine(all: Vec<Vec<Evidence>>, regions: usize) -> Vec<Evidence> {
     out
 }
 
-/// The options of a local proof of `args` on weights stored as `dtype` (the one rule:
-/// [`crate::prove::stored_options`]; Net2WiderNet divides weights by replica counts).
-pub fn options_for(
-    opts: &ProveOptions,
-    args: &crate::transform::WidenArgs,
-    dtype: DType,
-) -> ProveOptions {
-    let rounds = args.method == crate::transform::Method::Net2net;
-    crate::prove::stored_options(opts, dtype, rounds, args.method.title()).0
+/// The note of a widening proved locally, region by region.
+pub fn widening_note(steps: usize) -> String {
+    format!("proved locally: each of the {steps} widened spaces on its region (its producers' inputs to its consumers' outputs), before and after its step")
 }
 
-/// Proves every step of widening `w` on its region; `teacher` gives a teacher tensor by
-/// its r2rc name. Each region's tensors before and after its step are computed from the
-/// teacher's alone ([`crate::transform::Widening::tensor`]) and rounded to `dtype`, the
-/// precision they are stored in. An exact method whose region fails is an
-/// [`Error::ProofFailed`].
+/// Proves every step of widening `w` on its region and folds the evidence into one entry
+/// per mode; `teacher` gives a teacher tensor by its r2rc name. Each region's tensors
+/// before and after its step are computed from the teacher's alone
+/// ([`crate::transform::Widening::tensor`]) and rounded to `dtype`, the precision they are
+/// stored in. Judging the evidence is [`crate::pipeline::judge`]'s.
 pub fn prove_widening(
     w: &crate::transform::Widening,
     teacher: &mut dyn FnMut(&str) -> Result<ArrayD<f64>>,
     dtype: DType,
     opts: &ProveOptions,
-) -> Result<Vec<Vec<Evidence>>> {
+) -> Result<Vec<Evidence>> {
     use crate::transform::graph_after;
-    let opts = &options_for(opts, w.args, dtype);
     let mut all = Vec::new();
     for k in 0..w.plan.steps.len() {
         let space = &w.plan.spaces.spaces[w.plan.steps[k].0];
@@ -283,40 +276,13 @@ pub fn prove_widening(
             &mut |n| get(&after, n),
             opts,
         )?;
-        if w.plan.exact {
-            if let Some(e) = crate::prove::failure(&ev) {
-                return Err(e);
-            }
-        }
+        // An exact method stops at its first failing region (the rest cannot pass).
+        let failed = w.plan.exact && crate::prove::failure(&ev).is_some();
         all.push(ev);
+        if failed {
+            break;
+        }
     }
-    Ok(all)
-}
-
-/// Widens in memory, proving every step on its region; returns the student (rounded to
-/// the teacher's dtype, as written) and the evidence per step.
-pub fn widen_local(
-    graph: &Graph,
-    params: &Params,
-    args: &crate::transform::WidenArgs,
-    seed: u64,
-    opts: &ProveOptions,
-) -> Result<(crate::transform::Widened, Vec<Vec<Evidence>>)> {
-    params.check(graph)?;
-    let w =
-        crate::transform::Widening::new(graph, args, seed, &|n| params.tensors.contains_key(n))?;
-    let mut teacher = |n: &str| {
-        params
-            .tensors
-            .get(n)
-            .cloned()
-            .ok_or_else(|| Error::weights(format!("the weights lack tensor `{n}`")))
-    };
-    let all = prove_widening(&w, &mut teacher, params.dtype, opts)?;
-    let widened = crate::transform::widen(graph, params, args, seed)?;
-    let widened = crate::transform::Widened {
-        params: widened.params.with_dtype(params.dtype),
-        ..widened
-    };
-    Ok((widened, all))
+    let regions = all.len();
+    Ok(combine(all, regions))
 }

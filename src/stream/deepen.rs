@@ -11,8 +11,9 @@ use crate::error::Result;
 use crate::ir::Graph;
 use crate::names::{self, Naming};
 use crate::params::{DType, Params};
+use crate::report::StepReport;
 use crate::shards::Source;
-use crate::transform::deepen::{self, DeepenArgs, Deepened, StepReport};
+use crate::transform::deepen::{self, DeepenArgs, Deepened};
 
 /// A streamed deepening's result.
 pub struct Streamed {

@@ -23,8 +23,8 @@ use crate::ir::Graph;
 use crate::names::{self, Naming};
 use crate::params::DType;
 use crate::progress::Progress;
-use crate::prove::{Evidence, ProveOptions};
-use crate::report::{Report, Site};
+use crate::prove::ProveOptions;
+use crate::report::{widen_report, StepReport};
 use crate::shards::{self, Source, Writer};
 use crate::transform::{Plan, WidenArgs, Widening};
 
@@ -34,7 +34,7 @@ pub mod deepen;
 /// A streamed widening's result.
 pub struct Streamed {
     pub student: Graph,
-    pub report: Report,
+    pub report: StepReport,
     /// The weight files written (shards and index, or one file).
     pub files: Vec<PathBuf>,
     pub dtype: DType,
@@ -95,29 +95,21 @@ pub fn widen(
     let student_renames: HashMap<String, String> = names::tensor_renames(&w.plan.student, naming)?
         .into_iter()
         .collect();
-    let evidence = match prove {
-        None => vec![],
-        Some(opts) => {
-            let mut read = |n: &str| -> Result<ArrayD<f64>> {
-                let file = renames.get(n).map_or(n, |s| s.as_str());
-                let t = src.decode(file)?;
-                src.release(file);
-                Ok(t)
-            };
-            let all = crate::local_proof::prove_widening(&w, &mut read, dtype, opts)?;
-            let regions = all.len();
-            crate::local_proof::combine(all, regions)
-        }
+    let mut report = widen_report(graph, &w.plan, args, seed, teacher);
+    let mut read = |n: &str| -> Result<ArrayD<f64>> {
+        let file = renames.get(n).map_or(n, |s| s.as_str());
+        let t = src.decode(file)?;
+        src.release(file);
+        Ok(t)
     };
-    let mut report = widen_report(
-        graph,
-        &w.plan,
-        args,
-        seed,
-        teacher,
-        evidence,
-        prove.is_some(),
-    );
+    let how = crate::pipeline::widen_judged(args, &w.plan, dtype);
+    crate::pipeline::judge(&mut report, how, prove, |o| {
+        crate::local_proof::prove_widening(&w, &mut read, dtype, o)
+    })?;
+    if prove.is_some() {
+        let note = crate::local_proof::widening_note(w.plan.steps.len());
+        report.notes.push(note);
+    }
     report.torchvision_names = names::report_names(&[graph, &w.plan.student], naming);
     let entries = shards::entries(&theirs_student);
     let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
@@ -252,55 +244,4 @@ pub(crate) fn copy_tensor(
     }
     src.release(file);
     Ok(())
-}
-
-/// The report of a widening planned as `plan`, with `evidence` (empty when not proved).
-pub fn widen_report(
-    graph: &Graph,
-    plan: &Plan,
-    args: &WidenArgs,
-    seed: u64,
-    teacher: &str,
-    evidence: Vec<Evidence>,
-    proved: bool,
-) -> Report {
-    let mut notes = plan.notes.clone();
-    if !plan.exact && !evidence.is_empty() {
-        let dev = evidence.iter().map(|e| e.max_rel_err).fold(0.0, f64::max);
-        notes.push(format!(
-            "{} is not function preserving: the rewritten regions deviate from the teacher's by up to {dev:.3e} (relative)",
-            args.method.title()
-        ));
-    }
-    if proved {
-        notes.push(format!(
-            "proved locally: each of the {} widened spaces on its region (its producers' inputs to its consumers' outputs), before and after its step",
-            plan.steps.len()
-        ));
-    }
-    Report {
-        command: "widen".into(),
-        method: args.method.name().into(),
-        function_preserving: plan.exact,
-        site: Site {
-            target: args.target.show(),
-            spaces: plan.changes.clone(),
-        },
-        name_map: graph
-            .order()
-            .into_iter()
-            .map(|n| (graph.g[n].name.clone(), graph.g[n].name.clone()))
-            .collect(),
-        params_before: crate::stats::param_count(graph),
-        params_after: crate::stats::param_count(&plan.student),
-        macs_before: crate::stats::mac_count(graph),
-        macs_after: crate::stats::mac_count(&plan.student),
-        seed,
-        init: format!("{:?}", args.init).to_lowercase(),
-        teacher: teacher.into(),
-        notes,
-        proved: proved && plan.exact,
-        evidence,
-        torchvision_names: None,
-    }
 }

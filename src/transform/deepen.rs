@@ -26,10 +26,9 @@ use serde::Serialize;
 
 use crate::analysis::sign;
 use crate::error::{Error, Result};
-use crate::exec::Mode;
+
 use crate::ir::{Activation, BatchNorm, Conv2d, Graph, NodeIndex, Op, ParamKind};
 use crate::params::Params;
-use crate::prove::{check_equivalence, Evidence, ProveOptions};
 
 use super::{net2net_deeper, netmorph_deeper, r2r_deeper, random_deeper};
 
@@ -85,28 +84,7 @@ impl DeepenMethod {
     }
 }
 
-/// In which batch-norm modes a method preserves the function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Exactness {
-    /// Exact in eval and train mode.
-    Exact,
-    /// Exact with running statistics only; batch statistics change it (Net2DeeperNet).
-    EvalOnly,
-    /// Not function preserving (the random baseline): measured, never proved.
-    NotPreserving,
-}
-
-impl Exactness {
-    /// Whether a proof in `mode` must pass for the rewrite to be accepted.
-    pub fn required(self, mode: Mode) -> bool {
-        match self {
-            Exactness::Exact => true,
-            Exactness::EvalOnly => mode == Mode::Eval,
-            Exactness::NotPreserving => false,
-        }
-    }
-}
+pub use super::Exactness;
 
 /// A deepening request.
 #[derive(Debug, Clone, Serialize)]
@@ -849,37 +827,6 @@ pub fn rename(graph: &Graph, params: &Params, map: &BTreeMap<String, String>) ->
     )
 }
 
-/// Proves a deepening: the teacher, renamed by the name map, against the student, value by
-/// value in every mode of `opts`.
-pub fn prove(
-    teacher: &Graph,
-    tp: &Params,
-    d: &Deepened,
-    opts: &ProveOptions,
-) -> Result<Vec<Evidence>> {
-    let mut map = d.name_map.clone();
-    for m in &d.mixed {
-        // Out of the comparison: the student's value is the teacher's mixed by N.
-        map.insert(m.clone(), format!("{m} (before the mix)"));
-    }
-    let (t, p) = rename(teacher, tp, &map);
-    check_equivalence(&t, &p, &d.graph, &d.params, opts)
-}
-
-/// The first evidence that a required mode failed, as the error to exit with.
-pub fn failure(d: &Deepened, evidence: &[Evidence]) -> Option<Error> {
-    let required: Vec<Evidence> = evidence
-        .iter()
-        .filter(|e| {
-            Mode::parse(&e.mode)
-                .map(|m| d.exactness.required(m))
-                .unwrap_or(true)
-        })
-        .cloned()
-        .collect();
-    crate::prove::failure(&required)
-}
-
 /// Refuses unless the network's activation, applied after the inserted layers, leaves the
 /// site value unchanged: identity always, ReLU-like ones on a non-negative value.
 pub fn check_post_act(info: &SiteInfo, title: &str) -> Result<()> {
@@ -905,213 +852,5 @@ pub fn check_post_act(info: &SiteInfo, title: &str) -> Result<()> {
             ),
             Some("use --method netmorph, which is exact for any input".into()),
         )),
-    }
-}
-
-/// `report.json` of one deepening or kernel morph (CLI.md lists the fields), also one step
-/// of an `apply` report.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepReport {
-    pub command: String,
-    pub method: String,
-    /// Whether the method preserves the function (in the modes `exactness` says).
-    pub function_preserving: bool,
-    pub exactness: Exactness,
-    pub site: String,
-    /// Old layer name -> new name, every layer that was renamed.
-    pub name_map: BTreeMap<String, String>,
-    pub inserted: Vec<String>,
-    /// Existing layers whose tensors changed.
-    pub changed: Vec<String>,
-    pub params_before: u64,
-    pub params_after: u64,
-    pub macs_before: u64,
-    pub macs_after: u64,
-    pub seed: u64,
-    pub teacher: String,
-    pub notes: Vec<String>,
-    pub proved: bool,
-    pub evidence: Vec<Evidence>,
-    /// Under `--names torchvision`: r2rc layer name -> torchvision module name, for every
-    /// layer of teacher and student (the weights use those names; the `.arch` and the rest
-    /// of the report use r2rc's).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub torchvision_names: Option<BTreeMap<String, String>>,
-}
-
-impl StepReport {
-    /// Comment lines recording the transform and its evidence, for the student's `.arch`.
-    pub fn header(&self) -> String {
-        let mut out = format!(
-            "# r2rc {} --method {} --seed {}: {}\n# teacher weights: {}\n",
-            self.command, self.method, self.seed, self.site, self.teacher
-        );
-        for (a, b) in &self.name_map {
-            out.push_str(&format!("# renamed: {a} -> {b}\n"));
-        }
-        for n in &self.notes {
-            out.push_str(&format!("# note: {n}\n"));
-        }
-        if self.evidence.is_empty() {
-            out.push_str("# not proved (--no-prove)\n");
-        }
-        for e in &self.evidence {
-            out.push_str(&crate::prove::evidence_line("# ", e, self.required(e)));
-        }
-        out
-    }
-
-    /// Whether the method must preserve the function in `e`'s mode.
-    fn required(&self, e: &Evidence) -> bool {
-        Mode::parse(&e.mode).map_or(true, |m| self.exactness.required(m))
-    }
-
-    /// `__metadata__` of the student's safetensors.
-    pub fn metadata(&self) -> BTreeMap<String, String> {
-        let mut m = crate::prove::provenance(
-            &self.command,
-            &self.method,
-            &self.site,
-            self.seed,
-            self.function_preserving,
-            &self.evidence,
-        );
-        m.insert(
-            "r2rc.name_map".into(),
-            serde_json::to_string(&self.name_map).expect("a map serialises"),
-        );
-        crate::prove::add_names(&mut m, self.torchvision_names.as_ref());
-        m
-    }
-
-    /// A short human summary for stderr.
-    pub fn summary(&self) -> String {
-        let mut out = format!("{} {}: {}\n", self.command, self.method, self.site);
-        let tv = self.torchvision_names.as_ref();
-        let show = |n: &String| crate::names::shown(n, tv);
-        if !self.inserted.is_empty() {
-            let shown: Vec<String> = self.inserted.iter().map(show).collect();
-            out.push_str(&format!("inserted {}\n", shown.join(", ")));
-        }
-        for (a, b) in &self.name_map {
-            out.push_str(&format!("renamed {} -> {}\n", show(a), show(b)));
-        }
-        for n in &self.notes {
-            out.push_str(&format!("note: {n}\n"));
-        }
-        out.push_str(&format!(
-            "params {} -> {}, MACs {} -> {}\n",
-            self.params_before, self.params_after, self.macs_before, self.macs_after
-        ));
-        for e in &self.evidence {
-            out.push_str(&crate::prove::evidence_line("", e, self.required(e)));
-        }
-        out
-    }
-}
-
-/// Deepens, rounds the student's tensors to the teacher's dtype (what is written is what
-/// is proved) and proves, in `prove`'s modes. A required mode that fails is an
-/// [`Error::ProofFailed`]; other modes are measured and reported. `prove == None` skips it.
-pub fn deepen_proved(
-    graph: &Graph,
-    params: &Params,
-    args: &DeepenArgs,
-    seed: u64,
-    prove_opts: Option<&ProveOptions>,
-    teacher: &str,
-) -> Result<(Deepened, StepReport)> {
-    let mut d = deepen(graph, params, args, seed)?;
-    d.params = d.params.clone().with_dtype(params.dtype);
-    let report = judged_report(
-        graph,
-        &d,
-        args,
-        seed,
-        teacher,
-        prove_opts,
-        params.dtype,
-        |o| prove(graph, params, &d, o),
-    )?;
-    Ok((d, report))
-}
-
-/// The report of the deepening `d` (weights stored as `dtype`), proved by `run` in
-/// `prove_opts`'s modes (the whole network, or its region): the tolerance widens to what
-/// storing a method's inexact new weights costs; a required mode that fails is an
-/// [`Error::ProofFailed`]; other modes are measured and noted.
-#[allow(clippy::too_many_arguments)]
-pub fn judged_report(
-    graph: &Graph,
-    d: &Deepened,
-    args: &DeepenArgs,
-    seed: u64,
-    teacher: &str,
-    prove_opts: Option<&ProveOptions>,
-    dtype: crate::params::DType,
-    run: impl FnOnce(&ProveOptions) -> Result<Vec<Evidence>>,
-) -> Result<StepReport> {
-    let mut notes = d.notes.clone();
-    let mut evidence = Vec::new();
-    if let Some(opts) = prove_opts {
-        let rounds = matches!(
-            args.method,
-            DeepenMethod::NetmorphDense | DeepenMethod::Net2net
-        );
-        let (opts, note) = crate::prove::stored_options(opts, dtype, rounds, args.method.title());
-        notes.extend(note);
-        evidence = run(&opts)?;
-        if let Some(e) = failure(d, &evidence) {
-            return Err(e);
-        }
-        for e in &evidence {
-            let mode = Mode::parse(&e.mode)?;
-            if !d.exactness.required(mode) {
-                notes.push(format!(
-                    "{} is not function preserving in {} mode: the student deviates from the teacher by up to {:.3e} (relative)",
-                    args.method.title(),
-                    e.mode,
-                    e.max_rel_err
-                ));
-            }
-        }
-    }
-    let proved = prove_opts.is_some();
-    Ok(step_report(
-        graph, d, args, seed, teacher, notes, evidence, proved,
-    ))
-}
-
-/// The report of deepening `graph` into `d`, with its `notes` and proof `evidence`.
-#[allow(clippy::too_many_arguments)]
-pub fn step_report(
-    graph: &Graph,
-    d: &Deepened,
-    args: &DeepenArgs,
-    seed: u64,
-    teacher: &str,
-    notes: Vec<String>,
-    evidence: Vec<Evidence>,
-    proved: bool,
-) -> StepReport {
-    StepReport {
-        command: "deepen".into(),
-        method: args.method.name().into(),
-        function_preserving: d.exactness != Exactness::NotPreserving,
-        exactness: d.exactness,
-        site: d.site.clone(),
-        name_map: d.name_map.clone(),
-        inserted: d.inserted.clone(),
-        changed: d.changed.clone(),
-        params_before: crate::stats::param_count(graph),
-        params_after: crate::stats::param_count(&d.graph),
-        macs_before: crate::stats::mac_count(graph),
-        macs_after: crate::stats::mac_count(&d.graph),
-        seed,
-        teacher: teacher.into(),
-        notes,
-        proved: proved && d.exactness != Exactness::NotPreserving,
-        evidence,
-        torchvision_names: None,
     }
 }

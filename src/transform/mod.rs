@@ -39,6 +39,7 @@ use serde::Serialize;
 
 use crate::analysis::{channel_spaces, Space, Spaces};
 use crate::error::{Error, Result};
+use crate::exec::Mode;
 use crate::ir::{Activation, Graph, Op, ParamKind};
 use crate::params::Params;
 
@@ -49,6 +50,29 @@ pub use fill::{
 };
 use target::{added, refuse_silent_shortcuts};
 pub use target::{resolve, target_names};
+
+/// In which batch-norm modes a method preserves the function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exactness {
+    /// Exact in eval and train mode.
+    Exact,
+    /// Exact with running statistics only; batch statistics change it (Net2DeeperNet).
+    EvalOnly,
+    /// Not function preserving (the random baseline): measured, never proved.
+    NotPreserving,
+}
+
+impl Exactness {
+    /// Whether a proof in `mode` must pass for the rewrite to be accepted.
+    pub fn required(self, mode: Mode) -> bool {
+        match self {
+            Exactness::Exact => true,
+            Exactness::EvalOnly => mode == Mode::Eval,
+            Exactness::NotPreserving => false,
+        }
+    }
+}
 
 /// A widening method (DESIGN.md's table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

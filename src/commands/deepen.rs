@@ -223,8 +223,10 @@ pub const LOCAL_NOTE: &str = "proved locally: the inserted layers (and the layer
 
 pub fn run(args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
+    let naming = Naming::parse(&args.common.names)?;
     let dargs = DeepenArgs {
-        after: args.after.clone(),
+        // A module name of the weights' scheme (`layer3.1`) names r2rc's block.
+        after: names::target_to_r2rc(&graph, naming, &args.after)?,
         method: DeepenMethod::parse(&args.method)?,
         width: args.width,
     };

@@ -32,8 +32,11 @@ pub struct Args {
     pub common: Common,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
     let graph = super::load_arch(&args.file, &args.common.sets)?;
+    // A module name of the weights' scheme (`layer1.0.conv1`) names r2rc's layer.
+    args.layer =
+        r2rc::names::target_to_r2rc(&graph, Naming::parse(&args.common.names)?, &args.layer)?;
     let c = &args.common;
     let local = super::local_proof(&c.prove)?;
     let naming = Naming::parse(&c.names)?;

@@ -97,7 +97,8 @@ pub fn run(args: Args) -> Result<()> {
         _ => unreachable!("clap requires one amount"),
     };
     let target = match &args.layer {
-        Some(n) => Target::Name(n.clone()),
+        // A module name of the weights' scheme (`layer2.0.conv1`) names r2rc's layer.
+        Some(n) => Target::Name(names::target_to_r2rc(&graph, naming, n)?),
         None => Target::All,
     };
     let wargs = WidenArgs {

@@ -1,15 +1,9 @@
 //! `r2rc apply`: the paper's deepening experiment as a plan, proved step by step and end
 //! to end, and the `deepen` command's outputs and refusals.
 
-use std::path::PathBuf;
+use std::path::Path;
 
-use crate::common::r2rc;
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("r2rc-apply-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use crate::common::{assert_report_fields, ex, init_weights, json, listing, r2rc, s, tensors};
 
 /// The canonical print of an `.arch` text (its comment lines dropped by the parser).
 fn canonical(text: &str) -> String {
@@ -18,7 +12,8 @@ fn canonical(text: &str) -> String {
 
 #[test]
 fn cifar10_to_18_plan_yields_resnet_cifar18_proved() {
-    let dir = tmp("plan");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
     let out = r2rc(&[
         "apply",
         "examples/resnet_cifar10.arch",
@@ -31,8 +26,7 @@ fn cifar10_to_18_plan_yields_resnet_cifar18_proved() {
     let student = std::fs::read_to_string(dir.join("resnet_cifar10.arch")).unwrap();
     let reference = std::fs::read_to_string("examples/resnet_cifar18.arch").unwrap();
     assert_eq!(canonical(&student), canonical(&reference));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let report = json(&dir.join("report.json"));
     let steps = report["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 5);
     for s in &steps[..4] {
@@ -51,13 +45,12 @@ fn cifar10_to_18_plan_yields_resnet_cifar18_proved() {
     assert_eq!(report["name_map"]["conv3_2.conv1"], serde_json::Value::Null);
     let g18 = r2rc::lower::compile(&reference, &[]).unwrap();
     r2rc::params::load(&g18, &dir.join("resnet_cifar10.safetensors")).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn plan_steps_rename_and_compose() {
-    let dir = tmp("compose");
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let plan = dir.join("p.plan");
     std::fs::write(
         &plan,
@@ -83,13 +76,12 @@ fn plan_steps_rename_and_compose() {
         .as_str()
         .unwrap()
         .contains("9x9, 8, stride 2"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_bad_plan_line_names_its_line() {
-    let dir = tmp("bad");
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let plan = dir.join("bad.plan");
     std::fs::write(
         &plan,
@@ -135,12 +127,12 @@ fn a_bad_plan_line_names_its_line() {
             && err.contains("not provided: <--by <BY>|--to <TO>|--add <ADD>>"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn deepen_command_outputs_and_refusals() {
-    let dir = tmp("deepen");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
     let d = dir.to_str().unwrap();
     let out = r2rc(&[
         "deepen",
@@ -162,20 +154,8 @@ fn deepen_command_outputs_and_refusals() {
     ] {
         assert!(dir.join(f).exists(), "{f}");
     }
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
-    for k in [
-        "method",
-        "site",
-        "name_map",
-        "params_before",
-        "params_after",
-        "macs_before",
-        "macs_after",
-        "evidence",
-    ] {
-        assert!(report.get(k).is_some(), "report lacks {k}");
-    }
+    let report = json(&dir.join("report.json"));
+    assert_report_fields(&report);
     assert_eq!(report["name_map"]["conv2_2.conv1"], "conv2_3.conv1");
     let meta = r2rc::params::load_metadata(&dir.join("resnet_cifar10.safetensors")).unwrap();
     assert_eq!(meta["r2rc.method"], "r2r");
@@ -191,7 +171,7 @@ fn deepen_command_outputs_and_refusals() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     // A refused insertion writes nothing and exits 2.
-    let bad_dir = tmp("deepen-bad");
+    let bad_dir = tmp.path().join("bad");
     let bad = r2rc(&[
         "deepen",
         "examples/resnet_cifar10.arch",
@@ -225,19 +205,6 @@ fn deepen_command_outputs_and_refusals() {
     assert!(v["notes"]
         .to_string()
         .contains("not function preserving in train mode"));
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Tensors of a weights output (a file or a sharded folder), sorted by name.
-fn tensors(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let src = r2rc::shards::Source::open(path).unwrap();
-    let mut v: Vec<(String, Vec<u8>)> = src
-        .tensors
-        .keys()
-        .map(|k| (k.clone(), src.bytes(k).unwrap().to_vec()))
-        .collect();
-    v.sort();
-    v
 }
 
 /// `apply --prove local` with weights and -o streams every step through a scratch file:
@@ -245,18 +212,10 @@ fn tensors(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 /// output, no scratch left; a failing step leaves nothing; without weights it is refused.
 #[test]
 fn streamed_plan_matches_the_in_memory_plan() {
-    let dir = tmp("stream");
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let w = dir.join("t.safetensors");
-    let s = |p: &PathBuf| p.to_str().unwrap().to_string();
-    let o = r2rc(&[
-        "init",
-        "examples/resnet_cifar10.arch",
-        "-o",
-        &s(&w),
-        "--random-stats",
-    ]);
-    assert!(o.status.success());
+    init_weights(&ex("resnet_cifar10"), &w, &["--random-stats"]);
     let plan = dir.join("mixed.plan");
     std::fs::write(
         &plan,
@@ -268,19 +227,18 @@ fn streamed_plan_matches_the_in_memory_plan() {
     let stale = st.join(".r2rc-apply.4294967295.tmp");
     std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("step1.safetensors"), b"half written").unwrap();
-    let run = |out: &PathBuf, extra: &[&str]| {
+    let run = |out: &Path, extra: &[&str]| {
         let mut a = vec![
-            "apply".to_string(),
-            "examples/resnet_cifar10.arch".into(),
+            "apply",
+            "examples/resnet_cifar10.arch",
             s(&plan),
-            "--weights".into(),
+            "--weights",
             s(&w),
-            "-o".into(),
+            "-o",
             s(out),
         ];
-        a.extend(extra.iter().map(|x| x.to_string()));
-        let refs: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
-        r2rc(&refs)
+        a.extend_from_slice(extra);
+        r2rc(&a)
     };
     let o = run(&mem, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -295,21 +253,14 @@ fn streamed_plan_matches_the_in_memory_plan() {
         "streamed and in-memory students differ"
     );
     let arch =
-        |d: &PathBuf| canonical(&std::fs::read_to_string(d.join("resnet_cifar10.arch")).unwrap());
+        |d: &Path| canonical(&std::fs::read_to_string(d.join("resnet_cifar10.arch")).unwrap());
     assert_eq!(arch(&mem), arch(&st));
-    let listing: Vec<String> = std::fs::read_dir(&st)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(listing.iter().all(|f| !f.starts_with('.')), "{listing:?}");
+    let names = listing(&st);
+    assert!(names.iter().all(|f| !f.starts_with('.')), "{names:?}");
     assert!(!stale.exists());
     assert!(
-        listing
-            .iter()
-            .filter(|f| f.ends_with(".safetensors"))
-            .count()
-            > 2,
-        "{listing:?}"
+        names.iter().filter(|f| f.ends_with(".safetensors")).count() > 2,
+        "{names:?}"
     );
     let report = std::fs::read_to_string(st.join("report.json")).unwrap();
     assert!(
@@ -323,11 +274,11 @@ fn streamed_plan_matches_the_in_memory_plan() {
     let o = r2rc(&[
         "apply",
         "examples/resnet_cifar10.arch",
-        &s(&bad),
+        s(&bad),
         "--weights",
-        &s(&w),
+        s(&w),
         "-o",
-        &s(&out),
+        s(&out),
         "--prove",
         "local",
     ]);
@@ -338,11 +289,10 @@ fn streamed_plan_matches_the_in_memory_plan() {
     let o = r2rc(&[
         "apply",
         "examples/resnet_cifar10.arch",
-        &s(&plan),
+        s(&plan),
         "--prove",
         "local",
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("needs --weights and -o"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

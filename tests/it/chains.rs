@@ -24,11 +24,12 @@ use r2rc::lower::compile;
 use r2rc::params::{self, Params};
 use r2rc::print::print;
 use r2rc::prove::{check_equivalence, failure, ProveOptions};
-use r2rc::report::widen_proved;
-use r2rc::transform::deepen::{deepen_proved, rename, DeepenArgs, DeepenMethod, Exactness};
-use r2rc::transform::morph_kernel::morph_proved;
+use r2rc::pipeline::{deepen_proved, morph_proved, widen_proved};
+use r2rc::transform::deepen::{rename, DeepenArgs, DeepenMethod, Exactness};
 use r2rc::transform::{Amount, Init, Method, Target, WidenArgs};
 use r2rc::Error;
+
+use crate::common::{self, command};
 
 const ACTS: [&str; 8] = [
     "relu",
@@ -307,7 +308,7 @@ fn run_case(case: u64, tally: &mut Tally) -> Result<(), String> {
     // train-mode batch norm on 2x2 maps of 2 images can amplify that rounding past the f32
     // storage tolerance (case 7024 of the first long run: 4e-5 against 1e-5). The chains
     // test the rewrites; storage rounding is measured by the widen tests.
-    let teacher = params::init(&graph, case, true).with_dtype(params::DType::F64);
+    let teacher = common::teacher(&graph, case);
     let opts = ProveOptions {
         seed: case,
         ..ProveOptions::default()
@@ -643,16 +644,15 @@ fn apply_proves_end_to_end_at_the_tolerance_its_steps_needed() {
         "deepen --after conv1 --method r2r --width 6\nwiden --layer conv1_1.conv1 --by 1.5 --method net2net\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args([
-            "apply",
-            arch.to_str().unwrap(),
-            plan.to_str().unwrap(),
-            "--seed",
-            "3",
-        ])
-        .output()
-        .unwrap();
+    let out = command([
+        "apply",
+        arch.to_str().unwrap(),
+        plan.to_str().unwrap(),
+        "--seed",
+        "3",
+    ])
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(

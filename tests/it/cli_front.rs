@@ -1,23 +1,10 @@
 //! The front-end commands as users run them: exit codes, stdout, rendered diagnostics.
 
-use std::process::Command;
-
-fn r2rc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("r2rc runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::common::run;
 
 #[test]
 fn check_prints_totals() {
-    let (code, out, _) = r2rc(&["check", "examples/resnet18.arch"]);
+    let (code, out, _) = run(&["check", "examples/resnet18.arch"]);
     assert_eq!(code, 0);
     assert!(out.contains("trainable parameters: 11,689,512"), "{out}");
     assert!(out.contains("conv2_1.conv1"), "{out}");
@@ -25,7 +12,7 @@ fn check_prints_totals() {
 
 #[test]
 fn check_json_has_layers_and_totals() {
-    let (code, out, _) = r2rc(&[
+    let (code, out, _) = run(&[
         "check",
         "examples/resnet_cifar18.arch",
         "--set",
@@ -41,7 +28,7 @@ fn check_json_has_layers_and_totals() {
 
 #[test]
 fn print_is_canonical() {
-    let (code, out, _) = r2rc(&["print", "examples/resnet_cifar18.arch", "--set", "r=1/4"]);
+    let (code, out, _) = run(&["print", "examples/resnet_cifar18.arch", "--set", "r=1/4"]);
     assert_eq!(code, 0);
     assert!(out.contains("[3x3, 16; 3x3, 16] x 4"), "{out}");
     assert!(out.contains("[3x3, 32, stride 2; 3x3, 32] x 4"), "{out}");
@@ -49,7 +36,7 @@ fn print_is_canonical() {
 
 #[test]
 fn graph_dot_lists_edges() {
-    let (code, out, _) = r2rc(&["graph", "examples/smallconv.arch", "--format", "dot"]);
+    let (code, out, _) = run(&["graph", "examples/smallconv.arch", "--format", "dot"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("digraph \"SmallConv\""), "{out}");
     assert!(out.contains("fc2\\n10-d fc\\n10"), "{out}");
@@ -58,7 +45,7 @@ fn graph_dot_lists_edges() {
 
 #[test]
 fn bad_file_gives_located_diagnostic_and_exit_2() {
-    let (code, out, err) = r2rc(&["check", "tests/fixtures/errors/size_column_lie.arch"]);
+    let (code, out, err) = run(&["check", "tests/fixtures/errors/size_column_lie.arch"]);
     assert_eq!(code, 2);
     assert!(out.is_empty());
     assert!(
@@ -71,17 +58,17 @@ fn bad_file_gives_located_diagnostic_and_exit_2() {
 
 #[test]
 fn bad_set_is_refused() {
-    let (code, _, err) = r2rc(&["check", "examples/resnet_cifar18.arch", "--set", "q=1"]);
+    let (code, _, err) = run(&["check", "examples/resnet_cifar18.arch", "--set", "q=1"]);
     assert_eq!(code, 2);
     assert!(err.contains("no parameter `q`"), "{err}");
-    let (code, _, err) = r2rc(&["check", "examples/resnet_cifar18.arch", "--set", "r"]);
+    let (code, _, err) = run(&["check", "examples/resnet_cifar18.arch", "--set", "r"]);
     assert_eq!(code, 2);
     assert!(err.contains("expected NAME=EXPR"), "{err}");
 }
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let (code, _, err) = r2rc(&["check", "no/such/file.arch"]);
+    let (code, _, err) = run(&["check", "no/such/file.arch"]);
     assert_eq!(code, 2);
     assert!(err.contains("no/such/file.arch"), "{err}");
 }

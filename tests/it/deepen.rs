@@ -6,30 +6,12 @@ use std::collections::BTreeMap;
 
 use r2rc::exec::Mode;
 use r2rc::ir::Graph;
-use r2rc::params::{init, Params};
+use r2rc::params::Params;
 use r2rc::prove::ProveOptions;
-use r2rc::transform::deepen::{deepen, prove, DeepenArgs, DeepenMethod, Deepened, Exactness};
-use r2rc::transform::resize_input;
+use r2rc::pipeline::prove_deepened as prove;
+use r2rc::transform::deepen::{deepen, DeepenArgs, DeepenMethod, Deepened, Exactness};
 
-fn load(file: &str) -> Graph {
-    let src = std::fs::read_to_string(format!("examples/{file}.arch")).unwrap();
-    let g = r2rc::lower::compile(&src, &[]).unwrap();
-    // ImageNet-sized nets run at 64x64 so proofs stay fast; every layer remains, and the
-    // last stage keeps 2x2 pixels (train-mode BN over 2 images x 1 pixel would amplify
-    // rounding noise by 1/std of two nearly equal numbers).
-    if g.input_shape()[1] > 64 {
-        resize_input(&g, &[3, 64, 64]).unwrap()
-    } else {
-        g
-    }
-}
-
-fn teacher(g: &Graph) -> Params {
-    // Random biases and BN statistics, held in f64 for a 1e-9 proof.
-    let mut p = init(g, 7, true);
-    p.dtype = r2rc::params::DType::F64;
-    p
-}
+use crate::common::{example_small, teacher, DEEPEN_SITES as SITES};
 
 fn args(after: &str, method: DeepenMethod) -> DeepenArgs {
     DeepenArgs {
@@ -53,25 +35,14 @@ fn run(
     after: &str,
     method: DeepenMethod,
 ) -> (Graph, Params, Deepened, Vec<(String, f64)>) {
-    let g = load(file);
-    let p = teacher(&g);
+    let g = example_small(file);
+    let p = teacher(&g, 7);
     let d =
         deepen(&g, &p, &args(after, method), 3).unwrap_or_else(|e| panic!("{file} {after}: {e}"));
     let ev = prove(&g, &p, &d, &opts()).unwrap();
     let errs = ev.iter().map(|e| (e.mode.clone(), e.max_rel_err)).collect();
     (g, p, d, errs)
 }
-
-/// One representative site per example for the methods that fit anywhere a block does,
-/// and one whose readers are convs or fc layers for NetMorph-dense.
-const SITES: &[(&str, &str, &str)] = &[
-    ("smallconv", "conv1", "pool1"),
-    ("resnet_cifar10", "conv2_1", "conv2_2"),
-    ("resnet_cifar18", "conv3_2", "conv3_4"),
-    ("resnet18", "conv4_1", "conv4_2"),
-    ("resnet34", "conv3_2", "conv2_3"),
-    ("resnet50", "conv3_1", "conv2_3"),
-];
 
 #[test]
 fn exact_methods_are_exact_on_every_example_in_both_modes() {
@@ -127,14 +98,14 @@ fn random_block_is_not_function_preserving() {
 /// Net2DeeperNet's train mode (its eval mode is proved).
 #[test]
 fn reports_label_deviations_and_proofs() {
-    let g = load("resnet_cifar10");
-    let p = teacher(&g);
+    let g = example_small("resnet_cifar10");
+    let p = teacher(&g, 7);
     for (method, proofs, deviations) in [
         (DeepenMethod::Random, 0, 2),
         (DeepenMethod::Net2net, 1, 1),
         (DeepenMethod::R2r, 2, 0),
     ] {
-        let (_, r) = r2rc::transform::deepen::deepen_proved(
+        let (_, r) = r2rc::pipeline::deepen_proved(
             &g,
             &p,
             &args("conv2_1", method),
@@ -188,8 +159,8 @@ fn assert_tensors_kept(g: &Graph, p: &Params, d: &Deepened) {
 fn r2r_and_netmorph_keep_every_existing_tensor_bit_identical() {
     for &(file, site, _) in SITES {
         for method in [DeepenMethod::R2r, DeepenMethod::Netmorph] {
-            let g = load(file);
-            let p = teacher(&g);
+            let g = example_small(file);
+            let p = teacher(&g, 7);
             let d = deepen(&g, &p, &args(site, method), 5).unwrap();
             assert_tensors_kept(&g, &p, &d);
         }
@@ -198,8 +169,8 @@ fn r2r_and_netmorph_keep_every_existing_tensor_bit_identical() {
 
 #[test]
 fn inserting_a_block_renumbers_the_row_like_a_network_written_from_scratch() {
-    let g = load("resnet_cifar10");
-    let p = teacher(&g);
+    let g = example_small("resnet_cifar10");
+    let p = teacher(&g, 7);
     let d = deepen(&g, &p, &args("conv2_1", DeepenMethod::R2r), 1).unwrap();
     let expected: BTreeMap<String, String> = ["conv1", "bn1", "act1", "conv2", "bn2", "add", "act"]
         .iter()
@@ -245,8 +216,8 @@ fn after_a_single_layer_row_the_block_gets_a_row_of_its_own() {
 
 #[test]
 fn seeded_and_reproducible() {
-    let g = load("resnet_cifar10");
-    let p = teacher(&g);
+    let g = example_small("resnet_cifar10");
+    let p = teacher(&g, 7);
     let a = deepen(&g, &p, &args("conv3_1", DeepenMethod::R2r), 9).unwrap();
     let b = deepen(&g, &p, &args("conv3_1", DeepenMethod::R2r), 9).unwrap();
     let c = deepen(&g, &p, &args("conv3_1", DeepenMethod::R2r), 10).unwrap();
@@ -255,8 +226,8 @@ fn seeded_and_reproducible() {
 }
 
 fn refusal(file: &str, a: DeepenArgs) -> String {
-    let g = load(file);
-    let p = teacher(&g);
+    let g = example_small(file);
+    let p = teacher(&g, 7);
     match deepen(&g, &p, &a, 0) {
         Ok(_) => panic!("{file} after {} should be refused", a.after),
         Err(e) => format!("{e} | {}", e.hint_text().unwrap_or("")),
@@ -268,7 +239,7 @@ fn refusals_say_why() {
     // R2DeeperR and Net2DeeperNet need a non-negative input for the final ReLU.
     let src = "arch Neg\ninput 3x8x8\n\nconv1 8x8 3x3, 8, act leaky_relu\nconv2_x 8x8 [3x3, 8; 3x3, 8] x 1\n";
     let g = r2rc::lower::compile(src, &[]).unwrap();
-    let p = teacher(&g);
+    let p = teacher(&g, 7);
     for m in [DeepenMethod::R2r, DeepenMethod::Net2net] {
         let e = deepen(&g, &p, &args("conv1", m), 0)
             .unwrap_err()
@@ -319,8 +290,8 @@ fn refusals_say_why() {
 
 #[test]
 fn custom_width_is_exact() {
-    let g = load("resnet_cifar10");
-    let p = teacher(&g);
+    let g = example_small("resnet_cifar10");
+    let p = teacher(&g, 7);
     let mut a = args("conv3_2", DeepenMethod::R2r);
     a.width = Some(6);
     let d = deepen(&g, &p, &a, 2).unwrap();
@@ -337,8 +308,8 @@ fn custom_width_is_exact() {
 
 #[test]
 fn the_proof_catches_a_broken_pairing_and_names_the_layer() {
-    let g = load("resnet_cifar10");
-    let p = teacher(&g);
+    let g = example_small("resnet_cifar10");
+    let p = teacher(&g, 7);
     let mut d = deepen(&g, &p, &args("conv2_1", DeepenMethod::R2r), 1).unwrap();
     // Break [V, -V] in one tap: the branch is no longer zero.
     d.params.tensors.get_mut("conv2_2.conv2.weight").unwrap()[[0, 0, 1, 1]] += 0.5;
@@ -346,7 +317,7 @@ fn the_proof_catches_a_broken_pairing_and_names_the_layer() {
     assert!(ev.iter().all(|e| !e.passed));
     // The new block has no teacher counterpart; the first shared value after it parts.
     assert_eq!(ev[0].first_divergence.as_deref(), Some("conv2_3.conv1"));
-    let err = r2rc::transform::deepen::failure(&d, &ev).unwrap();
+    let err = r2rc::pipeline::deepen_failure(&d, &ev).unwrap();
     assert_eq!(err.exit_code(), 1);
     assert!(err.to_string().contains("conv2_3.conv1"), "{err}");
 }

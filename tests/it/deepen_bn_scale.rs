@@ -2,29 +2,20 @@
 //! either way (the proof still holds), but with scale 1 the first training step turns the
 //! branch into unit-variance noise (batch norm divides its tiny input by sqrt(eps)).
 
-use std::process::Command;
+use crate::common::{ok, s};
 
 #[test]
 fn the_new_blocks_last_bn_starts_small_and_the_rewrite_is_proved() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let status = Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "deepen",
-            "examples/resnet_cifar10.arch",
-            "--after",
-            "conv2_1",
-            "-o",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    ok(&[
+        "deepen",
+        "examples/resnet_cifar10.arch",
+        "--after",
+        "conv2_1",
+        "-o",
+        s(&out),
+    ]);
     let src = std::fs::read_to_string(out.join("resnet_cifar10.arch")).unwrap();
     let graph = r2rc::lower::compile(&src, &[]).unwrap();
     let p = r2rc::params::load(&graph, &out.join("resnet_cifar10.safetensors")).unwrap();

@@ -4,23 +4,11 @@
 
 use r2rc::exec::Mode;
 use r2rc::ir::Graph;
-use r2rc::params::{init, DType, Params};
+use r2rc::params::{init, Params};
 use r2rc::prove::ProveOptions;
 use r2rc::transform::deepen::{deepen, resolve_site, DeepenArgs, DeepenMethod, Deepened};
 
-use crate::common::{self, ok, s, text};
-
-fn load(file: &str) -> Graph {
-    let src = std::fs::read_to_string(format!("examples/{file}.arch")).unwrap();
-    r2rc::lower::compile(&src, &[]).unwrap()
-}
-
-fn teacher(g: &Graph) -> Params {
-    // Random biases and BN statistics, held in f64 for a 1e-9 proof.
-    let mut p = init(g, 7, true);
-    p.dtype = DType::F64;
-    p
-}
+use crate::common::{self, example, init_weights, ok, s, teacher, tensors, text};
 
 fn deepened(g: &Graph, p: &Params, after: &str, method: DeepenMethod) -> Deepened {
     let a = DeepenArgs {
@@ -63,8 +51,8 @@ fn exact_methods_pass_locally_in_their_required_modes() {
         ("resnet18", "conv4_1", DeepenMethod::R2r),
         ("resnet18", "conv5_x", DeepenMethod::NetmorphDense),
     ] {
-        let g = load(file);
-        let p = teacher(&g);
+        let g = example(file);
+        let p = teacher(&g, 7);
         let d = deepened(&g, &p, after, method);
         for (mode, err, passed, values) in local(&g, &p, &d, after) {
             assert!(
@@ -83,8 +71,8 @@ fn exact_methods_pass_locally_in_their_required_modes() {
 
 #[test]
 fn a_random_block_deviates_locally_too() {
-    let g = load("resnet_cifar10");
-    let p = teacher(&g);
+    let g = example("resnet_cifar10");
+    let p = teacher(&g, 7);
     let d = deepened(&g, &p, "conv2_1", DeepenMethod::Random);
     assert!(local(&g, &p, &d, "conv2_1")
         .iter()
@@ -93,8 +81,8 @@ fn a_random_block_deviates_locally_too() {
 
 #[test]
 fn a_broken_block_or_reader_is_caught() {
-    let g = load("resnet_cifar10");
-    let p = teacher(&g);
+    let g = example("resnet_cifar10");
+    let p = teacher(&g, 7);
     // R2DeeperR: the second conv's columns no longer cancel.
     let mut d = deepened(&g, &p, "conv2_1", DeepenMethod::R2r);
     let w = d
@@ -123,13 +111,7 @@ fn a_broken_block_or_reader_is_caught() {
 fn the_command_proves_locally_streamed_and_in_memory() {
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path().join("t.safetensors");
-    ok(&[
-        "init",
-        "examples/resnet18.arch",
-        "-o",
-        s(&w),
-        "--random-stats",
-    ]);
+    init_weights("examples/resnet18.arch", &w, &["--random-stats"]);
     for (weights, method) in [(true, "r2r"), (true, "netmorph-dense"), (false, "netmorph")] {
         let after = if method == "netmorph-dense" {
             "conv5_x"
@@ -193,7 +175,7 @@ fn morph_proves_locally_and_streams() {
     )
     .unwrap();
     let w = dir.path().join("t.safetensors");
-    ok(&["init", s(&arch), "-o", s(&w), "--random-stats"]);
+    init_weights(s(&arch), &w, &["--random-stats"]);
     let mem = dir.path().join("mem");
     let streamed = dir.path().join("streamed");
     for (out, how) in [(&mem, "full"), (&streamed, "local")] {
@@ -217,17 +199,10 @@ fn morph_proves_locally_and_streams() {
         assert_eq!(err.matches("proof: ").count(), 2, "{err}");
     }
     // The same tensors bit for bit (the metadata differs: the evidence).
-    let tensors = |p: &std::path::Path| {
-        let src = r2rc::shards::Source::open(&p.join("biased.safetensors")).unwrap();
-        let mut v: Vec<(String, Vec<u8>)> = src
-            .tensors
-            .keys()
-            .map(|k| (k.clone(), src.bytes(k).unwrap().to_vec()))
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(tensors(&mem), tensors(&streamed));
+    assert_eq!(
+        tensors(&mem.join("biased.safetensors")),
+        tensors(&streamed.join("biased.safetensors"))
+    );
     let report = std::fs::read_to_string(streamed.join("report.json")).unwrap();
     assert!(report.contains("proved locally"), "{report}");
     assert!(report.contains("copied byte for byte"), "{report}");

@@ -1,30 +1,19 @@
 //! Snapshots (snapshots/deepen/) of the `.arch` diff and the name map of deepening every
 //! example with every method at a representative site.
 
-use std::path::Path;
-
 use r2rc::params::init;
 use r2rc::transform::deepen::{deepen, DeepenArgs, DeepenMethod};
 
-/// (example, site, site for NetMorph-dense, whose readers must all be convs or fc layers).
-const SITES: &[(&str, &str, &str)] = &[
-    ("smallconv", "conv1", "pool1"),
-    ("resnet_cifar10", "conv2_1", "conv2_2"),
-    ("resnet_cifar18", "conv3_2", "conv3_4"),
-    ("resnet18", "conv4_1", "conv4_2"),
-    ("resnet34", "conv3_2", "conv2_3"),
-    ("resnet50", "conv3_1", "conv2_3"),
-];
+use crate::common::{example, root, DEEPEN_SITES};
 
 #[test]
 fn deepen_diff_snapshots() {
     let mut s = insta::Settings::clone_current();
-    s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/deepen"));
+    s.set_snapshot_path(root().join("snapshots/deepen"));
     s.set_prepend_module_to_snapshot(false);
     s.bind(|| {
-        for &(file, site, dense_site) in SITES {
-            let src = std::fs::read_to_string(format!("examples/{file}.arch")).unwrap();
-            let g = r2rc::lower::compile(&src, &[]).unwrap();
+        for &(file, site, dense_site) in DEEPEN_SITES {
+            let g = example(file);
             let p = init(&g, 0, true);
             for method in [
                 DeepenMethod::R2r,

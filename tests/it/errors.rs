@@ -2,15 +2,15 @@
 //! file:line:col, a caret under the span and a hint. Rendered without colours and
 //! snapshotted in snapshots/errors/. Adding a fixture adds a test.
 
-use std::path::Path;
-
 use r2rc::error::render;
 use r2rc::lower::compile;
+
+use crate::common::root;
 
 #[test]
 fn every_error_fixture_is_a_rendered_diagnostic() {
     let mut s = insta::Settings::clone_current();
-    s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/errors"));
+    s.set_snapshot_path(root().join("snapshots/errors"));
     s.set_prepend_module_to_snapshot(false);
     s.bind(|| {
         insta::glob!("../fixtures/errors", "*.arch", |path| {

@@ -1,15 +1,15 @@
 //! Every example parses, checks and prints; snapshots of `check` and `print` live in
 //! snapshots/examples/. Adding an example adds its tests.
 
-use std::path::Path;
-
 use r2rc::lower::compile;
 use r2rc::print::print;
 use r2rc::stats::{layer_stats, table};
 
+use crate::common::{arch_files, example_with, root};
+
 fn settings() -> insta::Settings {
     let mut s = insta::Settings::clone_current();
-    s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots/examples"));
+    s.set_snapshot_path(root().join("snapshots/examples"));
     s.set_prepend_module_to_snapshot(false);
     s
 }
@@ -28,12 +28,9 @@ fn check_and_print_snapshots() {
 
 #[test]
 fn printing_round_trips_for_every_example() {
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")).unwrap()
-    {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("arch") {
-            continue;
-        }
+    let files = arch_files("examples");
+    assert!(!files.is_empty());
+    for path in files {
         let src = std::fs::read_to_string(&path).unwrap();
         let graph = compile(&src, &[]).unwrap();
         let text = print(&graph);
@@ -48,16 +45,8 @@ fn printing_round_trips_for_every_example() {
     }
 }
 
-fn totals(file: &str, sets: &[(&str, &str)]) -> (u64, u64) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(file);
-    let sets: Vec<(String, String)> = sets
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    let graph = compile(&std::fs::read_to_string(path).unwrap(), &sets).unwrap();
-    let t = layer_stats(&graph).1;
+fn totals(name: &str, sets: &[(&str, &str)]) -> (u64, u64) {
+    let t = layer_stats(&example_with(name, sets)).1;
     (t.params, t.macs)
 }
 
@@ -65,9 +54,9 @@ fn totals(file: &str, sets: &[(&str, &str)]) -> (u64, u64) {
 #[test]
 fn imagenet_resnets_match_torchvision() {
     for (file, params, gmacs) in [
-        ("resnet18.arch", 11_689_512u64, 1.81),
-        ("resnet34.arch", 21_797_672, 3.66),
-        ("resnet50.arch", 25_557_032, 4.09),
+        ("resnet18", 11_689_512u64, 1.81),
+        ("resnet34", 21_797_672, 3.66),
+        ("resnet50", 25_557_032, 4.09),
     ] {
         let (p, m) = totals(file, &[]);
         assert_eq!(p, params, "{file} parameters");
@@ -94,11 +83,11 @@ fn cifar18_by_hand(w1: u64, w2: u64) -> u64 {
 #[test]
 fn resnet_cifar18_parameters_by_hand() {
     // r = 2^-3: widths 8 and 16.
-    assert_eq!(totals("resnet_cifar18.arch", &[]).0, cifar18_by_hand(8, 16));
+    assert_eq!(totals("resnet_cifar18", &[]).0, cifar18_by_hand(8, 16));
     assert_eq!(cifar18_by_hand(8, 16), 23_794);
     // r = 2^-3.5 = 0.0884: 64r = 5.66 -> 5, 128r = 11.31 -> 11.
     assert_eq!(
-        totals("resnet_cifar18.arch", &[("r", "2^-3.5")]).0,
+        totals("resnet_cifar18", &[("r", "2^-3.5")]).0,
         cifar18_by_hand(5, 11)
     );
     assert_eq!(cifar18_by_hand(5, 11), 11_116);

@@ -7,6 +7,8 @@ use r2rc::ir::{
 };
 use r2rc::params::{self, Params};
 
+use crate::common::{arch_files, example};
+
 fn graph(input: &[usize]) -> Graph {
     Graph::new("t", Defaults::default(), input.to_vec())
 }
@@ -542,12 +544,7 @@ fn random_inputs_are_seeded_standard_normal() {
 /// f32 agreeing with f64 and outputs finite.
 #[test]
 fn every_example_runs() {
-    let mut dir: Vec<_> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "arch"))
-        .collect();
-    dir.sort();
+    let dir = arch_files("examples");
     assert!(dir.len() >= 6);
     for path in dir {
         let src = std::fs::read_to_string(&path).unwrap();
@@ -587,12 +584,7 @@ fn every_example_runs() {
 /// neither. Both must give the same output, bit for bit.
 #[test]
 fn fused_forward_equals_unfused_forward_all() {
-    let src = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/resnet_cifar10.arch"
-    ))
-    .unwrap();
-    let g = r2rc::lower::compile(&src, &[]).unwrap();
+    let g = example("resnet_cifar10");
     let p = params::init(&g, 5, true);
     let x = exec::random_input(&g, 3, 6).mapv(|v| v as f32);
     let ex = Executor::<f32>::new(&g, &p).unwrap();

@@ -2,24 +2,13 @@
 //! lying safetensors files, must end in a clear diagnostic naming the file and exit code 2:
 //! never a panic, a hang or a huge allocation.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-fn r2rc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args(args)
-        .output()
-        .expect("r2rc runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::common::{init_weights, root, run, s};
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -45,7 +34,7 @@ fn every_malformed_arch_is_a_located_diagnostic_with_exit_2() {
         let name = f.file_name().unwrap().to_str().unwrap();
         for cmd in ["check", "print"] {
             let t = Instant::now();
-            let (code, _, err) = r2rc(&[cmd, path]);
+            let (code, _, err) = run(&[cmd, path]);
             assert_refused(&format!("{cmd} {name}"), code, &err, name);
             // file:line:col
             assert!(
@@ -65,10 +54,9 @@ fn every_malformed_arch_is_a_located_diagnostic_with_exit_2() {
 /// fuzzer. Not a hang (the node cap bounds it), but it must stay fast.
 #[test]
 fn ten_thousand_blocks_compile_and_print_quickly() {
-    let f =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile/fuzz_10485_blocks.arch");
+    let f = root().join("tests/fixtures/hostile/fuzz_10485_blocks.arch");
     let t = Instant::now();
-    let (code, out, err) = r2rc(&["print", f.to_str().unwrap()]);
+    let (code, out, err) = run(&["print", f.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("x 10485"), "{out}");
     assert!(
@@ -232,7 +220,7 @@ fn hostile_safetensors_are_refused_with_exit_2() {
         let path = dir.path().join(&file);
         std::fs::write(&path, &bytes).unwrap();
         let t = Instant::now();
-        let (code, _, err) = r2rc(&[
+        let (code, _, err) = run(&[
             "run",
             arch.to_str().unwrap(),
             "--weights",
@@ -248,7 +236,7 @@ fn hostile_safetensors_are_refused_with_exit_2() {
             t.elapsed()
         );
         // The rewrites read weights the same way.
-        let (code, _, err) = r2rc(&[
+        let (code, _, err) = run(&[
             "widen",
             arch.to_str().unwrap(),
             "--layer",
@@ -267,7 +255,7 @@ fn hostile_safetensors_are_refused_with_exit_2() {
     // The good file loads, so the cases above fail for their own reasons.
     let path = dir.path().join("good.safetensors");
     std::fs::write(&path, &good).unwrap();
-    let (code, _, err) = r2rc(&[
+    let (code, _, err) = run(&[
         "run",
         arch.to_str().unwrap(),
         "--weights",
@@ -347,7 +335,7 @@ fn huge_networks_are_refused_before_allocating() {
         vec!["deepen", h, "--after", "fc1", "--method", "netmorph"],
     ] {
         let t = Instant::now();
-        let (code, _, err) = r2rc(&args);
+        let (code, _, err) = run(&args);
         assert_refused(&format!("{args:?}"), code, &err, "values");
         assert!(err.contains("more than"), "{args:?}: {err}");
         assert!(
@@ -360,9 +348,8 @@ fn huge_networks_are_refused_before_allocating() {
     // A huge batch of random inputs for a small network.
     let small = dir.path().join("small.arch");
     std::fs::write(&small, ARCH).unwrap();
-    let (code, _, err) = r2rc(&["init", small.to_str().unwrap(), "-o", w.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = r2rc(&[
+    init_weights(s(&small), &w, &[]);
+    let (code, _, err) = run(&[
         "run",
         small.to_str().unwrap(),
         "--weights",

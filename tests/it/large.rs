@@ -1,37 +1,17 @@
 //! Large checkpoints: sharded safetensors, streaming widening, local proofs.
 
 use std::fs;
-use std::path::Path;
 
-use r2rc::ir::Graph;
 use r2rc::names::Naming;
 use r2rc::params::{self, DType};
 use r2rc::prove::ProveOptions;
 use r2rc::shards::{self, Source};
-use r2rc::transform::{widen, Amount, Init, Method, Target, WidenArgs};
+use r2rc::transform::{widen, Amount, Method, Target, WidenArgs};
 
-fn example(name: &str) -> Graph {
-    let src = fs::read_to_string(format!("examples/{name}.arch")).unwrap();
-    r2rc::lower::compile(&src, &[]).unwrap()
-}
+use crate::common::{example, listing as shard_files, teacher, widen_args};
 
 fn args(target: Target, method: Method) -> WidenArgs {
-    WidenArgs {
-        target,
-        amount: Amount::By(1.5),
-        method,
-        init: Init::Match,
-        noise: None,
-    }
-}
-
-fn shard_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
+    widen_args(target, Amount::By(1.5), method)
 }
 
 #[test]
@@ -175,19 +155,22 @@ fn streaming_widen_is_bit_identical_to_in_memory() {
 #[test]
 fn local_proofs_pass_for_exact_methods() {
     let g = example("resnet_cifar10");
-    let tp = params::init(&g, 2, true).with_dtype(DType::F64);
+    let tp = teacher(&g, 2);
     for method in [Method::R2r, Method::Netmorph, Method::Net2net] {
-        let (w, ev) = r2rc::local_proof::widen_local(
+        let o = r2rc::pipeline::widen_local_proved(
             &g,
             &tp,
             &args(Target::All, method),
             1,
             &ProveOptions::default(),
+            "t",
         )
         .unwrap();
-        assert_eq!(ev.len(), w.changes.len());
+        let (w, ev) = (o.widened, o.report.evidence);
+        let regions = format!("(local, {} regions)", w.changes.len());
+        assert!(ev.iter().all(|e| e.mode.ends_with(&regions)), "{ev:?}");
         assert!(
-            ev.iter().flatten().all(|e| e.passed && e.values > 0),
+            ev.iter().all(|e| e.passed && e.values > 0),
             "{method:?}"
         );
         // The student is the in-memory widening's.
@@ -203,7 +186,7 @@ fn local_proofs_pass_for_exact_methods() {
 #[test]
 fn local_proof_catches_a_corrupted_student() {
     let g = example("resnet_cifar10");
-    let tp = params::init(&g, 2, true).with_dtype(DType::F64);
+    let tp = teacher(&g, 2);
     let a = args(Target::Name("conv2_1".into()), Method::R2r);
     let plan = r2rc::transform::plan(&g, &a).unwrap();
     assert_eq!(plan.steps.len(), 1);
@@ -307,8 +290,7 @@ fn streaming_deepen_is_bit_identical_to_in_memory() {
         fs::create_dir(&out).unwrap();
         let path = out.join("student.safetensors");
         let (planned, _) = r2rc::stream::deepen::plan(&g, &src, &a, 7, naming).unwrap();
-        let report =
-            r2rc::transform::deepen::step_report(&g, &planned, &a, 7, "t", vec![], vec![], false);
+        let report = r2rc::report::deepen_report(&g, &planned, &a, 7, "t");
         let s =
             r2rc::stream::deepen::deepen(&g, planned, report, &src, naming, &path, shard).unwrap();
         let d = deepen(&g, &tp, &a, 7).unwrap();

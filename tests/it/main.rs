@@ -5,6 +5,7 @@ mod common;
 
 mod apply;
 mod chains;
+mod checkpoints;
 mod cli_front;
 mod deepen;
 mod deepen_bn_scale;
@@ -19,6 +20,7 @@ mod morph;
 mod onnx_tract;
 mod params;
 mod picture;
+mod pipeline_cli;
 mod prove;
 mod roundtrip;
 mod safe_outputs;

@@ -1,28 +1,10 @@
 //! Kernel-size morphing: exact on every example's convs in both modes, the old kernel at
 //! the centre of the new one, refusals with their messages, and the command's outputs.
 
-use std::process::Command;
-
-use r2rc::params::{init, DType, Params};
 use r2rc::prove::{check_equivalence, ProveOptions};
 use r2rc::transform::morph_kernel::morph_kernel;
-use r2rc::transform::resize_input;
 
-fn load(file: &str) -> r2rc::ir::Graph {
-    let src = std::fs::read_to_string(format!("examples/{file}.arch")).unwrap();
-    let g = r2rc::lower::compile(&src, &[]).unwrap();
-    if g.input_shape()[1] > 64 {
-        resize_input(&g, &[3, 64, 64]).unwrap()
-    } else {
-        g
-    }
-}
-
-fn teacher(g: &r2rc::ir::Graph) -> Params {
-    let mut p = init(g, 4, true);
-    p.dtype = DType::F64;
-    p
-}
+use crate::common::{example_small, json, r2rc, teacher};
 
 #[test]
 fn morphing_is_exact_on_every_example_in_both_modes() {
@@ -34,8 +16,8 @@ fn morphing_is_exact_on_every_example_in_both_modes() {
         ("resnet34", "conv2_2.conv2", 5),
         ("resnet50", "conv2_1.conv1", 3),
     ] {
-        let g = load(file);
-        let p = teacher(&g);
+        let g = example_small(file);
+        let p = teacher(&g, 4);
         let m = morph_kernel(&g, &p, layer, k).unwrap();
         let ev = check_equivalence(&g, &p, &m.graph, &m.params, &ProveOptions::default()).unwrap();
         for e in &ev {
@@ -65,8 +47,8 @@ fn morphing_is_exact_on_every_example_in_both_modes() {
 
 #[test]
 fn morph_refusals_say_why() {
-    let g = load("resnet_cifar10");
-    let p = teacher(&g);
+    let g = example_small("resnet_cifar10");
+    let p = teacher(&g, 4);
     let msg = |layer: &str, k: usize| {
         let e = morph_kernel(&g, &p, layer, k).unwrap_err();
         format!("{e} | {}", e.hint_text().unwrap_or(""))
@@ -79,8 +61,8 @@ fn morph_refusals_say_why() {
     let e = msg("conv2_1.conv1", 3);
     assert!(e.contains("only grows a kernel"), "{e}");
     // A projection shortcut is a 1x1 by the language: a larger one could not be printed.
-    let g18 = load("resnet_cifar18");
-    let e = morph_kernel(&g18, &teacher(&g18), "conv3_1.downsample.0", 3).unwrap_err();
+    let g18 = example_small("resnet_cifar18");
+    let e = morph_kernel(&g18, &teacher(&g18, 4), "conv3_1.downsample.0", 3).unwrap_err();
     assert!(e.to_string().contains("projection shortcut"), "{e}");
     let e = msg("conv2_1.conv1", 4);
     assert!(
@@ -98,21 +80,18 @@ fn morph_refusals_say_why() {
 
 #[test]
 fn morph_command_writes_the_student_and_its_report() {
-    let dir = std::env::temp_dir().join(format!("r2rc-morph-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args([
-            "morph",
-            "examples/smallconv.arch",
-            "--layer",
-            "conv1",
-            "--kernel",
-            "9",
-            "-o",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
+    let out = r2rc(&[
+        "morph",
+        "examples/smallconv.arch",
+        "--layer",
+        "conv1",
+        "--kernel",
+        "9",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -124,24 +103,19 @@ fn morph_command_writes_the_student_and_its_report() {
         arch.contains("# proof: eval f64") && arch.contains("passed"),
         "{arch}"
     );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let report = json(&dir.join("report.json"));
     assert_eq!(report["command"], "morph");
     assert_eq!(report["evidence"].as_array().unwrap().len(), 2);
     assert!(dir.join("smallconv.safetensors").exists());
     // A refusal exits 2.
-    let bad = Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args([
-            "morph",
-            "examples/smallconv.arch",
-            "--layer",
-            "conv1",
-            "--kernel",
-            "8",
-        ])
-        .output()
-        .unwrap();
+    let bad = r2rc(&[
+        "morph",
+        "examples/smallconv.arch",
+        "--layer",
+        "conv1",
+        "--kernel",
+        "8",
+    ]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("same parity"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,6 +13,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tract_onnx::prelude::*;
 
+use crate::common::{arch_files, example_path, init_weights, listing, r2rc, s};
+
 /// Max abs difference allowed, relative to the largest |output|.
 const TOLERANCE: f64 = 1e-4;
 const BATCH: usize = 2;
@@ -184,16 +186,10 @@ fn run_r2rc(graph: &Graph, params: &Params, x: &ArrayD<f32>) -> ArrayD<f32> {
 /// Every `examples/*.arch` and the all-ops fixtures `scripts/interop/*.arch` that the
 /// Python check also uses, compiled with their defaults.
 fn examples() -> Vec<Graph> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut paths = Vec::new();
-    for dir in [root.join("examples"), root.join("scripts/interop")] {
-        let mut found: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "arch"))
-            .collect();
-        assert!(!found.is_empty(), "no .arch files in {}", dir.display());
-        found.sort();
+    for dir in ["examples", "scripts/interop"] {
+        let found = arch_files(dir);
+        assert!(!found.is_empty(), "no .arch files in {dir}");
         paths.extend(found);
     }
     paths
@@ -310,40 +306,16 @@ fn a_wrong_weight_is_caught() {
 /// to overwrite without `--force` and writes nothing when the weights do not fit.
 #[test]
 fn export_command_writes_and_refuses_overwrite() {
-    let bin = env!("CARGO_BIN_EXE_r2rc");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let arch = root.join("examples/smallconv.arch");
-    let other = root.join("examples/resnet_cifar10.arch");
+    let arch = example_path("smallconv");
+    let other = example_path("resnet_cifar10");
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path().join("w.safetensors");
     let onnx = dir.path().join("m.onnx");
     let json = dir.path().join("g.json");
-    let run =
-        |args: &[&std::ffi::OsStr]| std::process::Command::new(bin).args(args).output().unwrap();
-    let s = |p: &std::path::Path| p.as_os_str().to_owned();
-
-    let out = run(&[
-        "init".as_ref(),
-        arch.as_os_str(),
-        "-o".as_ref(),
-        &s(&w),
-        "--seed".as_ref(),
-        "5".as_ref(),
-        "--random-stats".as_ref(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_weights(s(&arch), &w, &["--seed", "5", "--random-stats"]);
 
     // JSON alone needs no weights.
-    let out = run(&[
-        "export".as_ref(),
-        arch.as_os_str(),
-        "--json".as_ref(),
-        &s(&json),
-    ]);
+    let out = r2rc(&["export", s(&arch), "--json", s(&json)]);
     assert!(
         out.status.success(),
         "{}",
@@ -354,29 +326,17 @@ fn export_command_writes_and_refuses_overwrite() {
     assert_eq!(v["output"]["shape"], serde_json::json!([10]));
 
     // ONNX needs weights.
-    let out = run(&[
-        "export".as_ref(),
-        arch.as_os_str(),
-        "--onnx".as_ref(),
-        &s(&onnx),
-    ]);
+    let out = r2rc(&["export", s(&arch), "--onnx", s(&onnx)]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--weights"));
     assert!(!onnx.exists());
 
     let export = |force: bool| {
-        let mut a: Vec<std::ffi::OsString> = vec![
-            "export".into(),
-            arch.clone().into(),
-            "--weights".into(),
-            s(&w),
-            "--onnx".into(),
-            s(&onnx),
-        ];
+        let mut a = vec!["export", s(&arch), "--weights", s(&w), "--onnx", s(&onnx)];
         if force {
-            a.push("--force".into());
+            a.push("--force");
         }
-        std::process::Command::new(bin).args(&a).output().unwrap()
+        r2rc(&a)
     };
     let out = export(false);
     assert!(
@@ -401,25 +361,20 @@ fn export_command_writes_and_refuses_overwrite() {
 
     // Weights of another network: an error naming a tensor, nothing written.
     let json2 = dir.path().join("g2.json");
-    let out = run(&[
-        "export".as_ref(),
-        other.as_os_str(),
-        "--weights".as_ref(),
-        &s(&w),
-        "--onnx".as_ref(),
-        &s(&dir.path().join("other.onnx")),
-        "--json".as_ref(),
-        &s(&json2),
+    let out = r2rc(&[
+        "export",
+        s(&other),
+        "--weights",
+        s(&w),
+        "--onnx",
+        s(&dir.path().join("other.onnx")),
+        "--json",
+        s(&json2),
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains('`'), "the error names a tensor: {err}");
     assert!(!json2.exists() && !dir.path().join("other.onnx").exists());
     // No temporary files are left behind.
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["g.json", "m.onnx", "w.safetensors"]);
+    assert_eq!(listing(dir.path()), ["g.json", "m.onnx", "w.safetensors"]);
 }

@@ -5,23 +5,16 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn r2rc(args: &[&str], path: Option<&Path>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_r2rc"));
-    c.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
-    if let Some(p) = path {
-        c.env("PATH", p);
-    }
-    c.output().unwrap()
+use crate::common::{self, command, r2rc};
+
+/// Runs r2rc, which must succeed; its stdout.
+fn ok(args: &[&str]) -> String {
+    String::from_utf8(common::ok(args).stdout).unwrap()
 }
 
-fn ok(args: &[&str]) -> String {
-    let o = r2rc(args, None);
-    assert!(
-        o.status.success(),
-        "r2rc {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+/// Runs r2rc with PATH set to `path` only.
+fn r2rc_on_path(args: &[&str], path: &Path) -> Output {
+    command(args).env("PATH", path).output().unwrap()
 }
 
 /// The attribute list of the node called `name`.
@@ -99,15 +92,12 @@ fn focus_draws_one_block_with_its_neighbours_as_context() {
     assert!(node(&dot, "conv2_2.conv1").contains("dashed"));
     assert!(!dot.contains("\"conv3_1.conv1\""));
     assert!(!dot.contains("\"conv1\" ->"));
-    let o = r2rc(
-        &[
-            "graph",
-            "examples/resnet_cifar10.arch",
-            "--focus",
-            "conv9_9",
-        ],
-        None,
-    );
+    let o = r2rc(&[
+        "graph",
+        "examples/resnet_cifar10.arch",
+        "--focus",
+        "conv9_9",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -186,18 +176,15 @@ fn diff_dot_marks_the_inserted_block_using_the_reports_renames() {
     assert!(!node(&dot, "conv2_2.conv1").contains(green));
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{\"name_map\": [1]}").unwrap();
-    let o = r2rc(
-        &[
-            "diff",
-            "examples/resnet_cifar10.arch",
-            b,
-            "--format",
-            "dot",
-            "--report",
-            bad.to_str().unwrap(),
-        ],
-        None,
-    );
+    let o = r2rc(&[
+        "diff",
+        "examples/resnet_cifar10.arch",
+        b,
+        "--format",
+        "dot",
+        "--report",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("`name_map` is not an object"));
 }
@@ -247,7 +234,7 @@ fn svg_without_graphviz_says_so_and_exits_2() {
             "svg",
         ],
     ] {
-        let o = r2rc(&args, Some(empty.path()));
+        let o = r2rc_on_path(&args, empty.path());
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(o.stdout.is_empty());
         let err = String::from_utf8_lossy(&o.stderr);
@@ -260,25 +247,22 @@ fn svg_without_graphviz_says_so_and_exits_2() {
         assert!(err.contains("apt-get install graphviz"), "{err}");
     }
     // The dot text itself needs no Graphviz.
-    let o = r2rc(
+    let o = r2rc_on_path(
         &["graph", "examples/smallconv.arch", "--format", "dot"],
-        Some(empty.path()),
+        empty.path(),
     );
     assert!(o.status.success());
 }
 
 #[test]
 fn unknown_diff_format_is_a_usage_error() {
-    let o = r2rc(
-        &[
-            "diff",
-            "examples/smallconv.arch",
-            "examples/smallconv.arch",
-            "--format",
-            "gif",
-        ],
-        None,
-    );
+    let o = r2rc(&[
+        "diff",
+        "examples/smallconv.arch",
+        "examples/smallconv.arch",
+        "--format",
+        "gif",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("use text, dot, svg or png"));
 }

@@ -1,25 +1,15 @@
 //! Proofs compare every shared value and name the first layer where the networks part.
 
-use r2rc::params::{self, DType};
+use r2rc::params;
 use r2rc::prove::{check_equivalence, failure, Precision, ProveOptions};
-use r2rc::transform::{widen, Amount, Init, Method, Target, WidenArgs};
+use r2rc::transform::{widen, Amount, Method, Target};
 
-fn example(name: &str) -> r2rc::ir::Graph {
-    let path = format!("{}/examples/{name}.arch", env!("CARGO_MANIFEST_DIR"));
-    r2rc::lower::compile(&std::fs::read_to_string(path).unwrap(), &[]).unwrap()
-}
+use crate::common::{example, example_source, teacher, widen_args};
 
 fn widened(method: Method) -> (r2rc::ir::Graph, params::Params, r2rc::transform::Widened) {
     let g = example("resnet_cifar10");
-    let mut tp = params::init(&g, 11, true);
-    tp.dtype = DType::F64;
-    let a = WidenArgs {
-        target: Target::All,
-        amount: Amount::Add(2),
-        method,
-        init: Init::Match,
-        noise: None,
-    };
+    let tp = teacher(&g, 11);
+    let a = widen_args(Target::All, Amount::Add(2), method);
     let w = widen(&g, &tp, &a, 0).unwrap();
     (g, tp, w)
 }
@@ -105,27 +95,17 @@ fn f32_proof_of_a_deep_net_allows_the_teachers_own_f32_noise() {
     // ResNet-50's train-mode batch norm on two images amplifies f32 rounding beyond 1e-5 in
     // the teacher itself; the exact R2R student must still pass, and the evidence says why.
     let g = example("resnet50");
-    let src = std::fs::read_to_string(format!(
-        "{}/examples/resnet50.arch",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-    .replace("3x224x224", "3x64x64")
-    .replace("112x112", "32x32")
-    .replace("56x56", "16x16")
-    .replace("28x28", "8x8")
-    .replace("14x14", "4x4")
-    .replace("7x7 ", "2x2 ");
+    let src = example_source("resnet50")
+        .replace("3x224x224", "3x64x64")
+        .replace("112x112", "32x32")
+        .replace("56x56", "16x16")
+        .replace("28x28", "8x8")
+        .replace("14x14", "4x4")
+        .replace("7x7 ", "2x2 ");
     let small = r2rc::lower::compile(&src, &[]).unwrap();
     assert_eq!(small.output_shape(), g.output_shape());
     let tp = params::init(&small, 3, true);
-    let a = WidenArgs {
-        target: Target::All,
-        amount: Amount::Add(2),
-        method: Method::R2r,
-        init: Init::Match,
-        noise: None,
-    };
+    let a = widen_args(Target::All, Amount::Add(2), Method::R2r);
     let w = widen(&small, &tp, &a, 0).unwrap();
     let opts = ProveOptions {
         precision: Precision::F32,

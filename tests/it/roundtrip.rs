@@ -5,6 +5,8 @@ use proptest::prelude::*;
 use r2rc::lower::compile;
 use r2rc::print::print;
 
+use crate::common::{example_path, example_source};
+
 const ACTS: [&str; 7] = [
     "relu",
     "prelu",
@@ -124,8 +126,7 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
     ) {
         let files = ["smallconv", "resnet_cifar10", "resnet_cifar18", "resnet18", "resnet34", "resnet50"];
-        let path = format!("{}/examples/{}.arch", env!("CARGO_MANIFEST_DIR"), files[which]);
-        let mut bytes = std::fs::read(path).unwrap();
+        let mut bytes = std::fs::read(example_path(files[which])).unwrap();
         for (at, b) in edits {
             let i = at.index(bytes.len());
             bytes[i] = b;
@@ -177,11 +178,7 @@ fn language_features_of_the_tables() {
 
 #[test]
 fn set_overrides_parameters() {
-    let src = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/resnet_cifar18.arch"
-    ))
-    .unwrap();
+    let src = example_source("resnet_cifar18");
     let wide = compile(&src, &[("r".into(), "3/16".into())]).unwrap();
     let conv1 = wide.find("conv1").unwrap();
     assert_eq!(wide.g[conv1].shape, vec![12, 16, 16]);

@@ -3,35 +3,12 @@
 //! middle of writing leaves the old file intact and no partial file behind.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-fn r2rc(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_r2rc"))
-        .args(args)
-        .output()
-        .expect("r2rc runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::common::{command, init_weights, listing, run, s};
 
 const SMALL: &str =
     "arch Small\ninput 3x8x8\nconv1 3x3, 4\nconv2_x [3x3, 4; 3x3, 4] x 1\nhead avg pool, 3-d fc\n";
-
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn existing_outputs_need_force() {
@@ -39,20 +16,20 @@ fn existing_outputs_need_force() {
     let arch = dir.path().join("small.arch");
     std::fs::write(&arch, SMALL).unwrap();
     let w = dir.path().join("w.safetensors");
-    assert_eq!(r2rc(&["init", s(&arch), "-o", s(&w)]).0, 0);
+    assert_eq!(run(&["init", s(&arch), "-o", s(&w)]).0, 0);
     let before = std::fs::read(&w).unwrap();
-    let (code, err) = r2rc(&["init", s(&arch), "-o", s(&w), "--seed", "1"]);
+    let (code, _, err) = run(&["init", s(&arch), "-o", s(&w), "--seed", "1"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("exists") && err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(&w).unwrap(), before);
     assert_eq!(
-        r2rc(&["init", s(&arch), "-o", s(&w), "--seed", "1", "--force"]).0,
+        run(&["init", s(&arch), "-o", s(&w), "--seed", "1", "--force"]).0,
         0
     );
     assert_ne!(std::fs::read(&w).unwrap(), before);
 
     let y = dir.path().join("y.npy");
-    let run = |extra: &[&str]| {
+    let predict = |extra: &[&str]| {
         let mut a = vec![
             "run",
             s(&arch),
@@ -64,19 +41,19 @@ fn existing_outputs_need_force() {
             s(&y),
         ];
         a.extend_from_slice(extra);
-        r2rc(&a)
+        run(&a)
     };
-    assert_eq!(run(&[]).0, 0);
-    let (code, err) = run(&[]);
+    assert_eq!(predict(&[]).0, 0);
+    let (code, _, err) = predict(&[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("exists"), "{err}");
-    assert_eq!(run(&["--force"]).0, 0);
+    assert_eq!(predict(&["--force"]).0, 0);
 
     let onnx = dir.path().join("n.onnx");
     let export = |extra: &[&str]| {
         let mut a = vec!["export", s(&arch), "--weights", s(&w), "--onnx", s(&onnx)];
         a.extend_from_slice(extra);
-        r2rc(&a)
+        run(&a)
     };
     assert_eq!(export(&[]).0, 0);
     assert_eq!(export(&[]).0, 2);
@@ -91,10 +68,10 @@ fn existing_outputs_need_force() {
         let mut a = cmd.clone();
         a.extend(["-o", s(&out)]);
         let _ = std::fs::remove_dir_all(&out);
-        let (code, err) = r2rc(&a);
+        let (code, _, err) = run(&a);
         assert_eq!(code, 0, "{cmd:?}: {err}");
         let report = std::fs::read(out.join("report.json")).unwrap();
-        let (code, err) = r2rc(&a);
+        let (code, _, err) = run(&a);
         assert_eq!(code, 2, "{cmd:?} over existing outputs: {err}");
         assert!(
             err.contains("exists") && err.contains("nothing was written"),
@@ -102,7 +79,7 @@ fn existing_outputs_need_force() {
         );
         assert_eq!(std::fs::read(out.join("report.json")).unwrap(), report);
         a.push("--force");
-        assert_eq!(r2rc(&a).0, 0, "{cmd:?} --force");
+        assert_eq!(run(&a).0, 0, "{cmd:?} --force");
     }
 }
 
@@ -113,7 +90,7 @@ fn inputs_are_never_overwritten_even_with_force() {
     let arch = d.join("small.arch");
     std::fs::write(&arch, SMALL).unwrap();
     let w = d.join("small.safetensors");
-    assert_eq!(r2rc(&["init", s(&arch), "-o", s(&w)]).0, 0);
+    init_weights(s(&arch), &w, &[]);
     let plan = d.join("report.json");
     std::fs::write(&plan, "widen --layer conv1 --add 2\n").unwrap();
     let keep: Vec<(std::path::PathBuf, Vec<u8>)> = [&arch, &w, &plan]
@@ -199,7 +176,7 @@ fn inputs_are_never_overwritten_even_with_force() {
         vec!["apply", s(&arch), s(&plan), "-o", s(d), "--force"],
     ];
     for c in cases {
-        let (code, err) = r2rc(&c);
+        let (code, _, err) = run(&c);
         assert_eq!(code, 2, "{c:?}: {err}");
         assert!(err.contains("is also an input"), "{c:?}: {err}");
         for (p, bytes) in &keep {
@@ -231,7 +208,7 @@ fn a_kill_in_the_middle_of_writing_leaves_the_old_file() {
     )
     .unwrap();
     let w = d.join("w.safetensors");
-    assert_eq!(r2rc(&["init", s(&arch), "-o", s(&w)]).0, 0);
+    init_weights(s(&arch), &w, &[]);
     let old = std::fs::read(&w).unwrap();
     assert!(old.len() > 4 << 20, "{} bytes", old.len());
     for (cmd, target) in [
@@ -265,8 +242,7 @@ fn a_kill_in_the_middle_of_writing_leaves_the_old_file() {
         if a.last() == Some(&"-o") {
             a.push(s(&out_dir));
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_r2rc"))
-            .args(&a)
+        let mut child = command(&a)
             .env("R2RC_TEST_WRITE_PAUSE_MS", "60000")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())

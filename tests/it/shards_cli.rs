@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use crate::common::{self, listing as files, r2rc, s, text};
+use crate::common::{ex, init_weights, listing as files, r2rc, s, text};
 
 /// Runs r2rc, which must succeed; its stderr.
 fn ok(args: &[&str]) -> String {
-    text(&common::ok(args).stderr)
+    text(&crate::common::ok(args).stderr)
 }
 
 /// The student's output on 2 seeded inputs, as .npy bytes.
@@ -40,27 +40,24 @@ fn streamed_and_sharded_deepen_runs_like_the_in_memory_student() {
     std::fs::create_dir(&teacher).unwrap();
     // A sharded torchvision-named teacher.
     let single = d.join("single.safetensors");
-    ok(&[
-        "init",
-        "examples/resnet18.arch",
-        "-o",
-        s(&single),
-        "--random-stats",
-        "--names",
-        "torchvision",
-    ]);
+    let arch = ex("resnet18");
+    init_weights(
+        &arch,
+        &single,
+        &["--random-stats", "--names", "torchvision"],
+    );
     // The same values, sharded (init is seeded).
-    ok(&[
-        "init",
-        "examples/resnet18.arch",
-        "-o",
-        s(&teacher.join("resnet18.safetensors")),
-        "--random-stats",
-        "--names",
-        "torchvision",
-        "--shard-size",
-        "10MB",
-    ]);
+    init_weights(
+        &arch,
+        &teacher.join("resnet18.safetensors"),
+        &[
+            "--random-stats",
+            "--names",
+            "torchvision",
+            "--shard-size",
+            "10MB",
+        ],
+    );
     assert!(files(&teacher).len() > 3, "{:?}", files(&teacher));
     for method in ["r2r", "net2net", "random"] {
         let mem = d.join(format!("mem-{method}"));
@@ -186,14 +183,7 @@ fn proved_deepen_and_morph_write_shards_too() {
 fn streamed_rewrites_hint_at_the_other_naming() {
     let dir = tempfile::tempdir().unwrap();
     let tv = dir.path().join("tv.safetensors");
-    ok(&[
-        "init",
-        "examples/resnet18.arch",
-        "-o",
-        s(&tv),
-        "--names",
-        "torchvision",
-    ]);
+    init_weights(&ex("resnet18"), &tv, &["--names", "torchvision"]);
     let out = dir.path().join("out");
     for cmd in [
         vec!["widen", "--layer", "conv2_1", "--by", "2", "--no-prove"],

@@ -2,10 +2,7 @@
 
 use r2rc::analysis::channel_spaces;
 
-fn example(name: &str) -> r2rc::ir::Graph {
-    let path = format!("{}/examples/{name}.arch", env!("CARGO_MANIFEST_DIR"));
-    r2rc::lower::compile(&std::fs::read_to_string(path).unwrap(), &[]).unwrap()
-}
+use crate::common::example;
 
 fn names(v: &[r2rc::analysis::spaces::Named]) -> Vec<&str> {
     v.iter().map(|n| n.name.as_str()).collect()

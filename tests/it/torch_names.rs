@@ -5,14 +5,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use crate::common::{ex, ok, r2rc, s, text};
+use crate::common::{ex, init_weights, json, ok, r2rc, s, safetensors_header, text};
 
 /// Tensor names in a safetensors header.
 fn tensor_names(path: &Path) -> BTreeSet<String> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let v: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    v.as_object()
+    safetensors_header(path)
+        .as_object()
         .unwrap()
         .keys()
         .filter(|k| *k != "__metadata__")
@@ -26,9 +24,13 @@ fn torchvision_named_weights_run_like_r2rc_named_ones() {
     let ours = dir.path().join("ours.safetensors");
     let tv = dir.path().join("tv.safetensors");
     let arch = ex("resnet_cifar10");
-    let init = ["init", &arch, "--random-stats", "--seed", "5", "-o"];
-    ok(&[&init[..], &[s(&ours)]].concat());
-    ok(&[&init[..], &[s(&tv), "--names", "torchvision"]].concat());
+    let init = ["--random-stats", "--seed", "5"];
+    init_weights(&arch, &ours, &init);
+    init_weights(
+        &arch,
+        &tv,
+        &[&init[..], &["--names", "torchvision"]].concat(),
+    );
     let names = tensor_names(&tv);
     assert!(names.contains("bn1.running_var") && names.contains("layer2.0.downsample.1.bias"));
     assert!(names.contains("fc.weight"));
@@ -73,15 +75,7 @@ fn widen_and_deepen_read_and_write_torchvision_names() {
     let dir = tempfile::tempdir().unwrap();
     let tv = dir.path().join("tv.safetensors");
     let arch = ex("resnet_cifar10");
-    ok(&[
-        "init",
-        &arch,
-        "--random-stats",
-        "-o",
-        s(&tv),
-        "--names",
-        "torchvision",
-    ]);
+    init_weights(&arch, &tv, &["--random-stats", "--names", "torchvision"]);
     let wide = dir.path().join("wide");
     ok(&[
         "widen",
@@ -137,7 +131,7 @@ fn export_torch_writes_a_module_and_checks_weights() {
     let w = dir.path().join("w.safetensors");
     let py = dir.path().join("m.py");
     let arch = ex("resnet_cifar10");
-    ok(&["init", &arch, "-o", s(&w)]);
+    init_weights(&arch, &w, &[]);
     ok(&["export", &arch, "--weights", s(&w), "--torch", s(&py)]);
     let src = std::fs::read_to_string(&py).unwrap();
     assert!(src.contains("class ResNetCifar10(nn.Module):"));
@@ -181,17 +175,16 @@ fn export_torch_writes_a_module_and_checks_weights() {
         assert!(src.contains(needle), "missing {needle}:\n{src}");
     }
     // The JSON lists torchvision's tensor names too.
-    let json = dir.path().join("g.json");
+    let json_path = dir.path().join("g.json");
     ok(&[
         "export",
         &arch,
         "--json",
-        s(&json),
+        s(&json_path),
         "--names",
         "torchvision",
     ]);
-    let g: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let g = json(&json_path);
     let params: Vec<&str> = g["params"]
         .as_array()
         .unwrap()
@@ -230,10 +223,7 @@ fn networks_without_torchvision_names_are_refused() {
 
 /// The safetensors `__metadata__` of a student.
 fn metadata(path: &Path) -> serde_json::Value {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let v: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    v["__metadata__"].clone()
+    safetensors_header(path)["__metadata__"].clone()
 }
 
 /// Under `--names torchvision`, reports (report.json, the summary on stderr, the
@@ -244,15 +234,7 @@ fn reports_give_torchvision_names() {
     let dir = tempfile::tempdir().unwrap();
     let tv = dir.path().join("tv.safetensors");
     let arch = ex("resnet18");
-    ok(&[
-        "init",
-        &arch,
-        "--random-stats",
-        "-o",
-        s(&tv),
-        "--names",
-        "torchvision",
-    ]);
+    init_weights(&arch, &tv, &["--random-stats", "--names", "torchvision"]);
     for streamed in [false, true] {
         let deep = dir.path().join(format!("deep{streamed}"));
         let mut a = vec![
@@ -275,15 +257,12 @@ fn reports_give_torchvision_names() {
         let err = text(&ok(&a).stderr);
         // The new block is torchvision's layer3.1; the old layer3.1 moves to layer3.2.
         assert!(err.contains("conv4_2.conv1 (layer3.1.conv1)"), "{err}");
-        assert!(
-            err.contains(
-                "renamed conv4_2.conv2 (layer3.1.conv2) -> conv4_3.conv2 (layer3.2.conv2)"
-            ),
-            "{err}"
-        );
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(deep.join("report.json")).unwrap())
-                .unwrap();
+        // The renames of the moved block are one line; report.json has every one.
+        assert!(err.contains("layers to make room (conv4_2."), "{err}");
+        assert!(err.contains("(layer3.1."), "{err}");
+        assert_eq!(err.matches("renamed").count(), 1, "{err}");
+        let report = json(&deep.join("report.json"));
+        assert_eq!(report["name_map"]["conv4_2.conv2"], "conv4_3.conv2");
         let names = &report["torchvision_names"];
         assert_eq!(names["conv4_3.bn2"], "layer3.2.bn2", "{names}");
         assert_eq!(names["head.fc"], "fc");

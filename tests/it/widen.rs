@@ -3,60 +3,21 @@
 
 use r2rc::analysis::channel_spaces;
 use r2rc::ir::Graph;
-use r2rc::params::{self, DType, Params};
+use r2rc::params::{self, Params};
 use r2rc::prove::{check_equivalence, Evidence, ProveOptions};
-use r2rc::transform::{resize_input, widen, Amount, Init, Method, Target, WidenArgs};
+use r2rc::transform::{widen, Amount, Init, Method, Target};
 
-fn example(name: &str, sets: &[(&str, &str)]) -> Graph {
-    let path = format!("{}/examples/{name}.arch", env!("CARGO_MANIFEST_DIR"));
-    let src = std::fs::read_to_string(&path).unwrap();
-    let sets: Vec<(String, String)> = sets
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    r2rc::lower::compile(&src, &sets).unwrap()
-}
+use crate::common::{example, example_names, example_small, example_with, teacher, widen_args};
 
 /// Every example; ImageNet nets shrunk to 64x64 inputs so debug-build proofs stay fast.
 fn examples() -> Vec<(String, Graph)> {
-    let mut v = Vec::new();
-    let mut names: Vec<String> =
-        std::fs::read_dir(format!("{}/examples", env!("CARGO_MANIFEST_DIR")))
-            .unwrap()
-            .filter_map(|e| {
-                let p = e.unwrap().path();
-                (p.extension()? == "arch")
-                    .then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
-            })
-            .collect();
-    names.sort();
-    for n in names {
-        let g = example(&n, &[]);
-        let g = if g.input_shape()[1] > 64 {
-            resize_input(&g, &[3, 64, 64]).unwrap()
-        } else {
-            g
-        };
-        v.push((n, g));
-    }
-    v
-}
-
-/// A teacher with random biases and BN statistics, held in f64.
-fn teacher(g: &Graph, seed: u64) -> Params {
-    let mut p = params::init(g, seed, true);
-    p.dtype = DType::F64;
-    p
-}
-
-fn args(target: Target, amount: Amount, method: Method) -> WidenArgs {
-    WidenArgs {
-        target,
-        amount,
-        method,
-        init: Init::Match,
-        noise: None,
-    }
+    example_names()
+        .into_iter()
+        .map(|n| {
+            let g = example_small(&n);
+            (n, g)
+        })
+        .collect()
 }
 
 fn prove(t: &Graph, tp: &Params, s: &Graph, sp: &Params) -> Vec<Evidence> {
@@ -86,7 +47,7 @@ fn exact_methods_prove_on_every_space_of_every_example() {
         let small = g.order().len() < 60;
         for method in EXACT {
             // All spaces at once, on every example.
-            let w = widen(&g, &tp, &args(Target::All, Amount::Add(2), method), 3).unwrap();
+            let w = widen(&g, &tp, &widen_args(Target::All, Amount::Add(2), method), 3).unwrap();
             assert!(w.exact);
             assert_exact(
                 &format!("{name} --all {method:?}"),
@@ -97,7 +58,7 @@ fn exact_methods_prove_on_every_space_of_every_example() {
             }
             // Each widenable space on its own, named by its first member.
             for s in spaces.spaces.iter().filter(|s| s.widenable()) {
-                let a = args(Target::Name(s.label.clone()), Amount::Add(4), method);
+                let a = widen_args(Target::Name(s.label.clone()), Amount::Add(4), method);
                 let w = widen(&g, &tp, &a, 1).unwrap();
                 assert_eq!(w.changes.len(), 1);
                 assert_exact(
@@ -112,10 +73,16 @@ fn exact_methods_prove_on_every_space_of_every_example() {
 #[test]
 fn paper_widening_experiment_gives_the_wider_network() {
     // ResNetCifar-18(1/8) widened by 1.5 everywhere is ResNetCifar-18(3/16).
-    let g = example("resnet_cifar18", &[("r", "1/8")]);
+    let g = example_with("resnet_cifar18", &[("r", "1/8")]);
     let tp = teacher(&g, 1);
-    let w = widen(&g, &tp, &args(Target::All, Amount::By(1.5), Method::R2r), 0).unwrap();
-    let wide = example("resnet_cifar18", &[("r", "3/16")]);
+    let w = widen(
+        &g,
+        &tp,
+        &widen_args(Target::All, Amount::By(1.5), Method::R2r),
+        0,
+    )
+    .unwrap();
+    let wide = example_with("resnet_cifar18", &[("r", "3/16")]);
     assert_eq!(r2rc::print::print(&w.graph), r2rc::print::print(&wide));
     assert!(w.graph == wide, "graphs equal, not only their prints");
     w.params.check(&wide).unwrap();
@@ -124,9 +91,9 @@ fn paper_widening_experiment_gives_the_wider_network() {
 
 #[test]
 fn widening_conv1_of_resnet18_widens_the_conv2_stream_and_proves() {
-    let g = example("resnet18", &[]);
+    let g = example("resnet18");
     let tp = teacher(&g, 2);
-    let a = args(Target::Name("conv1".into()), Amount::Add(2), Method::R2r);
+    let a = widen_args(Target::Name("conv1".into()), Amount::Add(2), Method::R2r);
     let w = widen(&g, &tp, &a, 0).unwrap();
     assert_eq!(w.changes.len(), 1);
     let c = &w.changes[0];
@@ -175,10 +142,10 @@ fn leading_block_equal(t: &ndarray::ArrayD<f64>, s: &ndarray::ArrayD<f64>) -> bo
 
 #[test]
 fn table1_r2r_and_netmorph_keep_every_existing_tensor_net2net_changes_consumers() {
-    let g = example("resnet_cifar10", &[]);
+    let g = example("resnet_cifar10");
     let tp = params::init(&g, 5, true); // f32, as written by `r2rc init`
     for method in [Method::R2r, Method::Netmorph, Method::Net2net] {
-        let w = widen(&g, &tp, &args(Target::All, Amount::Add(4), method), 9).unwrap();
+        let w = widen(&g, &tp, &widen_args(Target::All, Amount::Add(4), method), 9).unwrap();
         // Through the safetensors bytes, in the teacher's dtype.
         let bytes =
             params::to_bytes(&w.params.clone().with_dtype(tp.dtype), &w.graph, None).unwrap();
@@ -208,12 +175,12 @@ fn table1_r2r_and_netmorph_keep_every_existing_tensor_net2net_changes_consumers(
 
 #[test]
 fn r2r_adds_even_counts_and_says_when_it_rounds() {
-    let g = example("resnet_cifar10", &[]);
+    let g = example("resnet_cifar10");
     let tp = teacher(&g, 0);
     let w = widen(
         &g,
         &tp,
-        &args(Target::Name("conv2_1".into()), Amount::To(11), Method::R2r),
+        &widen_args(Target::Name("conv2_1".into()), Amount::To(11), Method::R2r),
         0,
     )
     .unwrap();
@@ -226,7 +193,7 @@ fn r2r_adds_even_counts_and_says_when_it_rounds() {
     let w = widen(
         &g,
         &tp,
-        &args(
+        &widen_args(
             Target::Name("conv2_1".into()),
             Amount::By(1.3),
             Method::Netmorph,
@@ -238,7 +205,7 @@ fn r2r_adds_even_counts_and_says_when_it_rounds() {
     let w = widen(
         &g,
         &tp,
-        &args(
+        &widen_args(
             Target::Name("conv2_1".into()),
             Amount::To(11),
             Method::Net2net,
@@ -252,13 +219,13 @@ fn r2r_adds_even_counts_and_says_when_it_rounds() {
 
 #[test]
 fn targets_resolve_as_language_md_says() {
-    let g = example("resnet50", &[]);
+    let g = example("resnet50");
     let tp = teacher(&g, 0);
     let spaces_of = |t: &str| {
         let w = widen(
             &g,
             &tp,
-            &args(Target::Name(t.into()), Amount::Add(2), Method::R2r),
+            &widen_args(Target::Name(t.into()), Amount::Add(2), Method::R2r),
             0,
         )
         .unwrap();
@@ -282,7 +249,7 @@ fn refusal(g: &Graph, target: &str, amount: Amount, method: Method) -> String {
     match widen(
         g,
         &tp,
-        &args(Target::Name(target.into()), amount, method),
+        &widen_args(Target::Name(target.into()), amount, method),
         0,
     ) {
         Ok(_) => panic!("widening {target} should be refused"),
@@ -292,7 +259,7 @@ fn refusal(g: &Graph, target: &str, amount: Amount, method: Method) -> String {
 
 #[test]
 fn refusals_say_why() {
-    let g = example("resnet_cifar10", &[]);
+    let g = example("resnet_cifar10");
     let m = refusal(&g, "input", Amount::Add(2), Method::R2r);
     assert!(m.contains("holds the network input `input`"), "{m}");
     let m = refusal(&g, "head.fc", Amount::Add(2), Method::Netmorph);
@@ -356,9 +323,9 @@ fn refusals_say_why() {
 
 #[test]
 fn noisy_net2net_and_random_pad_are_labelled_and_measured() {
-    let g = example("smallconv", &[]);
+    let g = example("smallconv");
     let tp = teacher(&g, 3);
-    let mut a = args(
+    let mut a = widen_args(
         Target::Name("conv1".into()),
         Amount::Add(4),
         Method::Net2net,
@@ -376,7 +343,7 @@ fn noisy_net2net_and_random_pad_are_labelled_and_measured() {
     let w = widen(
         &g,
         &tp,
-        &args(Target::Name("fc1".into()), Amount::Add(4), Method::Random),
+        &widen_args(Target::Name("fc1".into()), Amount::Add(4), Method::Random),
         0,
     )
     .unwrap();
@@ -392,9 +359,9 @@ fn noisy_net2net_and_random_pad_are_labelled_and_measured() {
 
 #[test]
 fn he_init_is_larger_than_matched_init_and_both_prove() {
-    let g = example("resnet_cifar10", &[]);
+    let g = example("resnet_cifar10");
     let tp = teacher(&g, 4);
-    let mut a = args(Target::Name("conv3_1".into()), Amount::Add(8), Method::R2r);
+    let mut a = widen_args(Target::Name("conv3_1".into()), Amount::Add(8), Method::R2r);
     let matched = widen(&g, &tp, &a, 0).unwrap();
     a.init = Init::He;
     let he = widen(&g, &tp, &a, 0).unwrap();
@@ -421,7 +388,7 @@ fn he_init_is_larger_than_matched_init_and_both_prove() {
     let again = widen(
         &g,
         &tp,
-        &args(Target::Name("conv3_1".into()), Amount::Add(8), Method::R2r),
+        &widen_args(Target::Name("conv3_1".into()), Amount::Add(8), Method::R2r),
         0,
     )
     .unwrap();

@@ -3,22 +3,17 @@
 
 use std::path::PathBuf;
 
-use crate::common::{ex, r2rc, s, text};
+use crate::common::{assert_report_fields, ex, init_weights, json, r2rc, s, text};
 
 #[test]
 fn widen_writes_proved_student_with_evidence_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path().join("t.safetensors");
-    let o = r2rc(&[
-        "init",
+    init_weights(
         &ex("resnet_cifar10"),
-        "-o",
-        s(&w),
-        "--random-stats",
-        "--seed",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+        &w,
+        &["--random-stats", "--seed", "3"],
+    );
     let out: PathBuf = dir.path().join("out");
     let o = r2rc(&[
         "widen",
@@ -40,20 +35,8 @@ fn widen_writes_proved_student_with_evidence_and_refuses_to_overwrite() {
     );
 
     // report.json with CLI.md's fields.
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    for f in [
-        "method",
-        "site",
-        "name_map",
-        "params_before",
-        "params_after",
-        "macs_before",
-        "macs_after",
-        "evidence",
-    ] {
-        assert!(report.get(f).is_some(), "report.json lacks {f}");
-    }
+    let report = json(&out.join("report.json"));
+    assert_report_fields(&report);
     assert_eq!(report["method"], "r2r");
     assert!(report["params_after"].as_u64() > report["params_before"].as_u64());
     let ev = report["evidence"].as_array().unwrap();

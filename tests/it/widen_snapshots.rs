@@ -3,7 +3,9 @@
 
 use r2rc::params;
 use r2rc::report::diff;
-use r2rc::transform::{widen, Amount, Init, Method, Target, WidenArgs};
+use r2rc::transform::{widen, Amount, Method, Target};
+
+use crate::common::{example, example_names, widen_args};
 
 /// A target per example: a head row, a block, a stage, a stream, a layer.
 const CASES: [(&str, &str); 6] = [
@@ -17,21 +19,13 @@ const CASES: [(&str, &str); 6] = [
 
 #[test]
 fn widen_diffs() {
-    let dir = format!("{}/examples", env!("CARGO_MANIFEST_DIR"));
     // The glob keeps the cases in step with the examples folder.
-    let mut found: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "arch"))
-        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-        .collect();
-    found.sort();
+    let found = example_names();
     let mut listed: Vec<String> = CASES.iter().map(|c| c.0.to_string()).collect();
     listed.sort();
     assert_eq!(found, listed, "every example needs a snapshot case");
     for (name, target) in CASES {
-        let src = std::fs::read_to_string(format!("{dir}/{name}.arch")).unwrap();
-        let g = r2rc::lower::compile(&src, &[]).unwrap();
+        let g = example(name);
         let tp = params::init(&g, 0, false);
         for method in [
             Method::R2r,
@@ -39,13 +33,7 @@ fn widen_diffs() {
             Method::Net2net,
             Method::Random,
         ] {
-            let a = WidenArgs {
-                target: Target::Name(target.into()),
-                amount: Amount::By(1.5),
-                method,
-                init: Init::Match,
-                noise: None,
-            };
+            let a = widen_args(Target::Name(target.into()), Amount::By(1.5), method);
             let w = widen(&g, &tp, &a, 0).unwrap();
             // The student's printed text compiles back to the student.
             let back = r2rc::lower::compile(&r2rc::print::print(&w.graph), &[]).unwrap();

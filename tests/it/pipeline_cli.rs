@@ -1,0 +1,236 @@
+//! What the rewrite pipeline promises at the command line: a rewrite's outputs appear
+//! together or not at all (killed at every step of the commit, streamed, sharded, over an
+//! earlier set with --force), `run --threads N` works, and targets may be written in the
+//! weights' naming scheme.
+
+use std::path::Path;
+
+use crate::common::{command, ex, init_weights, listing, ok, run, s, text};
+
+/// Runs `r2rc ARGS` killed (as `kill -9` would) at commit step `k`.
+fn killed_at(args: &[&str], k: usize) -> i32 {
+    command(args)
+        .env("R2RC_TEST_KILL_AT", k.to_string())
+        .output()
+        .unwrap()
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+/// The visible files of a folder and their bytes (r2rc's temporary files start with `.`).
+fn visible(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    if !dir.exists() {
+        return vec![];
+    }
+    listing(dir)
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .map(|n| {
+            let b = std::fs::read(dir.join(&n)).unwrap();
+            (n, b)
+        })
+        .collect()
+}
+
+/// For one rewrite: killed at every commit step, the folder then holds (after the next
+/// run's recovery) either nothing of the new set or all of it, byte for byte what an
+/// uninterrupted run writes; never a part.
+fn all_or_nothing(base: &[&str], tmp: &Path, tag: &str) {
+    let reference = tmp.join(format!("{tag}-ref"));
+    let mut a = base.to_vec();
+    a.extend(["-o", s(&reference)]);
+    ok(&a);
+    let want = visible(&reference);
+    assert!(want.len() >= 3, "{tag}: {want:?}");
+    let steps = want.len() + 2; // the journal, each rename, the journal's removal
+    for k in 0..steps {
+        let out = tmp.join(format!("{tag}-k{k}"));
+        let mut a = base.to_vec();
+        a.extend(["-o", s(&out)]);
+        assert_eq!(killed_at(&a, k), 137, "{tag}: not killed at step {k}");
+        // Before the journal nothing is visible; after it, a rerun rolls the set forward.
+        let (code, _, err) = run(&a);
+        let got = visible(&out);
+        if k == 0 {
+            assert_eq!(code, 0, "{tag} k={k}: {err}");
+        } else {
+            assert_eq!(
+                code, 2,
+                "{tag} k={k}: the set was complete, so a rerun refuses"
+            );
+            assert!(err.contains("--force"), "{err}");
+        }
+        assert_eq!(got.len(), want.len(), "{tag} k={k}: {:?}", listing(&out));
+        for ((n, b), (wn, wb)) in got.iter().zip(&want) {
+            assert_eq!(n, wn);
+            assert!(
+                b == wb,
+                "{tag} k={k}: {n} differs from the uninterrupted run's"
+            );
+        }
+        assert!(
+            listing(&out).iter().all(|n| !n.starts_with(".r2rc")),
+            "{tag} k={k}: leftovers {:?}",
+            listing(&out)
+        );
+    }
+}
+
+#[test]
+fn outputs_appear_together_when_killed_at_every_commit_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("t.safetensors");
+    let arch = ex("resnet_cifar10");
+    init_weights(&arch, &w, &["--set", "r=1/4", "--random-stats"]);
+    let common = ["--weights", s(&w), "--set", "r=1/4", "--inputs", "1"];
+    let mut widen = vec!["widen", &arch, "--layer", "conv2_x", "--by", "1.5"];
+    widen.extend(common);
+    all_or_nothing(&widen, dir.path(), "widen");
+    // Streamed and sharded.
+    let mut streamed = widen.clone();
+    streamed.extend(["--no-prove", "--shard-size", "20KB"]);
+    all_or_nothing(&streamed, dir.path(), "streamed");
+    let mut deepen = vec!["deepen", &arch, "--after", "conv2_1"];
+    deepen.extend(common);
+    all_or_nothing(&deepen, dir.path(), "deepen");
+}
+
+#[test]
+fn force_over_an_earlier_set_is_all_or_nothing_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("t.safetensors");
+    let arch = ex("smallconv");
+    init_weights(&arch, &w, &[]);
+    let out = dir.path().join("o");
+    let a = |by: &'static str| -> Vec<String> {
+        [
+            "widen",
+            &arch,
+            "--layer",
+            "conv1",
+            "--by",
+            by,
+            "--weights",
+            s(&w),
+            "-o",
+            s(&out),
+            "--force",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    let first = a("1.5");
+    let first_args: Vec<&str> = first.iter().map(|x| x.as_str()).collect();
+    ok(&first_args);
+    let old = visible(&out);
+    let second = a("2");
+    let second_args: Vec<&str> = second.iter().map(|x| x.as_str()).collect();
+    // Killed after the first rename: the next run finishes the new set before its own.
+    assert_eq!(killed_at(&second_args, 2), 137);
+    let mut check: Vec<&str> = second_args.clone();
+    check.retain(|x| *x != "--force");
+    let (code, _, err) = run(&check);
+    assert_eq!(code, 2, "{err}");
+    let new = visible(&out);
+    assert_eq!(new.len(), old.len());
+    let file = |n: &str| &new.iter().find(|(m, _)| m == n).unwrap().1;
+    let report: serde_json::Value = serde_json::from_slice(file("report.json")).unwrap();
+    assert_eq!(report["spaces"][0]["to"], 32, "{report}");
+    let arch_text = text(file("smallconv.arch"));
+    assert!(arch_text.contains("conv1 16->32"), "{arch_text}");
+    assert_ne!(file("smallconv.safetensors"), &old[2].1);
+}
+
+#[test]
+fn run_threads_one_and_two_work_and_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("t.safetensors");
+    let arch = ex("smallconv");
+    init_weights(&arch, &w, &[]);
+    let mut outs = Vec::new();
+    for t in ["1", "2"] {
+        let y = dir.path().join(format!("y{t}.npy"));
+        let (code, _, err) = run(&[
+            "run",
+            &arch,
+            "--weights",
+            s(&w),
+            "--random",
+            "3",
+            "--threads",
+            t,
+            "--output",
+            s(&y),
+            "--repeat",
+            "1",
+        ]);
+        assert_eq!(code, 0, "--threads {t}: {err}");
+        assert!(err.contains(&format!("{t} threads")), "{err}");
+        outs.push(std::fs::read(&y).unwrap());
+    }
+    assert_eq!(outs[0], outs[1]);
+    let (code, _, err) = run(&["run", &arch, "--weights", s(&w), "--threads", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--threads must be at least 1"), "{err}");
+}
+
+#[test]
+fn targets_may_use_torchvision_module_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("tv.safetensors");
+    let arch = ex("resnet18");
+    init_weights(&arch, &w, &["--names", "torchvision", "--random-stats"]);
+    let tv = ["--weights", s(&w), "--names", "torchvision", "--no-prove"];
+    let wide = dir.path().join("wide");
+    let mut a = vec![
+        "widen",
+        &arch,
+        "--layer",
+        "layer2.0.conv1",
+        "--by",
+        "1.5",
+        "-o",
+        s(&wide),
+    ];
+    a.extend(tv);
+    let err = text(&ok(&a).stderr);
+    assert!(err.contains("conv3_1.conv1 (layer2.0.conv1)"), "{err}");
+    let deep = dir.path().join("deep");
+    let mut a = vec!["deepen", &arch, "--after", "layer3.1", "-o", s(&deep)];
+    a.extend(tv);
+    let err = text(&ok(&a).stderr);
+    assert!(err.contains("after conv4_2"), "{err}");
+    let morph = dir.path().join("morph");
+    let mut a = vec![
+        "morph",
+        &arch,
+        "--layer",
+        "layer1.0.conv1",
+        "--kernel",
+        "5",
+        "-o",
+        s(&morph),
+    ];
+    a.extend(tv);
+    let err = text(&ok(&a).stderr);
+    assert!(err.contains("conv2_1.conv1: kernel 3x3 -> 5x5"), "{err}");
+    // An unknown module is refused with the nearest spelling, and nothing is written.
+    let bad = dir.path().join("bad");
+    let mut a = vec![
+        "widen",
+        &arch,
+        "--layer",
+        "layer2.0.conv9",
+        "--by",
+        "1.5",
+        "-o",
+        s(&bad),
+    ];
+    a.extend(tv);
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 2);
+    assert!(err.contains("did you mean `layer2.0.conv1`"), "{err}");
+    assert!(!bad.exists());
+}

@@ -3,9 +3,10 @@
 //! [--json] [--names r2rc|torchvision] [--student-names r2rc|torchvision]`: checks a
 //! teacher/student pair on its own.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use r2rc::exec::Mode;
+use r2rc::ir::Graph;
 use r2rc::names::{self, Naming};
 use r2rc::prove::{check_equivalence, failure, Precision, ProveOptions};
 use r2rc::{Error, Result};
@@ -64,8 +65,13 @@ pub fn run(args: Args) -> Result<()> {
         Some(n) => Naming::parse(n)?,
         None => naming,
     };
-    let tp = names::load(&t, &args.teacher_weights, naming)?;
-    let sp = names::load(&s, &args.student_weights, student_naming)?;
+    let (tp, mut notes) = names::load_with_notes(&t, &args.teacher_weights, naming)?;
+    let (sp, student_notes) = names::load_with_notes(&s, &args.student_weights, student_naming)
+        .map_err(|e| student_hint(e, &s, &args.student_weights, student_naming))?;
+    notes.extend(student_notes);
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
     let opts = ProveOptions {
         modes,
         precision: Precision::parse(&args.dtype)?,
@@ -73,6 +79,18 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         tolerance: args.tolerance,
     };
+    // The one tolerance rule: `prove` cannot know what the rewrite computed, so weights
+    // stored narrower than the proof's precision allow their dtype's storage error.
+    let stored =
+        if r2rc::prove::storage_tolerance(sp.dtype) > r2rc::prove::storage_tolerance(tp.dtype) {
+            sp.dtype
+        } else {
+            tp.dtype
+        };
+    let (opts, note) = r2rc::prove::stored_options(&opts, stored, true, "the rewrite");
+    if let Some(n) = note {
+        eprintln!("note: {n}");
+    }
     let ev = check_equivalence(&t, &tp, &s, &sp, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&ev).expect("json"));
@@ -84,5 +102,22 @@ pub fn run(args: Args) -> Result<()> {
     match failure(&ev) {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// A student weights error whose file is in the other naming hints at `--student-names`
+/// (what `--names`, which also sets the teacher's, cannot fix alone).
+fn student_hint(e: Error, graph: &Graph, path: &Path, naming: Naming) -> Error {
+    match (e, names::suggested_naming(graph, path, naming)) {
+        (Error::Weights { message, .. }, Some(other)) => Error::Weights {
+            message,
+            hint: Some(format!(
+                "{} names its tensors the {} way: pass --student-names {}",
+                path.display(),
+                other.keyword(),
+                other.keyword()
+            )),
+        },
+        (e, _) => e,
     }
 }

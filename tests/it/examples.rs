@@ -1,11 +1,12 @@
 //! Every example parses, checks and prints; snapshots of `check` and `print` live in
 //! snapshots/examples/. Adding an example adds its tests.
 
+use r2rc::ir::Op;
 use r2rc::lower::compile;
 use r2rc::print::print;
 use r2rc::stats::{layer_stats, table};
 
-use crate::common::{arch_files, example_with, root};
+use crate::common::{arch_files, ex, example_with, init_weights, ok, root, run, s};
 
 fn settings() -> insta::Settings {
     let mut s = insta::Settings::clone_current();
@@ -91,4 +92,72 @@ fn resnet_cifar18_parameters_by_hand() {
         cifar18_by_hand(5, 11)
     );
     assert_eq!(cifar18_by_hand(5, 11), 11_116);
+}
+
+/// The examples that claim torchvision's layout end in logits, as torchvision's models do:
+/// no softmax in the graph, in `export --torch` or in what `run --names torchvision`
+/// prints (negative values; probabilities are never negative). The paper's CIFAR tables
+/// keep their softmax, so that path stays covered.
+#[test]
+fn torchvision_layout_examples_end_in_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, softmax) in [
+        ("resnet18", false),
+        ("resnet34", false),
+        ("resnet50", false),
+        ("resnet_cifar10", true),
+        ("resnet_cifar18", true),
+    ] {
+        let g = example_with(name, &[]);
+        let last = &g.g[g.output];
+        if softmax {
+            assert!(
+                matches!(last.op, Op::Softmax),
+                "{name} ends in {}",
+                last.name
+            );
+            assert_eq!(last.name, "head.softmax");
+        } else {
+            assert!(
+                matches!(last.op, Op::Linear(_)),
+                "{name} ends in {}",
+                last.name
+            );
+            assert_eq!(last.name, "head.fc");
+        }
+        let names: &[&str] = if softmax {
+            &[]
+        } else {
+            &["--names", "torchvision"]
+        };
+        let py = dir.path().join(format!("{name}.py"));
+        ok(&[&["export", &ex(name), "--torch", s(&py)][..], names].concat());
+        let module = std::fs::read_to_string(&py).unwrap();
+        assert_eq!(module.contains("F.softmax"), softmax, "{name}:\n{module}");
+    }
+    // What a torchvision user runs: weights under torchvision's names, one input.
+    let w = dir.path().join("tv.safetensors");
+    init_weights(
+        &ex("resnet18"),
+        &w,
+        &["--names", "torchvision", "--random-stats"],
+    );
+    let (code, out, err) = run(&[
+        "run",
+        &ex("resnet18"),
+        "--weights",
+        s(&w),
+        "--names",
+        "torchvision",
+        "--random",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let min: f64 = out
+        .split_whitespace()
+        .skip_while(|w| *w != "min")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no `min` in {out}"));
+    assert!(min < 0.0, "resnet18's output is not logits:\n{out}");
 }

@@ -266,3 +266,145 @@ fn unknown_diff_format_is_a_usage_error() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("use text, dot, svg or png"));
 }
+
+/// png is binary: without `-o FILE` it is refused before anything runs (no Graphviz
+/// needed to say so), with a hint naming `-o FILE`.
+#[test]
+fn png_needs_an_output_file() {
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["graph", "examples/smallconv.arch", "--format", "png"],
+        vec![
+            "diff",
+            "examples/resnet_cifar10.arch",
+            "examples/resnet_cifar18.arch",
+            "--format",
+            "png",
+        ],
+    ] {
+        for path in [None, Some(empty.path())] {
+            let o = match path {
+                None => r2rc(&args),
+                Some(p) => r2rc_on_path(&args, p),
+            };
+            assert_eq!(o.status.code(), Some(2), "{args:?}");
+            assert!(o.stdout.is_empty(), "{args:?} wrote to stdout");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains("--format png is binary image data")
+                    && err.contains("write it to a file with `-o FILE`"),
+                "{err}"
+            );
+        }
+    }
+}
+
+/// `-o FILE` takes every format of graph and diff; an existing FILE needs --force and an
+/// input is never overwritten.
+#[test]
+fn graph_and_diff_write_to_an_output_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let dot = out("g.dot");
+    let o = r2rc(&["graph", "examples/smallconv.arch", "-o", &dot]);
+    assert!(o.status.success() && o.stdout.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(&dot).unwrap(),
+        ok(&["graph", "examples/smallconv.arch"])
+    );
+    let json = out("g.json");
+    ok(&[
+        "graph",
+        "examples/smallconv.arch",
+        "--format",
+        "json",
+        "--output",
+        &json,
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["nodes"].is_array());
+    let (a, b) = (
+        "examples/resnet_cifar10.arch",
+        "examples/resnet_cifar18.arch",
+    );
+    let text = out("d.txt");
+    ok(&["diff", a, b, "-o", &text]);
+    assert_eq!(std::fs::read_to_string(&text).unwrap(), ok(&["diff", a, b]));
+    let ddot = out("d.dot");
+    ok(&["diff", a, b, "--format", "dot", "-o", &ddot]);
+    assert!(std::fs::read_to_string(&ddot)
+        .unwrap()
+        .starts_with("digraph"));
+
+    // An existing file: refused without --force, replaced with it.
+    let o = r2rc(&["graph", "examples/resnet_cifar10.arch", "-o", &dot]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pass --force"));
+    ok(&[
+        "graph",
+        "examples/resnet_cifar10.arch",
+        "-o",
+        &dot,
+        "--force",
+    ]);
+    assert!(std::fs::read_to_string(&dot)
+        .unwrap()
+        .contains("ResNetCifar10"));
+    // Never an input, even with --force.
+    let copy = out("net.arch");
+    std::fs::copy("examples/smallconv.arch", &copy).unwrap();
+    for args in [
+        vec!["graph", copy.as_str(), "-o", copy.as_str(), "--force"],
+        vec!["diff", a, copy.as_str(), "-o", copy.as_str(), "--force"],
+    ] {
+        let o = r2rc(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("is also an input"));
+    }
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read("examples/smallconv.arch").unwrap()
+    );
+
+    // png through Graphviz, where it is installed.
+    if has_dot() {
+        let png = out("g.png");
+        ok(&[
+            "graph",
+            "examples/smallconv.arch",
+            "--format",
+            "png",
+            "-o",
+            &png,
+        ]);
+        let dpng = out("d.png");
+        ok(&["diff", a, b, "--format", "png", "-o", &dpng]);
+        for p in [png, dpng] {
+            assert!(
+                std::fs::read(&p).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"),
+                "{p}"
+            );
+        }
+    }
+}
+
+/// The help a user reads first: export's summary names --torch, graph and diff offer -o.
+#[test]
+fn help_lists_torch_export_and_output_files() {
+    let top = ok(&["--help"]);
+    let export = top
+        .lines()
+        .find(|l| l.trim_start().starts_with("export"))
+        .unwrap_or_else(|| panic!("no export line in\n{top}"));
+    assert!(
+        export.contains("--onnx") && export.contains("--json") && export.contains("--torch"),
+        "{export}"
+    );
+    for cmd in ["graph", "diff"] {
+        let help = ok(&[cmd, "--help"]);
+        assert!(help.contains("-o, --output <FILE>"), "{cmd}:\n{help}");
+        assert!(help.contains("--force"), "{cmd}:\n{help}");
+        assert!(help.contains("png"), "{cmd}:\n{help}");
+    }
+}

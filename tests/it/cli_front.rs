@@ -72,3 +72,80 @@ fn missing_file_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("no/such/file.arch"), "{err}");
 }
+
+/// Names a user mistypes get the nearest valid spelling: a swap of neighbours is one edit,
+/// so `conv_3x` is `conv3_x`, not `conv2_x`.
+#[test]
+fn mistyped_targets_suggest_the_nearest_name() {
+    for args in [
+        vec![
+            "widen",
+            "examples/resnet_cifar18.arch",
+            "--layer",
+            "conv_3x",
+            "--by",
+            "2",
+        ],
+        vec![
+            "deepen",
+            "examples/resnet_cifar18.arch",
+            "--after",
+            "conv_3x",
+        ],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(err.contains("did you mean `conv3_x`?"), "{args:?}: {err}");
+    }
+}
+
+/// Refusals name a channel space by its first member, never by its internal number.
+#[test]
+fn refusals_name_spaces_not_ids() {
+    let (code, _, err) = run(&[
+        "widen",
+        "examples/resnet_cifar10.arch",
+        "--layer",
+        "head.fc",
+        "--by",
+        "2",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("space `head.fc` (10 channels, rows head)"),
+        "{err}"
+    );
+    assert!(
+        !err.split(|c: char| !c.is_alphanumeric())
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|w| w[0] == "space" && w[1].parse::<usize>().is_ok()),
+        "{err}"
+    );
+    let (code, out, _) = run(&["spaces", "examples/resnet_cifar10.arch"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("space `input` (3 channels, rows input)"),
+        "{out}"
+    );
+}
+
+/// The syntax mistakes of a first file, on the command line: each names the fix.
+#[test]
+fn option_mistakes_name_the_fix() {
+    for (fixture, says) in [
+        ("option_with_equals", "did you mean `groups 32`?"),
+        ("option_misspelt", "did you mean `stride S`?"),
+        (
+            "option_without_comma",
+            "missing `,` before the option `stride`",
+        ),
+        ("unknown_activation", "activations: `relu`, `prelu`"),
+    ] {
+        let path = format!("tests/fixtures/errors/{fixture}.arch");
+        let (code, _, err) = run(&["check", &path]);
+        assert_eq!(code, 2, "{fixture}");
+        assert!(err.contains(says), "{fixture}: {err}");
+        assert!(!err.contains("the end of the file"), "{fixture}: {err}");
+    }
+}

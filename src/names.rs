@@ -484,18 +484,31 @@ fn rename(p: Params, pairs: impl Iterator<Item = (String, String)>) -> Result<Pa
 }
 
 /// Reads weights for `graph` stored under `naming`; the result uses r2rc's names. When
-/// the file does not fit but would under the other naming, the error says so.
+/// the file does not fit but would under the other naming, the error says so. Reads
+/// through a wrapper prefix and missing counters as [`params::load`] does;
+/// [`load_with_notes`] also says when it did.
 pub fn load(graph: &Graph, path: &Path, naming: Naming) -> Result<Params> {
+    load_with_notes(graph, path, naming).map(|(p, _)| p)
+}
+
+/// [`load`], with what to tell the user about how the checkpoint was read (a stripped
+/// `module.` prefix, `num_batches_tracked` counters read as 0): one sentence each, empty
+/// for a plain state_dict.
+pub fn load_with_notes(
+    graph: &Graph,
+    path: &Path,
+    naming: Naming,
+) -> Result<(Params, Vec<String>)> {
     let theirs = renamed_graph(graph, naming)?;
-    let p = match params::load(&theirs, path) {
-        Ok(p) => p,
+    let (p, notes) = match params::load_with_notes(&theirs, path) {
+        Ok(v) => v,
         Err(e) => return Err(with_naming_hint(e, graph, path, naming)),
     };
     if naming == Naming::R2rc {
-        return Ok(p);
+        return Ok((p, notes));
     }
     let pairs = tensor_renames(graph, naming)?;
-    rename(p, pairs.into_iter().map(|(a, b)| (b, a)))
+    Ok((rename(p, pairs.into_iter().map(|(a, b)| (b, a)))?, notes))
 }
 
 /// Converts `params` (r2rc's names) to `naming`'s names.
@@ -534,45 +547,32 @@ pub fn save(
 /// other naming.
 fn with_naming_hint(e: Error, graph: &Graph, path: &Path, naming: Naming) -> Error {
     let shown = path.display().to_string();
-    naming_hint(e, graph, naming, file_tensor_names(path), &shown)
+    naming_hint(e, graph, naming, file_tensors(path), &shown)
 }
 
 /// Checks that the (memory-mapped, maybe sharded) `src` holds `graph`'s tensors under
 /// `naming`'s names, with the same hint as [`load`] when they are the other naming's.
 pub fn check_source(src: &crate::shards::Source, graph: &Graph, naming: Naming) -> Result<()> {
     let theirs = renamed_graph(graph, naming)?;
-    src.check(&theirs).map_err(|e| {
-        let names = src.tensors.keys().cloned().collect();
-        naming_hint(e, graph, naming, Some(names), &src.shown)
-    })
+    src.check(&theirs)
+        .map_err(|e| naming_hint(e, graph, naming, Some(source_shapes(src)), &src.shown))
 }
 
-/// `e` with a hint to switch `--names` when the file's tensor `names` are exactly
-/// `graph`'s under the other naming.
+/// `e` with a hint to switch `--names` when the file's tensors (`names` with their
+/// shapes) fit the other naming rather than `naming` ([`other_fits`]).
 fn naming_hint(
     e: Error,
     graph: &Graph,
     naming: Naming,
-    names: Option<BTreeSet<String>>,
+    names: Option<BTreeMap<String, Vec<usize>>>,
     shown: &str,
 ) -> Error {
-    let other = match naming {
-        Naming::R2rc => Naming::Torchvision,
-        Naming::Torchvision => Naming::R2rc,
-    };
     let Error::Weights { message, .. } = &e else {
         return e;
     };
-    let Ok(expected) = renamed_graph(graph, other) else {
+    let Some(other) = names.and_then(|n| other_fits(graph, naming, &n)) else {
         return e;
     };
-    let Some(names) = names else {
-        return e;
-    };
-    let want: BTreeSet<String> = expected.param_specs().into_iter().map(|s| s.name).collect();
-    if want != names {
-        return e;
-    }
     let flag = match other {
         Naming::R2rc => "drop --names torchvision (or pass --names r2rc)".to_string(),
         Naming::Torchvision => "pass --names torchvision".to_string(),
@@ -586,27 +586,50 @@ fn naming_hint(
     }
 }
 
-/// The tensor names in a safetensors file's header, if it can be read.
-fn file_tensor_names(path: &Path) -> Option<BTreeSet<String>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).ok()?;
-    let n = u64::from_le_bytes(len);
-    // Only a plausible header is read (this is a hint, not a check).
-    if n > 100 << 20 {
-        return None;
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    Some(
-        v.as_object()?
-            .keys()
-            .filter(|k| *k != "__metadata__")
-            .cloned()
-            .collect(),
-    )
+/// The other naming, when the file's tensors (name -> shape) are rather `graph`'s under it
+/// than under `naming`: more of them match its tensors, by name and shape, than
+/// `naming`'s, and they hold at least half of its tensors. (A checkpoint of another
+/// architecture whose names happen to fit the other naming gets no such hint: its shapes
+/// differ, and the error's own hint stands.)
+fn other_fits(
+    graph: &Graph,
+    naming: Naming,
+    names: &BTreeMap<String, Vec<usize>>,
+) -> Option<Naming> {
+    let other = match naming {
+        Naming::R2rc => Naming::Torchvision,
+        Naming::Torchvision => Naming::R2rc,
+    };
+    let hits = |n: Naming| -> Option<(usize, usize)> {
+        let specs = renamed_graph(graph, n).ok()?.param_specs();
+        let hit = specs
+            .iter()
+            .filter(|s| names.get(&s.name) == Some(&s.slot.shape))
+            .count();
+        Some((hit, specs.len()))
+    };
+    let ((theirs_hit, theirs_len), (ours_hit, _)) = (hits(other)?, hits(naming)?);
+    (theirs_hit > ours_hit && theirs_hit * 2 >= theirs_len).then_some(other)
+}
+
+/// The naming the weights at `path` (a file or sharded set) use for `graph` when it is
+/// not `naming`: for a command with its own flag to suggest (`prove --student-names`).
+pub fn suggested_naming(graph: &Graph, path: &Path, naming: Naming) -> Option<Naming> {
+    other_fits(graph, naming, &file_tensors(path)?)
+}
+
+/// The tensors (name -> shape) of a weights file or sharded set, read as a state_dict's
+/// (a wrapper prefix stripped, missing counters present: [`crate::shards::Variants`]),
+/// if it can be read.
+fn file_tensors(path: &Path) -> Option<BTreeMap<String, Vec<usize>>> {
+    Some(source_shapes(&crate::shards::Source::open(path).ok()?))
+}
+
+fn source_shapes(src: &crate::shards::Source) -> BTreeMap<String, Vec<usize>> {
+    src.tensors
+        .iter()
+        .map(|(k, info)| (k.clone(), info.shape.clone()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -694,7 +717,7 @@ mod tests {
         let path = tmp("cifar10_tv.safetensors");
         save(&p, &g, &path, None, Naming::Torchvision).unwrap();
         // The file holds torchvision's names only...
-        let names = file_tensor_names(&path).unwrap();
+        let names: BTreeSet<String> = file_tensors(&path).unwrap().into_keys().collect();
         assert!(names.contains("layer1.0.bn1.running_mean"));
         assert!(names.contains("bn1.weight") && names.contains("fc.bias"));
         assert!(!names
@@ -732,6 +755,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`layer9.0.conv1.weight`"), "{e}");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_ddp_torchvision_checkpoint_without_counters_loads_with_notes() {
+        let g = example("resnet_cifar10");
+        let p = params::init(&g, 2, true);
+        let mut tv = to_naming(&p, &g, Naming::Torchvision).unwrap();
+        tv.tensors
+            .retain(|k, _| !k.ends_with(".num_batches_tracked"));
+        tv.tensors = std::mem::take(&mut tv.tensors)
+            .into_iter()
+            .map(|(k, v)| (format!("module.{k}"), v))
+            .collect();
+        let path = tmp("ddp_tv.safetensors");
+        std::fs::write(&path, raw_safetensors(&tv)).unwrap();
+        let (back, notes) = load_with_notes(&g, &path, Naming::Torchvision).unwrap();
+        assert_eq!(back, p, "the counters of init are 0 too");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("`module.`") && notes[0].contains("DistributedDataParallel"));
+        assert!(notes[1].contains("num_batches_tracked") && notes[1].contains("read as 0"));
+        // Read under r2rc's names, the hint still sees torchvision's names.
+        let e = load(&g, &path, Naming::R2rc).unwrap_err();
+        let hint = e.hint_text().unwrap_or_default();
+        assert!(hint.contains("pass --names torchvision"), "{e}: {hint}");
+        // A torchvision checkpoint of another network (one tensor missing) gets the
+        // hint too, and under --names torchvision the error names the missing tensor.
+        tv.tensors.remove("module.layer2.0.conv2.weight");
+        std::fs::write(&path, raw_safetensors(&tv)).unwrap();
+        let e = load(&g, &path, Naming::R2rc).unwrap_err();
+        let hint = e.hint_text().unwrap_or_default();
+        assert!(hint.contains("pass --names torchvision"), "{e}: {hint}");
+        let e = load(&g, &path, Naming::Torchvision).unwrap_err();
+        assert!(e.to_string().contains("`layer2.0.conv2.weight`"), "{e}");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn another_networks_torchvision_checkpoint_is_not_taken_for_a_naming_slip() {
+        // resnet18's torchvision names include every one of the CIFAR net's, but their
+        // shapes differ: the error keeps its "another architecture" hint.
+        let c10 = example("resnet_cifar10");
+        let r18 = example("resnet18");
+        let path = tmp("r18_tv.safetensors");
+        save(
+            &params::init(&r18, 1, false),
+            &r18,
+            &path,
+            None,
+            Naming::Torchvision,
+        )
+        .unwrap();
+        let e = load(&c10, &path, Naming::R2rc).unwrap_err();
+        let hint = e.hint_text().unwrap_or_default();
+        assert!(hint.contains("another architecture"), "{e}: {hint}");
+        assert_eq!(suggested_naming(&c10, &path, Naming::R2rc), None);
+        assert_eq!(
+            suggested_naming(&r18, &path, Naming::R2rc),
+            Some(Naming::Torchvision)
+        );
         let _ = std::fs::remove_file(path);
     }
 

@@ -437,21 +437,32 @@ fn describe(e: SafeTensorError, len: usize) -> String {
 /// Reads a weights file for `graph`: memory-maps it, parses it with the safetensors crate
 /// and checks every tensor's presence, shape, dtype and finiteness. A folder or a
 /// `*.safetensors.index.json` is read as a sharded set ([`crate::shards`]).
+///
+/// Checkpoints as PyTorch users have them are read too ([`crate::shards::Variants`]): a
+/// wrapper prefix such as DistributedDataParallel's `module.` on every name is stripped,
+/// and batch norms without `num_batches_tracked` get a counter of 0.
+/// [`load_with_notes`] also says when either happened.
 pub fn load(graph: &Graph, path: &Path) -> Result<Params> {
+    load_with_notes(graph, path).map(|(p, _)| p)
+}
+
+/// [`load`], with what to tell the user about how the checkpoint was read (a stripped
+/// wrapper prefix, counters read as 0); empty for a plain state_dict.
+pub fn load_with_notes(graph: &Graph, path: &Path) -> Result<(Params, Vec<String>)> {
     // A folder or an index: a sharded set.
     if crate::shards::is_sharded(path) {
-        return crate::shards::load(graph, path);
+        return crate::shards::load_with_notes(graph, path);
     }
     let shown = path.display().to_string();
     let file = fs::File::open(path).map_err(|e| Error::io(&shown, e))?;
     let len = file.metadata().map_err(|e| Error::io(&shown, e))?.len() as usize;
     if len == 0 {
-        return from_bytes(graph, &[], &shown);
+        return from_bytes_with_notes(graph, &[], &shown);
     }
     // SAFETY: the map is read-only and dropped before returning; r2rc never writes to a
     // file it reads (outputs go through a temporary file and a rename).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&shown, e))?;
-    from_bytes(graph, &map, &shown)
+    from_bytes_with_notes(graph, &map, &shown)
 }
 
 /// The `__metadata__` map of a safetensors file (empty when it has none).
@@ -471,6 +482,15 @@ pub fn load_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
 
 /// Parses and checks the bytes of a safetensors file; `shown` names it in errors.
 pub fn from_bytes(graph: &Graph, bytes: &[u8], shown: &str) -> Result<Params> {
+    from_bytes_with_notes(graph, bytes, shown).map(|(p, _)| p)
+}
+
+/// [`from_bytes`], with the notes of [`load_with_notes`].
+pub fn from_bytes_with_notes(
+    graph: &Graph,
+    bytes: &[u8],
+    shown: &str,
+) -> Result<(Params, Vec<String>)> {
     if let Some(name) = duplicate_key(bytes) {
         return Err(Error::Weights {
             message: format!("{shown}: the header names tensor `{name}` twice"),
@@ -485,11 +505,32 @@ pub fn from_bytes(graph: &Graph, bytes: &[u8], shown: &str) -> Result<Params> {
         ),
     })?;
     let place = shown.to_string();
+    let mut names = st.names();
+    names.sort();
+    let variants = crate::shards::Variants::of(&names);
     let specs = graph.param_specs();
     let mut tensors = BTreeMap::new();
     let mut dtypes: HashMap<DType, usize> = HashMap::new();
     for spec in &specs {
-        let view = st.tensor(&spec.name).map_err(|_| missing(spec, &place))?;
+        let view = match st.tensor(&variants.file_name(&spec.name)) {
+            Ok(view) => view,
+            Err(_) if variants.zero_counters.contains(&spec.name) => {
+                let zero = ArrayD::zeros(IxDyn(&spec.slot.shape));
+                tensors.insert(spec.name.clone(), zero);
+                continue;
+            }
+            Err(_) => {
+                let mut e = missing(spec, &place);
+                let has = |n: &str| names.binary_search(&n).is_ok();
+                if let (Error::Weights { hint, .. }, Some(h)) = (
+                    &mut e,
+                    crate::shards::partial_prefix_hint(&spec.name, has, &place),
+                ) {
+                    *hint = Some(h);
+                }
+                return Err(e);
+            }
+        };
         if view.shape() != spec.slot.shape.as_slice() {
             return Err(misshaped(spec, view.shape(), &place));
         }
@@ -522,9 +563,8 @@ pub fn from_bytes(graph: &Graph, bytes: &[u8], shown: &str) -> Result<Params> {
         tensors.insert(spec.name.clone(), array);
     }
     let known: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    let mut names = st.names();
-    names.sort();
-    if let Some(extra) = names.iter().find(|k| !known.contains(**k)) {
+    let n = variants.prefix.len();
+    if let Some(extra) = names.iter().map(|k| &k[n..]).find(|k| !known.contains(k)) {
         return Err(extra_tensor(extra, graph, &place));
     }
     // The file's dtype is the one most of its float bytes use.
@@ -533,7 +573,7 @@ pub fn from_bytes(graph: &Graph, bytes: &[u8], shown: &str) -> Result<Params> {
         .max_by_key(|(d, n)| (*n, d.size()))
         .map(|(d, _)| d)
         .unwrap_or(DType::F32);
-    Ok(Params { tensors, dtype })
+    Ok((Params { tensors, dtype }, variants.notes(shown)))
 }
 
 fn wrong_dtype(spec: &ParamSpec, found: Dtype, place: &str) -> Error {

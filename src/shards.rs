@@ -13,7 +13,7 @@
 //! names.
 
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -33,7 +33,7 @@ pub const INDEX_SUFFIX: &str = ".safetensors.index.json";
 pub struct TensorInfo {
     pub dtype: Dtype,
     pub shape: Vec<usize>,
-    /// Index into [`Source::files`].
+    /// Index into [`Source::files`], or [`ZERO_FILE`] for a counter the checkpoint lacks.
     pub file: usize,
     /// Absolute byte range in that file.
     pub start: usize,
@@ -48,6 +48,106 @@ pub struct Source {
     pub tensors: BTreeMap<String, TensorInfo>,
     /// What the user passed, for errors.
     pub shown: String,
+    /// How the checkpoint's names were read ([`Variants`]), for [`Source::notes`].
+    variants: Variants,
+}
+
+/// [`TensorInfo::file`] of a `num_batches_tracked` counter the checkpoint lacks: its bytes
+/// are an int64 zero held by r2rc, in no file.
+pub const ZERO_FILE: usize = usize::MAX;
+
+/// The bytes of a counter read as 0 (an int64 scalar).
+static ZERO_COUNTER: [u8; 8] = [0; 8];
+
+/// Prefixes PyTorch's wrappers put before every name of a model's state_dict:
+/// DistributedDataParallel and DataParallel (`module.`), torch.compile (`_orig_mod.`).
+pub const WRAPPER_PREFIXES: [&str; 2] = ["module.", "_orig_mod."];
+
+/// How a checkpoint's tensor names differ from a plain state_dict's in ways PyTorch users
+/// meet and r2rc reads through: a wrapper prefix on every name, and batch norms without
+/// `num_batches_tracked` (checkpoints older than PyTorch 0.4.1, such as torchvision's
+/// original ResNet weights; PyTorch's `load_state_dict` sets such counters to 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Variants {
+    /// The wrapper prefix every name carries (`module.`, or nested ones such as
+    /// `module._orig_mod.`), read without it; empty when none.
+    pub prefix: String,
+    /// Counters `X.num_batches_tracked` (names without the prefix) the checkpoint lacks
+    /// though it holds `X.running_mean` and `X.running_var`: read as 0.
+    pub zero_counters: BTreeSet<String>,
+}
+
+impl Variants {
+    /// The variants of a checkpoint holding tensors `names`.
+    pub fn of(names: &[&str]) -> Variants {
+        let mut prefix = String::new();
+        // Peel wrappers while every name carries one (DDP around torch.compile nests).
+        while let Some(p) = WRAPPER_PREFIXES.iter().find(|p| {
+            !names.is_empty()
+                && names.iter().all(|n| {
+                    n.strip_prefix(prefix.as_str())
+                        .is_some_and(|r| r.len() > p.len() && r.starts_with(**p))
+                })
+        }) {
+            prefix.push_str(p);
+        }
+        let plain: HashSet<&str> = names.iter().map(|n| &n[prefix.len()..]).collect();
+        let zero_counters = plain
+            .iter()
+            .filter_map(|n| n.strip_suffix(".running_mean"))
+            .filter(|bn| {
+                plain.contains(format!("{bn}.running_var").as_str())
+                    && !plain.contains(format!("{bn}.num_batches_tracked").as_str())
+            })
+            .map(|bn| format!("{bn}.num_batches_tracked"))
+            .collect();
+        Variants {
+            prefix,
+            zero_counters,
+        }
+    }
+
+    /// The name a tensor `name` of the network has in the checkpoint.
+    pub fn file_name(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// What a command tells the user about reading `shown` this way (nothing for a plain
+    /// state_dict).
+    pub fn notes(&self, shown: &str) -> Vec<String> {
+        let mut notes = Vec::new();
+        if !self.prefix.is_empty() {
+            let what = match self.prefix.as_str() {
+                "module." => "a DistributedDataParallel or DataParallel checkpoint",
+                "_orig_mod." => "a torch.compile checkpoint",
+                _ => "a checkpoint of a wrapped model",
+            };
+            notes.push(format!(
+                "every tensor name in {shown} starts with `{}` ({what}): read without the prefix",
+                self.prefix
+            ));
+        }
+        if let Some(first) = self.zero_counters.iter().next() {
+            let n = self.zero_counters.len();
+            notes.push(format!(
+                "{shown} lacks `num_batches_tracked` for {n} batch norm{} (`{first}`{}), as checkpoints older than PyTorch 0.4.1 do: read as 0, as PyTorch's load_state_dict does",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "" } else { " and others" },
+            ));
+        }
+        notes
+    }
+}
+
+/// A hint for a tensor `name` the checkpoint `shown` lacks when it holds it under a
+/// wrapper prefix (`module.name`) that not every tensor name carries.
+pub fn partial_prefix_hint(name: &str, has: impl Fn(&str) -> bool, shown: &str) -> Option<String> {
+    let p = WRAPPER_PREFIXES
+        .iter()
+        .find(|p| has(&format!("{p}{name}")))?;
+    Some(format!(
+        "{shown} holds `{p}{name}`: some of its tensor names carry the `{p}` prefix of a wrapped model and others do not; r2rc strips a prefix only when every name has it (save the unwrapped model's state_dict, e.g. `model.module.state_dict()`)"
+    ))
 }
 
 fn weights_err(message: String, hint: Option<&str>) -> Error {
@@ -180,7 +280,9 @@ impl Source {
                 files: vec![(shown.clone(), map)],
                 tensors: tensors.into_iter().collect(),
                 shown,
-            });
+                variants: Variants::default(),
+            }
+            .read_through_variants());
         }
         let text = fs::read_to_string(&path).map_err(|e| Error::io(&shown, e))?;
         let index: IndexJson = serde_json::from_str(&text).map_err(|e| {
@@ -272,12 +374,57 @@ impl Source {
             files,
             tensors,
             shown,
-        })
+            variants: Variants::default(),
+        }
+        .read_through_variants())
+    }
+
+    /// The source under a plain state_dict's names: a wrapper prefix every name carries
+    /// stripped, and counters the checkpoint lacks present as zeros ([`Variants`]). Runs
+    /// after the set's own checks, which name tensors as the files do.
+    fn read_through_variants(mut self) -> Source {
+        let names: Vec<&str> = self.tensors.keys().map(|s| s.as_str()).collect();
+        let v = Variants::of(&names);
+        if !v.prefix.is_empty() {
+            let n = v.prefix.len();
+            self.tensors = std::mem::take(&mut self.tensors)
+                .into_iter()
+                .map(|(k, info)| (k[n..].to_string(), info))
+                .collect();
+        }
+        for c in &v.zero_counters {
+            self.tensors.insert(
+                c.clone(),
+                TensorInfo {
+                    dtype: Dtype::I64,
+                    shape: vec![],
+                    file: ZERO_FILE,
+                    start: 0,
+                    end: ZERO_COUNTER.len(),
+                },
+            );
+        }
+        self.variants = v;
+        self
+    }
+
+    /// What to tell the user about how the checkpoint was read: a stripped wrapper prefix,
+    /// counters read as 0 ([`Variants::notes`]); empty for a plain state_dict.
+    pub fn notes(&self) -> Vec<String> {
+        self.variants.notes(&self.shown)
+    }
+
+    /// How the checkpoint's names were read.
+    pub fn variants(&self) -> &Variants {
+        &self.variants
     }
 
     /// The raw little-endian bytes of tensor `name`.
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
         let info = self.tensors.get(name)?;
+        if info.file == ZERO_FILE {
+            return Some(&ZERO_COUNTER[info.start..info.end]);
+        }
         let map = self.files[info.file].1.as_deref().unwrap_or(&[]);
         Some(&map[info.start..info.end])
     }
@@ -288,7 +435,7 @@ impl Source {
         let Some(info) = self.tensors.get(name) else {
             return;
         };
-        let Some(map) = &self.files[info.file].1 else {
+        let Some((_, Some(map))) = self.files.get(info.file) else {
             return;
         };
         let page = 4096;
@@ -320,13 +467,17 @@ impl Source {
                 "F32, F64, F16 or BF16"
             };
             let Some(info) = self.tensors.get(&spec.name) else {
-                return Err(weights_err(
-                    format!(
+                let hint = partial_prefix_hint(&spec.name, |n| self.tensors.contains_key(n), place);
+                return Err(Error::Weights {
+                    message: format!(
                         "{place} lacks tensor `{}` (expected shape {:?}, dtype {want})",
                         spec.name, spec.slot.shape
                     ),
-                    Some("did you pass the weights of another architecture or of another --set?"),
-                ));
+                    hint: Some(hint.unwrap_or_else(|| {
+                        "did you pass the weights of another architecture or of another --set?"
+                            .into()
+                    })),
+                });
             };
             if info.shape != spec.slot.shape {
                 return Err(weights_err(
@@ -353,7 +504,14 @@ impl Source {
             }
         }
         let known: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        if let Some(extra) = self.tensors.keys().find(|k| !known.contains(k.as_str())) {
+        // A counter read as 0 is r2rc's, not the file's: an extra batch norm is named by
+        // the statistics the file holds.
+        if let Some(extra) = self
+            .tensors
+            .iter()
+            .find(|(k, info)| info.file != ZERO_FILE && !known.contains(k.as_str()))
+            .map(|(k, _)| k)
+        {
             return Err(weights_err(
                 format!(
                     "{place} holds tensor `{extra}`, which network `{}` does not have",
@@ -496,16 +654,23 @@ pub fn encode(values: &[f64], dtype: DType, counter: bool) -> Vec<u8> {
 /// Reads weights for `graph` from a sharded set (an index, or a folder), checking them as
 /// [`crate::params::load`] checks a single file.
 pub fn load(graph: &Graph, path: &Path) -> Result<Params> {
+    load_with_notes(graph, path).map(|(p, _)| p)
+}
+
+/// [`load`], with what to tell the user about how the checkpoint was read
+/// ([`Source::notes`]).
+pub fn load_with_notes(graph: &Graph, path: &Path) -> Result<(Params, Vec<String>)> {
     let src = Source::open(path)?;
     src.check(graph)?;
     let mut tensors = BTreeMap::new();
     for spec in graph.param_specs() {
         tensors.insert(spec.name.clone(), src.decode(&spec.name)?);
     }
-    Ok(Params {
+    let p = Params {
         tensors,
         dtype: src.dtype(),
-    })
+    };
+    Ok((p, src.notes()))
 }
 
 /// Parses a shard size: `2GB`, `500MB`, `1.5GiB`, `4096` (bytes). Decimal units are powers
@@ -1013,6 +1178,201 @@ pub fn save(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lower::compile;
+
+    fn example(name: &str) -> Graph {
+        let path = format!("{}/examples/{name}.arch", env!("CARGO_MANIFEST_DIR"));
+        compile(&fs::read_to_string(path).unwrap(), &[]).unwrap()
+    }
+
+    /// A safetensors file (through the reference writer) of `p`'s tensors renamed by
+    /// `name` (None drops one): what PyTorch saves for such a state_dict.
+    fn variant(p: &Params, name: impl Fn(&str) -> Option<String>) -> Vec<u8> {
+        let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (k, t) in &p.tensors {
+            let Some(n) = name(k) else { continue };
+            let counter = k.ends_with(".num_batches_tracked");
+            let dtype = if counter { Dtype::I64 } else { Dtype::F32 };
+            let bytes = encode(&t.iter().copied().collect::<Vec<_>>(), DType::F32, counter);
+            data.push((n, dtype, t.shape().to_vec(), bytes));
+        }
+        let views = data.iter().map(|(n, d, shape, b)| {
+            let v = safetensors::tensor::TensorView::new(*d, shape.clone(), b).unwrap();
+            (n.clone(), v)
+        });
+        safetensors::tensor::serialize(views, None).unwrap()
+    }
+
+    fn ddp(k: &str) -> Option<String> {
+        Some(format!("module.{k}"))
+    }
+
+    fn no_counter(k: &str) -> Option<String> {
+        (!k.ends_with(".num_batches_tracked")).then(|| k.to_string())
+    }
+
+    /// `p` with every counter set to `v` (the file's counters, or 0 where it lacks them).
+    fn counters(mut p: Params, v: f64) -> Params {
+        for (k, t) in p.tensors.iter_mut() {
+            if k.ends_with(".num_batches_tracked") {
+                t.fill(v);
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn variants_find_a_prefix_every_name_has_and_missing_counters() {
+        let v = Variants::of(&["module.a.weight", "module.bn.running_mean"]);
+        assert_eq!(v.prefix, "module.");
+        // The batch norm lacks running_var too: not a batch norm's statistics, no counter.
+        assert!(v.zero_counters.is_empty());
+        let v = Variants::of(&[
+            "module._orig_mod.bn.running_mean",
+            "module._orig_mod.bn.running_var",
+            "module._orig_mod.bn2.running_mean",
+            "module._orig_mod.bn2.running_var",
+            "module._orig_mod.bn2.num_batches_tracked",
+        ]);
+        assert_eq!(v.prefix, "module._orig_mod.");
+        let want: BTreeSet<String> = ["bn.num_batches_tracked".to_string()].into();
+        assert_eq!(v.zero_counters, want);
+        assert_eq!(v.file_name("bn.weight"), "module._orig_mod.bn.weight");
+        let notes = v.notes("f.safetensors");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("`module._orig_mod.`"), "{notes:?}");
+        assert!(
+            notes[1].contains("1 batch norm (`bn.num_batches_tracked`)"),
+            "{notes:?}"
+        );
+        // Only some names prefixed: nothing stripped. No names, or a bare prefix: none.
+        assert_eq!(Variants::of(&["module.a", "b"]).prefix, "");
+        assert_eq!(Variants::of(&["module."]).prefix, "");
+        assert_eq!(Variants::of(&[]), Variants::default());
+        assert!(Variants::default().notes("f").is_empty());
+    }
+
+    #[test]
+    fn ddp_and_counterless_checkpoints_load_single_sharded_and_mapped() {
+        let g = example("resnet_cifar10");
+        let p = counters(crate::params::init(&g, 4, true), 7.0);
+        let dir = tempfile::tempdir().unwrap();
+        let bn = g
+            .param_specs()
+            .iter()
+            .filter(|s| s.slot.kind == ParamKind::NumBatchesTracked)
+            .count();
+        type Rename = fn(&str) -> Option<String>;
+        let both: Rename = |k| no_counter(k).map(|k| format!("module.{k}"));
+        let plain: Rename = |k| Some(k.to_string());
+        for (what, rename, counter, want_notes) in [
+            ("plain", plain, 7.0, 0),
+            ("ddp", ddp as Rename, 7.0, 1),
+            ("no-counters", no_counter as Rename, 0.0, 1),
+            ("both", both, 0.0, 2),
+        ] {
+            let want = counters(p.clone(), counter);
+            // One file, in memory (params::load) and mapped (Source, as streaming reads).
+            let single = dir.path().join(format!("{what}.safetensors"));
+            fs::write(&single, variant(&p, rename)).unwrap();
+            let (got, notes) = crate::params::load_with_notes(&g, &single).unwrap();
+            assert_eq!(got, want, "{what}");
+            assert_eq!(notes.len(), want_notes, "{what}: {notes:?}");
+            if counter == 0.0 {
+                let n = format!("{bn} batch norms");
+                assert!(notes.iter().any(|s| s.contains(&n)), "{what}: {notes:?}");
+            }
+            let src = Source::open(&single).unwrap();
+            src.check(&g).unwrap();
+            assert_eq!(src.notes(), notes, "{what}");
+            for spec in g.param_specs() {
+                assert_eq!(src.decode(&spec.name).unwrap(), want.tensors[&spec.name]);
+                src.release(&spec.name);
+            }
+            assert_eq!(
+                src.bytes("conv1.bn.num_batches_tracked").unwrap(),
+                &(counter as i64).to_le_bytes()
+            );
+            // Sharded: two shards and an index under the file's names.
+            let set = dir.path().join(what);
+            fs::create_dir(&set).unwrap();
+            let mut weight_map = BTreeMap::new();
+            let names: Vec<&String> = p.tensors.keys().collect();
+            for (k, half) in names.chunks(names.len() / 2 + 1).enumerate() {
+                let shard = format!("m-{k}.safetensors");
+                let part = Params {
+                    tensors: half
+                        .iter()
+                        .map(|n| ((*n).clone(), p.tensors[*n].clone()))
+                        .collect(),
+                    dtype: p.dtype,
+                };
+                fs::write(set.join(&shard), variant(&part, rename)).unwrap();
+                for n in half {
+                    if let Some(f) = rename(n) {
+                        weight_map.insert(f, shard.clone());
+                    }
+                }
+            }
+            let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+            fs::write(set.join("m.safetensors.index.json"), index.to_string()).unwrap();
+            let (got, sharded_notes) = crate::params::load_with_notes(&g, &set).unwrap();
+            assert_eq!(got, want, "{what} sharded");
+            assert_eq!(sharded_notes.len(), want_notes, "{what}: {sharded_notes:?}");
+            assert_eq!(crate::params::load(&g, &set).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn a_prefix_on_some_names_only_is_refused_with_a_hint() {
+        let g = example("resnet_cifar10");
+        let p = crate::params::init(&g, 1, false);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mixed.safetensors");
+        let mixed = |k: &str| {
+            Some(if k.starts_with("conv3_") {
+                format!("module.{k}")
+            } else {
+                k.to_string()
+            })
+        };
+        fs::write(&path, variant(&p, mixed)).unwrap();
+        let e = crate::params::load(&g, &path).unwrap_err();
+        assert!(e.to_string().contains("`conv3_1.conv1.weight`"), "{e}");
+        let h = e.hint_text().unwrap_or_default();
+        assert!(
+            h.contains("`module.conv3_1.conv1.weight`") && h.contains("model.module.state_dict()"),
+            "{h}"
+        );
+        let e = Source::open(&path).unwrap().check(&g).unwrap_err();
+        assert!(
+            e.hint_text()
+                .unwrap_or_default()
+                .contains("`module.` prefix"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_batch_norm_the_network_lacks_is_named_by_its_statistics() {
+        // A counterless file with one more batch norm than the network: the refusal names
+        // a tensor of the file, not the counter r2rc supplies.
+        let g = example("resnet_cifar10");
+        let mut p = crate::params::init(&g, 1, false);
+        for s in ["running_mean", "running_var"] {
+            let t = p.tensors[&format!("conv1.bn.{s}")].clone();
+            p.tensors.insert(format!("extra.bn.{s}"), t);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("extra.safetensors");
+        fs::write(&path, variant(&p, no_counter)).unwrap();
+        for e in [
+            crate::params::load(&g, &path).unwrap_err(),
+            Source::open(&path).unwrap().check(&g).unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("`extra.bn.running_mean`"), "{e}");
+        }
+    }
 
     #[test]
     fn sizes_parse_like_hugging_face() {

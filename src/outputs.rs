@@ -166,7 +166,10 @@ impl Staged {
 
 /// The open output set: its folder as given and the files waiting in it (temporary name,
 /// final name).
-static OPEN: Mutex<Option<(PathBuf, Vec<(PathBuf, PathBuf)>)>> = Mutex::new(None);
+static OPEN: Mutex<Option<OpenSet>> = Mutex::new(None);
+
+/// A set's folder and its waiting files (temporary name, final name).
+type OpenSet = (PathBuf, Vec<(PathBuf, PathBuf)>);
 
 /// The journal of a set being committed, in the set's folder.
 pub const JOURNAL: &str = ".r2rc-commit.json";

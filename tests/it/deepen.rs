@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use r2rc::exec::Mode;
 use r2rc::ir::Graph;
 use r2rc::params::Params;
-use r2rc::prove::ProveOptions;
 use r2rc::pipeline::prove_deepened as prove;
+use r2rc::prove::ProveOptions;
 use r2rc::transform::deepen::{deepen, DeepenArgs, DeepenMethod, Deepened, Exactness};
 
 use crate::common::{example_small, teacher, DEEPEN_SITES as SITES};
@@ -105,15 +105,9 @@ fn reports_label_deviations_and_proofs() {
         (DeepenMethod::Net2net, 1, 1),
         (DeepenMethod::R2r, 2, 0),
     ] {
-        let (_, r) = r2rc::pipeline::deepen_proved(
-            &g,
-            &p,
-            &args("conv2_1", method),
-            3,
-            Some(&opts()),
-            "t",
-        )
-        .unwrap();
+        let (_, r) =
+            r2rc::pipeline::deepen_proved(&g, &p, &args("conv2_1", method), 3, Some(&opts()), "t")
+                .unwrap();
         for text in [r.header(), r.summary()] {
             assert_eq!(
                 text.matches("proof: ").count(),

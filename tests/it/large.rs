@@ -169,10 +169,7 @@ fn local_proofs_pass_for_exact_methods() {
         let (w, ev) = (o.widened, o.report.evidence);
         let regions = format!("(local, {} regions)", w.changes.len());
         assert!(ev.iter().all(|e| e.mode.ends_with(&regions)), "{ev:?}");
-        assert!(
-            ev.iter().all(|e| e.passed && e.values > 0),
-            "{method:?}"
-        );
+        assert!(ev.iter().all(|e| e.passed && e.values > 0), "{method:?}");
         // The student is the in-memory widening's.
         assert_eq!(
             w.params,

@@ -4,14 +4,13 @@
 //! ([`judge`]), so a rule about proofs lives in one place.
 
 use crate::error::{Error, Result};
-use crate::exec::Mode;
 use crate::ir::Graph;
 use crate::params::{DType, Params};
 use crate::prove::{check_equivalence, Evidence, ProveOptions};
 use crate::report::{deepen_report, morph_report, widen_report, StepReport};
 use crate::transform::deepen::{deepen, rename, DeepenArgs, DeepenMethod, Deepened};
 use crate::transform::morph_kernel::{morph_kernel, Morphed};
-use crate::transform::{widen, Exactness, Method, Plan, WidenArgs, Widened, Widening};
+use crate::transform::{Exactness, Method, Plan, WidenArgs, Widened, Widening};
 
 /// A widened student with its report.
 #[derive(Debug, Clone)]
@@ -45,12 +44,7 @@ pub fn judge(
     let (opts, note) = crate::prove::stored_options(opts, how.dtype, how.rounds, &how.title);
     report.notes.extend(note);
     let evidence = run(&opts)?;
-    let required: Vec<Evidence> = evidence
-        .iter()
-        .filter(|e| report.required(e))
-        .cloned()
-        .collect();
-    if let Some(e) = crate::prove::failure(&required) {
+    if let Some(e) = required_failure(report.exactness, &evidence) {
         return Err(e);
     }
     let free: Vec<&Evidence> = evidence.iter().filter(|e| !report.required(e)).collect();
@@ -83,17 +77,16 @@ pub fn widen_proved(
     prove: Option<&ProveOptions>,
     teacher: &str,
 ) -> Result<Outcome> {
-    let mut w = widen(graph, params, args, seed)?;
-    w.params = w.params.with_dtype(params.dtype);
-    let plan = crate::transform::plan(graph, args)?;
-    let mut report = widen_report(graph, &plan, args, seed, teacher);
-    judge(
-        &mut report,
-        widen_judged(args, &plan, params.dtype),
-        prove,
-        |o| check_equivalence(graph, params, &w.graph, &w.params, o),
-    )?;
-    Ok(Outcome { widened: w, report })
+    params.check(graph)?;
+    let w = Widening::new(graph, args, seed, &|n| params.tensors.contains_key(n))?;
+    let mut report = widen_report(graph, &w.plan, args, seed, teacher);
+    let how = widen_judged(args, &w.plan, params.dtype);
+    let mut widened = w.widened(params)?;
+    widened.params = widened.params.with_dtype(params.dtype);
+    judge(&mut report, how, prove, |o| {
+        check_equivalence(graph, params, &widened.graph, &widened.params, o)
+    })?;
+    Ok(Outcome { widened, report })
 }
 
 /// [`widen_proved`] with a local proof: every widened space proved on its region.
@@ -124,7 +117,7 @@ pub fn widen_local_proved(
     report
         .notes
         .push(crate::local_proof::widening_note(w.plan.steps.len()));
-    let mut widened = widen(graph, params, args, seed)?;
+    let mut widened = w.widened(params)?;
     widened.params = widened.params.with_dtype(params.dtype);
     Ok(Outcome { widened, report })
 }
@@ -198,13 +191,14 @@ pub fn prove_deepened(
 
 /// The first evidence that a mode `d` must pass failed, as the error to exit with.
 pub fn deepen_failure(d: &Deepened, evidence: &[Evidence]) -> Option<Error> {
+    required_failure(d.exactness, evidence)
+}
+
+/// The first evidence of a mode that `exactness` requires to pass that failed.
+pub fn required_failure(exactness: Exactness, evidence: &[Evidence]) -> Option<Error> {
     let required: Vec<Evidence> = evidence
         .iter()
-        .filter(|e| {
-            Mode::parse(&e.mode)
-                .map(|m| d.exactness.required(m))
-                .unwrap_or(true)
-        })
+        .filter(|e| crate::report::required(exactness, e))
         .cloned()
         .collect();
     crate::prove::failure(&required)

@@ -56,6 +56,13 @@ pub struct StepReport {
     pub torchvision_names: Option<BTreeMap<String, String>>,
 }
 
+/// Whether a method of `exactness` must pass the proof in `e`'s mode (an unknown mode,
+/// such as a local proof's label, counts as required).
+pub fn required(exactness: Exactness, e: &Evidence) -> bool {
+    let mode = e.mode.split(' ').next().unwrap_or("");
+    Mode::parse(mode).map_or(true, |m| exactness.required(m))
+}
+
 /// Renames listed one by one up to this many; more are one line (report.json has them all).
 const RENAMES_SHOWN: usize = 3;
 
@@ -125,7 +132,7 @@ impl StepReport {
 
     /// Whether the method must preserve the function in `e`'s mode.
     pub fn required(&self, e: &Evidence) -> bool {
-        Mode::parse(&e.mode).map_or(true, |m| self.exactness.required(m))
+        required(self.exactness, e)
     }
 
     /// `__metadata__` of the student's safetensors.

@@ -253,16 +253,16 @@ pub fn prove_widening(
         let space = &w.plan.spaces.spaces[w.plan.steps[k].0];
         let g0 = graph_after(w.graph, &w.plan, k)?;
         let g1 = graph_after(w.graph, &w.plan, k + 1)?;
-        let mut snap = |g: &Graph, steps: usize| -> Result<BTreeMap<String, ArrayD<f64>>> {
-            let mut m = BTreeMap::new();
-            for n in region_tensors(g, space) {
-                let t = w.tensor(&n, teacher(&n)?, steps)?;
-                m.insert(n, t.mapv(|x| dtype.round(x)));
-            }
-            Ok(m)
-        };
-        let before = snap(&g0, k)?;
-        let after = snap(&g1, k + 1)?;
+        // Widening renames nothing: the region's tensors have the same names before and
+        // after; each is read once and taken through step k from its value before it.
+        let mut before = BTreeMap::new();
+        let mut after = BTreeMap::new();
+        for n in region_tensors(&g1, space) {
+            let t0 = w.tensor(&n, teacher(&n)?, 0..k)?;
+            let t1 = w.tensor(&n, t0.clone(), k..k + 1)?;
+            before.insert(n.clone(), t0.mapv(|x| dtype.round(x)));
+            after.insert(n, t1.mapv(|x| dtype.round(x)));
+        }
         let get = |m: &BTreeMap<String, ArrayD<f64>>, n: &str| {
             m.get(n)
                 .cloned()

@@ -189,7 +189,7 @@ fn per_tensor(
                     {
                         let t = src.decode(file)?;
                         src.release(file);
-                        let t = w.tensor(name, t, usize::MAX)?;
+                        let t = w.tensor(name, t, Widening::ALL)?;
                         let t = t.as_standard_layout();
                         let bytes =
                             shards::encode(t.as_slice().expect("standard layout"), dtype, false);

@@ -13,18 +13,25 @@ use crate::ir::ParamKind;
 /// its own random stream, keyed by (seed, step, tensor, part) ([`keyed_rng`]), so a tensor
 /// can be rewritten on its own, in any order, to the same bits.
 pub trait Fill: Sync {
+    /// `E`, the channels the space gains.
+    fn added(&self) -> usize;
     /// New output rows `[E, ...]` of producer weight `w` (`[C, ...]`).
     fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
-    /// New entries `[E]` of a producer's bias `b` (`[C]`).
-    fn bias(&self, b: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
-    /// New entries `[E * cols]` of a channel-wise parameter `t` (`[C * cols]`).
+    /// New entries `[E]` of a producer's bias `b` (`[C]`): zero unless the method copies.
+    fn bias(&self, _b: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        ArrayD::zeros(IxDyn(&[self.added()]))
+    }
+    /// New entries `[E * cols]` of a channel-wise parameter `t` (`[C * cols]`): the
+    /// parameter's defaults unless the method copies (defaults are equal for R2R's halves).
     fn entries(
         &self,
         kind: ParamKind,
-        t: &ArrayD<f64>,
+        _t: &ArrayD<f64>,
         cols: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> ArrayD<f64>;
+        _rng: &mut ChaCha8Rng,
+    ) -> ArrayD<f64> {
+        default_entries(kind, self.added() * cols)
+    }
     /// The whole new consumer weight `[O, (C + E) * cols, ...]` from `w` (`[O, C * cols, ...]`).
     fn columns(&self, w: &ArrayD<f64>, cols: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
 }

@@ -460,11 +460,6 @@ pub fn tensor_touches(
     out
 }
 
-/// The touches of `touches` made by steps before `k` (touches are in step order).
-pub fn before_step(touches: &[Touch], k: usize) -> &[Touch] {
-    &touches[..touches.iter().take_while(|t| t.step < k).count()]
-}
-
 /// Tensor `name` (teacher value `t`) after `touches` (from [`tensor_touches`]).
 pub fn apply_touches(
     plan: &Plan,
@@ -545,47 +540,66 @@ impl<'a> Widening<'a> {
         self.touches.contains_key(name)
     }
 
-    /// Tensor `name` (teacher value `t`) after the first `steps` steps (all: `usize::MAX`).
-    pub fn tensor(&self, name: &str, t: ArrayD<f64>, steps: usize) -> Result<ArrayD<f64>> {
+    /// Tensor `name` (value `t` before step `steps.start`) after the steps in `steps`
+    /// (all of them: `0..usize::MAX`, or [`Widening::ALL`]).
+    pub fn tensor(
+        &self,
+        name: &str,
+        t: ArrayD<f64>,
+        steps: std::ops::Range<usize>,
+    ) -> Result<ArrayD<f64>> {
         match self.touches.get(name) {
             None => Ok(t),
-            Some(tc) => apply_touches(
-                &self.plan,
-                self.args,
-                self.seed,
-                name,
-                t,
-                before_step(tc, steps),
-            ),
+            Some(tc) => {
+                // Touches are in step order.
+                let from = tc.iter().take_while(|x| x.step < steps.start).count();
+                let to = tc.iter().take_while(|x| x.step < steps.end).count();
+                apply_touches(&self.plan, self.args, self.seed, name, t, &tc[from..to])
+            }
         }
+    }
+
+    /// Every step.
+    pub const ALL: std::ops::Range<usize> = 0..usize::MAX;
+
+    /// The student's tensors from the teacher's `params` (touched ones computed in
+    /// parallel, the rest shared unchanged).
+    pub fn student_params(&self, params: &Params) -> Result<Params> {
+        let names: Vec<&String> = params.tensors.keys().filter(|n| self.touches(n)).collect();
+        let new: Vec<(String, ArrayD<f64>)> = names
+            .into_par_iter()
+            .map(|n| {
+                Ok((
+                    n.clone(),
+                    self.tensor(n, params.tensors[n].clone(), Self::ALL)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mut p = params.clone();
+        p.tensors.extend(new);
+        p.check(&self.plan.student)?;
+        Ok(p)
+    }
+
+    /// The student of this widening, from the teacher's `params`.
+    pub fn widened(self, params: &Params) -> Result<Widened> {
+        let params = self.student_params(params)?;
+        Ok(Widened {
+            graph: self.plan.student,
+            params,
+            changes: self.plan.changes,
+            notes: self.plan.notes,
+            exact: self.plan.exact,
+        })
     }
 }
 
 /// Widens `graph` as `args` asks, filling new weights by `args.method`, seeded.
 pub fn widen(graph: &Graph, params: &Params, args: &WidenArgs, seed: u64) -> Result<Widened> {
     params.check(graph)?;
-    let w = Widening::new(graph, args, seed, &|n| params.tensors.contains_key(n))?;
-    let names: Vec<&String> = params.tensors.keys().filter(|n| w.touches(n)).collect();
-    let new: Vec<(String, ArrayD<f64>)> = names
-        .into_par_iter()
-        .map(|n| {
-            Ok((
-                n.clone(),
-                w.tensor(n, params.tensors[n].clone(), usize::MAX)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let mut p = params.clone();
-    p.tensors.extend(new);
-    p.check(&w.plan.student)?;
-    Ok(Widened {
-        graph: w.plan.student,
-        params: p,
-        changes: w.plan.changes,
-        notes: w.plan.notes,
-        exact: w.plan.exact,
-    })
+    Widening::new(graph, args, seed, &|n| params.tensors.contains_key(n))?.widened(params)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,10 @@ impl Net2Net {
 }
 
 impl Fill for Net2Net {
+    fn added(&self) -> usize {
+        self.map.len()
+    }
+
     fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         let mut rows = w.select(Axis(0), &self.map);
         self.add_noise(&mut rows, w, rng);

@@ -4,8 +4,7 @@
 use ndarray::ArrayD;
 use rand_chacha::ChaCha8Rng;
 
-use super::fill::{cat, default_entries, fan_in, with_dim, Fill, FillCtx};
-use crate::ir::ParamKind;
+use super::fill::{cat, fan_in, with_dim, Fill, FillCtx};
 
 pub struct NetMorph {
     ctx: FillCtx,
@@ -18,23 +17,13 @@ impl NetMorph {
 }
 
 impl Fill for NetMorph {
+    fn added(&self) -> usize {
+        self.ctx.e
+    }
+
     fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         self.ctx
             .free(rng, &with_dim(w, 0, self.ctx.e), w, fan_in(w, w.shape()[1]))
-    }
-
-    fn bias(&self, _b: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
-        ArrayD::zeros(ndarray::IxDyn(&[self.ctx.e]))
-    }
-
-    fn entries(
-        &self,
-        kind: ParamKind,
-        _t: &ArrayD<f64>,
-        cols: usize,
-        _rng: &mut ChaCha8Rng,
-    ) -> ArrayD<f64> {
-        default_entries(kind, self.ctx.e * cols)
     }
 
     fn columns(&self, w: &ArrayD<f64>, cols: usize, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {

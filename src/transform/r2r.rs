@@ -7,8 +7,7 @@
 use ndarray::ArrayD;
 use rand_chacha::ChaCha8Rng;
 
-use super::fill::{cat, cat_pair, default_entries, fan_in, with_dim, Fill, FillCtx};
-use crate::ir::ParamKind;
+use super::fill::{cat, cat_pair, fan_in, with_dim, Fill, FillCtx};
 
 pub struct R2r {
     ctx: FillCtx,
@@ -23,27 +22,16 @@ impl R2r {
 }
 
 impl Fill for R2r {
+    fn added(&self) -> usize {
+        self.ctx.e
+    }
+
     fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         let half = self.ctx.e / 2;
         let u = self
             .ctx
             .free(rng, &with_dim(w, 0, half), w, fan_in(w, w.shape()[1]));
         cat(0, &[&u, &u])
-    }
-
-    fn bias(&self, _b: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
-        ArrayD::zeros(ndarray::IxDyn(&[self.ctx.e]))
-    }
-
-    fn entries(
-        &self,
-        kind: ParamKind,
-        _t: &ArrayD<f64>,
-        cols: usize,
-        _rng: &mut ChaCha8Rng,
-    ) -> ArrayD<f64> {
-        // Equal for L and R: the defaults are.
-        default_entries(kind, self.ctx.e * cols)
     }
 
     fn columns(&self, w: &ArrayD<f64>, cols: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64> {

@@ -5,8 +5,7 @@
 use ndarray::ArrayD;
 use rand_chacha::ChaCha8Rng;
 
-use super::fill::{cat, default_entries, fan_in, he, with_dim, Fill, FillCtx};
-use crate::ir::ParamKind;
+use super::fill::{cat, fan_in, he, with_dim, Fill, FillCtx};
 
 pub struct RandomPad {
     ctx: FillCtx,
@@ -19,22 +18,12 @@ impl RandomPad {
 }
 
 impl Fill for RandomPad {
+    fn added(&self) -> usize {
+        self.ctx.e
+    }
+
     fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
         he(rng, &with_dim(w, 0, self.ctx.e), fan_in(w, w.shape()[1]))
-    }
-
-    fn bias(&self, _b: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
-        ArrayD::zeros(ndarray::IxDyn(&[self.ctx.e]))
-    }
-
-    fn entries(
-        &self,
-        kind: ParamKind,
-        _t: &ArrayD<f64>,
-        cols: usize,
-        _rng: &mut ChaCha8Rng,
-    ) -> ArrayD<f64> {
-        default_entries(kind, self.ctx.e * cols)
     }
 
     fn columns(&self, w: &ArrayD<f64>, cols: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64> {

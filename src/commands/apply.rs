@@ -67,11 +67,13 @@ enum Step {
 
 /// A plan's widen line.
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["layer", "all"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["layer", "stage", "all"])))]
 #[command(group(clap::ArgGroup::new("amount").required(true).args(["by", "to", "add"])))]
 struct WidenLine {
     #[arg(long)]
     layer: Option<String>,
+    #[arg(long)]
+    stage: Option<String>,
     #[arg(long)]
     all: bool,
     #[arg(long)]
@@ -150,6 +152,33 @@ fn parse_plan(text: &str, shown: &str) -> Result<Vec<(usize, String, Step)>> {
     Ok(steps)
 }
 
+/// `step` with the layers it names in r2rc's names (a plan may use the weights' module
+/// names, `layer3.1`), resolved against the network the step rewrites.
+fn in_r2rc_names(step: Step, g: &Graph, naming: Naming) -> Result<Step> {
+    let ours = |n: String| r2rc::names::target_to_r2rc(g, naming, &n);
+    Ok(match step {
+        Step::Deepen {
+            after,
+            method,
+            width,
+        } => Step::Deepen {
+            after: ours(after)?,
+            method,
+            width,
+        },
+        Step::Widen(w) => Step::Widen(WidenLine {
+            layer: w.layer.map(ours).transpose()?,
+            stage: w.stage.map(ours).transpose()?,
+            ..w
+        }),
+        Step::Morph { layer, kernel } => Step::Morph {
+            layer: ours(layer)?,
+            kernel,
+        },
+        Step::Name { name } => Step::Name { name },
+    })
+}
+
 /// The arguments of a plan's widen line.
 fn widen_args(w: WidenLine) -> Result<WidenArgs> {
     let amount = match (w.by, w.to, w.add) {
@@ -158,8 +187,13 @@ fn widen_args(w: WidenLine) -> Result<WidenArgs> {
         (_, _, Some(e)) => Amount::Add(e),
         _ => unreachable!("clap requires one amount"),
     };
+    let target = match (w.layer, w.stage) {
+        (Some(n), _) => Target::Name(n),
+        (_, Some(n)) => Target::Stage(n),
+        _ => Target::All,
+    };
     Ok(WidenArgs {
-        target: w.layer.map_or(Target::All, Target::Name),
+        target,
         amount,
         method: Method::parse(&w.method)?,
         init: Init::parse(&w.init)?,
@@ -213,7 +247,7 @@ fn at(plan: &str, line: usize, e: Error) -> Error {
 
 pub fn run(mut args: Args) -> Result<()> {
     args.common.plan = Some(args.plan.clone());
-    let graph = super::load_arch(&args.file, &args.common.sets)?;
+    let graph = super::load_named(&args.file, &args.common.sets, args.common.name.as_deref())?;
     let shown = args.plan.display().to_string();
     let text = std::fs::read_to_string(&args.plan).map_err(|e| Error::io(&shown, e))?;
     let c = &args.common;
@@ -227,7 +261,7 @@ pub fn run(mut args: Args) -> Result<()> {
             Some("without them, apply proves every step and the plan end to end in memory; drop --prove local".into()),
         ));
     }
-    let (teacher, source) = args.common.teacher(&graph)?;
+    let (teacher, source, read_notes) = args.common.teacher(&graph)?;
     let opts = args.common.prove_options()?;
     let mut g: Graph = graph.clone();
     let mut p: Params = teacher.clone();
@@ -242,8 +276,10 @@ pub fn run(mut args: Args) -> Result<()> {
     let mut summary = String::new();
     let mut all_exact = true;
     let mut step_tolerance: Option<f64> = None;
-    let mut notes = Vec::new();
+    let mut notes = read_notes;
+    let naming = Naming::parse(&args.common.names)?;
     for (lineno, line, step) in parse_plan(&text, &shown)? {
+        let step = in_r2rc_names(step, &g, naming).map_err(|e| at(&shown, lineno, e))?;
         let seed = args.common.seed.wrapping_add(steps.len() as u64);
         let step_source = format!("step {} of {shown}", steps.len() + 1);
         let (ng, np, report, map, exact): (
@@ -450,7 +486,7 @@ fn run_streaming(
     let plan = parse_plan(text, shown)?;
     // Refuse existing outputs before any work (the exact shard names are checked again
     // once the final student is known).
-    let stem = super::stem_of(&args.file);
+    let stem = super::stem_of(&args.file, c.name.as_deref());
     let early: Vec<PathBuf> = [
         format!("{stem}.arch"),
         format!("{stem}.safetensors"),
@@ -467,6 +503,7 @@ fn run_streaming(
 
     let mut g = graph.clone();
     let mut src = r2rc::shards::Source::open(weights)?;
+    let read_notes = src.notes();
     let mut names: BTreeMap<String, String> = graph
         .g
         .node_weights()
@@ -475,6 +512,7 @@ fn run_streaming(
     let (mut steps, mut header, mut summary) = (Vec::new(), Vec::new(), String::new());
     let mut all_preserving = true;
     for (k, (lineno, line, step)) in plan.into_iter().enumerate() {
+        let step = in_r2rc_names(step, &g, naming).map_err(|e| at(shown, lineno, e))?;
         let seed = c.seed.wrapping_add(k as u64);
         let source = format!("step {} of {shown}", k + 1);
         let next = scratch.0.join(format!("step{}.safetensors", k + 1));
@@ -587,6 +625,7 @@ fn run_streaming(
             "not proved (--no-prove)"
         }
     )];
+    notes.extend(read_notes);
     if !all_preserving {
         notes.push("not every step preserves the function".into());
     }

@@ -46,6 +46,10 @@ pub struct Common {
     /// Write DIR/<stem>.arch, DIR/<stem>.safetensors and DIR/report.json.
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// Name the student: its `arch` line and its output files (DIR/NAME.arch, ...);
+    /// default: the teacher's name and the architecture file's stem.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Overwrite existing outputs.
     #[arg(long)]
     pub force: bool,
@@ -91,13 +95,14 @@ pub struct Common {
 }
 
 impl Common {
-    /// The teacher's weights and where they came from.
-    pub fn teacher(&self, graph: &Graph) -> Result<(Params, String)> {
+    /// The teacher's weights, where they came from, and how the checkpoint was read (notes
+    /// for the report: a stripped `module.` prefix, missing counters).
+    pub fn teacher(&self, graph: &Graph) -> Result<(Params, String, Vec<String>)> {
         Ok(match &self.weights {
-            Some(w) => (
-                names::load(graph, w, Naming::parse(&self.names)?)?,
-                w.display().to_string(),
-            ),
+            Some(w) => {
+                let (p, notes) = names::load_with_notes(graph, w, Naming::parse(&self.names)?)?;
+                (p, w.display().to_string(), notes)
+            }
             None => (
                 {
                     params::check_memory(graph, 0, false, "a random teacher for this network")?;
@@ -107,6 +112,7 @@ impl Common {
                     "random (seed {}, random biases and BN statistics)",
                     self.seed
                 ),
+                Vec::new(),
             ),
         })
     }
@@ -161,7 +167,7 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
     let report_json = serde_json::to_string_pretty(&s.report).expect("the report serialises");
     match &common.output {
         Some(dir) => {
-            let stem = super::stem_of(file);
+            let stem = super::stem_of(file, common.name.as_deref());
             let naming = Naming::parse(&common.names)?;
             let mut files = vec![
                 (format!("{stem}.arch"), arch.into_bytes()),
@@ -222,7 +228,7 @@ fn announce(common: &Common, summary: &str, report_json: &str, written: &[PathBu
 pub const LOCAL_NOTE: &str = "proved locally: the inserted layers (and the layers absorbing a dense mix) on random values shaped like the site's";
 
 pub fn run(args: Args) -> Result<()> {
-    let graph = super::load_arch(&args.file, &args.common.sets)?;
+    let graph = super::load_named(&args.file, &args.common.sets, args.common.name.as_deref())?;
     let naming = Naming::parse(&args.common.names)?;
     let dargs = DeepenArgs {
         // A module name of the weights' scheme (`layer3.1`) names r2rc's block.
@@ -235,7 +241,7 @@ pub fn run(args: Args) -> Result<()> {
     if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
         return run_streaming(&args, &graph, &dargs, w, dir);
     }
-    let (teacher, source) = args.common.teacher(&graph)?;
+    let (teacher, source, read_notes) = args.common.teacher(&graph)?;
     let opts = args.common.prove_options()?;
     let (d, mut report) = if local {
         let mut d = r2rc::transform::deepen::deepen(&graph, &teacher, &dargs, c.seed)?;
@@ -263,6 +269,7 @@ pub fn run(args: Args) -> Result<()> {
         )?
     };
     report.torchvision_names = names::report_names(&[&graph, &d.graph], Naming::parse(&c.names)?);
+    report.notes.extend(read_notes);
     emit(
         &args.file,
         &args.common,
@@ -324,7 +331,8 @@ pub fn streamed_command(
         out = Some(o);
         Ok(path)
     };
-    let (student, report, files) = step(&src, Naming::parse(&c.names)?, &mut place)?;
+    let (student, mut report, files) = step(&src, Naming::parse(&c.names)?, &mut place)?;
+    report.notes.extend(src.notes());
     out.expect("checked before writing")
         .finish(c, &report, &student, &files)
 }
@@ -389,7 +397,7 @@ impl StreamOut {
         dir: &Path,
         student: &Graph,
     ) -> Result<StreamOut> {
-        let stem = super::stem_of(file);
+        let stem = super::stem_of(file, c.name.as_deref());
         let path = dir.join(format!("{stem}.safetensors"));
         let naming = Naming::parse(&c.names)?;
         let mut outs = r2rc::stream::student_paths(student, src, &path, naming, c.shard_size()?)?;

@@ -50,7 +50,10 @@ pub fn run(args: Args) -> Result<()> {
     // Every output names the parameter-owning layers in the chosen naming.
     let named = names::renamed_graph(&graph, naming)?;
     let weights = |w: &PathBuf| -> Result<_> {
-        let p = names::load(&graph, w, naming)?;
+        let (p, notes) = names::load_with_notes(&graph, w, naming)?;
+        for n in notes {
+            eprintln!("note: {n}");
+        }
         names::to_naming(&p, &graph, naming)
     };
     // Everything is produced before anything is written, so a failure writes nothing.

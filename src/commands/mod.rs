@@ -54,11 +54,38 @@ pub fn write_arch_and_report(
     Ok((written, report_json))
 }
 
-/// The stem outputs are named after: `resnet18` for `examples/resnet18.arch`.
-pub fn stem_of(file: &std::path::Path) -> String {
-    file.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "student".into())
+/// The stem outputs are named after: the student's `--name`, else the architecture file's
+/// (`resnet18` for `examples/resnet18.arch`).
+pub fn stem_of(file: &std::path::Path, name: Option<&str>) -> String {
+    match name {
+        Some(n) => n.to_string(),
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "student".into()),
+    }
+}
+
+/// Reads and compiles an architecture whose student is named `name` (`--name`): the
+/// student's `arch` line and output files take that name.
+pub fn load_named(
+    path: &std::path::Path,
+    sets: &[String],
+    name: Option<&str>,
+) -> Result<r2rc::ir::Graph, Error> {
+    let mut graph = load_arch(path, sets)?;
+    if let Some(n) = name {
+        let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(Error::usage(
+                format!("--name {n}: an architecture name is a letter then letters, digits or `_`"),
+                Some("for example --name ResNetCifar18 or --name resnet_cifar18".into()),
+            ));
+        }
+        graph.name = n.to_string();
+    }
+    Ok(graph)
 }
 
 /// `--prove full|local`: whether the proof is local.

@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 pub fn run(mut args: Args) -> Result<()> {
-    let graph = super::load_arch(&args.file, &args.common.sets)?;
+    let graph = super::load_named(&args.file, &args.common.sets, args.common.name.as_deref())?;
     // A module name of the weights' scheme (`layer1.0.conv1`) names r2rc's layer.
     args.layer =
         r2rc::names::target_to_r2rc(&graph, Naming::parse(&args.common.names)?, &args.layer)?;
@@ -43,7 +43,7 @@ pub fn run(mut args: Args) -> Result<()> {
     if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
         return run_streaming(&args, &graph, w, dir);
     }
-    let (teacher, source) = c.teacher(&graph)?;
+    let (teacher, source, read_notes) = c.teacher(&graph)?;
     let opts = c.prove_options()?;
     let (m, mut report) = if local {
         let m = morph_kernel(&graph, &teacher, &args.layer, args.kernel)?;
@@ -69,6 +69,7 @@ pub fn run(mut args: Args) -> Result<()> {
         )?
     };
     report.torchvision_names = r2rc::names::report_names(&[&graph, &m.graph], naming);
+    report.notes.extend(read_notes);
     emit(
         &args.file,
         &args.common,

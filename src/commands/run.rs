@@ -64,7 +64,10 @@ pub fn run(args: Args) -> Result<()> {
     start_pool(args.threads)?;
     let mode = Mode::parse(&args.mode)?;
     let graph = super::load_arch(&args.file, &args.sets)?;
-    let p = names::load(&graph, &args.weights, Naming::parse(&args.names)?)?;
+    let (p, notes) = names::load_with_notes(&graph, &args.weights, Naming::parse(&args.names)?)?;
+    for n in notes {
+        eprintln!("note: {n}");
+    }
     let input = match (&args.input, args.random) {
         (Some(path), _) => read_input(path)?,
         (None, n) => {

@@ -13,15 +13,18 @@ use r2rc::transform::{Amount, Init, Method, Target, WidenArgs};
 use r2rc::{Error, Result};
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["layer", "all"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["layer", "stage", "all"])))]
 #[command(group(clap::ArgGroup::new("amount").required(true).args(["by", "to", "add"])))]
 pub struct Args {
     /// The teacher architecture (.arch).
     file: PathBuf,
     /// A layer (its output channels), block (its hidden widths), single-layer row or stage
-    /// (its residual stream).
+    /// (its residual stream only).
     #[arg(long, value_name = "NAME")]
     layer: Option<String>,
+    /// A stage or row whole: its residual stream and the hidden widths of every block in it.
+    #[arg(long, value_name = "ROW")]
+    stage: Option<String>,
     /// Widen every channel space that can be widened.
     #[arg(long)]
     all: bool,
@@ -51,6 +54,10 @@ pub struct Args {
     /// Write DIR/<stem>.arch, DIR/<stem>.safetensors and DIR/report.json.
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// Name the student: its `arch` line and its output files (DIR/NAME.arch, ...);
+    /// default: the teacher's name and the architecture file's stem.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Overwrite existing outputs.
     #[arg(long)]
     force: bool,
@@ -88,7 +95,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let naming = Naming::parse(&args.names)?;
-    let graph = super::load_arch(&args.file, &args.sets)?;
+    let graph = super::load_named(&args.file, &args.sets, args.name.as_deref())?;
     let method = Method::parse(&args.method)?;
     let amount = match (args.by, args.to, args.add) {
         (Some(f), _, _) => Amount::By(f),
@@ -96,10 +103,12 @@ pub fn run(args: Args) -> Result<()> {
         (_, _, Some(e)) => Amount::Add(e),
         _ => unreachable!("clap requires one amount"),
     };
-    let target = match &args.layer {
-        // A module name of the weights' scheme (`layer2.0.conv1`) names r2rc's layer.
-        Some(n) => Target::Name(names::target_to_r2rc(&graph, naming, n)?),
-        None => Target::All,
+    // A module name of the weights' scheme (`layer2.0.conv1`, `layer2`) names r2rc's.
+    let ours = |n: &String| names::target_to_r2rc(&graph, naming, n);
+    let target = match (&args.layer, &args.stage) {
+        (Some(n), _) => Target::Name(ours(n)?),
+        (_, Some(n)) => Target::Stage(ours(n)?),
+        _ => Target::All,
     };
     let wargs = WidenArgs {
         target,
@@ -129,8 +138,11 @@ pub fn run(args: Args) -> Result<()> {
             &args, &graph, &wargs, naming, w, dir, shard_size, local, &opts,
         );
     }
-    let (teacher, source) = match &args.weights {
-        Some(w) => (names::load(&graph, w, naming)?, w.display().to_string()),
+    let (teacher, source, read_notes) = match &args.weights {
+        Some(w) => {
+            let (p, notes) = names::load_with_notes(&graph, w, naming)?;
+            (p, w.display().to_string(), notes)
+        }
         None => (
             {
                 params::check_memory(&graph, 0, false, "a random teacher for this network")?;
@@ -140,6 +152,7 @@ pub fn run(args: Args) -> Result<()> {
                 "random (seed {}, random biases and BN statistics)",
                 args.seed
             ),
+            Vec::new(),
         ),
     };
     let outcome = if local && !args.no_prove {
@@ -155,6 +168,7 @@ pub fn run(args: Args) -> Result<()> {
         )?
     };
     let mut outcome = outcome;
+    outcome.report.notes.extend(read_notes);
     outcome.report.torchvision_names =
         names::report_names(&[&graph, &outcome.widened.graph], naming);
     let arch = format!(
@@ -165,7 +179,7 @@ pub fn run(args: Args) -> Result<()> {
     let report_json = serde_json::to_string_pretty(&outcome.report).expect("the report serialises");
     match &args.output {
         Some(dir) => {
-            let stem = super::stem_of(&args.file);
+            let stem = super::stem_of(&args.file, args.name.as_deref());
             let meta = outcome.report.metadata();
             if let Some(size) = shard_size {
                 return write_sharded(&args, dir, &stem, &outcome, &arch, naming, size);
@@ -280,7 +294,7 @@ fn run_streaming(
     local: bool,
     opts: &ProveOptions,
 ) -> Result<()> {
-    let stem = super::stem_of(&args.file);
+    let stem = super::stem_of(&args.file, args.name.as_deref());
     let src = r2rc::shards::Source::open(weights)?;
     // Wrong weights are refused before the output folder is made.
     names::check_source(&src, graph, naming)?;

@@ -111,6 +111,7 @@ pub fn widen(
         report.notes.push(note);
     }
     report.torchvision_names = names::report_names(&[graph, &w.plan.student], naming);
+    report.notes.extend(src.notes());
     let entries = shards::entries(&theirs_student);
     let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
     let writer = Writer::create(

@@ -163,6 +163,8 @@ pub enum Target {
     /// A layer, block, single-layer row or stage name (LANGUAGE.md "What a command's
     /// target names").
     Name(String),
+    /// A stage or row whole: its stream and the hidden widths of every block in it.
+    Stage(String),
     /// Every widenable space.
     All,
 }
@@ -171,6 +173,7 @@ impl Target {
     pub fn show(&self) -> String {
         match self {
             Target::Name(n) => n.clone(),
+            Target::Stage(n) => format!("--stage {n}"),
             Target::All => "--all".into(),
         }
     }

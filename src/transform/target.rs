@@ -58,7 +58,7 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
             }
             return Ok(v);
         }
-        Target::Name(n) => n.as_str(),
+        Target::Name(n) | Target::Stage(n) => n.as_str(),
     };
     let order = graph.order();
     let check = |ids: Vec<usize>, what: &str| -> Result<Vec<usize>> {
@@ -83,8 +83,33 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
         .copied()
         .filter(|&n| n != graph.input && graph.g[n].row == name)
         .collect();
+    if let (Target::Stage(_), Some(&last)) = (target, row_nodes.last()) {
+        // The stream, then every block's hidden widths.
+        let mut ids = vec![spaces.of[&last]];
+        for id in hidden_widths(graph, spaces, &row_nodes) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        return check(ids, "a stage: its stream and its blocks' hidden widths");
+    }
     if let Some(&last) = row_nodes.last() {
         return check(vec![spaces.of[&last]], "a row: its output stream");
+    }
+    if matches!(target, Target::Stage(_)) {
+        let rows: Vec<&str> = order
+            .iter()
+            .filter(|&&n| n != graph.input)
+            .map(|&n| graph.g[n].row.as_str())
+            .collect();
+        let hint = match crate::lower::closest(name, &rows) {
+            Some(c) => format!("did you mean `{c}`?"),
+            None => "`r2rc check FILE` lists every row".into(),
+        };
+        return Err(Error::usage(
+            format!("network `{}` has no row named `{name}`", graph.name),
+            Some(hint),
+        ));
     }
     // A layer: the channels of its output.
     if let Some(n) = graph.find(name) {
@@ -97,17 +122,7 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
         .filter(|&n| block_name(graph, n).as_deref() == Some(name))
         .collect();
     if let Some(&last) = block.last() {
-        let out = spaces.of[&last];
-        let mut ids = Vec::new();
-        for &n in &block {
-            let id = spaces.of[&n];
-            if id != out
-                && matches!(graph.g[n].op, Op::Conv2d(_) | Op::Linear(_))
-                && !ids.contains(&id)
-            {
-                ids.push(id);
-            }
-        }
+        let ids = hidden_widths(graph, spaces, &block);
         if ids.is_empty() {
             return Err(Error::usage(
                 format!("block `{name}` has no hidden width to widen"),
@@ -129,6 +144,32 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
         ),
         Some(hint),
     ))
+}
+
+/// The hidden widths among `nodes` (a block, or a row of blocks): the spaces of each
+/// block's producers except the block output's, in order.
+fn hidden_widths(graph: &Graph, spaces: &Spaces, nodes: &[NodeIndex]) -> Vec<usize> {
+    let mut ids = Vec::new();
+    let mut blocks: Vec<String> = nodes.iter().filter_map(|&n| block_name(graph, n)).collect();
+    blocks.dedup();
+    for b in blocks {
+        let block: Vec<NodeIndex> = nodes
+            .iter()
+            .copied()
+            .filter(|&n| block_name(graph, n).as_deref() == Some(b.as_str()))
+            .collect();
+        let out = spaces.of[block.last().expect("a block has nodes")];
+        for &n in &block {
+            let id = spaces.of[&n];
+            if id != out
+                && matches!(graph.g[n].op, Op::Conv2d(_) | Op::Linear(_))
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+    }
+    ids
 }
 
 /// Channels to add to a space of width `c`, and a note when R2R rounded it up.

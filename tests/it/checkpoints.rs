@@ -351,3 +351,59 @@ fn a_prefix_on_only_some_names_is_refused_with_a_hint() {
         assert!(err.contains("model.module.state_dict()"), "{err}");
     }
 }
+
+/// How a checkpoint was read reaches every rewrite's report (report.json and the .arch
+/// header), in memory and streamed, and `run`'s stderr.
+#[test]
+fn rewrites_report_how_the_checkpoint_was_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = ex("smallconv");
+    let plain = dir.path().join("plain.safetensors");
+    init(&arch, &plain, "r2rc", None);
+    let w = dir.path().join("ddp_old.safetensors");
+    rewrite(&plain, &w, ddp_old);
+    let err = ok(&["run", &arch, "--weights", s(&w)]);
+    assert!(err.contains("note:") && err.contains("`module.`"), "{err}");
+    let plan = dir.path().join("p.plan");
+    std::fs::write(&plan, "widen --layer conv1 --by 1.5\n").unwrap();
+    let runs: [(&str, &[&str]); 5] = [
+        (
+            "widen",
+            &["widen", &arch, "--layer", "conv1", "--by", "1.5"],
+        ),
+        (
+            "widen_streamed",
+            &[
+                "widen",
+                &arch,
+                "--layer",
+                "conv1",
+                "--by",
+                "1.5",
+                "--no-prove",
+            ],
+        ),
+        ("deepen", &["deepen", &arch, "--after", "conv1"]),
+        (
+            "deepen_streamed",
+            &["deepen", &arch, "--after", "conv1", "--no-prove"],
+        ),
+        ("apply", &["apply", &arch, s(&plan)]),
+    ];
+    for (tag, a) in runs {
+        let out = dir.path().join(tag);
+        let mut a = a.to_vec();
+        a.extend(["--weights", s(&w), "-o", s(&out)]);
+        ok(&a);
+        let report = common::json(&out.join("report.json"));
+        let notes = report["notes"].to_string();
+        for want in ["`module.`", "num_batches_tracked"] {
+            assert!(notes.contains(want), "{tag}: {notes}");
+        }
+        let head = std::fs::read_to_string(out.join("smallconv.arch")).unwrap();
+        assert!(
+            head.contains("# note:") && head.contains("`module.`"),
+            "{tag}: {head}"
+        );
+    }
+}

@@ -234,3 +234,123 @@ fn targets_may_use_torchvision_module_names() {
     assert!(err.contains("did you mean `layer2.0.conv1`"), "{err}");
     assert!(!bad.exists());
 }
+
+#[test]
+fn stage_widens_the_stream_and_every_blocks_hidden_width() {
+    let (code, _, stream_only) = run(&[
+        "widen",
+        &ex("resnet_cifar10"),
+        "--layer",
+        "conv3_x",
+        "--by",
+        "1.5",
+        "--inputs",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{stream_only}");
+    let (code, _, whole) = run(&[
+        "widen",
+        &ex("resnet_cifar10"),
+        "--stage",
+        "conv3_x",
+        "--by",
+        "1.5",
+        "--inputs",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{whole}");
+    let spaces = |e: &str| e.lines().filter(|l| l.starts_with("widened space")).count();
+    // The stream, then conv3_1's and conv3_2's hidden widths, proved together.
+    assert_eq!(spaces(&stream_only), 1, "{stream_only}");
+    assert_eq!(spaces(&whole), 3, "{whole}");
+    assert!(whole.contains("from 16 to 24 channels"), "{whole}");
+    assert!(whole.contains("passed"), "{whole}");
+    let (code, _, err) = run(&[
+        "widen",
+        &ex("resnet_cifar10"),
+        "--stage",
+        "conv3x",
+        "--by",
+        "1.5",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no row named `conv3x`") && err.contains("conv3_x"),
+        "{err}"
+    );
+}
+
+#[test]
+fn name_sets_the_students_arch_line_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    ok(&[
+        "deepen",
+        &ex("resnet_cifar10"),
+        "--after",
+        "conv3_x",
+        "--name",
+        "ResNetCifar12",
+        "-o",
+        s(&out),
+        "--inputs",
+        "1",
+    ]);
+    assert_eq!(
+        listing(&out),
+        [
+            "ResNetCifar12.arch",
+            "ResNetCifar12.safetensors",
+            "report.json"
+        ]
+    );
+    let text = std::fs::read_to_string(out.join("ResNetCifar12.arch")).unwrap();
+    assert!(text.contains("\narch ResNetCifar12"), "{text}");
+    let (code, _, err) = run(&[
+        "widen",
+        &ex("smallconv"),
+        "--layer",
+        "conv1",
+        "--by",
+        "2",
+        "--name",
+        "my/net",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--name my/net"), "{err}");
+}
+
+#[test]
+fn plan_lines_may_use_torchvision_module_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("tv.safetensors");
+    let arch = ex("resnet18");
+    init_weights(&arch, &w, &["--names", "torchvision", "--random-stats"]);
+    let plan = dir.path().join("p.plan");
+    // layer3.1 is r2rc's conv4_2; after the deepening, layer2 is still conv3_x.
+    std::fs::write(
+        &plan,
+        "deepen --after layer3.1\nwiden --stage layer2 --by 1.5\nmorph --layer layer1.0.conv1 --kernel 5\n",
+    )
+    .unwrap();
+    let out = dir.path().join("o");
+    let err = text(
+        &ok(&[
+            "apply",
+            &arch,
+            s(&plan),
+            "--weights",
+            s(&w),
+            "--names",
+            "torchvision",
+            "--no-prove",
+            "-o",
+            s(&out),
+        ])
+        .stderr,
+    );
+    assert!(err.contains("after conv4_2"), "{err}");
+    assert!(err.contains("conv2_1.conv1: kernel 3x3 -> 5x5"), "{err}");
+    let report = crate::common::json(&out.join("report.json"));
+    assert_eq!(report["steps"][1]["site"], "--stage conv3_x", "{report}");
+}

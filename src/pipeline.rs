@@ -10,7 +10,7 @@ use crate::prove::{check_equivalence, Evidence, ProveOptions};
 use crate::report::{deepen_report, morph_report, widen_report, StepReport};
 use crate::transform::deepen::{deepen, rename, DeepenArgs, DeepenMethod, Deepened};
 use crate::transform::morph_kernel::{morph_kernel, Morphed};
-use crate::transform::{Exactness, Method, Plan, WidenArgs, Widened, Widening};
+use crate::transform::{Exactness, Plan, WidenArgs, Widened, Widening};
 
 /// A widened student with its report.
 #[derive(Debug, Clone)]
@@ -127,16 +127,16 @@ pub fn widen_judged(args: &WidenArgs, plan: &Plan, dtype: DType) -> Judged {
     Judged {
         title: widen_title(args),
         // Net2Net divides weights by replica counts.
-        rounds: plan.exact && args.method == Method::Net2net,
+        rounds: plan.exact && args.method.info().rounds,
         dtype,
     }
 }
 
 /// The method's title as a deviation note names it.
 pub fn widen_title(args: &WidenArgs) -> String {
-    match (args.method, args.noise) {
-        (Method::Net2net, Some(s)) => format!("Net2WiderNet with noise {s}"),
-        (m, _) => m.title().to_string(),
+    match args.noise {
+        Some(s) => format!("{} with noise {s}", args.method.title()),
+        None => args.method.title().to_string(),
     }
 }
 

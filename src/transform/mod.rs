@@ -20,6 +20,7 @@
 
 pub mod deepen;
 pub mod fill;
+pub mod methods;
 pub mod morph_kernel;
 pub mod net2net;
 pub mod net2net_deeper;
@@ -48,6 +49,7 @@ pub use fill::{
     append0, block_index, cat, cat_pair, default_entries, fan_in, keyed_rng, std_of, with_dim,
     Fill, FillCtx, Part,
 };
+pub use methods::{Method, MethodInfo, METHODS};
 use target::{added, refuse_silent_shortcuts};
 pub use target::{resolve, target_names};
 
@@ -70,53 +72,6 @@ impl Exactness {
             Exactness::Exact => true,
             Exactness::EvalOnly => mode == Mode::Eval,
             Exactness::NotPreserving => false,
-        }
-    }
-}
-
-/// A widening method (DESIGN.md's table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    /// R2WiderR: 2E new channels, rows U/U, columns V/-V.
-    R2r,
-    /// NetMorph: arbitrary rows, zero consumer columns.
-    Netmorph,
-    /// Net2WiderNet: replicas of existing channels, one map per space.
-    Net2net,
-    /// Random padding: He-initialised rows and columns; not function preserving.
-    Random,
-}
-
-impl Method {
-    pub fn parse(s: &str) -> Result<Method> {
-        match s {
-            "r2r" => Ok(Method::R2r),
-            "netmorph" => Ok(Method::Netmorph),
-            "net2net" => Ok(Method::Net2net),
-            "random" => Ok(Method::Random),
-            _ => Err(Error::usage(
-                format!("unknown widening method `{s}`"),
-                Some("use r2r, netmorph, net2net or random".into()),
-            )),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::R2r => "r2r",
-            Method::Netmorph => "netmorph",
-            Method::Net2net => "net2net",
-            Method::Random => "random",
-        }
-    }
-
-    pub fn title(self) -> &'static str {
-        match self {
-            Method::R2r => "R2WiderR",
-            Method::Netmorph => "NetMorph",
-            Method::Net2net => "Net2WiderNet",
-            Method::Random => "random padding",
         }
     }
 }
@@ -215,24 +170,6 @@ pub struct Widened {
     pub exact: bool,
 }
 
-fn make_fill(
-    method: Method,
-    ctx: FillCtx,
-    noise: Option<f64>,
-    seed: u64,
-    step: usize,
-) -> Box<dyn Fill> {
-    match method {
-        Method::R2r => Box::new(r2r::R2r::new(ctx)),
-        Method::Netmorph => Box::new(netmorph::NetMorph::new(ctx)),
-        Method::Net2net => {
-            let mut rng = keyed_rng(seed, step, "", Part::Step);
-            Box::new(net2net::Net2Net::new(ctx, noise, &mut rng))
-        }
-        Method::Random => Box::new(random::RandomPad::new(ctx)),
-    }
-}
-
 /// Recomputes every node's shape from the input's, in topological order.
 pub fn reinfer_shapes(graph: &mut Graph) -> Result<()> {
     for n in graph.order() {
@@ -315,17 +252,21 @@ impl Plan {
             e,
             init: args.init,
         };
-        make_fill(args.method, ctx, args.noise, seed, k)
+        let mut step_rng = keyed_rng(seed, k, "", Part::Step);
+        (args.method.info().fill)(ctx, args.noise, &mut step_rng)
     }
 }
 
 /// Plans widening `graph` as `args` asks; reads no weights.
 pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
-    if args.noise.is_some() && args.method != Method::Net2net {
+    let info = args.method.info();
+    if args.noise.is_some() && !info.noisy {
+        let noisy: Vec<&str> = METHODS.iter().filter(|m| m.noisy).map(|m| m.name).collect();
         return Err(Error::usage(
             format!(
-                "--noise only applies to net2net, not {}",
-                args.method.name()
+                "--noise only applies to {}, not {}",
+                noisy.join(", "),
+                info.name
             ),
             None,
         ));
@@ -370,11 +311,7 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
     }
     reinfer_shapes(&mut g)?;
     refuse_silent_shortcuts(&g, &args.target)?;
-    let exact = match args.method {
-        Method::R2r | Method::Netmorph => true,
-        Method::Net2net => args.noise.is_none_or(|s| s == 0.0),
-        Method::Random => false,
-    };
+    let exact = info.exact && args.noise.is_none_or(|s| s == 0.0);
     Ok(Plan {
         spaces,
         steps,
@@ -617,14 +554,9 @@ mod tests {
         let src = std::fs::read_to_string("examples/resnet_cifar10.arch").unwrap();
         let g = crate::lower::compile(&src, &[("r".into(), "1/4".into())]).unwrap();
         let teacher = crate::params::init(&g, 3, true);
-        for method in [
-            Method::R2r,
-            Method::Netmorph,
-            Method::Net2net,
-            Method::Random,
-        ] {
+        for method in METHODS.iter().map(|m| m.method) {
             for init in [Init::Match, Init::He] {
-                let noise = (method == Method::Net2net).then_some(0.1);
+                let noise = method.info().noisy.then_some(0.1);
                 let args = WidenArgs {
                     target: Target::All,
                     amount: Amount::By(1.5),

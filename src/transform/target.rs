@@ -203,7 +203,7 @@ pub(crate) fn added(
             t - c
         }
         Amount::Add(e) => {
-            if method == Method::R2r && !e.is_multiple_of(2) {
+            if method.info().pairs && !e.is_multiple_of(2) {
                 return Err(Error::usage(
                     format!("R2WiderR adds channels in pairs (rows U/U, columns V/-V), so --add must be even, not {e}"),
                     Some(format!("use --add {} or --add {}", e.saturating_sub(1).max(2), e + 1)),
@@ -218,7 +218,7 @@ pub(crate) fn added(
             Some("use a larger --by, --to or --add".into()),
         ));
     }
-    if method == Method::R2r && !e.is_multiple_of(2) {
+    if method.info().pairs && !e.is_multiple_of(2) {
         return Ok((
             e + 1,
             Some(format!(

@@ -275,7 +275,7 @@ fn stage_widens_the_stream_and_every_blocks_hidden_width() {
     ]);
     assert_eq!(code, 2);
     assert!(
-        err.contains("no row named `conv3x`") && err.contains("conv3_x"),
+        err.contains("`conv3x`") && err.contains("did you mean `conv3_x`"),
         "{err}"
     );
 }

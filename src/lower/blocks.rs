@@ -1,0 +1,146 @@
+//! A residual block: its layers, the shortcut (identity, zero-padded or projection), the
+//! add and the activation after it.
+
+use super::{err, Lowering};
+use crate::error::{SourceError, SourceErrorKind, Span};
+use crate::ir::*;
+use crate::syntax::ast::{self, ConvSpec};
+
+/// A residual block item's settings, shared by its repetitions
+/// (`[3x3, 64; 3x3, 64] x 2, stride 2, shortcut pad`).
+pub(super) struct Block<'a> {
+    pub(super) row: &'a ast::Row,
+    pub(super) layers: &'a [ConvSpec],
+    /// The stride written outside the brackets, for the first repetition's first layer.
+    pub(super) outer_stride: Option<usize>,
+    pub(super) shortcut: ShortcutKind,
+    /// The item's span, for the shortcut, add and activation nodes.
+    pub(super) span: Span,
+}
+
+impl Lowering {
+    /// Adds repetition `number` (1-based within the row) of `block`, named `block_name`;
+    /// only the `first` repetition takes a stride.
+    pub(super) fn block(
+        &mut self,
+        block: &Block,
+        block_name: &str,
+        number: usize,
+        first: bool,
+    ) -> Result<(), SourceError> {
+        let &Block {
+            row,
+            layers,
+            outer_stride,
+            shortcut,
+            span,
+        } = block;
+        let place = (row.name.text.as_str(), Some(number));
+        let block_input = self.cursor();
+        let mut total_stride = 1;
+        for (i, spec) in layers.iter().enumerate() {
+            let last = i + 1 == layers.len();
+            let mut opts = self.conv_options(&spec.options, spec, !last)?;
+            if !first {
+                opts.stride = 1;
+            } else if i == 0 {
+                if let Some(s) = outer_stride {
+                    if opts.stride != 1 {
+                        return Err(err(
+                            SourceErrorKind::Value,
+                            spec.span,
+                            "this layer has a stride inside the brackets and the block has one outside",
+                        )
+                        .hint("write the stride once"));
+                    }
+                    opts.stride = s;
+                }
+            }
+            total_stride *= opts.stride;
+            let n = i + 1;
+            let conv = self.conv(
+                spec,
+                &opts,
+                &format!("{block_name}.conv{n}"),
+                &format!("{block_name}.bn{n}"),
+                place,
+            )?;
+            self.cursor = Some(conv);
+            if let Some(act) = opts.act {
+                let act = self.with_channels(act);
+                self.cursor = Some(self.add(
+                    format!("{block_name}.act{n}"),
+                    Op::Activation(act),
+                    &[conv],
+                    place,
+                    spec.span,
+                )?);
+            }
+        }
+        let branch = self.cursor();
+        let in_shape = self.graph.g[block_input].shape.clone();
+        let out_shape = self.graph.g[branch].shape.clone();
+        let mut joined = branch;
+        if shortcut != ShortcutKind::None {
+            let short = if in_shape == out_shape {
+                block_input
+            } else if shortcut == ShortcutKind::Pad {
+                let op = Op::ShortcutPad(ShortcutPad {
+                    stride: total_stride,
+                    out_channels: out_shape[0],
+                });
+                self.add(
+                    format!("{block_name}.downsample"),
+                    op,
+                    &[block_input],
+                    place,
+                    span,
+                )?
+            } else {
+                let norm = self.graph.defaults.norm;
+                let op = Op::Conv2d(Conv2d {
+                    in_channels: in_shape[0],
+                    out_channels: out_shape[0],
+                    kernel: [1, 1],
+                    stride: total_stride,
+                    padding: 0,
+                    dilation: 1,
+                    groups: 1,
+                    bias: !norm,
+                });
+                let mut s = self.add(
+                    format!("{block_name}.downsample.0"),
+                    op,
+                    &[block_input],
+                    place,
+                    span,
+                )?;
+                if norm {
+                    let bn = Op::BatchNorm(BatchNorm {
+                        channels: out_shape[0],
+                        eps: self.graph.defaults.eps,
+                    });
+                    s = self.add(format!("{block_name}.downsample.1"), bn, &[s], place, span)?;
+                }
+                s
+            };
+            joined = self.add(
+                format!("{block_name}.add"),
+                Op::Add,
+                &[branch, short],
+                place,
+                span,
+            )?;
+        }
+        self.cursor = Some(joined);
+        let act = self.with_channels(self.graph.defaults.act.clone());
+        self.cursor = Some(self.add(
+            format!("{block_name}.act"),
+            Op::Activation(act),
+            &[joined],
+            place,
+            span,
+        )?);
+        Ok(())
+    }
+}

@@ -1,0 +1,306 @@
+//! A row's items (convolutions, pools, fc layers, softmax, residual blocks) to nodes,
+//! named as LANGUAGE.md "Names" says, and the row's size column checked.
+
+use std::collections::BTreeMap;
+
+use super::blocks::Block;
+use super::headers::{activation, shortcut_kind};
+use super::{err, not_for, positive, square, Lowering};
+use crate::error::{SourceError, SourceErrorKind, Span};
+use crate::ir::*;
+use crate::syntax::ast::{self, ItemKind, OptionKind};
+
+/// A row being lowered, as its items see it.
+struct RowState<'a> {
+    row: &'a ast::Row,
+    /// The stem of its block names: the row name without `_x` (`conv2` for `conv2_x`).
+    prefix: String,
+    /// The number of its last block so far (blocks are numbered across the row's items).
+    block_number: usize,
+}
+
+impl Lowering {
+    pub(super) fn cursor(&self) -> NodeIndex {
+        self.cursor.expect("cursor is set")
+    }
+
+    pub(super) fn add(
+        &mut self,
+        name: String,
+        op: Op,
+        inputs: &[NodeIndex],
+        place: (&str, Option<usize>),
+        span: Span,
+    ) -> Result<NodeIndex, SourceError> {
+        if inputs
+            .iter()
+            .any(|&i| matches!(self.graph.g[i].op, Op::Softmax))
+        {
+            return Err(err(
+                SourceErrorKind::Shape,
+                span,
+                "softmax ends a network: nothing may follow it",
+            )
+            .label("after the softmax")
+            .hint("move `softmax` to the end of the last row"));
+        }
+        self.graph
+            .add(name, op, inputs, place, Some(span))
+            .map_err(|msg| {
+                err(SourceErrorKind::Shape, span, msg)
+                    .label("shapes do not fit here")
+                    .hint("`r2rc check` prints every layer's output shape")
+            })
+    }
+
+    pub(super) fn row(&mut self, row_index: usize, row: &ast::Row) -> Result<(), SourceError> {
+        let single = row.items.len() == 1 && !matches!(row.items[0].kind, ItemKind::Block { .. });
+        let mut kind_counts: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut at = RowState {
+            row,
+            prefix: row
+                .name
+                .text
+                .strip_suffix("_x")
+                .unwrap_or(&row.name.text)
+                .to_string(),
+            block_number: 0,
+        };
+        for (i, item) in row.items.iter().enumerate() {
+            let kind = match item.kind {
+                ItemKind::Conv(_) => "conv",
+                ItemKind::Pool { .. } | ItemKind::GlobalAvgPool => "pool",
+                ItemKind::Fc { .. } => "fc",
+                ItemKind::Softmax => "softmax",
+                ItemKind::Block { .. } => "block",
+            };
+            let count = kind_counts.entry(kind).or_insert(0);
+            *count += 1;
+            let name = if single {
+                row.name.text.clone()
+            } else if *count == 1 {
+                format!("{}.{kind}", row.name.text)
+            } else {
+                format!("{}.{kind}{count}", row.name.text)
+            };
+            let is_last_fc = self.last_fc == Some((row_index, i));
+            self.item(&mut at, item, &name, is_last_fc)?;
+        }
+        self.check_size(row)
+    }
+
+    fn check_size(&self, row: &ast::Row) -> Result<(), SourceError> {
+        let Some(size) = &row.size else {
+            return Ok(());
+        };
+        let shape = &self.graph.g[self.cursor()].shape;
+        let written = &size.values;
+        let fits = match shape.as_slice() {
+            [_, h, w] => {
+                written.as_slice() == [*h, *w] || written.len() == 1 && written[0] == *h && *h == *w
+            }
+            [_] => written.iter().all(|v| *v == 1),
+            _ => false,
+        };
+        if fits {
+            return Ok(());
+        }
+        let actual = match shape.as_slice() {
+            [_, h, w] => format!("{h}x{w}"),
+            _ => "1x1 (a vector)".to_string(),
+        };
+        let said = written
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        Err(err(
+            SourceErrorKind::Size,
+            size.span,
+            format!(
+                "row `{}` outputs {actual} ({}), but its size column says {said}",
+                row.name.text,
+                show_shape(shape)
+            ),
+        )
+        .label(format!("should be {actual}"))
+        .hint(format!(
+            "the size column is the output size after the whole row; write {actual} or check strides and padding"
+        )))
+    }
+
+    /// Adds item `name` of row `at.row`; `is_last_fc` marks the file's last fc (no ReLU
+    /// by default).
+    fn item(
+        &mut self,
+        at: &mut RowState,
+        item: &ast::Item,
+        name: &str,
+        is_last_fc: bool,
+    ) -> Result<(), SourceError> {
+        let row = at.row;
+        let place = (row.name.text.as_str(), None);
+        match &item.kind {
+            ItemKind::Conv(spec) => {
+                let opts = self.conv_options(&item.options, spec, true)?;
+                let node = self.conv(spec, &opts, name, &format!("{name}.bn"), place)?;
+                self.cursor = Some(node);
+                if let Some(act) = opts.act {
+                    let act = self.with_channels(act);
+                    self.cursor = Some(self.add(
+                        format!("{name}.act"),
+                        Op::Activation(act),
+                        &[node],
+                        place,
+                        spec.span,
+                    )?);
+                }
+            }
+            ItemKind::Pool { kernel, max } => {
+                let k = square(kernel, "a pooling window")?;
+                let mut stride = 1;
+                let mut pad = (k - 1) / 2;
+                for o in &item.options {
+                    match &o.kind {
+                        OptionKind::Stride(s) => stride = positive(*s, o.span, "stride")?,
+                        OptionKind::Pad(p) => pad = *p,
+                        _ => return Err(not_for(o, "pooling", "stride S, pad P")),
+                    }
+                }
+                let pool = Pool {
+                    kernel: [k, k],
+                    stride,
+                    padding: pad,
+                };
+                let op = if *max {
+                    Op::MaxPool(pool)
+                } else {
+                    Op::AvgPool(pool)
+                };
+                let c = self.cursor();
+                self.cursor = Some(self.add(name.to_string(), op, &[c], place, item.span)?);
+            }
+            ItemKind::GlobalAvgPool => {
+                if let Some(o) = item.options.first() {
+                    // `head 2x2 avg pool, stride 2` without a size column reads `2x2` as the
+                    // size column; say how to write a pooling window there.
+                    return Err(not_for(o, "global average pooling", "none").hint(
+                        "global average pooling takes no options; for a KxK average pool at the start of a row, write the row's size column first (`pool  8x8  2x2 avg pool, stride 2`)",
+                    ));
+                }
+                let c = self.cursor();
+                self.cursor =
+                    Some(self.add(name.to_string(), Op::GlobalAvgPool, &[c], place, item.span)?);
+            }
+            ItemKind::Fc { features } => {
+                let features = positive(*features, item.span, "an fc width")?;
+                let mut bias = true;
+                let mut act = (!is_last_fc).then(|| self.graph.defaults.act.clone());
+                for o in &item.options {
+                    match &o.kind {
+                        OptionKind::Bias => bias = true,
+                        OptionKind::No(w) if w.text.eq_ignore_ascii_case("bias") => bias = false,
+                        OptionKind::No(w) if w.text.eq_ignore_ascii_case("act") => act = None,
+                        OptionKind::Act(a) => act = Some(activation(a, features)?),
+                        _ => {
+                            return Err(not_for(
+                                o,
+                                "an fc layer",
+                                "bias, no bias, act NAME, no act",
+                            ))
+                        }
+                    }
+                }
+                let mut c = self.cursor();
+                if self.graph.g[c].shape.len() != 1 {
+                    c = self.add(
+                        format!("{name}.flatten"),
+                        Op::Flatten,
+                        &[c],
+                        place,
+                        item.span,
+                    )?;
+                }
+                let in_features = self.graph.g[c].shape[0];
+                let linear = Op::Linear(Linear {
+                    in_features,
+                    out_features: features,
+                    bias,
+                });
+                c = self.add(name.to_string(), linear, &[c], place, item.span)?;
+                if let Some(act) = act {
+                    let act = match act {
+                        Activation::Prelu { .. } => Activation::Prelu { channels: features },
+                        a => a,
+                    };
+                    c = self.add(
+                        format!("{name}.act"),
+                        Op::Activation(act),
+                        &[c],
+                        place,
+                        item.span,
+                    )?;
+                }
+                self.cursor = Some(c);
+            }
+            ItemKind::Softmax => {
+                if let Some(o) = item.options.first() {
+                    return Err(not_for(o, "softmax", "none"));
+                }
+                let c = self.cursor();
+                self.cursor =
+                    Some(self.add(name.to_string(), Op::Softmax, &[c], place, item.span)?);
+            }
+            ItemKind::Block { layers, count } => {
+                let mut outer_stride = None;
+                let mut shortcut = self.graph.defaults.shortcut;
+                for o in &item.options {
+                    match &o.kind {
+                        OptionKind::Stride(s) => outer_stride = Some(positive(*s, o.span, "stride")?),
+                        OptionKind::Shortcut(id) => {
+                            shortcut = shortcut_kind(id)?;
+                        }
+                        _ => {
+                            return Err(not_for(
+                                o,
+                                "a residual block",
+                                "stride S, shortcut projection|pad|none (layer options go inside the brackets)",
+                            ))
+                        }
+                    }
+                }
+                if *count == 0 {
+                    return Err(err(
+                        SourceErrorKind::Value,
+                        item.span,
+                        "a block is repeated at least once",
+                    )
+                    .hint("write `x 1` or more"));
+                }
+                let block = Block {
+                    row,
+                    layers,
+                    outer_stride,
+                    shortcut,
+                    span: item.span,
+                };
+                for rep in 0..*count {
+                    at.block_number += 1;
+                    let block_name = format!("{}_{}", at.prefix, at.block_number);
+                    self.block(&block, &block_name, at.block_number, rep == 0)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives PReLU the channel count of the value it follows.
+    pub(super) fn with_channels(&self, act: Activation) -> Activation {
+        match act {
+            Activation::Prelu { .. } => Activation::Prelu {
+                channels: self.graph.g[self.cursor()].shape[0],
+            },
+            a => a,
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::float::{gemm, Float};
+use super::float::{gemm, Float, GemmDims};
 use super::Tensor;
 use crate::ir::Conv2d;
 
@@ -88,7 +88,7 @@ pub fn conv2d<T: Float>(
                 };
                 let wg = &w[grp * cog * kk..(grp + 1) * cog * kk];
                 let yg = &mut y[grp * cog * ohw..(grp + 1) * cog * ohw];
-                gemm(cog, kk, ohw, wg, kk, cols, ohw, false, yg, ohw);
+                gemm(&GemmDims::dense(cog, kk, ohw), wg, cols, yg);
             }
             finish(y);
         };
@@ -117,7 +117,7 @@ pub fn conv2d<T: Float>(
                     im2col(xg, &geo, &mut cols[i * ohw..], ld);
                 }
                 let wg = &w[grp * cog * kk..(grp + 1) * cog * kk];
-                gemm(cog, kk, ld, wg, kk, cols, ld, false, prod, ld);
+                gemm(&GemmDims::dense(cog, kk, ld), wg, cols, prod);
                 // [O, images * HW] back to [images, O, HW].
                 for i in 0..count {
                     for o in 0..cog {

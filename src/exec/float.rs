@@ -42,27 +42,31 @@ pub trait Float:
     /// im2col matrices are not allocated, zeroed and faulted in for every image).
     fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R;
 
-    /// `C = A B + beta C` on strided matrices (matrixmultiply's `sgemm`/`dgemm`).
+    /// `C = A B + beta C` on strided matrices (matrixmultiply's `sgemm`/`dgemm`), with A
+    /// `[m x k]`, B `[k x n]` and C `[m x n]`.
     ///
     /// # Safety
     /// Every element addressed through the pointers and strides must lie in its buffer,
     /// and `c` must not alias `a` or `b`.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn gemm(
         m: usize,
         k: usize,
         n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
+        a: Strided<*const Self>,
+        b: Strided<*const Self>,
         beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
+        c: Strided<*mut Self>,
     );
+}
+
+/// A matrix as the raw GEMM addresses it: element `(i, j)` lies at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<P> {
+    pub ptr: P,
+    /// Row stride, in elements.
+    pub rs: isize,
+    /// Column stride, in elements.
+    pub cs: isize,
 }
 
 macro_rules! float_impl {
@@ -119,18 +123,14 @@ macro_rules! float_impl {
                 m: usize,
                 k: usize,
                 n: usize,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
+                a: Strided<*const Self>,
+                b: Strided<*const Self>,
                 beta: Self,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
+                c: Strided<*mut Self>,
             ) {
-                $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+                $gemm(
+                    m, k, n, 1.0, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c.ptr, c.rs, c.cs,
+                )
             }
         }
     };
@@ -139,21 +139,55 @@ macro_rules! float_impl {
 float_impl!(f32, "f32", matrixmultiply::sgemm);
 float_impl!(f64, "f64", matrixmultiply::dgemm);
 
-/// `C[m x n] = A[m x k] B[k x n]`, all row-major with leading dimensions `lda`, `ldb`, `ldc`.
-/// With `b_transposed`, `b` holds B^T as an `[n x k]` row-major matrix (leading dim `ldb`).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm<T: Float>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[T],
-    lda: usize,
-    b: &[T],
-    ldb: usize,
-    b_transposed: bool,
-    c: &mut [T],
-    ldc: usize,
-) {
+/// The sizes of one product `C[m x n] = A[m x k] B[k x n]` and the leading dimensions of
+/// its row-major operands. With `b_transposed`, `b` holds B^T as an `[n x k]` row-major
+/// matrix (leading dim `ldb`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmDims {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub lda: usize,
+    pub ldb: usize,
+    pub b_transposed: bool,
+    pub ldc: usize,
+}
+
+impl GemmDims {
+    /// Unpadded operands: A `[m x k]`, B `[k x n]`, C `[m x n]`, rows back to back.
+    pub fn dense(m: usize, k: usize, n: usize) -> Self {
+        GemmDims {
+            m,
+            k,
+            n,
+            lda: k,
+            ldb: n,
+            b_transposed: false,
+            ldc: n,
+        }
+    }
+
+    /// Unpadded operands with B given transposed, as `[n x k]` (a linear layer's weight).
+    pub fn dense_b_transposed(m: usize, k: usize, n: usize) -> Self {
+        GemmDims {
+            ldb: k,
+            b_transposed: true,
+            ..GemmDims::dense(m, k, n)
+        }
+    }
+}
+
+/// `C = A B` with the sizes and leading dimensions in `d` (see [`GemmDims`]).
+pub fn gemm<T: Float>(d: &GemmDims, a: &[T], b: &[T], c: &mut [T]) {
+    let &GemmDims {
+        m,
+        k,
+        n,
+        lda,
+        ldb,
+        b_transposed,
+        ldc,
+    } = d;
     if m == 0 || n == 0 {
         return;
     }
@@ -179,16 +213,22 @@ pub fn gemm<T: Float>(
             m,
             k,
             n,
-            a.as_ptr(),
-            lda as isize,
-            1,
-            b.as_ptr(),
-            rsb,
-            csb,
+            Strided {
+                ptr: a.as_ptr(),
+                rs: lda as isize,
+                cs: 1,
+            },
+            Strided {
+                ptr: b.as_ptr(),
+                rs: rsb,
+                cs: csb,
+            },
             T::zero(),
-            c.as_mut_ptr(),
-            ldc as isize,
-            1,
+            Strided {
+                ptr: c.as_mut_ptr(),
+                rs: ldc as isize,
+                cs: 1,
+            },
         )
     }
 }
@@ -205,8 +245,8 @@ mod tests {
         let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
         let mut c = vec![9.0; m * n];
         let mut ct = vec![9.0; m * n];
-        gemm(m, k, n, &a, k, &b, n, false, &mut c, n);
-        gemm(m, k, n, &a, k, &bt, k, true, &mut ct, n);
+        gemm(&GemmDims::dense(m, k, n), &a, &b, &mut c);
+        gemm(&GemmDims::dense_b_transposed(m, k, n), &a, &bt, &mut ct);
         for i in 0..m {
             for j in 0..n {
                 let want: f64 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();

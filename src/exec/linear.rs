@@ -1,6 +1,6 @@
 //! Fully connected layer: `y = x W^T + b` as one GEMM over the batch.
 
-use super::float::{gemm, Float};
+use super::float::{gemm, Float, GemmDims};
 use super::Tensor;
 
 /// `x` is `[N, in]`, `w` is `(out, in)` row-major; the result is `[N, out]`.
@@ -14,16 +14,10 @@ pub fn linear<T: Float>(
     let inf = x.shape[1..].iter().product::<usize>();
     let mut y = vec![T::zero(); n * out_features];
     gemm(
-        n,
-        inf,
-        out_features,
+        &GemmDims::dense_b_transposed(n, inf, out_features),
         &x.data,
-        inf,
         w,
-        inf,
-        true,
         &mut y,
-        out_features,
     );
     if let Some(b) = bias {
         for row in y.chunks_mut(out_features) {

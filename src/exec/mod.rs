@@ -22,7 +22,7 @@ use ndarray::{ArrayD, IxDyn};
 
 pub use act::{erf, gelu};
 use conv::Epilogue;
-pub use float::{gemm, Float};
+pub use float::{gemm, Float, GemmDims};
 pub use norm::BnParams;
 
 use crate::error::{Error, Result};

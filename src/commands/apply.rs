@@ -517,77 +517,55 @@ fn run_streaming(
         let source = format!("step {} of {shown}", k + 1);
         let next = scratch.0.join(format!("step{}.safetensors", k + 1));
         let mut to_next = |_: &Graph| Ok(next.clone());
-        let (ng, report, map, preserving, site): (Graph, serde_json::Value, _, bool, String) =
-            match step {
-                Step::Deepen {
+        let mut ng_name = None;
+        let job = r2rc::stream::Job {
+            src: &src,
+            naming,
+            seed,
+            prove: opts.as_ref(),
+            teacher: &source,
+            shard_size: None,
+        };
+        let streamed = match step {
+            Step::Deepen {
+                after,
+                method,
+                width,
+            } => {
+                let a = DeepenArgs {
                     after,
-                    method,
+                    method: DeepenMethod::parse(&method).map_err(|e| at(shown, lineno, e))?,
                     width,
-                } => {
-                    let a = DeepenArgs {
-                        after,
-                        method: DeepenMethod::parse(&method).map_err(|e| at(shown, lineno, e))?,
-                        width,
-                    };
-                    let (ng, r, _) = super::deepen::stream_deepen(
-                        &g,
-                        &src,
-                        naming,
-                        &a,
-                        seed,
-                        opts.as_ref(),
-                        &source,
-                        None,
-                        &mut to_next,
-                    )
-                    .map_err(|e| at(shown, lineno, e))?;
-                    summary.push_str(&r.summary());
-                    let json = serde_json::to_value(&r).expect("json");
-                    (ng, json, r.name_map, r.function_preserving, r.site)
-                }
-                Step::Widen(w) => {
-                    let wa = widen_args(w).map_err(|e| at(shown, lineno, e))?;
-                    let s = r2rc::stream::widen(
-                        &g,
-                        &src,
-                        naming,
-                        &wa,
-                        seed,
-                        &next,
-                        None,
-                        opts.as_ref(),
-                        &source,
-                    )
-                    .map_err(|e| at(shown, lineno, e))?;
+                };
+                Some(r2rc::stream::deepen::step(&g, &job, &a, &mut to_next))
+            }
+            Step::Widen(w) => {
+                let wa = widen_args(w).map_err(|e| at(shown, lineno, e))?;
+                Some(r2rc::stream::widen(&g, &job, &wa, &next))
+            }
+            Step::Morph { layer, kernel } => Some(r2rc::stream::morph::step(
+                &g,
+                &job,
+                &layer,
+                kernel,
+                &mut to_next,
+            )),
+            Step::Name { name } => {
+                ng_name = Some(name);
+                None
+            }
+        };
+        let (ng, report, map, preserving, site): (Graph, serde_json::Value, _, bool, String) =
+            match streamed {
+                Some(s) => {
+                    let s = s.map_err(|e| at(shown, lineno, e))?;
                     summary.push_str(&s.report.summary());
                     let json = serde_json::to_value(&s.report).expect("json");
-                    let site = s.report.site.clone();
-                    (
-                        s.student,
-                        json,
-                        BTreeMap::new(),
-                        s.report.function_preserving,
-                        site,
-                    )
+                    let r = s.report;
+                    (s.student, json, r.name_map, r.function_preserving, r.site)
                 }
-                Step::Morph { layer, kernel } => {
-                    let (ng, r, _) = super::morph::stream_morph(
-                        &g,
-                        &src,
-                        naming,
-                        &layer,
-                        kernel,
-                        opts.as_ref(),
-                        &source,
-                        None,
-                        &mut to_next,
-                    )
-                    .map_err(|e| at(shown, lineno, e))?;
-                    summary.push_str(&r.summary());
-                    let json = serde_json::to_value(&r).expect("json");
-                    (ng, json, BTreeMap::new(), true, r.site)
-                }
-                Step::Name { name } => {
+                None => {
+                    let name = ng_name.take().expect("a name step");
                     let mut ng = g.clone();
                     ng.name = name.clone();
                     let r = serde_json::json!({"command": "name", "from": g.name, "to": name});

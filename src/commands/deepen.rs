@@ -16,6 +16,7 @@ use r2rc::pipeline::{deepen_judged, deepen_proved, judge};
 use r2rc::prove::{Precision, ProveOptions};
 use r2rc::report::write_outputs;
 use r2rc::report::{deepen_report, StepReport};
+use r2rc::stream::{Job, Streamed};
 use r2rc::transform::deepen::{DeepenArgs, DeepenMethod};
 use r2rc::{Error, Result};
 
@@ -225,8 +226,6 @@ fn announce(common: &Common, summary: &str, report_json: &str, written: &[PathBu
     }
 }
 
-pub const LOCAL_NOTE: &str = "proved locally: the inserted layers (and the layers absorbing a dense mix) on random values shaped like the site's";
-
 pub fn run(args: Args) -> Result<()> {
     let graph = super::load_named(&args.file, &args.common.sets, args.common.name.as_deref())?;
     let naming = Naming::parse(&args.common.names)?;
@@ -255,7 +254,7 @@ pub fn run(args: Args) -> Result<()> {
             |o| r2rc::local_proof::deepen::prove(&graph, &teacher, &d, &site, o),
         )?;
         if opts.is_some() {
-            report.notes.push(LOCAL_NOTE.into());
+            report.notes.push(r2rc::local_proof::LOCAL_NOTE.into());
         }
         (d, report)
     } else {
@@ -294,36 +293,33 @@ fn run_streaming(
     dir: &Path,
 ) -> Result<()> {
     let c = &args.common;
-    streamed_command(&args.file, c, weights, dir, |src, naming, place| {
-        stream_deepen(
-            graph,
-            src,
-            naming,
-            dargs,
-            c.seed,
-            c.prove_options()?.as_ref(),
-            &weights.display().to_string(),
-            c.shard_size()?,
-            place,
-        )
+    streamed_command(&args.file, c, weights, dir, |job, place| {
+        r2rc::stream::deepen::step(graph, job, dargs, place)
     })
 }
 
 /// A streamed rewrite of `weights` (the teacher of `file`) into `dir` as a command does it:
-/// `step` gets the opened teacher, its naming and a `place` that checks the student's
-/// outputs and says where its weights go; then the `.arch` and report are written.
+/// `step` gets the job (the opened teacher, naming, seed, proof) and a `place` that checks
+/// the student's outputs and says where its weights go; then the `.arch` and report are
+/// written.
 pub fn streamed_command(
     file: &Path,
     c: &Common,
     weights: &Path,
     dir: &Path,
-    step: impl FnOnce(
-        &r2rc::shards::Source,
-        Naming,
-        &mut dyn FnMut(&Graph) -> Result<PathBuf>,
-    ) -> Result<(Graph, StepReport, Vec<PathBuf>)>,
+    step: impl FnOnce(&Job, &mut dyn FnMut(&Graph) -> Result<PathBuf>) -> Result<Streamed>,
 ) -> Result<()> {
     let src = r2rc::shards::Source::open(weights)?;
+    let opts = c.prove_options()?;
+    let teacher = weights.display().to_string();
+    let job = Job {
+        src: &src,
+        naming: Naming::parse(&c.names)?,
+        seed: c.seed,
+        prove: opts.as_ref(),
+        teacher: &teacher,
+        shard_size: c.shard_size()?,
+    };
     let mut out = None;
     let mut place = |student: &Graph| {
         let o = StreamOut::check(file, c, &src, weights, dir, student)?;
@@ -331,49 +327,11 @@ pub fn streamed_command(
         out = Some(o);
         Ok(path)
     };
-    let (student, mut report, files) = step(&src, Naming::parse(&c.names)?, &mut place)?;
-    report.notes.extend(src.notes());
+    let mut s = step(&job, &mut place)?;
+    s.report.notes.extend(src.notes());
     out.expect("checked before writing")
-        .finish(c, &report, &student, &files)
+        .finish(c, &s.report, &s.student, &s.files)
 }
-
-/// A streamed deepening of the teacher in `src`: planned, proved locally (`opts`), then
-/// written where `place` says once it has checked the student's outputs.
-#[allow(clippy::too_many_arguments)]
-pub fn stream_deepen(
-    graph: &Graph,
-    src: &r2rc::shards::Source,
-    naming: Naming,
-    dargs: &DeepenArgs,
-    seed: u64,
-    opts: Option<&ProveOptions>,
-    teacher: &str,
-    shard_size: Option<u64>,
-    place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
-) -> Result<(Graph, StepReport, Vec<PathBuf>)> {
-    let (d, mut partial) = r2rc::stream::deepen::plan(graph, src, dargs, seed, naming)?;
-    // Only NetMorph-dense's proof reads teacher tensors (its readers); free the others.
-    if dargs.method != DeepenMethod::NetmorphDense {
-        partial.tensors.clear();
-    }
-    let path = place(&d.graph)?;
-    let site = r2rc::transform::deepen::resolve_site(graph, &dargs.after)?;
-    let mut report = deepen_report(graph, &d, dargs, seed, teacher);
-    judge(&mut report, deepen_judged(dargs, src.dtype()), opts, |o| {
-        r2rc::local_proof::deepen::prove(graph, &partial, &d, &site, o)
-    })?;
-    drop(partial);
-    report.notes.push(STREAMED_NOTE.into());
-    if opts.is_some() {
-        report.notes.push(LOCAL_NOTE.into());
-    }
-    report.torchvision_names = names::report_names(&[graph, &d.graph], naming);
-    let s = r2rc::stream::deepen::deepen(graph, d, report, src, naming, &path, shard_size)?;
-    Ok((s.student, s.report, s.files))
-}
-
-pub const STREAMED_NOTE: &str =
-    "streamed: tensors the rewrite does not change were copied byte for byte from the teacher";
 
 /// Where a streamed rewrite writes: checked (nothing exists without --force, no input is
 /// overwritten) before any weights are written.

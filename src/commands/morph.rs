@@ -5,18 +5,16 @@
 
 use std::path::PathBuf;
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use r2rc::ir::Graph;
 use r2rc::names::Naming;
-use r2rc::params::Params;
 use r2rc::pipeline::{judge, morph_judged, morph_proved};
-use r2rc::report::{morph_report, StepReport};
-use r2rc::transform::morph_kernel::{morph_kernel, morph_partial};
+use r2rc::report::morph_report;
+use r2rc::transform::morph_kernel::morph_kernel;
 use r2rc::Result;
 
-use super::deepen::{emit, streamed_command, Common, Student, LOCAL_NOTE, STREAMED_NOTE};
+use super::deepen::{emit, streamed_command, Common, Student};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,7 +53,7 @@ pub fn run(mut args: Args) -> Result<()> {
             |o| r2rc::local_proof::morph::prove(&graph, &teacher, &m, o),
         )?;
         if opts.is_some() {
-            report.notes.push(LOCAL_NOTE.into());
+            report.notes.push(r2rc::local_proof::LOCAL_NOTE.into());
         }
         (m, report)
     } else {
@@ -88,80 +86,7 @@ pub fn run(mut args: Args) -> Result<()> {
 /// tensor is copied from the teacher's map; a local proof runs that convolution alone.
 fn run_streaming(args: &Args, graph: &Graph, weights: &Path, dir: &Path) -> Result<()> {
     let c = &args.common;
-    streamed_command(&args.file, c, weights, dir, |src, naming, place| {
-        stream_morph(
-            graph,
-            src,
-            naming,
-            &args.layer,
-            args.kernel,
-            c.prove_options()?.as_ref(),
-            &weights.display().to_string(),
-            c.shard_size()?,
-            place,
-        )
+    streamed_command(&args.file, c, weights, dir, |job, place| {
+        r2rc::stream::morph::step(graph, job, &args.layer, args.kernel, place)
     })
-}
-
-/// A streamed kernel morph of the teacher in `src`: the conv's tensors decoded and grown,
-/// proved on the conv alone (`opts`), then written where `place` says once it has checked
-/// the student's outputs; every other tensor copied.
-#[allow(clippy::too_many_arguments)]
-pub fn stream_morph(
-    graph: &Graph,
-    src: &r2rc::shards::Source,
-    naming: Naming,
-    layer: &str,
-    kernel: usize,
-    opts: Option<&r2rc::prove::ProveOptions>,
-    teacher: &str,
-    shard_size: Option<u64>,
-    place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
-) -> Result<(Graph, StepReport, Vec<PathBuf>)> {
-    r2rc::names::check_source(src, graph, naming)?;
-    let renames: BTreeMap<String, String> = r2rc::names::tensor_renames(graph, naming)?
-        .into_iter()
-        .collect();
-    // The layer's tensors (weight, and bias if any; all are rewritten as one layer). An
-    // unknown or non-conv layer is refused by morph_partial with the reason.
-    let mut tensors = BTreeMap::new();
-    let prefix = format!("{layer}.");
-    for spec in graph.param_specs() {
-        if spec.name.starts_with(&prefix) {
-            let file = renames.get(&spec.name).unwrap_or(&spec.name);
-            tensors.insert(spec.name.clone(), src.decode(file)?);
-            src.release(file);
-        }
-    }
-    let partial = Params {
-        tensors,
-        dtype: src.dtype(),
-    };
-    let m = morph_partial(graph, &partial, layer, kernel)?;
-    let path = place(&m.graph)?;
-    let mut report = morph_report(graph, &m, teacher, opts.map_or(0, |o| o.seed));
-    judge(&mut report, morph_judged(src.dtype()), opts, |o| {
-        r2rc::local_proof::morph::prove(graph, &partial, &m, o)
-    })?;
-    report.notes.push(STREAMED_NOTE.into());
-    if opts.is_some() {
-        report.notes.push(LOCAL_NOTE.into());
-    }
-    report.torchvision_names = r2rc::names::report_names(&[graph, &m.graph], naming);
-    let rewritten: HashSet<&str> = HashSet::from([layer]);
-    let files = r2rc::stream::copy::write(
-        &r2rc::stream::copy::Rewrite {
-            teacher: graph,
-            student: &m.graph,
-            new: &m.params,
-            rewritten: &rewritten,
-            name_map: &BTreeMap::new(),
-        },
-        &report.metadata(),
-        src,
-        naming,
-        &path,
-        shard_size,
-    )?;
-    Ok((m.graph, report, files))
 }

@@ -134,9 +134,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     // Large checkpoints: stream the teacher from disk into the output.
     if let (Some(w), Some(dir), true) = (&args.weights, &args.output, args.no_prove || local) {
-        return run_streaming(
-            &args, &graph, &wargs, naming, w, dir, shard_size, local, &opts,
-        );
+        let prove = (local && !args.no_prove).then_some(&opts);
+        return run_streaming(&args, &graph, &wargs, prove, (w, dir));
     }
     let (teacher, source, read_notes) = match &args.weights {
         Some(w) => {
@@ -282,18 +281,19 @@ fn finish(args: &Args, report: &StepReport, report_json: &str, written: &[PathBu
 
 /// The streaming path: the teacher is memory-mapped, student tensors are written as they
 /// are final, the proof (if any) is local.
-#[allow(clippy::too_many_arguments)]
 fn run_streaming(
     args: &Args,
     graph: &r2rc::ir::Graph,
     wargs: &WidenArgs,
-    naming: Naming,
-    weights: &std::path::Path,
-    dir: &std::path::Path,
-    shard_size: Option<u64>,
-    local: bool,
-    opts: &ProveOptions,
+    prove: Option<&ProveOptions>,
+    (weights, dir): (&std::path::Path, &std::path::Path),
 ) -> Result<()> {
+    let naming = Naming::parse(&args.names)?;
+    let shard_size = args
+        .shard_size
+        .as_deref()
+        .map(r2rc::shards::parse_size)
+        .transpose()?;
     let stem = super::stem_of(&args.file, args.name.as_deref());
     let src = r2rc::shards::Source::open(weights)?;
     // Wrong weights are refused before the output folder is made.
@@ -310,17 +310,16 @@ fn run_streaming(
     inputs.extend(shard_paths.iter().map(|p| p.as_path()));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
     r2rc::outputs::check_outputs(&outs, &inputs, args.force)?;
-    let s = r2rc::stream::widen(
-        graph,
-        &src,
+    let teacher = weights.display().to_string();
+    let job = r2rc::stream::Job {
+        src: &src,
         naming,
-        wargs,
-        args.seed,
-        &path,
+        seed: args.seed,
+        prove,
+        teacher: &teacher,
         shard_size,
-        (local && !args.no_prove).then_some(opts),
-        &weights.display().to_string(),
-    )?;
+    };
+    let s = r2rc::stream::widen(graph, &job, wargs, &path)?;
     let (written, report_json) = super::write_arch_and_report(
         dir,
         &stem,

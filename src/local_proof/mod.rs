@@ -231,6 +231,9 @@ pub fn combine(all: Vec<Vec<Evidence>>, regions: usize) -> Vec<Evidence> {
     out
 }
 
+/// The note of a deepening or morph proved locally.
+pub const LOCAL_NOTE: &str = "proved locally: the inserted layers (and the layers absorbing a dense mix) on random values shaped like the site's";
+
 /// The note of a widening proved locally, region by region.
 pub fn widening_note(steps: usize) -> String {
     format!("proved locally: each of the {steps} widened spaces on its region (its producers' inputs to its consumers' outputs), before and after its step")

@@ -7,21 +7,43 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use super::{Job, Streamed, STREAMED_NOTE};
 use crate::error::Result;
 use crate::ir::Graph;
 use crate::names::{self, Naming};
-use crate::params::{DType, Params};
-use crate::report::StepReport;
+use crate::params::Params;
+use crate::pipeline::{deepen_judged, judge};
+use crate::report::{deepen_report, StepReport};
 use crate::shards::Source;
-use crate::transform::deepen::{self, DeepenArgs, Deepened};
+use crate::transform::deepen::{self, DeepenArgs, DeepenMethod, Deepened};
 
-/// A streamed deepening's result.
-pub struct Streamed {
-    pub student: Graph,
-    pub report: StepReport,
-    /// The weight files written (shards and index, or one file).
-    pub files: Vec<PathBuf>,
-    pub dtype: DType,
+/// A streamed deepening of the teacher in `job.src`: planned, proved locally (the inserted
+/// layers), then written where `place` says once it has checked the student's outputs.
+pub fn step(
+    graph: &Graph,
+    job: &Job,
+    args: &DeepenArgs,
+    place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
+) -> Result<Streamed> {
+    let (d, mut partial) = plan(graph, job.src, args, job.seed, job.naming)?;
+    // Only NetMorph-dense's proof reads teacher tensors (its readers); free the others.
+    if args.method != DeepenMethod::NetmorphDense {
+        partial.tensors.clear();
+    }
+    let path = place(&d.graph)?;
+    let site = deepen::resolve_site(graph, &args.after)?;
+    let mut report = deepen_report(graph, &d, args, job.seed, job.teacher);
+    let how = deepen_judged(args, job.src.dtype());
+    judge(&mut report, how, job.prove, |o| {
+        crate::local_proof::deepen::prove(graph, &partial, &d, &site, o)
+    })?;
+    drop(partial);
+    report.notes.push(STREAMED_NOTE.into());
+    if job.prove.is_some() {
+        report.notes.push(crate::local_proof::LOCAL_NOTE.into());
+    }
+    report.torchvision_names = names::report_names(&[graph, &d.graph], job.naming);
+    write(graph, d, report, job, &path)
 }
 
 /// The deepening of `graph` as `args` asks, computed from the teacher tensors it reads
@@ -55,16 +77,14 @@ pub fn plan(
 }
 
 /// Writes the student of `d` ([`plan`]'s deepening of `graph`) into `path` (sharded by
-/// `shard_size`), with `report` in its metadata: its new and changed tensors from `d`,
-/// every other one copied from the teacher tensors of `src` (in `naming`'s names).
-pub fn deepen(
+/// `job.shard_size`), with `report` in its metadata: its new and changed tensors from `d`,
+/// every other one copied from the teacher tensors of `job.src`.
+pub fn write(
     graph: &Graph,
     d: Deepened,
     report: StepReport,
-    src: &Source,
-    naming: Naming,
+    job: &Job,
     path: &Path,
-    shard_size: Option<u64>,
 ) -> Result<Streamed> {
     let rewritten: HashSet<&str> = d
         .inserted
@@ -81,15 +101,15 @@ pub fn deepen(
             name_map: &d.name_map,
         },
         &report.metadata(),
-        src,
-        naming,
+        job.src,
+        job.naming,
         path,
-        shard_size,
+        job.shard_size,
     )?;
     Ok(Streamed {
         student: d.graph,
         report,
         files,
-        dtype: src.dtype(),
+        dtype: job.src.dtype(),
     })
 }

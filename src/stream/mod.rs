@@ -30,6 +30,7 @@ use crate::transform::{Plan, WidenArgs, Widening};
 
 pub mod copy;
 pub mod deepen;
+pub mod morph;
 
 /// A streamed widening's result.
 pub struct Streamed {
@@ -39,6 +40,22 @@ pub struct Streamed {
     pub files: Vec<PathBuf>,
     pub dtype: DType,
 }
+
+/// What every streamed rewrite step is given: the memory-mapped teacher and its naming,
+/// the seed, the local proof's options (`None`: not proved), where the weights came from
+/// (for the report) and the shard size of the output.
+pub struct Job<'a> {
+    pub src: &'a Source,
+    pub naming: Naming,
+    pub seed: u64,
+    pub prove: Option<&'a ProveOptions>,
+    pub teacher: &'a str,
+    pub shard_size: Option<u64>,
+}
+
+/// The note of every streamed deepening and morph.
+pub const STREAMED_NOTE: &str =
+    "streamed: tensors the rewrite does not change were copied byte for byte from the teacher";
 
 /// The weight files a streamed widening will write at `path` (for existence checks before
 /// any work).
@@ -69,22 +86,17 @@ pub fn student_paths(
     ))
 }
 
-/// Widens `graph` with the teacher tensors of `src` (in `naming`'s names) streamed into
-/// `path` (sharded by `shard_size`); with `prove`, proves every step on its region
-/// ([`crate::local_proof`]) before writing anything. `teacher` says where the weights came
-/// from, for the report.
-#[allow(clippy::too_many_arguments)]
-pub fn widen(
-    graph: &Graph,
-    src: &Source,
-    naming: Naming,
-    args: &WidenArgs,
-    seed: u64,
-    path: &Path,
-    shard_size: Option<u64>,
-    prove: Option<&ProveOptions>,
-    teacher: &str,
-) -> Result<Streamed> {
+/// Widens `graph` with the teacher tensors of `job.src` streamed into `path`; with a
+/// proof, proves every step on its region ([`crate::local_proof`]) before writing anything.
+pub fn widen(graph: &Graph, job: &Job, args: &WidenArgs, path: &Path) -> Result<Streamed> {
+    let Job {
+        src,
+        naming,
+        seed,
+        prove,
+        teacher,
+        shard_size,
+    } = *job;
     names::check_source(src, graph, naming)?;
     let dtype = src.dtype();
     let specs: HashSet<String> = graph.param_specs().into_iter().map(|s| s.name).collect();

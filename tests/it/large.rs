@@ -142,7 +142,15 @@ fn streaming_widen_is_bit_identical_to_in_memory() {
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
         let path = out.join("student.safetensors");
-        let s = r2rc::stream::widen(&g, &src, Naming::R2rc, &a, 7, &path, None, None, "t").unwrap();
+        let job = r2rc::stream::Job {
+            src: &src,
+            naming: Naming::R2rc,
+            seed: 7,
+            prove: None,
+            teacher: "t",
+            shard_size: None,
+        };
+        let s = r2rc::stream::widen(&g, &job, &a, &path).unwrap();
         let w = widen(&g, &tp, &a, 7).unwrap();
         let mem = w.params.clone().with_dtype(DType::F32);
         let bytes = params::to_bytes(&mem, &w.graph, Some(&s.report.metadata())).unwrap();
@@ -288,8 +296,15 @@ fn streaming_deepen_is_bit_identical_to_in_memory() {
         let path = out.join("student.safetensors");
         let (planned, _) = r2rc::stream::deepen::plan(&g, &src, &a, 7, naming).unwrap();
         let report = r2rc::report::deepen_report(&g, &planned, &a, 7, "t");
-        let s =
-            r2rc::stream::deepen::deepen(&g, planned, report, &src, naming, &path, shard).unwrap();
+        let job = r2rc::stream::Job {
+            src: &src,
+            naming,
+            seed: 7,
+            prove: None,
+            teacher: "t",
+            shard_size: shard,
+        };
+        let s = r2rc::stream::deepen::write(&g, planned, report, &job, &path).unwrap();
         let d = deepen(&g, &tp, &a, 7).unwrap();
         assert_eq!(r2rc::print::print(&s.student), r2rc::print::print(&d.graph));
         let mem = d.params.clone().with_dtype(DType::F32);

@@ -16,21 +16,33 @@
 //!
 //! Proofs compare teacher and student value by value, so the teacher is first renamed with
 //! the name map ([`rename`]); [`prove`] does both.
+//!
+//! This file is the insertion engine (steps 2 to 4) and the types the methods share;
+//! `site.rs` resolves `--after` and tells a method about the site (step 1), `nodes.rs`
+//! builds the new nodes and their starting tensors.
+
+mod nodes;
+mod site;
+
+pub use nodes::{
+    block_nodes, default_params, identity_kernel, item_nodes, uniform_like, LayerSpec,
+};
+pub use site::{check_post_act, resolve_site, site_info, Site, SiteInfo};
 
 use std::collections::{BTreeMap, HashSet};
 
-use ndarray::{Array2, ArrayD, IxDyn};
+use ndarray::{Array2, ArrayD};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::analysis::sign;
 use crate::error::{Error, Result};
 
-use crate::ir::{Activation, BatchNorm, Conv2d, Graph, NodeIndex, Op, ParamKind};
+use crate::ir::{Graph, NodeIndex, Op};
 use crate::params::Params;
 
 use super::{net2net_deeper, netmorph_deeper, r2r_deeper, random_deeper};
+use site::{block_of, scale_kernel};
 
 /// A deepening method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -96,68 +108,6 @@ pub struct DeepenArgs {
     pub width: Option<usize>,
 }
 
-/// Where new layers go.
-#[derive(Debug, Clone)]
-pub struct Site {
-    /// What the user named.
-    pub label: String,
-    /// The value the new layers read (the block's or row's output).
-    pub value: NodeIndex,
-    pub row: String,
-    /// The block number when the site is a block; new layers then join its row.
-    pub block: Option<usize>,
-    /// `[C, H, W]` of the value.
-    pub shape: Vec<usize>,
-}
-
-impl Site {
-    pub fn channels(&self) -> usize {
-        self.shape[0]
-    }
-}
-
-/// A layer of a block as lowering builds it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LayerSpec {
-    pub kernel: usize,
-    pub padding: usize,
-    pub dilation: usize,
-    pub width: usize,
-    pub norm: bool,
-    pub bias: bool,
-    pub act: Option<Activation>,
-}
-
-impl LayerSpec {
-    /// A `k x k` layer of `width` channels with the file's defaults (same padding).
-    pub fn plain(graph: &Graph, kernel: usize, width: usize, act: bool) -> LayerSpec {
-        LayerSpec {
-            kernel,
-            padding: (kernel - 1) / 2,
-            dilation: 1,
-            width,
-            norm: graph.defaults.norm,
-            bias: !graph.defaults.norm,
-            act: act.then(|| graph.defaults.act.clone()),
-        }
-    }
-}
-
-/// What a method knows about the site.
-pub struct SiteInfo<'a> {
-    pub graph: &'a Graph,
-    pub params: &'a Params,
-    pub site: Site,
-    /// The sign analysis proves the site value non-negative.
-    pub non_negative: bool,
-    /// Why it may be negative, for refusals.
-    pub why_negative: String,
-    /// Standard deviation of the previous block's last kernel (paper section 6).
-    pub scale: f64,
-    /// The site block's branch layers, when the site is a block.
-    pub template: Vec<LayerSpec>,
-}
-
 /// Where a new node reads from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Src {
@@ -219,277 +169,6 @@ pub struct Deepened {
 
 fn usage(msg: String, hint: Option<String>) -> Error {
     Error::usage(msg, hint)
-}
-
-/// The block name (`conv2_1`) of a node inside a block.
-fn block_of(graph: &Graph, n: NodeIndex) -> Option<String> {
-    graph.g[n].block?;
-    graph.g[n].name.split_once('.').map(|(b, _)| b.to_string())
-}
-
-/// Resolves `--after NAME` to a site.
-pub fn resolve_site(graph: &Graph, name: &str) -> Result<Site> {
-    let order: Vec<NodeIndex> = graph
-        .order()
-        .into_iter()
-        .filter(|&n| n != graph.input)
-        .collect();
-    let site = |value: NodeIndex| -> Site {
-        let node = &graph.g[value];
-        Site {
-            label: name.to_string(),
-            value,
-            row: node.row.clone(),
-            block: node.block,
-            shape: node.shape.clone(),
-        }
-    };
-    let found = if let Some(&last) = order.iter().rev().find(|&&n| graph.g[n].row == name) {
-        // A row: its output; when the row ends with a block, that block.
-        Some(site(last))
-    } else if let Some(&last) = order
-        .iter()
-        .rev()
-        .find(|&&n| block_of(graph, n).as_deref() == Some(name))
-    {
-        Some(site(last))
-    } else {
-        None
-    };
-    let Some(s) = found else {
-        if let Some(n) = graph.find(name) {
-            let node = &graph.g[n];
-            let hint = match block_of(graph, n) {
-                Some(b) => format!("to insert after its block, use --after {b}"),
-                None => format!("to insert after its row, use --after {}", node.row),
-            };
-            return Err(usage(
-                format!(
-                    "`{name}` is a layer inside {}; deepening inserts after a block (like `conv2_1`) or a row (like `conv1`)",
-                    block_of(graph, n).map_or(format!("row `{}`", node.row), |b| format!("block `{b}`"))
-                ),
-                Some(hint),
-            ));
-        }
-        let names = super::target_names(graph);
-        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        let hint = match crate::lower::closest(name, &refs) {
-            Some(c) => format!("did you mean `{c}`?"),
-            None => "`r2rc check FILE` lists every layer; blocks are named like `conv2_1`".into(),
-        };
-        return Err(usage(
-            format!(
-                "network `{}` has no block or row named `{name}`",
-                graph.name
-            ),
-            Some(hint),
-        ));
-    };
-    if s.shape.len() != 3 {
-        return Err(usage(
-            format!(
-                "cannot deepen after `{name}`: deepening inserts convolutions, which need a CxHxW feature map, but `{}` outputs a vector of {}",
-                graph.g[s.value].name, s.shape[0]
-            ),
-            Some("choose a block or row before the flatten / fc layers".into()),
-        ));
-    }
-    Ok(s)
-}
-
-/// The branch layers of block `b` (`conv2_1`): `b.conv1`, `b.bn1`, `b.act1`, ...
-fn block_template(graph: &Graph, b: &str) -> Vec<LayerSpec> {
-    let mut layers = Vec::new();
-    for i in 1.. {
-        let Some(c) = graph.find(&format!("{b}.conv{i}")) else {
-            break;
-        };
-        let Op::Conv2d(conv) = &graph.g[c].op else {
-            break;
-        };
-        let act = graph
-            .find(&format!("{b}.act{i}"))
-            .and_then(|a| match &graph.g[a].op {
-                Op::Activation(a) => Some(a.clone()),
-                _ => None,
-            });
-        layers.push(LayerSpec {
-            kernel: conv.kernel[0],
-            padding: conv.padding,
-            dilation: conv.dilation,
-            width: conv.out_channels,
-            norm: graph.find(&format!("{b}.bn{i}")).is_some(),
-            bias: conv.bias,
-            act,
-        });
-    }
-    layers
-}
-
-/// The conv whose weights' scale new weights match: the site block's last branch conv, or
-/// else the last conv before the site.
-fn scale_kernel(graph: &Graph, site: &Site) -> Option<NodeIndex> {
-    let block = site.block.and_then(|_| block_of(graph, site.value));
-    let template_len = block
-        .as_deref()
-        .map_or(0, |b| block_template(graph, b).len());
-    block
-        .as_deref()
-        .and_then(|b| graph.find(&format!("{b}.conv{template_len}")))
-        .or_else(|| {
-            let order = graph.order();
-            let upto = order.iter().position(|&n| n == site.value).unwrap_or(0);
-            order[..=upto]
-                .iter()
-                .rev()
-                .copied()
-                .find(|&n| matches!(graph.g[n].op, Op::Conv2d(_)))
-        })
-}
-
-/// What the methods need to know about the site.
-pub fn site_info<'a>(graph: &'a Graph, params: &'a Params, site: Site) -> SiteInfo<'a> {
-    let block = site.block.and_then(|_| block_of(graph, site.value));
-    let template = block
-        .as_deref()
-        .map_or(Vec::new(), |b| block_template(graph, b));
-    let scale = scale_kernel(graph, &site)
-        .and_then(|n| params.get(&format!("{}.weight", graph.g[n].name)))
-        .map(super::std_of)
-        .filter(|s| *s > 0.0)
-        .unwrap_or_else(|| (2.0 / (9 * site.channels()) as f64).sqrt());
-    let non_negative = sign::is_non_negative(graph, site.value);
-    let why_negative = if non_negative {
-        String::new()
-    } else {
-        sign::why_maybe_negative(graph, site.value)
-    };
-    SiteInfo {
-        graph,
-        params,
-        site,
-        non_negative,
-        why_negative,
-        scale,
-        template,
-    }
-}
-
-/// Nodes of a block in lowering's order: per layer conv, BN, activation; then the add
-/// (port 0 branch, port 1 the block input) when `residual`, and the post activation.
-pub fn block_nodes(
-    c_in: usize,
-    layers: &[LayerSpec],
-    residual: bool,
-    eps: f64,
-    post: &Activation,
-) -> Vec<NewNode> {
-    let mut nodes: Vec<NewNode> = Vec::new();
-    let mut cur = Src::Site;
-    let mut c = c_in;
-    let push = |nodes: &mut Vec<NewNode>, key: String, op: Op, inputs: Vec<Src>| -> Src {
-        nodes.push(NewNode { key, op, inputs });
-        Src::New(nodes.len() - 1)
-    };
-    for (i, l) in layers.iter().enumerate() {
-        let n = i + 1;
-        let conv = Op::Conv2d(Conv2d {
-            in_channels: c,
-            out_channels: l.width,
-            kernel: [l.kernel, l.kernel],
-            stride: 1,
-            padding: l.padding,
-            dilation: l.dilation,
-            groups: 1,
-            bias: l.bias,
-        });
-        cur = push(&mut nodes, format!("conv{n}"), conv, vec![cur]);
-        if l.norm {
-            let bn = Op::BatchNorm(BatchNorm {
-                channels: l.width,
-                eps,
-            });
-            cur = push(&mut nodes, format!("bn{n}"), bn, vec![cur]);
-        }
-        if let Some(a) = &l.act {
-            let a = with_channels(a, l.width);
-            cur = push(&mut nodes, format!("act{n}"), Op::Activation(a), vec![cur]);
-        }
-        c = l.width;
-    }
-    if residual {
-        cur = push(&mut nodes, "add".into(), Op::Add, vec![cur, Src::Site]);
-    }
-    push(
-        &mut nodes,
-        "act".into(),
-        Op::Activation(with_channels(post, c)),
-        vec![cur],
-    );
-    nodes
-}
-
-/// Nodes of a plain row item: conv, BN, activation (lowering's `X`, `X.bn`, `X.act`).
-pub fn item_nodes(c_in: usize, l: &LayerSpec, eps: f64) -> Vec<NewNode> {
-    let mut nodes = block_nodes(
-        c_in,
-        std::slice::from_ref(l),
-        false,
-        eps,
-        &Activation::Identity,
-    );
-    nodes.pop(); // an item has no post activation
-    for n in &mut nodes {
-        n.key = n.key.trim_end_matches('1').to_string();
-    }
-    nodes
-}
-
-fn with_channels(a: &Activation, channels: usize) -> Activation {
-    match a {
-        Activation::Prelu { .. } => Activation::Prelu { channels },
-        a => a.clone(),
-    }
-}
-
-/// Default tensors for every slot of the new nodes: weights and biases zero, BN gamma 1,
-/// beta 0, mean 0, var 1, PReLU 0.25. Methods overwrite what they set.
-pub fn default_params(nodes: &[NewNode]) -> BTreeMap<String, ArrayD<f64>> {
-    let mut out = BTreeMap::new();
-    for n in nodes {
-        for slot in n.op.param_slots() {
-            let t = match slot.kind {
-                ParamKind::BnWeight | ParamKind::RunningVar | ParamKind::PreluWeight => {
-                    let v = if slot.kind == ParamKind::PreluWeight {
-                        0.25
-                    } else {
-                        1.0
-                    };
-                    ArrayD::from_elem(IxDyn(&slot.shape), v)
-                }
-                _ => ArrayD::zeros(IxDyn(&slot.shape)),
-            };
-            out.insert(format!("{}.{}", n.key, slot.suffix), t);
-        }
-    }
-    out
-}
-
-/// Uniform weights with standard deviation `s`: U(-s*sqrt(3), s*sqrt(3)) (paper section 6).
-pub fn uniform_like(rng: &mut ChaCha8Rng, shape: &[usize], s: f64) -> ArrayD<f64> {
-    let b = s * 3f64.sqrt();
-    let n: usize = shape.iter().product();
-    let v = (0..n).map(|_| super::uniform(rng, -b, b)).collect();
-    ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
-}
-
-/// An identity convolution: each channel's own kernel has its centre tap at 1.
-pub fn identity_kernel(c: usize, k: usize) -> ArrayD<f64> {
-    let mut w = ArrayD::zeros(IxDyn(&[c, c, k, k]));
-    for i in 0..c {
-        w[[i, i, k / 2, k / 2]] = 1.0;
-    }
-    w
 }
 
 /// Inserts as `args` asks and names the student like a network written from scratch.
@@ -825,32 +504,4 @@ pub fn rename(graph: &Graph, params: &Params, map: &BTreeMap<String, String>) ->
             dtype: params.dtype,
         },
     )
-}
-
-/// Refuses unless the network's activation, applied after the inserted layers, leaves the
-/// site value unchanged: identity always, ReLU-like ones on a non-negative value.
-pub fn check_post_act(info: &SiteInfo, title: &str) -> Result<()> {
-    let act = &info.graph.defaults.act;
-    match act {
-        Activation::Identity => Ok(()),
-        Activation::Relu | Activation::LeakyRelu { .. } | Activation::Prelu { .. } if info.non_negative => Ok(()),
-        Activation::Relu | Activation::LeakyRelu { .. } | Activation::Prelu { .. } => Err(usage(
-            format!(
-                "cannot insert {title} after `{}`: the new layers end in {}, which leaves its input unchanged only where it is non-negative, and the sign analysis cannot prove `{}` non-negative: it comes from {}",
-                info.site.label,
-                act.keyword(),
-                info.graph.g[info.site.value].name,
-                info.why_negative
-            ),
-            Some("insert after a block or row that ends in ReLU (or pooling of ReLU outputs), or use --method netmorph, which is exact for any input".into()),
-        )),
-        _ => Err(usage(
-            format!(
-                "cannot insert {title} after `{}`: the network's activation {} changes non-negative values too, so the new layers would not start as the identity",
-                info.site.label,
-                act.keyword()
-            ),
-            Some("use --method netmorph, which is exact for any input".into()),
-        )),
-    }
 }

@@ -1,0 +1,227 @@
+//! The site of a deepening: `--after NAME` resolved to a block or row value, and what a
+//! method needs to know about it (its sign, the scale of nearby weights, the site
+//! block's layers).
+
+use crate::analysis::sign;
+use crate::error::Result;
+use crate::ir::{Activation, Graph, NodeIndex, Op};
+use crate::params::Params;
+
+use super::{usage, LayerSpec};
+
+/// Where new layers go.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// What the user named.
+    pub label: String,
+    /// The value the new layers read (the block's or row's output).
+    pub value: NodeIndex,
+    pub row: String,
+    /// The block number when the site is a block; new layers then join its row.
+    pub block: Option<usize>,
+    /// `[C, H, W]` of the value.
+    pub shape: Vec<usize>,
+}
+
+impl Site {
+    pub fn channels(&self) -> usize {
+        self.shape[0]
+    }
+}
+
+/// What a method knows about the site.
+pub struct SiteInfo<'a> {
+    pub graph: &'a Graph,
+    pub params: &'a Params,
+    pub site: Site,
+    /// The sign analysis proves the site value non-negative.
+    pub non_negative: bool,
+    /// Why it may be negative, for refusals.
+    pub why_negative: String,
+    /// Standard deviation of the previous block's last kernel (paper section 6).
+    pub scale: f64,
+    /// The site block's branch layers, when the site is a block.
+    pub template: Vec<LayerSpec>,
+}
+
+/// The block name (`conv2_1`) of a node inside a block.
+pub(super) fn block_of(graph: &Graph, n: NodeIndex) -> Option<String> {
+    graph.g[n].block?;
+    graph.g[n].name.split_once('.').map(|(b, _)| b.to_string())
+}
+
+/// Resolves `--after NAME` to a site.
+pub fn resolve_site(graph: &Graph, name: &str) -> Result<Site> {
+    let order: Vec<NodeIndex> = graph
+        .order()
+        .into_iter()
+        .filter(|&n| n != graph.input)
+        .collect();
+    let site = |value: NodeIndex| -> Site {
+        let node = &graph.g[value];
+        Site {
+            label: name.to_string(),
+            value,
+            row: node.row.clone(),
+            block: node.block,
+            shape: node.shape.clone(),
+        }
+    };
+    let found = if let Some(&last) = order.iter().rev().find(|&&n| graph.g[n].row == name) {
+        // A row: its output; when the row ends with a block, that block.
+        Some(site(last))
+    } else if let Some(&last) = order
+        .iter()
+        .rev()
+        .find(|&&n| block_of(graph, n).as_deref() == Some(name))
+    {
+        Some(site(last))
+    } else {
+        None
+    };
+    let Some(s) = found else {
+        if let Some(n) = graph.find(name) {
+            let node = &graph.g[n];
+            let hint = match block_of(graph, n) {
+                Some(b) => format!("to insert after its block, use --after {b}"),
+                None => format!("to insert after its row, use --after {}", node.row),
+            };
+            return Err(usage(
+                format!(
+                    "`{name}` is a layer inside {}; deepening inserts after a block (like `conv2_1`) or a row (like `conv1`)",
+                    block_of(graph, n).map_or(format!("row `{}`", node.row), |b| format!("block `{b}`"))
+                ),
+                Some(hint),
+            ));
+        }
+        let names = crate::transform::target_names(graph);
+        let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let hint = match crate::lower::closest(name, &refs) {
+            Some(c) => format!("did you mean `{c}`?"),
+            None => "`r2rc check FILE` lists every layer; blocks are named like `conv2_1`".into(),
+        };
+        return Err(usage(
+            format!(
+                "network `{}` has no block or row named `{name}`",
+                graph.name
+            ),
+            Some(hint),
+        ));
+    };
+    if s.shape.len() != 3 {
+        return Err(usage(
+            format!(
+                "cannot deepen after `{name}`: deepening inserts convolutions, which need a CxHxW feature map, but `{}` outputs a vector of {}",
+                graph.g[s.value].name, s.shape[0]
+            ),
+            Some("choose a block or row before the flatten / fc layers".into()),
+        ));
+    }
+    Ok(s)
+}
+
+/// The branch layers of block `b` (`conv2_1`): `b.conv1`, `b.bn1`, `b.act1`, ...
+fn block_template(graph: &Graph, b: &str) -> Vec<LayerSpec> {
+    let mut layers = Vec::new();
+    for i in 1.. {
+        let Some(c) = graph.find(&format!("{b}.conv{i}")) else {
+            break;
+        };
+        let Op::Conv2d(conv) = &graph.g[c].op else {
+            break;
+        };
+        let act = graph
+            .find(&format!("{b}.act{i}"))
+            .and_then(|a| match &graph.g[a].op {
+                Op::Activation(a) => Some(a.clone()),
+                _ => None,
+            });
+        layers.push(LayerSpec {
+            kernel: conv.kernel[0],
+            padding: conv.padding,
+            dilation: conv.dilation,
+            width: conv.out_channels,
+            norm: graph.find(&format!("{b}.bn{i}")).is_some(),
+            bias: conv.bias,
+            act,
+        });
+    }
+    layers
+}
+
+/// The conv whose weights' scale new weights match: the site block's last branch conv, or
+/// else the last conv before the site.
+pub(super) fn scale_kernel(graph: &Graph, site: &Site) -> Option<NodeIndex> {
+    let block = site.block.and_then(|_| block_of(graph, site.value));
+    let template_len = block
+        .as_deref()
+        .map_or(0, |b| block_template(graph, b).len());
+    block
+        .as_deref()
+        .and_then(|b| graph.find(&format!("{b}.conv{template_len}")))
+        .or_else(|| {
+            let order = graph.order();
+            let upto = order.iter().position(|&n| n == site.value).unwrap_or(0);
+            order[..=upto]
+                .iter()
+                .rev()
+                .copied()
+                .find(|&n| matches!(graph.g[n].op, Op::Conv2d(_)))
+        })
+}
+
+/// What the methods need to know about the site.
+pub fn site_info<'a>(graph: &'a Graph, params: &'a Params, site: Site) -> SiteInfo<'a> {
+    let block = site.block.and_then(|_| block_of(graph, site.value));
+    let template = block
+        .as_deref()
+        .map_or(Vec::new(), |b| block_template(graph, b));
+    let scale = scale_kernel(graph, &site)
+        .and_then(|n| params.get(&format!("{}.weight", graph.g[n].name)))
+        .map(crate::transform::std_of)
+        .filter(|s| *s > 0.0)
+        .unwrap_or_else(|| (2.0 / (9 * site.channels()) as f64).sqrt());
+    let non_negative = sign::is_non_negative(graph, site.value);
+    let why_negative = if non_negative {
+        String::new()
+    } else {
+        sign::why_maybe_negative(graph, site.value)
+    };
+    SiteInfo {
+        graph,
+        params,
+        site,
+        non_negative,
+        why_negative,
+        scale,
+        template,
+    }
+}
+
+/// Refuses unless the network's activation, applied after the inserted layers, leaves the
+/// site value unchanged: identity always, ReLU-like ones on a non-negative value.
+pub fn check_post_act(info: &SiteInfo, title: &str) -> Result<()> {
+    let act = &info.graph.defaults.act;
+    match act {
+        Activation::Identity => Ok(()),
+        Activation::Relu | Activation::LeakyRelu { .. } | Activation::Prelu { .. } if info.non_negative => Ok(()),
+        Activation::Relu | Activation::LeakyRelu { .. } | Activation::Prelu { .. } => Err(usage(
+            format!(
+                "cannot insert {title} after `{}`: the new layers end in {}, which leaves its input unchanged only where it is non-negative, and the sign analysis cannot prove `{}` non-negative: it comes from {}",
+                info.site.label,
+                act.keyword(),
+                info.graph.g[info.site.value].name,
+                info.why_negative
+            ),
+            Some("insert after a block or row that ends in ReLU (or pooling of ReLU outputs), or use --method netmorph, which is exact for any input".into()),
+        )),
+        _ => Err(usage(
+            format!(
+                "cannot insert {title} after `{}`: the network's activation {} changes non-negative values too, so the new layers would not start as the identity",
+                info.site.label,
+                act.keyword()
+            ),
+            Some("use --method netmorph, which is exact for any input".into()),
+        )),
+    }
+}

@@ -6,12 +6,21 @@
 //! are. Parameter-free ops are functional calls in `forward`, with the eval-mode
 //! semantics of r2rc's executor (average pooling counts padding, option-A shortcuts
 //! subsample from pixel 0 and append zero channels, softmax over dim 1, exact GELU).
+//!
+//! This file writes the module's source and its `__init__`; `torch/tree.rs` places the
+//! parameter-owning layers in a module tree under their dotted names, and
+//! `torch/forward.rs` writes `forward`.
 
-use std::collections::{BTreeMap, HashSet};
+mod forward;
+mod tree;
+
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::error::{Error, Result};
 use crate::ir::{show_shape, Activation, Graph, NodeIndex, Op};
+use forward::forward_lines;
+use tree::Tree;
 
 /// Python keywords and soft keywords; a layer name segment equal to one is reached with
 /// `getattr`.
@@ -20,92 +29,6 @@ const PY_KEYWORDS: &[&str] = &[
     "def", "del", "elif", "else", "except", "finally", "for", "from", "global", "if", "import",
     "in", "is", "lambda", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while",
     "with", "yield",
-];
-
-/// Attributes and methods of `nn.Module` and of the layer classes used here: a child
-/// module cannot take one of these names.
-const TORCH_ATTRIBUTES: &[&str] = &[
-    "add_module",
-    "apply",
-    "bfloat16",
-    "buffers",
-    "call_super_init",
-    "children",
-    "compile",
-    "cpu",
-    "cuda",
-    "double",
-    "dump_patches",
-    "eval",
-    "extra_repr",
-    "float",
-    "forward",
-    "get_buffer",
-    "get_extra_state",
-    "get_parameter",
-    "get_submodule",
-    "half",
-    "ipu",
-    "load_state_dict",
-    "modules",
-    "named_buffers",
-    "named_children",
-    "named_modules",
-    "named_parameters",
-    "parameters",
-    "register_backward_hook",
-    "register_buffer",
-    "register_forward_hook",
-    "register_forward_pre_hook",
-    "register_full_backward_hook",
-    "register_full_backward_pre_hook",
-    "register_load_state_dict_post_hook",
-    "register_module",
-    "register_parameter",
-    "register_state_dict_pre_hook",
-    "requires_grad_",
-    "set_extra_state",
-    "share_memory",
-    "state_dict",
-    "to",
-    "to_empty",
-    "train",
-    "training",
-    "type",
-    "xpu",
-    "zero_grad",
-    "mtia",
-    // Conv2d, Linear, BatchNorm, PReLU and Sequential.
-    "in_channels",
-    "out_channels",
-    "kernel_size",
-    "stride",
-    "padding",
-    "dilation",
-    "transposed",
-    "output_padding",
-    "groups",
-    "padding_mode",
-    "weight",
-    "bias",
-    "in_features",
-    "out_features",
-    "num_features",
-    "eps",
-    "momentum",
-    "affine",
-    "track_running_stats",
-    "running_mean",
-    "running_var",
-    "num_batches_tracked",
-    "num_parameters",
-    "init",
-    "reset_parameters",
-    "reset_running_stats",
-    "append",
-    "extend",
-    "insert",
-    "pop",
 ];
 
 /// Names the generated file itself uses at module level or in `forward`.
@@ -118,114 +41,6 @@ const FILE_NAMES: &[&str] = &[
     "INPUT_SHAPE",
     "OUTPUT_SHAPE",
 ];
-
-/// One entry of the module tree: a path segment, the graph node that owns parameters
-/// there (if any), and the children in order of first appearance.
-struct Entry {
-    segment: String,
-    node: Option<NodeIndex>,
-    children: Vec<usize>,
-}
-
-struct Tree {
-    /// Entry 0 is the root (the model itself).
-    entries: Vec<Entry>,
-}
-
-impl Tree {
-    fn build(graph: &Graph) -> Result<Tree> {
-        let mut t = Tree {
-            entries: vec![Entry {
-                segment: String::new(),
-                node: None,
-                children: Vec::new(),
-            }],
-        };
-        for n in graph.order() {
-            if graph.g[n].op.param_slots().is_empty() {
-                continue;
-            }
-            let name = &graph.g[n].name;
-            let mut at = 0;
-            for seg in name.split('.') {
-                check_segment(seg, name)?;
-                at = match t.child(at, seg) {
-                    Some(c) => c,
-                    None => {
-                        t.entries.push(Entry {
-                            segment: seg.to_string(),
-                            node: None,
-                            children: Vec::new(),
-                        });
-                        let c = t.entries.len() - 1;
-                        t.entries[at].children.push(c);
-                        c
-                    }
-                };
-            }
-            if t.entries[at].node.is_some() {
-                return Err(unsupported(format!("two layers are named `{name}`")));
-            }
-            t.entries[at].node = Some(n);
-        }
-        // Numbered children are kept in numeric order so `nn.Sequential` indices match.
-        for i in 0..t.entries.len() {
-            if t.sequential(i) {
-                let mut kids = std::mem::take(&mut t.entries[i].children);
-                kids.sort_by_key(|&c| t.entries[c].segment.parse::<usize>().unwrap_or(0));
-                t.entries[i].children = kids;
-            }
-        }
-        Ok(t)
-    }
-
-    fn child(&self, at: usize, seg: &str) -> Option<usize> {
-        self.entries[at]
-            .children
-            .iter()
-            .copied()
-            .find(|&c| self.entries[c].segment == seg)
-    }
-
-    /// A container without parameters of its own whose children are exactly `0..k`.
-    fn sequential(&self, i: usize) -> bool {
-        let e = &self.entries[i];
-        if i == 0 || e.node.is_some() || e.children.is_empty() {
-            return false;
-        }
-        let mut idx: Vec<usize> = Vec::new();
-        for &c in &e.children {
-            match self.entries[c].segment.parse::<usize>() {
-                Ok(k) if self.entries[c].segment == k.to_string() => idx.push(k),
-                _ => return false,
-            }
-        }
-        idx.sort_unstable();
-        idx.iter().enumerate().all(|(i, &k)| i == k)
-    }
-}
-
-/// A dotted name segment must be usable as a child module's name.
-fn check_segment(seg: &str, name: &str) -> Result<()> {
-    let ident = seg
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && seg.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    let number = !seg.is_empty() && seg.chars().all(|c| c.is_ascii_digit());
-    if !(ident || number) {
-        return Err(unsupported(format!(
-            "layer `{name}`: `{seg}` is not a name PyTorch can use for a submodule"
-        )));
-    }
-    if seg.starts_with('_') || TORCH_ATTRIBUTES.contains(&seg) {
-        return Err(unsupported(format!(
-            "layer `{name}`: `{seg}` is an attribute of torch.nn.Module or a layer class, so \
-             no submodule can have that name"
-        )));
-    }
-    Ok(())
-}
 
 fn unsupported(message: String) -> Error {
     Error::usage(
@@ -464,164 +279,6 @@ pub fn to_torch(graph: &Graph) -> Result<String> {
     )
     .unwrap();
     Ok(s)
-}
-
-/// The body of `forward`: the running value lives in `x`; a value that a later op still
-/// needs is kept in a variable named after its layer before `x` moves on.
-fn forward_lines(graph: &Graph, module_of: &BTreeMap<NodeIndex, String>) -> Result<String> {
-    let order = graph.order();
-    let mut pending: BTreeMap<NodeIndex, usize> = BTreeMap::new();
-    for &n in &order {
-        for i in graph.inputs(n) {
-            *pending.entry(i).or_default() += 1;
-        }
-    }
-    let mut saved: BTreeMap<NodeIndex, String> = BTreeMap::new();
-    let mut used: HashSet<String> = FILE_NAMES.iter().map(|s| s.to_string()).collect();
-    let mut current = graph.input;
-    let mut out = String::new();
-    for &n in &order {
-        if n == graph.input {
-            continue;
-        }
-        let inputs = graph.inputs(n);
-        let args: Vec<String> = inputs
-            .iter()
-            .map(|i| {
-                if *i == current {
-                    Ok("x".to_string())
-                } else {
-                    saved.get(i).cloned().ok_or_else(|| {
-                        unsupported(format!(
-                            "`{}` reads a value that is no longer available",
-                            graph.g[n].name
-                        ))
-                    })
-                }
-            })
-            .collect::<Result<_>>()?;
-        for i in &inputs {
-            if let Some(p) = pending.get_mut(i) {
-                *p -= 1;
-            }
-        }
-        // `x` is about to be overwritten: keep it if a later op reads it.
-        if pending.get(&current).copied().unwrap_or(0) > 0 && !saved.contains_key(&current) {
-            let var = variable(&graph.g[current].name, &mut used);
-            writeln!(out, "        {var} = x").unwrap();
-            saved.insert(current, var);
-        }
-        let (expr, comment) = expression(graph, n, &args, module_of)?;
-        let name = &graph.g[n].name;
-        match comment {
-            true => writeln!(out, "        x = {expr}  # {name}").unwrap(),
-            false => writeln!(out, "        x = {expr}").unwrap(),
-        }
-        current = n;
-    }
-    let result = if graph.output == current {
-        "x".to_string()
-    } else {
-        saved
-            .get(&graph.output)
-            .cloned()
-            .ok_or_else(|| unsupported("the output is not computed".into()))?
-    };
-    writeln!(out, "        return {result}").unwrap();
-    Ok(out)
-}
-
-/// A fresh Python variable named after a layer (`conv2_1.act` -> `conv2_1_act`).
-fn variable(name: &str, used: &mut HashSet<String>) -> String {
-    let mut base: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if !is_identifier(&base) {
-        base = format!("v_{base}");
-    }
-    let mut v = base.clone();
-    let mut k = 2;
-    while used.contains(&v) {
-        v = format!("{base}_{k}");
-        k += 1;
-    }
-    used.insert(v.clone());
-    v
-}
-
-/// The Python expression computing node `n` from `args`, and whether the line should
-/// carry the layer's name as a comment (module calls already show it).
-fn expression(
-    graph: &Graph,
-    n: NodeIndex,
-    args: &[String],
-    module_of: &BTreeMap<NodeIndex, String>,
-) -> Result<(String, bool)> {
-    let node = &graph.g[n];
-    let a = args.first().cloned().unwrap_or_default();
-    let call = || -> Result<(String, bool)> {
-        let m = module_of
-            .get(&n)
-            .ok_or_else(|| unsupported(format!("layer `{}` has no module", node.name)))?;
-        Ok((format!("{m}({a})"), false))
-    };
-    Ok(match &node.op {
-        Op::Input => {
-            return Err(unsupported(format!(
-                "`{}` is a second input; the module takes one",
-                node.name
-            )))
-        }
-        Op::Conv2d(_) | Op::BatchNorm(_) | Op::Linear(_) => call()?,
-        Op::Activation(act) => match act {
-            Activation::Prelu { .. } => call()?,
-            Activation::Relu => (format!("F.relu({a})"), true),
-            Activation::LeakyRelu { slope } => (
-                format!("F.leaky_relu({a}, negative_slope={})", py_float(*slope)),
-                true,
-            ),
-            Activation::Tanh => (format!("torch.tanh({a})"), true),
-            Activation::Sigmoid => (format!("torch.sigmoid({a})"), true),
-            Activation::Gelu => (format!("F.gelu({a})"), true),
-            Activation::Identity => (a, true),
-        },
-        Op::MaxPool(p) => (
-            format!(
-                "F.max_pool2d({a}, {}, stride={}, padding={})",
-                py_pair(p.kernel),
-                p.stride,
-                p.padding
-            ),
-            true,
-        ),
-        Op::AvgPool(p) => (
-            format!(
-                "F.avg_pool2d({a}, {}, stride={}, padding={}, count_include_pad=True)",
-                py_pair(p.kernel),
-                p.stride,
-                p.padding
-            ),
-            true,
-        ),
-        Op::GlobalAvgPool => (format!("F.adaptive_avg_pool2d({a}, 1)"), true),
-        Op::Flatten => (format!("torch.flatten({a}, 1)"), true),
-        Op::Add => (args.join(" + "), true),
-        Op::Softmax => (format!("F.softmax({a}, dim=1)"), true),
-        Op::ShortcutPad(p) => {
-            let c = graph.inputs(n).first().map(|&i| graph.g[i].shape[0]);
-            let c = c.unwrap_or(p.out_channels);
-            let mut e = a;
-            if p.stride > 1 {
-                e = format!("{e}[:, :, ::{s}, ::{s}]", s = p.stride);
-            }
-            if p.out_channels > c {
-                // Zero channels go after the existing ones (the last pair pads dim 1).
-                e = format!("F.pad({e}, (0, 0, 0, 0, 0, {}))", p.out_channels - c);
-            }
-            (e, true)
-        }
-    })
 }
 
 #[cfg(test)]

@@ -172,6 +172,30 @@ pub fn deepen_proved(
     Ok((d, report))
 }
 
+/// [`deepen_proved`] with a local proof: the inserted layers (and NetMorph-dense's readers)
+/// on random values shaped like the site's.
+pub fn deepen_local_proved(
+    graph: &Graph,
+    params: &Params,
+    args: &DeepenArgs,
+    seed: u64,
+    prove: &ProveOptions,
+    teacher: &str,
+) -> Result<(Deepened, StepReport)> {
+    let mut d = deepen(graph, params, args, seed)?;
+    d.params = d.params.clone().with_dtype(params.dtype);
+    let site = crate::transform::deepen::resolve_site(graph, &args.after)?;
+    let mut report = deepen_report(graph, &d, args, seed, teacher);
+    judge(
+        &mut report,
+        deepen_judged(args, params.dtype),
+        Some(prove),
+        |o| crate::local_proof::deepen::prove(graph, params, &d, &site, o),
+    )?;
+    report.notes.push(crate::local_proof::LOCAL_NOTE.into());
+    Ok((d, report))
+}
+
 /// Proves a deepening: the teacher, renamed by the name map, against the student, value by
 /// value in every mode of `opts`.
 pub fn prove_deepened(
@@ -211,6 +235,24 @@ pub fn morph_judged(dtype: DType) -> Judged {
         rounds: false,
         dtype,
     }
+}
+
+/// [`morph_proved`] with a local proof: the morphed convolution alone.
+pub fn morph_local_proved(
+    graph: &Graph,
+    params: &Params,
+    layer: &str,
+    k_new: usize,
+    prove: &ProveOptions,
+    teacher: &str,
+) -> Result<(Morphed, StepReport)> {
+    let m = morph_kernel(graph, params, layer, k_new)?;
+    let mut report = morph_report(graph, &m, teacher, prove.seed);
+    judge(&mut report, morph_judged(params.dtype), Some(prove), |o| {
+        crate::local_proof::morph::prove(graph, params, &m, o)
+    })?;
+    report.notes.push(crate::local_proof::LOCAL_NOTE.into());
+    Ok((m, report))
 }
 
 /// Morphs and proves in `prove`'s modes (exact for any input, so every mode is required).

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use r2rc::ir::Graph;
 use r2rc::names::{self, Naming};
 use r2rc::params::{self, Params};
-use r2rc::pipeline::{deepen_judged, deepen_proved, judge};
+use r2rc::pipeline::{deepen_local_proved, deepen_proved};
 use r2rc::prove::{Precision, ProveOptions};
 use r2rc::report::write_outputs;
-use r2rc::report::{deepen_report, StepReport};
+use r2rc::report::StepReport;
 use r2rc::stream::{Job, Streamed};
 use r2rc::transform::deepen::{DeepenArgs, DeepenMethod};
 use r2rc::{Error, Result};
@@ -242,30 +242,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (teacher, source, read_notes) = args.common.teacher(&graph)?;
     let opts = args.common.prove_options()?;
-    let (d, mut report) = if local {
-        let mut d = r2rc::transform::deepen::deepen(&graph, &teacher, &dargs, c.seed)?;
-        d.params = d.params.clone().with_dtype(teacher.dtype);
-        let site = r2rc::transform::deepen::resolve_site(&graph, &dargs.after)?;
-        let mut report = deepen_report(&graph, &d, &dargs, c.seed, &source);
-        judge(
-            &mut report,
-            deepen_judged(&dargs, teacher.dtype),
-            opts.as_ref(),
-            |o| r2rc::local_proof::deepen::prove(&graph, &teacher, &d, &site, o),
-        )?;
-        if opts.is_some() {
-            report.notes.push(r2rc::local_proof::LOCAL_NOTE.into());
-        }
-        (d, report)
-    } else {
-        deepen_proved(
-            &graph,
-            &teacher,
-            &dargs,
-            args.common.seed,
-            opts.as_ref(),
-            &source,
-        )?
+    let (d, mut report) = match (local, &opts) {
+        (true, Some(o)) => deepen_local_proved(&graph, &teacher, &dargs, c.seed, o, &source)?,
+        _ => deepen_proved(&graph, &teacher, &dargs, c.seed, opts.as_ref(), &source)?,
     };
     report.torchvision_names = names::report_names(&[&graph, &d.graph], Naming::parse(&c.names)?);
     report.notes.extend(read_notes);

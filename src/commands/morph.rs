@@ -9,9 +9,7 @@ use std::path::Path;
 
 use r2rc::ir::Graph;
 use r2rc::names::Naming;
-use r2rc::pipeline::{judge, morph_judged, morph_proved};
-use r2rc::report::morph_report;
-use r2rc::transform::morph_kernel::morph_kernel;
+use r2rc::pipeline::{morph_local_proved, morph_proved};
 use r2rc::Result;
 
 use super::deepen::{emit, streamed_command, Common, Student};
@@ -43,28 +41,10 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     let (teacher, source, read_notes) = c.teacher(&graph)?;
     let opts = c.prove_options()?;
-    let (m, mut report) = if local {
-        let m = morph_kernel(&graph, &teacher, &args.layer, args.kernel)?;
-        let mut report = morph_report(&graph, &m, &source, c.seed);
-        judge(
-            &mut report,
-            morph_judged(teacher.dtype),
-            opts.as_ref(),
-            |o| r2rc::local_proof::morph::prove(&graph, &teacher, &m, o),
-        )?;
-        if opts.is_some() {
-            report.notes.push(r2rc::local_proof::LOCAL_NOTE.into());
-        }
-        (m, report)
-    } else {
-        morph_proved(
-            &graph,
-            &teacher,
-            &args.layer,
-            args.kernel,
-            opts.as_ref(),
-            &source,
-        )?
+    let (layer, k) = (&args.layer, args.kernel);
+    let (m, mut report) = match (local, &opts) {
+        (true, Some(o)) => morph_local_proved(&graph, &teacher, layer, k, o, &source)?,
+        _ => morph_proved(&graph, &teacher, layer, k, opts.as_ref(), &source)?,
     };
     report.torchvision_names = r2rc::names::report_names(&[&graph, &m.graph], naming);
     report.notes.extend(read_notes);

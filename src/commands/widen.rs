@@ -93,6 +93,15 @@ pub struct Args {
     sets: Vec<String>,
 }
 
+impl Args {
+    fn shard_size(&self) -> Result<Option<u64>> {
+        self.shard_size
+            .as_deref()
+            .map(r2rc::shards::parse_size)
+            .transpose()
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let naming = Naming::parse(&args.names)?;
     let graph = super::load_named(&args.file, &args.sets, args.name.as_deref())?;
@@ -121,11 +130,7 @@ pub fn run(args: Args) -> Result<()> {
         return Err(Error::usage("--inputs must be at least 1", None));
     }
     let local = super::local_proof(&args.prove)?;
-    let shard_size = args
-        .shard_size
-        .as_deref()
-        .map(r2rc::shards::parse_size)
-        .transpose()?;
+    let shard_size = args.shard_size()?;
     let opts = ProveOptions {
         precision: Precision::parse(&args.dtype)?,
         inputs: args.inputs,
@@ -289,11 +294,7 @@ fn run_streaming(
     (weights, dir): (&std::path::Path, &std::path::Path),
 ) -> Result<()> {
     let naming = Naming::parse(&args.names)?;
-    let shard_size = args
-        .shard_size
-        .as_deref()
-        .map(r2rc::shards::parse_size)
-        .transpose()?;
+    let shard_size = args.shard_size()?;
     let stem = super::stem_of(&args.file, args.name.as_deref());
     let src = r2rc::shards::Source::open(weights)?;
     // Wrong weights are refused before the output folder is made.

@@ -8,7 +8,7 @@ use crate::ir::Graph;
 use crate::params::{DType, Params};
 use crate::prove::{check_equivalence, Evidence, ProveOptions};
 use crate::report::{deepen_report, morph_report, widen_report, StepReport};
-use crate::transform::deepen::{deepen, rename, DeepenArgs, DeepenMethod, Deepened};
+use crate::transform::deepen::{deepen, rename, DeepenArgs, Deepened};
 use crate::transform::morph_kernel::{morph_kernel, Morphed};
 use crate::transform::{Exactness, Plan, WidenArgs, Widened, Widening};
 
@@ -145,10 +145,7 @@ pub fn deepen_judged(args: &DeepenArgs, dtype: DType) -> Judged {
     Judged {
         title: args.method.title().to_string(),
         // Orthogonal mixes and sqrt(1 + eps) are not exact in a narrow dtype.
-        rounds: matches!(
-            args.method,
-            DeepenMethod::NetmorphDense | DeepenMethod::Net2net
-        ),
+        rounds: args.method.info().rounds,
         dtype,
     }
 }

@@ -304,8 +304,7 @@ pub fn run(mut args: Args) -> Result<()> {
                     .map_err(|e| at(&shown, lineno, e))?;
                 summary.push_str(&r.summary());
                 header.push(format!("# step {}: {line} -> {}", steps.len() + 1, r.site));
-                let exact =
-                    d.exactness == Exactness::Exact && method != DeepenMethod::NetmorphDense;
+                let exact = d.exactness == Exactness::Exact && !method.info().mixes;
                 (
                     d.graph,
                     d.params,

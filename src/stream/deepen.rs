@@ -15,7 +15,7 @@ use crate::params::Params;
 use crate::pipeline::{deepen_judged, judge};
 use crate::report::{deepen_report, StepReport};
 use crate::shards::Source;
-use crate::transform::deepen::{self, DeepenArgs, DeepenMethod, Deepened};
+use crate::transform::deepen::{self, DeepenArgs, Deepened};
 
 /// A streamed deepening of the teacher in `job.src`: planned, proved locally (the inserted
 /// layers), then written where `place` says once it has checked the student's outputs.
@@ -27,7 +27,7 @@ pub fn step(
 ) -> Result<Streamed> {
     let (d, mut partial) = plan(graph, job.src, args, job.seed, job.naming)?;
     // Only NetMorph-dense's proof reads teacher tensors (its readers); free the others.
-    if args.method != DeepenMethod::NetmorphDense {
+    if !args.method.info().mixes {
         partial.tensors.clear();
     }
     let path = place(&d.graph)?;

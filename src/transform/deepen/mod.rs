@@ -60,39 +60,63 @@ pub enum DeepenMethod {
     Random,
 }
 
+/// One deepening method's facts.
+pub struct DeepenInfo {
+    pub method: DeepenMethod,
+    /// What `--method` takes.
+    pub name: &'static str,
+    /// The paper's name, for reports.
+    pub title: &'static str,
+    /// Inserts a block of its own width (`--width`), matching the previous kernel's scale.
+    pub sized: bool,
+    /// Changes the readers of the site (the dense mix), so it reads their tensors.
+    pub mixes: bool,
+    /// Computes values a narrow dtype cannot hold exactly (orthogonal mixes,
+    /// `sqrt(1 + eps)`): the proof's tolerance rule widens for it.
+    pub rounds: bool,
+    /// What to insert; `rng` is the deepening's seeded stream.
+    pub insertion: fn(&SiteInfo, Option<usize>, &mut ChaCha8Rng) -> Result<Insertion>,
+}
+
+/// The deepening methods, one line each. Adding a method is its file (returning an
+/// [`Insertion`]), a [`DeepenMethod`] variant and a line here.
+#[rustfmt::skip]
+pub const DEEPEN_METHODS: [DeepenInfo; 5] = [
+    DeepenInfo { method: DeepenMethod::R2r, name: "r2r", title: "R2DeeperR", sized: true, mixes: false, rounds: false, insertion: r2r_deeper::insertion },
+    DeepenInfo { method: DeepenMethod::Net2net, name: "net2net", title: "Net2DeeperNet", sized: false, mixes: false, rounds: true, insertion: |i, _, _| net2net_deeper::insertion(i) },
+    DeepenInfo { method: DeepenMethod::Netmorph, name: "netmorph", title: "NetMorph", sized: false, mixes: false, rounds: false, insertion: |i, _, _| netmorph_deeper::insertion(i) },
+    DeepenInfo { method: DeepenMethod::NetmorphDense, name: "netmorph-dense", title: "NetMorph (dense)", sized: false, mixes: true, rounds: true, insertion: |i, _, r| netmorph_deeper::dense_insertion(i, r) },
+    DeepenInfo { method: DeepenMethod::Random, name: "random", title: "random block", sized: true, mixes: false, rounds: false, insertion: random_deeper::insertion },
+];
+
 impl DeepenMethod {
+    /// This method's line of [`DEEPEN_METHODS`].
+    pub fn info(self) -> &'static DeepenInfo {
+        DEEPEN_METHODS
+            .iter()
+            .find(|m| m.method == self)
+            .expect("every method has a line")
+    }
+
     pub fn parse(s: &str) -> Result<DeepenMethod> {
-        match s {
-            "r2r" => Ok(DeepenMethod::R2r),
-            "net2net" => Ok(DeepenMethod::Net2net),
-            "netmorph" => Ok(DeepenMethod::Netmorph),
-            "netmorph-dense" => Ok(DeepenMethod::NetmorphDense),
-            "random" => Ok(DeepenMethod::Random),
-            _ => Err(Error::usage(
-                format!("unknown deepening method `{s}`"),
-                Some("use r2r, net2net, netmorph, netmorph-dense or random".into()),
-            )),
+        match DEEPEN_METHODS.iter().find(|m| m.name == s) {
+            Some(m) => Ok(m.method),
+            None => {
+                let names: Vec<&str> = DEEPEN_METHODS.iter().map(|m| m.name).collect();
+                Err(Error::usage(
+                    format!("unknown deepening method `{s}`"),
+                    Some(format!("use one of: {}", names.join(", "))),
+                ))
+            }
         }
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            DeepenMethod::R2r => "r2r",
-            DeepenMethod::Net2net => "net2net",
-            DeepenMethod::Netmorph => "netmorph",
-            DeepenMethod::NetmorphDense => "netmorph-dense",
-            DeepenMethod::Random => "random",
-        }
+        self.info().name
     }
 
     pub fn title(self) -> &'static str {
-        match self {
-            DeepenMethod::R2r => "R2DeeperR",
-            DeepenMethod::Net2net => "Net2DeeperNet",
-            DeepenMethod::Netmorph => "NetMorph",
-            DeepenMethod::NetmorphDense => "NetMorph (dense)",
-            DeepenMethod::Random => "random block",
-        }
+        self.info().title
     }
 }
 
@@ -186,11 +210,11 @@ pub fn deepen(graph: &Graph, params: &Params, args: &DeepenArgs, seed: u64) -> R
 /// unchanged, so a streamed deepening reads only these into memory.
 pub fn needed_tensors(graph: &Graph, site: &Site, method: DeepenMethod) -> Vec<String> {
     let mut layers: Vec<NodeIndex> = Vec::new();
-    if matches!(method, DeepenMethod::R2r | DeepenMethod::Random) {
+    if method.info().sized {
         layers.extend(scale_kernel(graph, site));
     }
     let mut stack = Vec::new();
-    if method == DeepenMethod::NetmorphDense {
+    if method.info().mixes {
         stack.push(site.value);
     }
     while let Some(n) = stack.pop() {
@@ -229,10 +253,16 @@ pub fn deepen_partial(
     let site = resolve_site(graph, &args.after)?;
     let info = site_info(graph, params, site.clone());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    if args.width.is_some() && !matches!(args.method, DeepenMethod::R2r | DeepenMethod::Random) {
+    if args.width.is_some() && !args.method.info().sized {
+        let sized: Vec<&str> = DEEPEN_METHODS
+            .iter()
+            .filter(|m| m.sized)
+            .map(|m| m.name)
+            .collect();
         return Err(usage(
             format!(
-                "--width applies to r2r and random blocks, not {}",
+                "--width applies to {} blocks, not {}",
+                sized.join(" and "),
                 args.method.name()
             ),
             Some(format!(
@@ -241,13 +271,7 @@ pub fn deepen_partial(
             )),
         ));
     }
-    let ins = match args.method {
-        DeepenMethod::R2r => r2r_deeper::insertion(&info, args.width, &mut rng)?,
-        DeepenMethod::Net2net => net2net_deeper::insertion(&info)?,
-        DeepenMethod::Netmorph => netmorph_deeper::insertion(&info)?,
-        DeepenMethod::NetmorphDense => netmorph_deeper::dense_insertion(&info, &mut rng)?,
-        DeepenMethod::Random => random_deeper::insertion(&info, args.width, &mut rng)?,
-    };
+    let ins = (args.method.info().insertion)(&info, args.width, &mut rng)?;
     apply_insertion(graph, params, &site, ins)
 }
 

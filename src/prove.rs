@@ -35,25 +35,13 @@ pub enum Precision {
     F64,
 }
 
+crate::exec::keywords!(
+    Precision,
+    "proof precision",
+    [("f32", Precision::F32), ("f64", Precision::F64)]
+);
+
 impl Precision {
-    pub fn parse(s: &str) -> Result<Precision> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "f64" => Ok(Precision::F64),
-            _ => Err(Error::usage(
-                format!("unknown proof precision `{s}`"),
-                Some("use f32 or f64".into()),
-            )),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::F64 => "f64",
-        }
-    }
-
     /// The default relative tolerance: 1e-9 in f64, 1e-5 in f32.
     pub fn tolerance(self) -> f64 {
         match self {

@@ -42,32 +42,33 @@ pub trait Float:
     /// im2col matrices are not allocated, zeroed and faulted in for every image).
     fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R;
 
-    /// `C = A B + beta C` on strided matrices (matrixmultiply's `sgemm`/`dgemm`), with A
-    /// `[m x k]`, B `[k x n]` and C `[m x n]`.
-    ///
-    /// # Safety
-    /// Every element addressed through the pointers and strides must lie in its buffer,
-    /// and `c` must not alias `a` or `b`.
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: Strided<*const Self>,
-        b: Strided<*const Self>,
-        beta: Self,
-        c: Strided<*mut Self>,
-    );
+    /// matrixmultiply's `sgemm`/`dgemm`: `C = alpha A B + beta C` on strided matrices.
+    const RAW_GEMM: RawGemm<Self>;
 }
 
-/// A matrix as the raw GEMM addresses it: element `(i, j)` lies at `ptr + i * rs + j * cs`.
-#[derive(Clone, Copy, Debug)]
-pub struct Strided<P> {
-    pub ptr: P,
-    /// Row stride, in elements.
-    pub rs: isize,
-    /// Column stride, in elements.
-    pub cs: isize,
-}
+/// The signature of matrixmultiply's `sgemm`/`dgemm`: `(m, k, n, alpha, a, rsa, csa, b,
+/// rsb, csb, beta, c, rsc, csc)` with A `[m x k]`, B `[k x n]`, C `[m x n]`, element
+/// `(i, j)` of a matrix at `ptr + i * rs + j * cs`.
+///
+/// # Safety
+/// Every element addressed through the pointers and strides must lie in its buffer, and
+/// `c` must not alias `a` or `b`.
+pub type RawGemm<T> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    T,
+    *const T,
+    isize,
+    isize,
+    *const T,
+    isize,
+    isize,
+    T,
+    *mut T,
+    isize,
+    isize,
+);
 
 macro_rules! float_impl {
     ($t:ty, $name:literal, $gemm:path) => {
@@ -119,19 +120,7 @@ macro_rules! float_impl {
                     Err(_) => f(&mut Vec::new(), &mut Vec::new()),
                 })
             }
-            unsafe fn gemm(
-                m: usize,
-                k: usize,
-                n: usize,
-                a: Strided<*const Self>,
-                b: Strided<*const Self>,
-                beta: Self,
-                c: Strided<*mut Self>,
-            ) {
-                $gemm(
-                    m, k, n, 1.0, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c.ptr, c.rs, c.cs,
-                )
-            }
+            const RAW_GEMM: RawGemm<Self> = $gemm;
         }
     };
 }
@@ -209,26 +198,21 @@ pub fn gemm<T: Float>(d: &GemmDims, a: &[T], b: &[T], c: &mut [T]) {
     // SAFETY: the asserts above keep every addressed element inside its slice, and `c` is
     // a unique borrow, so it aliases neither input.
     unsafe {
-        T::gemm(
+        T::RAW_GEMM(
             m,
             k,
             n,
-            Strided {
-                ptr: a.as_ptr(),
-                rs: lda as isize,
-                cs: 1,
-            },
-            Strided {
-                ptr: b.as_ptr(),
-                rs: rsb,
-                cs: csb,
-            },
+            T::one(),
+            a.as_ptr(),
+            lda as isize,
+            1,
+            b.as_ptr(),
+            rsb,
+            csb,
             T::zero(),
-            Strided {
-                ptr: c.as_mut_ptr(),
-                rs: ldc as isize,
-                cs: 1,
-            },
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
         )
     }
 }

@@ -50,24 +50,49 @@ pub enum Mode {
     Train,
 }
 
-impl Mode {
-    pub fn parse(s: &str) -> Result<Mode> {
-        match s {
-            "eval" => Ok(Mode::Eval),
-            "train" => Ok(Mode::Train),
-            _ => Err(Error::usage(
-                format!("unknown mode `{s}`"),
-                Some("use eval or train".into()),
-            )),
-        }
-    }
+/// `parse` (with an error naming the option and its keywords) and `name` for an enum of
+/// keyword options, from one `(keyword, value)` table.
+macro_rules! keywords {
+    ($ty:ty, $what:literal, [$(($k:literal, $v:expr)),+ $(,)?]) => {
+        impl $ty {
+            const KEYWORDS: &'static [(&'static str, $ty)] = &[$(($k, $v)),+];
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Eval => "eval",
-            Mode::Train => "train",
+            pub fn parse(s: &str) -> $crate::error::Result<$ty> {
+                $crate::exec::parse_keyword(s, $what, Self::KEYWORDS)
+            }
+
+            pub fn name(self) -> &'static str {
+                $crate::exec::keyword_of(self, Self::KEYWORDS)
+            }
+        }
+    };
+}
+pub(crate) use keywords;
+
+keywords!(Mode, "mode", [("eval", Mode::Eval), ("train", Mode::Train)]);
+
+/// The value whose keyword is `s` in `table`, or an error naming the option (`what`) and
+/// the keywords it takes.
+pub fn parse_keyword<K: Copy>(s: &str, what: &str, table: &[(&'static str, K)]) -> Result<K> {
+    match table.iter().find(|(k, _)| *k == s) {
+        Some(&(_, v)) => Ok(v),
+        None => {
+            let names: Vec<&str> = table.iter().map(|(k, _)| *k).collect();
+            Err(Error::usage(
+                format!("unknown {what} `{s}`"),
+                Some(format!("use {}", names.join(" or "))),
+            ))
         }
     }
+}
+
+/// The keyword of `v` in `table` (every value has one).
+pub fn keyword_of<K: Copy + PartialEq>(v: K, table: &[(&'static str, K)]) -> &'static str {
+    table
+        .iter()
+        .find(|(_, x)| *x == v)
+        .map(|(k, _)| *k)
+        .expect("every value has a keyword")
 }
 
 /// A dense row-major tensor whose first dimension is the batch.

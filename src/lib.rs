@@ -19,6 +19,7 @@ pub mod lower;
 pub mod names;
 pub mod outputs;
 pub mod params;
+pub mod patch;
 pub mod picture;
 pub mod pipeline;
 pub mod print;

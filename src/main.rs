@@ -72,7 +72,7 @@ fn main() {
         Command::Run(a) => commands::run::run(a),
         Command::Export(a) => commands::export::run(a),
         Command::Spaces(a) => commands::spaces::run(a),
-        Command::Widen(a) => one_set(a.output.clone(), || commands::widen::run(a)),
+        Command::Widen(a) => one_set(a.common.output.clone(), || commands::widen::run(a)),
         Command::Deepen(a) => one_set(a.common.output.clone(), || commands::deepen::run(a)),
         Command::Morph(a) => one_set(a.common.output.clone(), || commands::morph::run(a)),
         Command::Apply(a) => one_set(a.common.output.clone(), || commands::apply::run(a)),

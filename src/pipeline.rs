@@ -1,26 +1,101 @@
-//! A rewrite step run whole in memory: rewrite, round to the stored dtype, prove under the
-//! one tolerance rule, report. The streamed and locally proved paths ([`crate::stream`],
-//! [`crate::local_proof`]) evaluate the same rewrites and judge their evidence here too
-//! ([`judge`]), so a rule about proofs lives in one place.
+//! One pipeline for every rewrite step: plan a [`Patch`], evaluate its edits, prove (the
+//! whole networks, the patch's region, or not at all) under the one tolerance rule, and
+//! report. [`run`] does it in memory; [`crate::stream::step`] evaluates the same patch
+//! tensor by tensor in file order and judges its evidence here too ([`judge`]), so a rule
+//! about proofs lives in one place. A plan (`apply`) is a fold of steps.
 
 use crate::error::{Error, Result};
 use crate::ir::Graph;
 use crate::params::{DType, Params};
-use crate::prove::{check_equivalence, Evidence, ProveOptions};
-use crate::report::{deepen_report, morph_report, widen_report, StepReport};
-use crate::transform::deepen::{deepen, rename, DeepenArgs, Deepened};
-use crate::transform::morph_kernel::{morph_kernel, Morphed};
-use crate::transform::{Exactness, Plan, WidenArgs, Widened, Widening};
+use crate::patch::{Patch, Step};
+use crate::prove::{Evidence, ProveOptions};
+use crate::report::StepReport;
+use crate::transform::deepen::DeepenArgs;
+use crate::transform::{Exactness, Plan, WidenArgs};
 
-/// A widened student with its report.
+/// How a step is proved.
+#[derive(Debug, Clone, Copy)]
+pub enum Proof<'a> {
+    /// Not at all (`--no-prove`).
+    None,
+    /// Teacher and student run whole, value by value.
+    Full(&'a ProveOptions),
+    /// Only the patch's region ([`Patch::prove_local`]).
+    Local(&'a ProveOptions),
+}
+
+impl<'a> Proof<'a> {
+    /// `opts` (`None`: no proof), run whole or on the region.
+    pub fn new(opts: Option<&'a ProveOptions>, local: bool) -> Proof<'a> {
+        match (opts, local) {
+            (None, _) => Proof::None,
+            (Some(o), false) => Proof::Full(o),
+            (Some(o), true) => Proof::Local(o),
+        }
+    }
+
+    pub fn options(self) -> Option<&'a ProveOptions> {
+        match self {
+            Proof::None => None,
+            Proof::Full(o) | Proof::Local(o) => Some(o),
+        }
+    }
+}
+
+/// A step's student in memory, with its report.
 #[derive(Debug, Clone)]
-pub struct Outcome {
-    pub widened: Widened,
+pub struct Stepped {
+    pub graph: Graph,
+    pub params: Params,
     pub report: StepReport,
+    /// Exact in every mode with no value hidden from the proof ([`Patch::exact_everywhere`]).
+    pub exact_everywhere: bool,
+}
+
+/// Runs `step` whole in memory: plans the patch, evaluates every student tensor (rounded
+/// to the teacher's dtype: what will be written is what is proved), proves as `proof` says
+/// and judges the evidence.
+pub fn run(
+    graph: &Graph,
+    params: &Params,
+    step: &Step,
+    seed: u64,
+    proof: Proof,
+    teacher: &str,
+) -> Result<Stepped> {
+    params.check(graph)?;
+    let patch = Patch::plan(graph, step, seed, params, teacher)?;
+    let student = patch.student_params(params)?;
+    let report = judge_patch(&patch, proof, |o| match proof {
+        Proof::Local(_) => patch.prove_local(params, o),
+        _ => patch.prove_full(params, &student, o),
+    })?;
+    Ok(Stepped {
+        exact_everywhere: patch.exact_everywhere(),
+        graph: patch.student,
+        params: student,
+        report,
+    })
+}
+
+/// The report of `patch` judged on the evidence `run` gives in `proof`'s modes, with the
+/// local proof's note.
+pub fn judge_patch(
+    patch: &Patch,
+    proof: Proof,
+    run: impl FnOnce(&ProveOptions) -> Result<Vec<Evidence>>,
+) -> Result<StepReport> {
+    let mut report = patch.report.clone();
+    judge(&mut report, patch.judged.clone(), proof.options(), run)?;
+    if let Proof::Local(_) = proof {
+        report.notes.push(patch.local_note());
+    }
+    Ok(report)
 }
 
 /// What a proof is judged by: the method's title, whether its new values round in a
 /// narrow dtype, and the dtype the weights are stored in.
+#[derive(Debug, Clone)]
 pub struct Judged {
     pub title: String,
     pub rounds: bool,
@@ -67,61 +142,6 @@ pub fn judge(
     Ok(())
 }
 
-/// Widens, rounds the new weights to the teacher's dtype (what will be written is what is
-/// proved) and proves. `prove == None` skips the proof.
-pub fn widen_proved(
-    graph: &Graph,
-    params: &Params,
-    args: &WidenArgs,
-    seed: u64,
-    prove: Option<&ProveOptions>,
-    teacher: &str,
-) -> Result<Outcome> {
-    params.check(graph)?;
-    let w = Widening::new(graph, args, seed, &|n| params.tensors.contains_key(n))?;
-    let mut report = widen_report(graph, &w.plan, args, seed, teacher);
-    let how = widen_judged(args, &w.plan, params.dtype);
-    let mut widened = w.widened(params)?;
-    widened.params = widened.params.with_dtype(params.dtype);
-    judge(&mut report, how, prove, |o| {
-        check_equivalence(graph, params, &widened.graph, &widened.params, o)
-    })?;
-    Ok(Outcome { widened, report })
-}
-
-/// [`widen_proved`] with a local proof: every widened space proved on its region.
-pub fn widen_local_proved(
-    graph: &Graph,
-    params: &Params,
-    args: &WidenArgs,
-    seed: u64,
-    prove: &ProveOptions,
-    teacher: &str,
-) -> Result<Outcome> {
-    params.check(graph)?;
-    let w = Widening::new(graph, args, seed, &|n| params.tensors.contains_key(n))?;
-    let mut report = widen_report(graph, &w.plan, args, seed, teacher);
-    let mut read = |n: &str| {
-        params
-            .tensors
-            .get(n)
-            .cloned()
-            .ok_or_else(|| Error::weights(format!("the weights lack tensor `{n}`")))
-    };
-    judge(
-        &mut report,
-        widen_judged(args, &w.plan, params.dtype),
-        Some(prove),
-        |o| crate::local_proof::prove_widening(&w, &mut read, params.dtype, o),
-    )?;
-    report
-        .notes
-        .push(crate::local_proof::widening_note(w.plan.steps.len()));
-    let mut widened = w.widened(params)?;
-    widened.params = widened.params.with_dtype(params.dtype);
-    Ok(Outcome { widened, report })
-}
-
 /// How a widening by `args` is judged on weights stored as `dtype`.
 pub fn widen_judged(args: &WidenArgs, plan: &Plan, dtype: DType) -> Judged {
     Judged {
@@ -150,71 +170,6 @@ pub fn deepen_judged(args: &DeepenArgs, dtype: DType) -> Judged {
     }
 }
 
-/// Deepens, rounds the student's tensors to the teacher's dtype and proves, in `prove`'s
-/// modes. `prove == None` skips the proof.
-pub fn deepen_proved(
-    graph: &Graph,
-    params: &Params,
-    args: &DeepenArgs,
-    seed: u64,
-    prove: Option<&ProveOptions>,
-    teacher: &str,
-) -> Result<(Deepened, StepReport)> {
-    let mut d = deepen(graph, params, args, seed)?;
-    d.params = d.params.clone().with_dtype(params.dtype);
-    let mut report = deepen_report(graph, &d, args, seed, teacher);
-    judge(&mut report, deepen_judged(args, params.dtype), prove, |o| {
-        prove_deepened(graph, params, &d, o)
-    })?;
-    Ok((d, report))
-}
-
-/// [`deepen_proved`] with a local proof: the inserted layers (and NetMorph-dense's readers)
-/// on random values shaped like the site's.
-pub fn deepen_local_proved(
-    graph: &Graph,
-    params: &Params,
-    args: &DeepenArgs,
-    seed: u64,
-    prove: &ProveOptions,
-    teacher: &str,
-) -> Result<(Deepened, StepReport)> {
-    let mut d = deepen(graph, params, args, seed)?;
-    d.params = d.params.clone().with_dtype(params.dtype);
-    let site = crate::transform::deepen::resolve_site(graph, &args.after)?;
-    let mut report = deepen_report(graph, &d, args, seed, teacher);
-    judge(
-        &mut report,
-        deepen_judged(args, params.dtype),
-        Some(prove),
-        |o| crate::local_proof::deepen::prove(graph, params, &d, &site, o),
-    )?;
-    report.notes.push(crate::local_proof::LOCAL_NOTE.into());
-    Ok((d, report))
-}
-
-/// Proves a deepening: the teacher, renamed by the name map, against the student, value by
-/// value in every mode of `opts`.
-pub fn prove_deepened(
-    teacher: &Graph,
-    tp: &Params,
-    d: &Deepened,
-    opts: &ProveOptions,
-) -> Result<Vec<Evidence>> {
-    let mut map = d.name_map.clone();
-    for m in &d.mixed {
-        // Out of the comparison: the student's value is the teacher's mixed by N.
-        map.insert(m.clone(), format!("{m} (before the mix)"));
-    }
-    let (t, p) = rename(teacher, tp, &map);
-    check_equivalence(&t, &p, &d.graph, &d.params, opts)
-}
-
-/// The first evidence that a mode `d` must pass failed, as the error to exit with.
-pub fn deepen_failure(d: &Deepened, evidence: &[Evidence]) -> Option<Error> {
-    required_failure(d.exactness, evidence)
-}
-
 /// The first evidence of a mode that `exactness` requires to pass that failed.
 pub fn required_failure(exactness: Exactness, evidence: &[Evidence]) -> Option<Error> {
     let required: Vec<Evidence> = evidence
@@ -232,39 +187,4 @@ pub fn morph_judged(dtype: DType) -> Judged {
         rounds: false,
         dtype,
     }
-}
-
-/// [`morph_proved`] with a local proof: the morphed convolution alone.
-pub fn morph_local_proved(
-    graph: &Graph,
-    params: &Params,
-    layer: &str,
-    k_new: usize,
-    prove: &ProveOptions,
-    teacher: &str,
-) -> Result<(Morphed, StepReport)> {
-    let m = morph_kernel(graph, params, layer, k_new)?;
-    let mut report = morph_report(graph, &m, teacher, prove.seed);
-    judge(&mut report, morph_judged(params.dtype), Some(prove), |o| {
-        crate::local_proof::morph::prove(graph, params, &m, o)
-    })?;
-    report.notes.push(crate::local_proof::LOCAL_NOTE.into());
-    Ok((m, report))
-}
-
-/// Morphs and proves in `prove`'s modes (exact for any input, so every mode is required).
-pub fn morph_proved(
-    graph: &Graph,
-    params: &Params,
-    layer: &str,
-    k_new: usize,
-    prove: Option<&ProveOptions>,
-    teacher: &str,
-) -> Result<(Morphed, StepReport)> {
-    let m = morph_kernel(graph, params, layer, k_new)?;
-    let mut report = morph_report(graph, &m, teacher, prove.map_or(0, |o| o.seed));
-    judge(&mut report, morph_judged(params.dtype), prove, |o| {
-        check_equivalence(graph, params, &m.graph, &m.params, o)
-    })?;
-    Ok((m, report))
 }

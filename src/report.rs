@@ -54,6 +54,12 @@ pub struct StepReport {
     /// of the report use r2rc's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub torchvision_names: Option<BTreeMap<String, String>>,
+    /// A plan's steps, in order (`apply` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepReport>,
+    /// The plan line of a step (`apply` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<String>,
 }
 
 /// Whether a method of `exactness` must pass the proof in `e`'s mode (an unknown mode,
@@ -85,19 +91,32 @@ impl StepReport {
             ),
         };
         out.push_str(&format!("# teacher weights: {}\n", self.teacher));
+        for (i, step) in self.steps.iter().enumerate() {
+            out.push_str(&format!("# step {}: {}\n", i + 1, step.plan_line()));
+        }
         for line in self.rename_lines() {
             out.push_str(&format!("# {line}\n"));
         }
         for n in &self.notes {
             out.push_str(&format!("# note: {n}\n"));
         }
-        if self.evidence.is_empty() {
+        if self.evidence.is_empty() && self.steps.is_empty() {
             out.push_str("# not proved (--no-prove)\n");
         }
         for e in &self.evidence {
-            out.push_str(&crate::prove::evidence_line("# ", e, self.required(e)));
+            out.push_str(&self.evidence_line("# ", e));
         }
         out
+    }
+
+    /// A plan step as the student's header lists it: its line and, when the line does
+    /// not say it, where it went (`deepen --after conv2_2 -> after conv2_2 (new block ...)`).
+    fn plan_line(&self) -> String {
+        let line = self.line.as_deref().unwrap_or(&self.command);
+        match self.command.as_str() {
+            "deepen" | "morph" => format!("{line} -> {}", self.site),
+            _ => line.to_string(),
+        }
     }
 
     /// `conv2_x 16->24, ...`: the widened spaces.
@@ -130,6 +149,14 @@ impl StepReport {
         )]
     }
 
+    /// A line of evidence; a plan's is its end-to-end proof.
+    fn evidence_line(&self, prefix: &str, e: &Evidence) -> String {
+        match self.steps.is_empty() {
+            true => crate::prove::evidence_line(prefix, e, self.required(e)),
+            false => format!("{prefix}proof (end to end): {}\n", e.summary()),
+        }
+    }
+
     /// Whether the method must preserve the function in `e`'s mode.
     pub fn required(&self, e: &Evidence) -> bool {
         required(self.exactness, e)
@@ -152,6 +179,14 @@ impl StepReport {
             );
         }
         crate::prove::add_names(&mut m, self.torchvision_names.as_ref());
+        if !self.steps.is_empty() {
+            // A plan's steps, without their own proofs' details.
+            let steps: Vec<String> = self.steps.iter().map(|s| s.plan_line()).collect();
+            m.insert(
+                "r2rc.steps".into(),
+                serde_json::to_string(&steps).expect("strings serialise"),
+            );
+        }
         m
     }
 
@@ -159,8 +194,8 @@ impl StepReport {
     pub fn summary(&self) -> String {
         let tv = self.torchvision_names.as_ref();
         let show = |n: &String| crate::names::shown(n, tv);
-        let mut out = String::new();
-        if self.spaces.is_empty() {
+        let mut out: String = self.steps.iter().map(|s| s.summary()).collect();
+        if self.spaces.is_empty() && self.steps.is_empty() {
             out.push_str(&format!(
                 "{} {}: {}\n",
                 self.command, self.method, self.site
@@ -175,7 +210,7 @@ impl StepReport {
                 s.to
             ));
         }
-        if !self.inserted.is_empty() {
+        if !self.inserted.is_empty() && self.steps.is_empty() {
             let shown: Vec<String> = self.inserted.iter().map(show).collect();
             out.push_str(&format!("inserted {}\n", shown.join(", ")));
         }
@@ -190,9 +225,46 @@ impl StepReport {
             self.params_before, self.params_after, self.macs_before, self.macs_after
         ));
         for e in &self.evidence {
-            out.push_str(&crate::prove::evidence_line("", e, self.required(e)));
+            out.push_str(&self.evidence_line("", e));
         }
         out
+    }
+}
+
+impl StepReport {
+    /// The report of a step `command` by `method` rewriting `graph` into `student`,
+    /// preserving the function in the modes `exactness` says, before any proof.
+    fn new(
+        (command, method): (&str, &str),
+        (graph, student): (&Graph, &Graph),
+        exactness: Exactness,
+        seed: u64,
+        teacher: &str,
+    ) -> StepReport {
+        StepReport {
+            command: command.into(),
+            method: method.into(),
+            function_preserving: exactness != Exactness::NotPreserving,
+            exactness,
+            site: String::new(),
+            spaces: Vec::new(),
+            name_map: BTreeMap::new(),
+            inserted: Vec::new(),
+            changed: Vec::new(),
+            params_before: crate::stats::param_count(graph),
+            params_after: crate::stats::param_count(student),
+            macs_before: crate::stats::mac_count(graph),
+            macs_after: crate::stats::mac_count(student),
+            seed,
+            init: None,
+            teacher: teacher.into(),
+            notes: Vec::new(),
+            proved: false,
+            evidence: Vec::new(),
+            torchvision_names: None,
+            steps: Vec::new(),
+            line: None,
+        }
     }
 }
 
@@ -205,31 +277,18 @@ pub fn widen_report(
     seed: u64,
     teacher: &str,
 ) -> StepReport {
+    let exactness = if plan.exact {
+        Exactness::Exact
+    } else {
+        Exactness::NotPreserving
+    };
+    let names = ("widen", args.method.name());
     StepReport {
-        command: "widen".into(),
-        method: args.method.name().into(),
-        function_preserving: plan.exact,
-        exactness: if plan.exact {
-            Exactness::Exact
-        } else {
-            Exactness::NotPreserving
-        },
         site: args.target.show(),
         spaces: plan.changes.clone(),
-        name_map: BTreeMap::new(),
-        inserted: Vec::new(),
-        changed: Vec::new(),
-        params_before: crate::stats::param_count(graph),
-        params_after: crate::stats::param_count(&plan.student),
-        macs_before: crate::stats::mac_count(graph),
-        macs_after: crate::stats::mac_count(&plan.student),
-        seed,
         init: Some(format!("{:?}", args.init).to_lowercase()),
-        teacher: teacher.into(),
         notes: plan.notes.clone(),
-        proved: false,
-        evidence: Vec::new(),
-        torchvision_names: None,
+        ..StepReport::new(names, (graph, &plan.student), exactness, seed, teacher)
     }
 }
 
@@ -241,60 +300,76 @@ pub fn deepen_report(
     seed: u64,
     teacher: &str,
 ) -> StepReport {
+    let names = ("deepen", args.method.name());
     StepReport {
-        command: "deepen".into(),
-        method: args.method.name().into(),
-        function_preserving: d.exactness != Exactness::NotPreserving,
-        exactness: d.exactness,
         site: d.site.clone(),
-        spaces: Vec::new(),
         name_map: d.name_map.clone(),
         inserted: d.inserted.clone(),
         changed: d.changed.clone(),
-        params_before: crate::stats::param_count(graph),
-        params_after: crate::stats::param_count(&d.graph),
-        macs_before: crate::stats::mac_count(graph),
-        macs_after: crate::stats::mac_count(&d.graph),
-        seed,
-        init: None,
-        teacher: teacher.into(),
         notes: d.notes.clone(),
-        proved: false,
-        evidence: Vec::new(),
-        torchvision_names: None,
+        ..StepReport::new(names, (graph, &d.graph), d.exactness, seed, teacher)
     }
 }
 
 /// The report of the kernel morph `m` of `graph`, before any proof.
 pub fn morph_report(graph: &Graph, m: &Morphed, teacher: &str, seed: u64) -> StepReport {
     let c = &m.change;
+    let names = ("morph", "zero-pad");
     StepReport {
-        command: "morph".into(),
-        method: "zero-pad".into(),
-        function_preserving: true,
-        exactness: Exactness::Exact,
         site: format!(
             "{}: kernel {}x{} -> {}x{}, padding {} -> {}",
             c.layer, c.from, c.from, c.to, c.to, c.padding_from, c.padding_to
         ),
-        spaces: Vec::new(),
-        name_map: BTreeMap::new(),
-        inserted: Vec::new(),
         changed: vec![c.layer.clone()],
-        params_before: crate::stats::param_count(graph),
-        params_after: crate::stats::param_count(&m.graph),
-        macs_before: crate::stats::mac_count(graph),
-        macs_after: crate::stats::mac_count(&m.graph),
-        seed,
-        init: None,
-        teacher: teacher.into(),
         notes: vec![format!(
             "the {}x{} kernel of `{}` sits at the centre of a zero {}x{} kernel",
             c.from, c.from, c.layer, c.to, c.to
         )],
-        proved: false,
-        evidence: Vec::new(),
-        torchvision_names: None,
+        ..StepReport::new(names, (graph, &m.graph), Exactness::Exact, seed, teacher)
+    }
+}
+
+/// The report of renaming the architecture `graph` to `name` (a plan's `name` step).
+pub fn name_report(graph: &Graph, name: &str, teacher: &str) -> StepReport {
+    StepReport {
+        site: format!("{} -> {name}", graph.name),
+        ..StepReport::new(
+            ("name", "rename"),
+            (graph, graph),
+            Exactness::Exact,
+            0,
+            teacher,
+        )
+    }
+}
+
+/// The report of a plan: `steps` rewrote `graph` into `student`; the name map, exactness
+/// and notes are the plan's, the evidence the end-to-end proof's (if any).
+pub fn plan_report(
+    graph: &Graph,
+    student: &Graph,
+    plan: &str,
+    steps: Vec<StepReport>,
+    seed: u64,
+    teacher: &str,
+) -> StepReport {
+    let exactness = if steps.iter().all(|s| s.exactness == Exactness::Exact) {
+        Exactness::Exact
+    } else if steps.iter().all(|s| s.function_preserving) {
+        Exactness::EvalOnly
+    } else {
+        Exactness::NotPreserving
+    };
+    StepReport {
+        site: format!("{plan} ({} steps)", steps.len()),
+        steps,
+        ..StepReport::new(
+            ("apply", "plan"),
+            (graph, student),
+            exactness,
+            seed,
+            teacher,
+        )
     }
 }
 

@@ -10,6 +10,7 @@ pub mod morph;
 pub mod prove;
 pub mod run;
 pub mod spaces;
+pub mod step;
 pub mod widen;
 
 use r2rc::error::render;

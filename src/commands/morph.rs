@@ -5,14 +5,12 @@
 
 use std::path::PathBuf;
 
-use std::path::Path;
-
-use r2rc::ir::Graph;
 use r2rc::names::Naming;
-use r2rc::pipeline::{morph_local_proved, morph_proved};
+use r2rc::patch::Step;
+use r2rc::transform::morph_kernel::MorphArgs;
 use r2rc::Result;
 
-use super::deepen::{emit, streamed_command, Common, Student};
+use super::step::Common;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,45 +26,13 @@ pub struct Args {
     pub common: Common,
 }
 
-pub fn run(mut args: Args) -> Result<()> {
-    let graph = super::load_named(&args.file, &args.common.sets, args.common.name.as_deref())?;
-    // A module name of the weights' scheme (`layer1.0.conv1`) names r2rc's layer.
-    args.layer =
-        r2rc::names::target_to_r2rc(&graph, Naming::parse(&args.common.names)?, &args.layer)?;
+pub fn run(args: Args) -> Result<()> {
     let c = &args.common;
-    let local = super::local_proof(&c.prove)?;
-    let naming = Naming::parse(&c.names)?;
-    if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
-        return run_streaming(&args, &graph, w, dir);
-    }
-    let (teacher, source, read_notes) = c.teacher(&graph)?;
-    let opts = c.prove_options()?;
-    let (layer, k) = (&args.layer, args.kernel);
-    let (m, mut report) = match (local, &opts) {
-        (true, Some(o)) => morph_local_proved(&graph, &teacher, layer, k, o, &source)?,
-        _ => morph_proved(&graph, &teacher, layer, k, opts.as_ref(), &source)?,
-    };
-    report.torchvision_names = r2rc::names::report_names(&[&graph, &m.graph], naming);
-    report.notes.extend(read_notes);
-    emit(
-        &args.file,
-        &args.common,
-        Student {
-            graph: &m.graph,
-            params: &m.params,
-            header: report.header(),
-            report: serde_json::to_value(&report).expect("the report serialises"),
-            summary: report.summary(),
-            metadata: report.metadata(),
-        },
-    )
-}
-
-/// The streaming path: only the morphed convolution's weight is decoded; every other
-/// tensor is copied from the teacher's map; a local proof runs that convolution alone.
-fn run_streaming(args: &Args, graph: &Graph, weights: &Path, dir: &Path) -> Result<()> {
-    let c = &args.common;
-    streamed_command(&args.file, c, weights, dir, |job, place| {
-        r2rc::stream::morph::step(graph, job, &args.layer, args.kernel, place)
-    })
+    let graph = super::load_named(&args.file, &c.sets, c.name.as_deref())?;
+    let step = Step::Morph(MorphArgs {
+        // A module name of the weights' scheme (`layer1.0.conv1`) names r2rc's layer.
+        layer: r2rc::names::target_to_r2rc(&graph, Naming::parse(&c.names)?, &args.layer)?,
+        kernel: args.kernel,
+    });
+    super::step::run_one(&args.file, c, &graph, &step)
 }

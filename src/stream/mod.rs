@@ -1,19 +1,16 @@
-//! Streaming widening: the teacher stays memory-mapped and is read one tensor at a time;
-//! each student tensor is written to its place in the output as soon as it is final, so a
-//! widening never holds both networks in memory.
+//! Streamed rewrite steps: the teacher stays memory-mapped ([`Mapped`]) and is read one
+//! tensor at a time; each student tensor is written to its place in the output as soon as
+//! it is final, so a step never holds both networks in memory.
 //!
-//! Without a proof, the student is written in file order: an untouched tensor is copied
-//! from the teacher's map; a touched one is widened on its own by all its steps at once
-//! ([`transform::tensor_touches`], [`transform::apply_touches`]: every call knows where its
-//! draws start in its step's random stream), encoded and handed to a writer thread, which
-//! writes through `O_DIRECT` where it can ([`Writer::sequential`]); nothing waits in a
-//! scratch file.
-//!
-//! With a local proof, every step is proved first on its region
-//! ([`crate::local_proof::prove_widening`]), from the teacher tensors the regions read,
-//! computed by the same per-tensor rewrite; only then is the student written, as above.
+//! [`step`] plans the same [`Patch`] as the in-memory pipeline, proves it on its region
+//! (`--prove local`: from the teacher tensors the region reads, computed by the same
+//! per-tensor edits) or not at all, and then [`write`]s the student in file order: a
+//! tensor no edit makes is copied from the teacher's map; an edited one is computed on its
+//! own ([`Patch::tensor`]: its draws are keyed by seed, step, tensor and part), encoded and
+//! handed to a writer thread, which writes through `O_DIRECT` where it can
+//! ([`Writer::sequential`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
@@ -22,17 +19,14 @@ use crate::error::Result;
 use crate::ir::Graph;
 use crate::names::{self, Naming};
 use crate::params::DType;
+use crate::patch::{Patch, Step, Teacher, TensorId};
+use crate::pipeline::{judge_patch, Proof};
 use crate::progress::Progress;
 use crate::prove::ProveOptions;
-use crate::report::{widen_report, StepReport};
+use crate::report::StepReport;
 use crate::shards::{self, Source, Writer};
-use crate::transform::{Plan, WidenArgs, Widening};
 
-pub mod copy;
-pub mod deepen;
-pub mod morph;
-
-/// A streamed widening's result.
+/// A streamed step's result.
 pub struct Streamed {
     pub student: Graph,
     pub report: StepReport,
@@ -53,20 +47,49 @@ pub struct Job<'a> {
     pub shard_size: Option<u64>,
 }
 
-/// The note of every streamed deepening and morph.
+/// The note of every streamed step.
 pub const STREAMED_NOTE: &str =
     "streamed: tensors the rewrite does not change were copied byte for byte from the teacher";
 
-/// The weight files a streamed widening will write at `path` (for existence checks before
-/// any work).
-pub fn output_paths(
-    plan: &Plan,
-    src: &Source,
-    path: &Path,
-    naming: Naming,
-    shard_size: Option<u64>,
-) -> Result<Vec<PathBuf>> {
-    student_paths(&plan.student, src, path, naming, shard_size)
+/// A memory-mapped teacher read by r2rc names (a naming scheme's file names behind them).
+pub struct Mapped<'a> {
+    pub src: &'a Source,
+    /// r2rc tensor name -> the file's name.
+    file: HashMap<String, String>,
+}
+
+impl<'a> Mapped<'a> {
+    /// The teacher of `graph` in `src`, whose tensors carry `naming`'s names (checked).
+    pub fn new(src: &'a Source, graph: &Graph, naming: Naming) -> Result<Mapped<'a>> {
+        names::check_source(src, graph, naming)?;
+        let file = names::tensor_renames(graph, naming)?.into_iter().collect();
+        Ok(Mapped { src, file })
+    }
+
+    /// The file's name of the r2rc tensor `name`.
+    pub fn file_name<'n>(&'n self, name: &'n str) -> &'n str {
+        self.file.get(name).map_or(name, |s| s.as_str())
+    }
+}
+
+impl Teacher for Mapped<'_> {
+    fn dtype(&self) -> DType {
+        self.src.dtype()
+    }
+
+    fn has(&self, id: &TensorId) -> bool {
+        self.src
+            .tensors
+            .contains_key(self.file_name(&id.to_string()))
+    }
+
+    fn read(&self, id: &TensorId) -> Result<ArrayD<f64>> {
+        let name = id.to_string();
+        let file = self.file_name(&name);
+        let t = self.src.decode(file)?;
+        self.src.release(file);
+        Ok(t)
+    }
 }
 
 /// The weight files of `student` (in `src`'s dtype, `naming`'s names) at `path`.
@@ -86,87 +109,51 @@ pub fn student_paths(
     ))
 }
 
-/// Widens `graph` with the teacher tensors of `job.src` streamed into `path`; with a
-/// proof, proves every step on its region ([`crate::local_proof`]) before writing anything.
-pub fn widen(graph: &Graph, job: &Job, args: &WidenArgs, path: &Path) -> Result<Streamed> {
-    let Job {
-        src,
-        naming,
-        seed,
-        prove,
-        teacher,
-        shard_size,
-    } = *job;
-    names::check_source(src, graph, naming)?;
-    let dtype = src.dtype();
-    let specs: HashSet<String> = graph.param_specs().into_iter().map(|s| s.name).collect();
-    let w = Widening::new(graph, args, seed, &|n| specs.contains(n))?;
-    let renames: HashMap<String, String> =
-        names::tensor_renames(graph, naming)?.into_iter().collect();
-    let theirs_student = names::renamed_graph(&w.plan.student, naming)?;
-    let student_renames: HashMap<String, String> = names::tensor_renames(&w.plan.student, naming)?
-        .into_iter()
-        .collect();
-    let mut report = widen_report(graph, &w.plan, args, seed, teacher);
-    let mut read = |n: &str| -> Result<ArrayD<f64>> {
-        let file = renames.get(n).map_or(n, |s| s.as_str());
-        let t = src.decode(file)?;
-        src.release(file);
-        Ok(t)
-    };
-    let how = crate::pipeline::widen_judged(args, &w.plan, dtype);
-    crate::pipeline::judge(&mut report, how, prove, |o| {
-        crate::local_proof::prove_widening(&w, &mut read, dtype, o)
-    })?;
-    if prove.is_some() {
-        let note = crate::local_proof::widening_note(w.plan.steps.len());
-        report.notes.push(note);
-    }
-    report.torchvision_names = names::report_names(&[graph, &w.plan.student], naming);
-    report.notes.extend(src.notes());
-    let entries = shards::entries(&theirs_student);
-    let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
-    let writer = Writer::create(
-        path,
-        &entries,
-        dtype,
-        Some(&report.metadata()),
-        shard_size,
-        0,
+/// Runs `step` on the teacher in `job.src`: plans it, asks `place` where the student's
+/// weights go (it checks the outputs before any work), proves it on its region
+/// (`job.prove`), then writes the student there.
+pub fn step(
+    graph: &Graph,
+    job: &Job,
+    step: &Step,
+    place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
+) -> Result<Streamed> {
+    let teacher = Mapped::new(job.src, graph, job.naming)?;
+    let patch = Patch::plan(graph, step, job.seed, &teacher, job.teacher)?;
+    let path = place(&patch.student)?;
+    let proof = Proof::new(job.prove, true);
+    let mut report = judge_patch(&patch, proof, |o| patch.prove_local(&teacher, o))?;
+    report.notes.push(STREAMED_NOTE.into());
+    report.torchvision_names = names::report_names(&[graph, &patch.student], job.naming);
+    let files = write(
+        &patch,
+        &teacher,
+        &report.metadata(),
+        job.naming,
+        &path,
+        job.shard_size,
     )?;
-    let order: Vec<String> = graph.param_specs().into_iter().map(|s| s.name).collect();
-    let progress = Progress::new("writing the student", total, true);
-    let writer = per_tensor(
-        src,
-        writer,
-        &order,
-        &w,
-        &renames,
-        &student_renames,
-        progress,
-    )?;
-    let files = writer.finish()?;
     Ok(Streamed {
-        student: w.plan.student,
+        student: patch.student,
         report,
         files,
-        dtype,
+        dtype: job.src.dtype(),
     })
 }
 
-/// Writes the student in file order ([`Writer::sequential`]): a tensor no step touches is
-/// copied from the teacher's map; a touched one is read from the teacher, widened by all its
-/// steps in memory ([`Widening::tensor`]) and encoded. A writer thread writes (and copies)
-/// while this one computes the next tensor; at most one finished tensor waits.
-fn per_tensor(
-    src: &Source,
-    mut writer: Writer,
-    order: &[String],
-    w: &Widening,
-    file_name: &HashMap<String, String>,
-    out_name: &HashMap<String, String>,
-    mut progress: Progress,
-) -> Result<Writer> {
+/// Writes the student of `patch` at `path` (sharded by `shard_size`, in `naming`'s names)
+/// with `metadata`, in file order ([`Writer::sequential`]): a tensor no edit makes is
+/// copied from the teacher's map; an edited one is computed ([`Patch::tensor`]) and
+/// encoded. A writer thread writes (and copies) while this one computes the next tensor;
+/// at most one finished tensor waits. Returns the files written.
+pub fn write(
+    patch: &Patch,
+    teacher: &Mapped,
+    metadata: &BTreeMap<String, String>,
+    naming: Naming,
+    path: &Path,
+    shard_size: Option<u64>,
+) -> Result<Vec<PathBuf>> {
     /// What the writer thread does next.
     enum Job {
         /// Copy the teacher's tensor (file name) to the output (name).
@@ -174,8 +161,23 @@ fn per_tensor(
         /// Write these bytes as the output's tensor.
         Bytes(String, Vec<u8>),
     }
-    let dtype = writer.dtype();
+    let src = teacher.src;
+    let dtype = src.dtype();
+    let theirs = names::renamed_graph(&patch.student, naming)?;
+    let entries = shards::entries(&theirs);
+    let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
+    let mut writer = Writer::create(path, &entries, dtype, Some(metadata), shard_size, 0)?;
     writer.sequential()?;
+    let mut progress = Progress::new("writing the student", total, true);
+    let out_name: HashMap<String, String> = names::tensor_renames(&patch.student, naming)?
+        .into_iter()
+        .collect();
+    let order: Vec<String> = patch
+        .student
+        .param_specs()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(0);
     std::thread::scope(|s| {
         let handle = s.spawn(move || -> Result<Writer> {
@@ -193,21 +195,17 @@ fn per_tensor(
             Ok(writer)
         });
         let computed = || -> Result<()> {
-            for name in order {
-                let file = file_name.get(name).unwrap_or(name);
+            for name in &order {
                 let out = out_name.get(name).unwrap_or(name).clone();
-                let job = if !w.touches(name) {
-                    Job::Copy(file.clone(), out)
+                let id = TensorId::parse(name);
+                let job = if patch.edits.contains_key(&id) {
+                    let t = patch.tensor(&id, teacher)?;
+                    let t = t.as_standard_layout();
+                    let values = t.as_slice().expect("standard layout");
+                    Job::Bytes(out, shards::encode(values, dtype, false))
                 } else {
-                    {
-                        let t = src.decode(file)?;
-                        src.release(file);
-                        let t = w.tensor(name, t, Widening::ALL)?;
-                        let t = t.as_standard_layout();
-                        let bytes =
-                            shards::encode(t.as_slice().expect("standard layout"), dtype, false);
-                        Job::Bytes(out, bytes)
-                    }
+                    let from = patch.source_of(&id).to_string();
+                    Job::Copy(teacher.file_name(&from).to_string(), out)
                 };
                 if tx.send(job).is_err() {
                     // The writer stopped on an error, which its join reports.
@@ -221,7 +219,8 @@ fn per_tensor(
         let w = handle.join().expect("the writer thread does not panic");
         res?;
         w
-    })
+    })?
+    .finish()
 }
 
 /// Copies an untouched tensor from the teacher (file name `file`) to the output (`out`),

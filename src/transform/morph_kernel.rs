@@ -12,6 +12,13 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, Op};
 use crate::params::Params;
 
+/// A kernel morph request: grow `layer`'s kernel to `kernel` x `kernel`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MorphArgs {
+    pub layer: String,
+    pub kernel: usize,
+}
+
 /// The student of a kernel morph.
 #[derive(Debug, Clone)]
 pub struct Morphed {

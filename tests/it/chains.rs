@@ -22,10 +22,12 @@ use rand_chacha::ChaCha8Rng;
 use r2rc::ir::{Graph, Op};
 use r2rc::lower::compile;
 use r2rc::params::{self, Params};
-use r2rc::pipeline::{deepen_proved, morph_proved, widen_proved};
+use r2rc::patch::Step;
+use r2rc::pipeline::Proof;
 use r2rc::print::print;
 use r2rc::prove::{check_equivalence, failure, ProveOptions};
-use r2rc::transform::deepen::{rename, DeepenArgs, DeepenMethod, Exactness};
+use r2rc::transform::deepen::{rename, DeepenArgs, DeepenMethod};
+use r2rc::transform::morph_kernel::MorphArgs;
 use r2rc::transform::{Amount, Init, Method, Target, WidenArgs};
 use r2rc::Error;
 
@@ -208,12 +210,9 @@ fn names(g: &Graph) -> Names {
     }
 }
 
-/// One rewrite, as a plan line would say it.
-#[derive(Debug, Clone)]
-enum Step {
-    Widen(WidenArgs),
-    Deepen(DeepenArgs),
-    Morph(String, usize),
+/// A kernel morph of layer `layer` to `kernel`.
+fn morph_step(layer: String, kernel: usize) -> Step {
+    Step::Morph(MorphArgs { layer, kernel })
 }
 
 fn random_step(rng: &mut ChaCha8Rng, g: &Graph) -> Step {
@@ -267,7 +266,7 @@ fn random_step(rng: &mut ChaCha8Rng, g: &Graph) -> Step {
         }
         _ => {
             let (c, _, k) = pick(rng, &n.convs).clone();
-            Step::Morph(c, k + 2 * rng.random_range(1..3))
+            morph_step(c, k + 2 * rng.random_range(1..3))
         }
     }
 }
@@ -296,6 +295,7 @@ fn kind(step: &Step) -> String {
         Step::Widen(a) => format!("widen {}", a.method.name()),
         Step::Deepen(a) => format!("deepen {}", a.method.name()),
         Step::Morph(..) => "morph".into(),
+        Step::Name(..) => "name".into(),
     }
 }
 
@@ -333,27 +333,17 @@ fn run_case(case: u64, tally: &mut Tally) -> Result<(), String> {
             )
         };
         let seed = case.wrapping_mul(31).wrapping_add(i);
-        let out: Result<Applied, Error> = match &step {
-            Step::Widen(a) => widen_proved(&g, &p, a, seed, Some(&opts), "chain").map(|o| {
-                let ev = o.report.evidence.clone();
+        let out: Result<Applied, Error> =
+            r2rc::pipeline::run(&g, &p, &step, seed, Proof::Full(&opts), "chain").map(|s| {
+                let exact = s.exact_everywhere;
                 (
-                    o.widened.graph,
-                    o.widened.params,
-                    BTreeMap::new(),
-                    o.widened.exact,
-                    ev,
+                    s.graph,
+                    s.params,
+                    s.report.name_map,
+                    exact,
+                    s.report.evidence,
                 )
-            }),
-            Step::Deepen(a) => {
-                deepen_proved(&g, &p, a, seed, Some(&opts), "chain").map(|(d, r)| {
-                    let exact =
-                        d.exactness == Exactness::Exact && a.method != DeepenMethod::NetmorphDense;
-                    (d.graph, d.params, d.name_map, exact, r.evidence)
-                })
-            }
-            Step::Morph(l, k) => morph_proved(&g, &p, l, *k, Some(&opts), "chain")
-                .map(|(m, r)| (m.graph, m.params, BTreeMap::new(), true, r.evidence)),
-        };
+            });
         let (ng, np, step_map, exact, evidence) = match out {
             Ok(x) => x,
             Err(Error::Usage { message, .. }) => {
@@ -519,20 +509,8 @@ fn chain(text: &str, steps: &[Step]) -> Result<(Graph, Params), Error> {
     let mut p = params::init(&g, 17, true);
     let opts = ProveOptions::default();
     for (i, s) in steps.iter().enumerate() {
-        (g, p) = match s {
-            Step::Widen(a) => {
-                let o = widen_proved(&g, &p, a, i as u64, Some(&opts), "t")?;
-                (o.widened.graph, o.widened.params)
-            }
-            Step::Deepen(a) => {
-                let (d, _) = deepen_proved(&g, &p, a, i as u64, Some(&opts), "t")?;
-                (d.graph, d.params)
-            }
-            Step::Morph(l, k) => {
-                let (m, _) = morph_proved(&g, &p, l, *k, Some(&opts), "t")?;
-                (m.graph, m.params)
-            }
-        };
+        let stepped = r2rc::pipeline::run(&g, &p, s, i as u64, Proof::Full(&opts), "t")?;
+        (g, p) = (stepped.graph, stepped.params);
         assert!(compile(&print(&g), &[]).unwrap() == g);
     }
     Ok((g, p))
@@ -619,7 +597,7 @@ fn netmorph_dense_absorbs_into_a_widened_fc() {
 #[test]
 fn morphing_a_projection_shortcut_is_refused() {
     let text = "arch M\ninput 3x8x8\nconv1 3x3, 4\nconv2_x [3x3, 6; 3x3, 6] x 1, stride 2\nhead avg pool, 3-d fc\n";
-    let e = chain(text, &[Step::Morph("conv2_1.downsample.0".into(), 3)]).unwrap_err();
+    let e = chain(text, &[morph_step("conv2_1.downsample.0".into(), 3)]).unwrap_err();
     assert!(e.to_string().contains("projection shortcut"), "{e}");
 }
 

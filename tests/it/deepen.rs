@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use r2rc::exec::Mode;
 use r2rc::ir::Graph;
 use r2rc::params::Params;
-use r2rc::pipeline::prove_deepened as prove;
-use r2rc::prove::ProveOptions;
+use r2rc::prove::{Evidence, ProveOptions};
 use r2rc::transform::deepen::{deepen, DeepenArgs, DeepenMethod, Deepened, Exactness};
 
 use crate::common::{example_small, teacher, DEEPEN_SITES as SITES};
@@ -19,6 +18,12 @@ fn args(after: &str, method: DeepenMethod) -> DeepenArgs {
         method,
         width: None,
     }
+}
+
+/// The teacher, renamed by the deepening's name map, against its student.
+fn prove(g: &Graph, p: &Params, d: &Deepened, o: &ProveOptions) -> r2rc::Result<Vec<Evidence>> {
+    let renamed = (&d.name_map, d.mixed.as_slice());
+    r2rc::patch::prove_renamed((g, p), (&d.graph, &d.params), renamed, o)
 }
 
 fn opts() -> ProveOptions {
@@ -105,9 +110,11 @@ fn reports_label_deviations_and_proofs() {
         (DeepenMethod::Net2net, 1, 1),
         (DeepenMethod::R2r, 2, 0),
     ] {
-        let (_, r) =
-            r2rc::pipeline::deepen_proved(&g, &p, &args("conv2_1", method), 3, Some(&opts()), "t")
-                .unwrap();
+        let step = r2rc::patch::Step::Deepen(args("conv2_1", method));
+        let proof = r2rc::pipeline::Proof::Full(&opts());
+        let r = r2rc::pipeline::run(&g, &p, &step, 3, proof, "t")
+            .unwrap()
+            .report;
         for text in [r.header(), r.summary()] {
             assert_eq!(
                 text.matches("proof: ").count(),
@@ -311,7 +318,7 @@ fn the_proof_catches_a_broken_pairing_and_names_the_layer() {
     assert!(ev.iter().all(|e| !e.passed));
     // The new block has no teacher counterpart; the first shared value after it parts.
     assert_eq!(ev[0].first_divergence.as_deref(), Some("conv2_3.conv1"));
-    let err = r2rc::pipeline::deepen_failure(&d, &ev).unwrap();
+    let err = r2rc::pipeline::required_failure(d.exactness, &ev).unwrap();
     assert_eq!(err.exit_code(), 1);
     assert!(err.to_string().contains("conv2_3.conv1"), "{err}");
 }

@@ -4,6 +4,8 @@ use std::fs;
 
 use r2rc::names::Naming;
 use r2rc::params::{self, DType};
+use r2rc::patch::Step;
+use r2rc::pipeline::Proof;
 use r2rc::prove::ProveOptions;
 use r2rc::shards::{self, Source};
 use r2rc::transform::{widen, Amount, Method, Target, WidenArgs};
@@ -150,7 +152,8 @@ fn streaming_widen_is_bit_identical_to_in_memory() {
             teacher: "t",
             shard_size: None,
         };
-        let s = r2rc::stream::widen(&g, &job, &a, &path).unwrap();
+        let step = Step::Widen(a.clone());
+        let s = r2rc::stream::step(&g, &job, &step, &mut |_| Ok(path.clone())).unwrap();
         let w = widen(&g, &tp, &a, 7).unwrap();
         let mem = w.params.clone().with_dtype(DType::F32);
         let bytes = params::to_bytes(&mem, &w.graph, Some(&s.report.metadata())).unwrap();
@@ -165,22 +168,16 @@ fn local_proofs_pass_for_exact_methods() {
     let g = example("resnet_cifar10");
     let tp = teacher(&g, 2);
     for method in [Method::R2r, Method::Netmorph, Method::Net2net] {
-        let o = r2rc::pipeline::widen_local_proved(
-            &g,
-            &tp,
-            &args(Target::All, method),
-            1,
-            &ProveOptions::default(),
-            "t",
-        )
-        .unwrap();
-        let (w, ev) = (o.widened, o.report.evidence);
-        let regions = format!("(local, {} regions)", w.changes.len());
+        let step = Step::Widen(args(Target::All, method));
+        let opts = ProveOptions::default();
+        let o = r2rc::pipeline::run(&g, &tp, &step, 1, Proof::Local(&opts), "t").unwrap();
+        let ev = &o.report.evidence;
+        let regions = format!("(local, {} regions)", o.report.spaces.len());
         assert!(ev.iter().all(|e| e.mode.ends_with(&regions)), "{ev:?}");
         assert!(ev.iter().all(|e| e.passed && e.values > 0), "{method:?}");
         // The student is the in-memory widening's.
         assert_eq!(
-            w.params,
+            o.params,
             widen(&g, &tp, &args(Target::All, method), 1)
                 .unwrap()
                 .params
@@ -294,8 +291,6 @@ fn streaming_deepen_is_bit_identical_to_in_memory() {
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
         let path = out.join("student.safetensors");
-        let (planned, _) = r2rc::stream::deepen::plan(&g, &src, &a, 7, naming).unwrap();
-        let report = r2rc::report::deepen_report(&g, &planned, &a, 7, "t");
         let job = r2rc::stream::Job {
             src: &src,
             naming,
@@ -304,7 +299,8 @@ fn streaming_deepen_is_bit_identical_to_in_memory() {
             teacher: "t",
             shard_size: shard,
         };
-        let s = r2rc::stream::deepen::write(&g, planned, report, &job, &path).unwrap();
+        let step = Step::Deepen(a.clone());
+        let s = r2rc::stream::step(&g, &job, &step, &mut |_| Ok(path.clone())).unwrap();
         let d = deepen(&g, &tp, &a, 7).unwrap();
         assert_eq!(r2rc::print::print(&s.student), r2rc::print::print(&d.graph));
         let mem = d.params.clone().with_dtype(DType::F32);

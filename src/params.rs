@@ -69,15 +69,16 @@ impl DType {
             DType::F64 => x,
         }
     }
+}
 
-    fn from_safetensors(d: Dtype) -> Option<DType> {
-        match d {
-            Dtype::F16 => Some(DType::F16),
-            Dtype::BF16 => Some(DType::BF16),
-            Dtype::F32 => Some(DType::F32),
-            Dtype::F64 => Some(DType::F64),
-            _ => None,
-        }
+/// The float dtype a safetensors dtype holds; `None` for integers and the rest.
+pub(crate) fn float_dtype(d: Dtype) -> Option<DType> {
+    match d {
+        Dtype::F16 => Some(DType::F16),
+        Dtype::BF16 => Some(DType::BF16),
+        Dtype::F32 => Some(DType::F32),
+        Dtype::F64 => Some(DType::F64),
+        _ => None,
     }
 }
 
@@ -543,8 +544,8 @@ pub fn from_bytes_with_notes(
                 .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
                 .collect()
         } else {
-            let dt = DType::from_safetensors(view.dtype())
-                .ok_or_else(|| wrong_dtype(spec, view.dtype(), &place))?;
+            let dt =
+                float_dtype(view.dtype()).ok_or_else(|| wrong_dtype(spec, view.dtype(), &place))?;
             *dtypes.entry(dt).or_default() += raw.len();
             let v = decode(raw, dt);
             if let Some(pos) = v.iter().position(|x| !x.is_finite()) {

@@ -8,8 +8,8 @@ use r2rc::{emit, Error, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The architecture (.arch) file.
-    file: PathBuf,
+    #[command(flatten)]
+    arch: super::arch_args::ArchArgs,
     /// Weights (.safetensors) for the ONNX initializers; not needed for --json or --torch
     /// (checked against the network when given).
     #[arg(long, value_name = "W")]
@@ -28,9 +28,6 @@ pub struct Args {
     /// `bn1`, `layer1.0.conv1`, `fc`).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
     names: String,
-    /// Architecture parameters, e.g. `--set r=1/8`.
-    #[arg(long = "set", value_name = "NAME=EXPR")]
-    sets: Vec<String>,
     /// Overwrite existing output files.
     #[arg(long)]
     force: bool,
@@ -46,7 +43,7 @@ pub fn run(args: Args) -> Result<()> {
         ));
     }
     let naming = Naming::parse(&args.names)?;
-    let graph = super::load_arch(&args.file, &args.sets)?;
+    let graph = args.arch.load()?;
     // Every output names the parameter-owning layers in the chosen naming.
     let named = names::renamed_graph(&graph, naming)?;
     let weights = |w: &PathBuf| -> Result<_> {
@@ -79,7 +76,7 @@ pub fn run(args: Args) -> Result<()> {
         text.push('\n');
         outputs.push((path.clone(), text.into_bytes()));
     }
-    let mut inputs = vec![args.file.as_path()];
+    let mut inputs = vec![args.arch.file.as_path()];
     inputs.extend(args.weights.as_deref());
     let paths: Vec<PathBuf> = outputs.iter().map(|(p, _)| p.clone()).collect();
     r2rc::outputs::check_outputs(&paths, &inputs, true)?;

@@ -9,8 +9,8 @@ use r2rc::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The architecture (.arch) file.
-    file: PathBuf,
+    #[command(flatten)]
+    arch: super::arch_args::ArchArgs,
     /// Where to write the weights (safetensors).
     #[arg(short = 'o', long = "output", value_name = "W.safetensors")]
     output: PathBuf,
@@ -28,9 +28,6 @@ pub struct Args {
     /// `layer1.0.conv1`, `fc`).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
     names: String,
-    /// Architecture parameters, e.g. `--set r=1/8`.
-    #[arg(long = "set", value_name = "NAME=EXPR")]
-    sets: Vec<String>,
     /// Overwrite an existing output.
     #[arg(long)]
     force: bool,
@@ -43,10 +40,10 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let dtype = DType::parse(&args.dtype)?;
     let naming = Naming::parse(&args.names)?;
-    let graph = super::load_arch(&args.file, &args.sets)?;
+    let graph = args.arch.load()?;
     r2rc::outputs::check_outputs(
         std::slice::from_ref(&args.output),
-        &[args.file.as_path()],
+        &[args.arch.file.as_path()],
         args.force,
     )?;
     params::check_memory(&graph, 0, false, "initialising this network")?;
@@ -57,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
         let q = names::to_naming(&p, &graph, naming)?;
         let entries = r2rc::shards::entries(&theirs);
         let outs = r2rc::shards::output_paths(&args.output, &entries, dtype, Some(size));
-        r2rc::outputs::check_outputs(&outs, &[args.file.as_path()], args.force)?;
+        r2rc::outputs::check_outputs(&outs, &[args.arch.file.as_path()], args.force)?;
         for f in r2rc::shards::save(&q, &theirs, &args.output, None, Some(size))? {
             eprintln!("wrote {}", f.display());
         }

@@ -1,6 +1,7 @@
 //! One module per subcommand; each has `Args` and a `run`.
 
 pub mod apply;
+pub mod arch_args;
 pub mod check;
 pub mod deepen;
 pub mod diff;

@@ -100,21 +100,12 @@ fn dtype(kind: ParamKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{Activation, BatchNorm, Conv2d, Defaults};
+    use crate::ir::{Activation, BatchNorm, Defaults};
 
     #[test]
     fn nodes_carry_ops_attrs_inputs_and_params() {
         let mut g = Graph::new("t", Defaults::default(), vec![3, 4, 4]);
-        let conv = Op::Conv2d(Conv2d {
-            in_channels: 3,
-            out_channels: 2,
-            kernel: [3, 3],
-            stride: 1,
-            padding: 1,
-            dilation: 1,
-            groups: 1,
-            bias: true,
-        });
+        let conv = crate::emit::conv3x3(3, 2, 1, true);
         let c = g
             .add("conv1".into(), conv, &[g.input], ("conv1", None), None)
             .unwrap();

@@ -25,6 +25,26 @@ pub fn write_new(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
     crate::params::write_atomic(path, bytes)
 }
 
+/// A padded 3x3 convolution (dilation 1, one group) for the emitters' test graphs.
+#[cfg(test)]
+pub(crate) fn conv3x3(
+    in_channels: usize,
+    out_channels: usize,
+    stride: usize,
+    bias: bool,
+) -> crate::ir::Op {
+    crate::ir::Op::Conv2d(crate::ir::Conv2d {
+        in_channels,
+        out_channels,
+        kernel: [3, 3],
+        stride,
+        padding: 1,
+        dilation: 1,
+        groups: 1,
+        bias,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

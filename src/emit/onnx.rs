@@ -63,17 +63,14 @@ pub fn to_model(graph: &Graph, params: &Params) -> Result<ModelProto> {
         }],
         producer_name: "r2rc".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        domain: String::new(),
         model_version: 1,
         doc_string: format!("{} exported by r2rc", graph.name),
         graph: Some(GraphProto {
             node: b.nodes,
             name: graph.name.clone(),
             initializer: b.initializers,
-            doc_string: String::new(),
             input: vec![input],
             output: vec![output],
-            value_info: Vec::new(),
         }),
     })
 }
@@ -110,9 +107,7 @@ impl Builder<'_> {
             output: vec![output.into()],
             name: name.into(),
             op_type: op_type.into(),
-            domain: String::new(),
             attribute,
-            doc_string: String::new(),
         });
     }
 
@@ -137,7 +132,6 @@ impl Builder<'_> {
             data_type: data_type::INT64,
             name: name.into(),
             raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
         });
         name.into()
     }
@@ -312,7 +306,6 @@ fn float_tensor(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
         data_type: data_type::FLOAT,
         name: name.into(),
         raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
     }
 }
 
@@ -320,11 +313,9 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
     use tensor_shape_proto::dimension::Value as Dim;
     let mut dim = vec![tensor_shape_proto::Dimension {
         value: Some(Dim::DimParam("N".into())),
-        denotation: String::new(),
     }];
     dim.extend(shape.iter().map(|&d| tensor_shape_proto::Dimension {
         value: Some(Dim::DimValue(d as i64)),
-        denotation: String::new(),
     }));
     ValueInfoProto {
         name: name.into(),
@@ -333,9 +324,7 @@ fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
                 elem_type: data_type::FLOAT,
                 shape: Some(TensorShapeProto { dim }),
             })),
-            denotation: String::new(),
         }),
-        doc_string: String::new(),
     }
 }
 
@@ -378,7 +367,7 @@ fn string(name: &str, s: &str) -> AttributeProto {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{BatchNorm, Conv2d, Defaults, Linear, Pool, ShortcutPad};
+    use crate::ir::{BatchNorm, Defaults, Linear, Pool, ShortcutPad};
     use crate::params::DType;
     use ndarray::ArrayD;
     use std::collections::BTreeMap;
@@ -387,16 +376,7 @@ mod tests {
     fn small() -> Graph {
         let mut g = Graph::new("t", Defaults::default(), vec![3, 8, 8]);
         let i = g.input;
-        let conv = Op::Conv2d(Conv2d {
-            in_channels: 3,
-            out_channels: 4,
-            kernel: [3, 3],
-            stride: 2,
-            padding: 1,
-            dilation: 1,
-            groups: 1,
-            bias: false,
-        });
+        let conv = crate::emit::conv3x3(3, 4, 2, false);
         let c = g.add("c".into(), conv, &[i], ("c", None), None).unwrap();
         let bn = Op::BatchNorm(BatchNorm {
             channels: 4,

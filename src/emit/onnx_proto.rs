@@ -1,5 +1,7 @@
 //! The subset of `onnx.proto` (ONNX IR) that export writes, as prost messages with the
-//! field numbers of the official schema, so no protoc is needed at build time.
+//! field numbers of the official schema, so no protoc is needed at build time. Fields
+//! export never sets (doc strings but the model's, denotations, typed data arrays) are left
+//! out: proto3 does not encode empty fields, so the bytes are the same.
 
 /// `TensorProto.DataType` values used here.
 pub mod data_type {
@@ -25,8 +27,6 @@ pub struct ModelProto {
     pub producer_name: String,
     #[prost(string, tag = "3")]
     pub producer_version: String,
-    #[prost(string, tag = "4")]
-    pub domain: String,
     #[prost(int64, tag = "5")]
     pub model_version: i64,
     #[prost(string, tag = "6")]
@@ -51,14 +51,10 @@ pub struct GraphProto {
     pub name: String,
     #[prost(message, repeated, tag = "5")]
     pub initializer: Vec<TensorProto>,
-    #[prost(string, tag = "10")]
-    pub doc_string: String,
     #[prost(message, repeated, tag = "11")]
     pub input: Vec<ValueInfoProto>,
     #[prost(message, repeated, tag = "12")]
     pub output: Vec<ValueInfoProto>,
-    #[prost(message, repeated, tag = "13")]
-    pub value_info: Vec<ValueInfoProto>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -71,20 +67,14 @@ pub struct NodeProto {
     pub name: String,
     #[prost(string, tag = "4")]
     pub op_type: String,
-    #[prost(string, tag = "7")]
-    pub domain: String,
     #[prost(message, repeated, tag = "5")]
     pub attribute: Vec<AttributeProto>,
-    #[prost(string, tag = "6")]
-    pub doc_string: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AttributeProto {
     #[prost(string, tag = "1")]
     pub name: String,
-    #[prost(string, tag = "13")]
-    pub doc_string: String,
     /// One of [`attribute_type`].
     #[prost(int32, tag = "20")]
     pub r#type: i32,
@@ -94,10 +84,6 @@ pub struct AttributeProto {
     pub i: i64,
     #[prost(bytes = "vec", tag = "4")]
     pub s: Vec<u8>,
-    #[prost(message, optional, tag = "5")]
-    pub t: Option<TensorProto>,
-    #[prost(float, repeated, tag = "7")]
-    pub floats: Vec<f32>,
     #[prost(int64, repeated, tag = "8")]
     pub ints: Vec<i64>,
 }
@@ -109,14 +95,8 @@ pub struct TensorProto {
     /// One of [`data_type`].
     #[prost(int32, tag = "2")]
     pub data_type: i32,
-    #[prost(float, repeated, tag = "4")]
-    pub float_data: Vec<f32>,
-    #[prost(int64, repeated, tag = "7")]
-    pub int64_data: Vec<i64>,
     #[prost(string, tag = "8")]
     pub name: String,
-    #[prost(string, tag = "12")]
-    pub doc_string: String,
     /// Little-endian element bytes, row-major.
     #[prost(bytes = "vec", tag = "9")]
     pub raw_data: Vec<u8>,
@@ -128,16 +108,12 @@ pub struct ValueInfoProto {
     pub name: String,
     #[prost(message, optional, tag = "2")]
     pub r#type: Option<TypeProto>,
-    #[prost(string, tag = "3")]
-    pub doc_string: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TypeProto {
     #[prost(oneof = "type_proto::Value", tags = "1")]
     pub value: Option<type_proto::Value>,
-    #[prost(string, tag = "6")]
-    pub denotation: String,
 }
 
 pub mod type_proto {
@@ -167,8 +143,6 @@ pub mod tensor_shape_proto {
     pub struct Dimension {
         #[prost(oneof = "dimension::Value", tags = "1, 2")]
         pub value: Option<dimension::Value>,
-        #[prost(string, tag = "3")]
-        pub denotation: String,
     }
 
     pub mod dimension {

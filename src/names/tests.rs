@@ -1,6 +1,15 @@
 use super::*;
 use crate::lower::compile;
 
+/// The example ResNets whose names torchvision's scheme covers.
+const RESNETS: [&str; 5] = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet_cifar10",
+    "resnet_cifar18",
+];
+
 fn example(name: &str) -> Graph {
     let path = format!("{}/examples/{name}.arch", env!("CARGO_MANIFEST_DIR"));
     compile(&std::fs::read_to_string(path).unwrap(), &[]).unwrap()
@@ -43,13 +52,7 @@ fn resnet18_has_torchvisions_tensor_names() {
 
 #[test]
 fn layer_names_round_trip_on_every_resnet() {
-    for ex in [
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "resnet_cifar10",
-        "resnet_cifar18",
-    ] {
+    for ex in RESNETS {
         let g = example(ex);
         for (ours, theirs) in layer_renames(&g, Naming::Torchvision).unwrap() {
             assert_eq!(
@@ -280,13 +283,7 @@ fn torchvision_targets_name_layers_blocks_and_stages() {
 
 #[test]
 fn every_torchvision_target_is_a_target_and_every_tensor_layer_has_one() {
-    for ex in [
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "resnet_cifar10",
-        "resnet_cifar18",
-    ] {
+    for ex in RESNETS {
         let g = example(ex);
         let tv = torchvision_targets(&g);
         let ours = crate::transform::target_names(&g);

@@ -6,17 +6,7 @@ use safetensors::tensor::Dtype;
 
 use super::weights_err;
 use crate::error::Result;
-use crate::params::DType;
-
-pub(crate) fn float_dtype(d: Dtype) -> Option<DType> {
-    match d {
-        Dtype::F16 => Some(DType::F16),
-        Dtype::BF16 => Some(DType::BF16),
-        Dtype::F32 => Some(DType::F32),
-        Dtype::F64 => Some(DType::F64),
-        _ => None,
-    }
-}
+use crate::params::{float_dtype, DType};
 
 /// Decodes little-endian values of `dtype` (I64 counters or floats), refusing non-finite
 /// floats with the tensor's name and the value's flat index.

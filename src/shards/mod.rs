@@ -25,7 +25,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use codec::float_dtype;
+pub(crate) use crate::params::float_dtype;
 pub use codec::{decode_values, encode, encode_into};
 pub use source::{Source, TensorInfo, ZERO_FILE};
 pub use variants::{partial_prefix_hint, Variants, WRAPPER_PREFIXES};

@@ -34,6 +34,8 @@ pub fn activation<T: Float>(mut x: Tensor<T>, a: &Activation, prelu: Option<&[T]
         Activation::Tanh => map(&mut x, |v| v.tanh()),
         Activation::Sigmoid => map(&mut x, |v| T::one() / (T::one() + (-v).exp())),
         Activation::Gelu => map(&mut x, |v| T::from_f64(gelu(v.to_f64()))),
+        Activation::GeluTanh => map(&mut x, gelu_tanh),
+        Activation::Silu => map(&mut x, silu),
     }
     x
 }
@@ -75,6 +77,20 @@ pub fn softmax<T: Float>(mut x: Tensor<T>) -> Tensor<T> {
         }
     }
     x
+}
+
+/// GELU's tanh form (PyTorch `approximate='tanh'`, GPT-2's `gelu_new`):
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, in the run's precision like PyTorch.
+pub fn gelu_tanh<T: Float>(x: T) -> T {
+    let k = T::from_f64((2.0 / std::f64::consts::PI).sqrt());
+    let c = T::from_f64(0.044715);
+    let half = T::from_f64(0.5);
+    half * x * (T::one() + (k * (x + c * x * x * x)).tanh())
+}
+
+/// SiLU (swish): `x * sigmoid(x)`.
+pub fn silu<T: Float>(x: T) -> T {
+    x / (T::one() + (-x).exp())
 }
 
 /// Exact GELU, `x * Phi(x)`, PyTorch's default (`approximate='none'`).
@@ -153,6 +169,35 @@ mod tests {
         assert!((erfc_large(3.0) - 2.2090496998585438e-05).abs() < 1e-19);
         assert!((erfc_large(5.0) - 1.5374597944280351e-12).abs() < 1e-25);
         assert!((erfc_large(2.5) - 4.069520174449589e-04).abs() < 1e-17);
+    }
+
+    #[test]
+    fn gelu_tanh_and_silu_match_reference_values() {
+        // 0.5*x*(1+math.tanh(math.sqrt(2/math.pi)*(x+0.044715*x**3))) and
+        // x/(1+math.exp(-x)) in CPython.
+        let table = [
+            (-3.0, -0.0036373920817729943, -0.14227761953270035),
+            (-0.7, -0.16942986529488321, -0.2322685594822837),
+            (0.0, 0.0, 0.0),
+            (0.3, 0.18537092354275922, 0.1723327550434977),
+            (2.5, 2.484915733910001, 2.3103545499468914),
+        ];
+        for (x, gt, si) in table {
+            let (x, gt, si): (f64, f64, f64) = (x, gt, si);
+            let (g, s) = (gelu_tanh(x), silu(x));
+            assert!(
+                (g - gt).abs() < 1e-15 * gt.abs().max(1.0),
+                "gelu_tanh({x}) = {g}"
+            );
+            assert!(
+                (s - si).abs() < 1e-15 * si.abs().max(1.0),
+                "silu({x}) = {s}"
+            );
+            // The tanh form stays within 1e-3 of the erf form.
+            assert!((g - gelu(x)).abs() < 1e-3);
+        }
+        assert_eq!(gelu_tanh(-20.0f32), -0.0);
+        assert_eq!(silu(-1000.0f32), -0.0);
     }
 
     #[test]

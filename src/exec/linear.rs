@@ -1,9 +1,9 @@
-//! Fully connected layer: `y = x W^T + b` as one GEMM over the batch.
+//! Fully connected layers: `y = x W^T + b` as one GEMM over the batch (and the tokens).
 
 use super::float::{gemm, Float, GemmDims};
 use super::Tensor;
 
-/// `x` is `[N, in]`, `w` is `(out, in)` row-major; the result is `[N, out]`.
+/// `x` is `[N, in...]` (flattened), `w` is `(out, in)` row-major; the result is `[N, out]`.
 pub fn linear<T: Float>(
     x: &Tensor<T>,
     out_features: usize,
@@ -11,21 +11,67 @@ pub fn linear<T: Float>(
     bias: Option<&[T]>,
 ) -> Tensor<T> {
     let n = x.shape[0];
-    let inf = x.shape[1..].iter().product::<usize>();
-    let mut y = vec![T::zero(); n * out_features];
-    gemm(
-        &GemmDims::dense_b_transposed(n, inf, out_features),
-        &x.data,
-        w,
-        &mut y,
-    );
+    Tensor {
+        shape: vec![n, out_features],
+        data: product(&x.data, n, out_features, w, bias),
+    }
+}
+
+/// The same over the last axis (`nn.Linear` on `[N, T, in]`): every token is a row of one
+/// GEMM; the result is `[..., out]`.
+pub fn linear_last<T: Float>(
+    x: &Tensor<T>,
+    out_features: usize,
+    w: &[T],
+    bias: Option<&[T]>,
+) -> Tensor<T> {
+    let inf = x.shape.last().copied().unwrap_or(1).max(1);
+    let mut shape = x.shape.clone();
+    *shape.last_mut().expect("a token value has axes") = out_features;
+    Tensor {
+        shape,
+        data: product(&x.data, x.data.len() / inf, out_features, w, bias),
+    }
+}
+
+/// `rows` rows of `x` times `w^T` (`w` is `(out, in)`), plus `bias` on every row.
+fn product<T: Float>(x: &[T], rows: usize, out: usize, w: &[T], bias: Option<&[T]>) -> Vec<T> {
+    let inf = x.len().checked_div(rows).unwrap_or(0);
+    let mut y = vec![T::zero(); rows * out];
+    gemm(&GemmDims::dense_b_transposed(rows, inf, out), x, w, &mut y);
     if let Some(b) = bias {
-        for row in y.chunks_mut(out_features) {
+        for row in y.chunks_mut(out) {
             row.iter_mut().zip(b).for_each(|(v, &bv)| *v += bv);
         }
     }
-    Tensor {
-        shape: vec![n, out_features],
-        data: y,
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{assert_close, random};
+    use super::*;
+
+    #[test]
+    fn linear_over_the_last_axis_transforms_every_token() {
+        let (n, t, i, o) = (2, 3, 5, 4);
+        let x = Tensor {
+            shape: vec![n, t, i],
+            data: random(n * t * i, 1),
+        };
+        let w = random(o * i, 2);
+        let b = random(o, 3);
+        let y = linear_last(&x, o, &w, Some(&b));
+        assert_eq!(y.shape, vec![n, t, o]);
+        let mut want = Vec::new();
+        for tok in x.data.chunks(i) {
+            for r in 0..o {
+                want.push(b[r] + (0..i).map(|c| w[r * i + c] * tok[c]).sum::<f64>());
+            }
+        }
+        assert_close(&y.data, &want, 1e-14);
+        let nb = linear_last(&x, o, &w, None);
+        let less: Vec<f64> = want.iter().enumerate().map(|(k, v)| v - b[k % o]).collect();
+        assert_close(&nb.data, &less, 1e-14);
     }
 }

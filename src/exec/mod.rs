@@ -8,22 +8,35 @@
 //! proofs. Semantics follow PyTorch op by op (see each file).
 
 mod act;
+mod attention;
 mod conv;
+mod embed;
 mod float;
 mod linear;
 mod norm;
 mod pool;
 mod shape;
+#[cfg(test)]
+mod testutil;
+mod tnorm;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-pub use act::{erf, gelu};
+pub use act::{erf, gelu, gelu_tanh, silu};
+// The transformer kernels, on `Tensor`s of `[N, T, D]` tokens.
+pub use attention::{apply_rope, attention, rope_tables, Heads};
 use conv::Epilogue;
+pub use embed::{
+    add_positions, check_tokens, class_token, embedding, mean_pool, patch_embed, token_pool,
+};
 pub use float::{gemm, Float, GemmDims};
+pub use linear::linear_last;
 pub use norm::BnParams;
+pub use shape::mul;
+pub use tnorm::{layer_norm, rms_norm};
 
 use crate::error::{Error, Result};
 use crate::ir::{show_shape, Activation, Graph, NodeIndex, Op, Shape};
@@ -445,5 +458,7 @@ fn eval<T: Float>(
             shape::add(first, &rest, relu)
         }
         Op::ShortcutPad(p) => shape::shortcut_pad(&args[0], p),
+        // Transformer ops (ir/seq.rs): kernels to come.
+        op => return Err(format!("the executor does not run {} layers yet", op.kind_name())),
     })
 }

@@ -42,6 +42,17 @@ pub fn add<T: Float>(mut first: Tensor<T>, rest: &[&Tensor<T>], relu: bool) -> T
     first
 }
 
+/// Element-wise product of two values of one shape (a gated MLP's `act(gate(x)) * up(x)`),
+/// into the first input's buffer.
+pub fn mul<T: Float>(mut first: Tensor<T>, other: &Tensor<T>) -> Tensor<T> {
+    first
+        .data
+        .par_chunks_mut(1 << 14)
+        .zip(other.data.par_chunks(1 << 14))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, &y)| *x *= y));
+    first
+}
+
 /// Option-A shortcut: `x[:, :, ::s, ::s]`, then zero channels appended at the end.
 pub fn shortcut_pad<T: Float>(x: &Tensor<T>, p: &ShortcutPad) -> Tensor<T> {
     let [n, c, h, w] = x.dims4();

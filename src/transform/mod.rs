@@ -21,14 +21,11 @@
 pub mod deepen;
 pub mod fill;
 pub mod methods;
+pub use methods::{net2net, netmorph, r2r, random};
 pub mod morph_kernel;
-pub mod net2net;
 pub mod net2net_deeper;
-pub mod netmorph;
 pub mod netmorph_deeper;
-pub mod r2r;
 pub mod r2r_deeper;
-pub mod random;
 pub mod random_deeper;
 pub mod target;
 

@@ -56,14 +56,7 @@ pub fn morph_partial(graph: &Graph, params: &Params, layer: &str, k_new: usize) 
             .map(|n| graph.g[n].name.clone())
             .collect();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        let hint = match crate::lower::closest(layer, &refs) {
-            Some(c) => format!("did you mean `{c}`?"),
-            None => "`r2rc check FILE` lists every layer".into(),
-        };
-        return Err(Error::usage(
-            format!("network `{}` has no layer named `{layer}`", graph.name),
-            Some(hint),
-        ));
+        return Err(super::target::no_such(graph, "layer", layer, &refs));
     };
     let Op::Conv2d(conv) = &graph.g[n].op else {
         return Err(Error::usage(

@@ -102,14 +102,7 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
             .filter(|&&n| n != graph.input)
             .map(|&n| graph.g[n].row.as_str())
             .collect();
-        let hint = match crate::lower::closest(name, &rows) {
-            Some(c) => format!("did you mean `{c}`?"),
-            None => "`r2rc check FILE` lists every row".into(),
-        };
-        return Err(Error::usage(
-            format!("network `{}` has no row named `{name}`", graph.name),
-            Some(hint),
-        ));
+        return Err(no_such(graph, "row", name, &rows));
     }
     // A layer: the channels of its output.
     if let Some(n) = graph.find(name) {
@@ -266,4 +259,16 @@ pub(crate) fn refuse_silent_shortcuts(g: &Graph, target: &Target) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// "network N has no WHAT named NAME", with the closest of `known` as a hint.
+pub fn no_such(graph: &Graph, what: &str, name: &str, known: &[&str]) -> Error {
+    let hint = match crate::lower::closest(name, known) {
+        Some(c) => format!("did you mean `{c}`?"),
+        None => format!("`r2rc check FILE` lists every {what}"),
+    };
+    Error::usage(
+        format!("network `{}` has no {what} named `{name}`", graph.name),
+        Some(hint),
+    )
 }

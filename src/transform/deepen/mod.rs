@@ -89,26 +89,24 @@ pub const DEEPEN_METHODS: [DeepenInfo; 5] = [
     DeepenInfo { method: DeepenMethod::Random, name: "random", title: "random block", sized: true, mixes: false, rounds: false, insertion: random_deeper::insertion },
 ];
 
+impl crate::transform::methods::TableLine for DeepenInfo {
+    type Method = DeepenMethod;
+    fn method(&self) -> DeepenMethod {
+        self.method
+    }
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
 impl DeepenMethod {
     /// This method's line of [`DEEPEN_METHODS`].
     pub fn info(self) -> &'static DeepenInfo {
-        DEEPEN_METHODS
-            .iter()
-            .find(|m| m.method == self)
-            .expect("every method has a line")
+        crate::transform::methods::line_of(&DEEPEN_METHODS, self)
     }
 
     pub fn parse(s: &str) -> Result<DeepenMethod> {
-        match DEEPEN_METHODS.iter().find(|m| m.name == s) {
-            Some(m) => Ok(m.method),
-            None => {
-                let names: Vec<&str> = DEEPEN_METHODS.iter().map(|m| m.name).collect();
-                Err(Error::usage(
-                    format!("unknown deepening method `{s}`"),
-                    Some(format!("use one of: {}", names.join(", "))),
-                ))
-            }
-        }
+        crate::transform::methods::parse_method(&DEEPEN_METHODS, s, "deepening")
     }
 
     pub fn name(self) -> &'static str {

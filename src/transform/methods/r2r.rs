@@ -7,7 +7,7 @@
 use ndarray::ArrayD;
 use rand_chacha::ChaCha8Rng;
 
-use super::fill::{cat, cat_pair, fan_in, with_dim, Fill, FillCtx};
+use crate::transform::fill::{cat, cat_pair, fan_in, with_dim, Fill, FillCtx};
 
 pub struct R2r {
     ctx: FillCtx,

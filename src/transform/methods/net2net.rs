@@ -8,8 +8,8 @@
 use ndarray::{ArrayD, Axis};
 use rand_chacha::ChaCha8Rng;
 
-use super::fill::{block_index, cat, std_of, Fill, FillCtx};
 use crate::ir::ParamKind;
+use crate::transform::fill::{block_index, cat, std_of, Fill, FillCtx};
 
 pub struct Net2Net {
     /// `g(j)` for each new channel `j`.

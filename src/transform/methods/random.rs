@@ -5,16 +5,10 @@
 use ndarray::ArrayD;
 use rand_chacha::ChaCha8Rng;
 
-use super::fill::{cat, fan_in, he, with_dim, Fill, FillCtx};
+use crate::transform::fill::{cat, fan_in, he, with_dim, Fill, FillCtx};
 
 pub struct RandomPad {
-    ctx: FillCtx,
-}
-
-impl RandomPad {
-    pub fn new(ctx: FillCtx) -> RandomPad {
-        RandomPad { ctx }
-    }
+    pub ctx: FillCtx,
 }
 
 impl Fill for RandomPad {

@@ -4,16 +4,10 @@
 use ndarray::ArrayD;
 use rand_chacha::ChaCha8Rng;
 
-use super::fill::{cat, fan_in, with_dim, Fill, FillCtx};
+use crate::transform::fill::{cat, fan_in, with_dim, Fill, FillCtx};
 
 pub struct NetMorph {
-    ctx: FillCtx,
-}
-
-impl NetMorph {
-    pub fn new(ctx: FillCtx) -> NetMorph {
-        NetMorph { ctx }
-    }
+    pub ctx: FillCtx,
 }
 
 impl Fill for NetMorph {

@@ -1,12 +1,17 @@
-//! The widening methods, one line each: what the pipeline needs to know of a method
-//! besides its fill. Adding a method is its fill's file, a [`Method`] variant and a line in
-//! [`METHODS`].
+//! The widening methods: one file each (its [`Fill`]), and one line each in [`METHODS`]
+//! saying what the pipeline needs to know of it besides its fill. Adding a method is its
+//! file here, its `mod` line, a [`Method`] variant and a line in [`METHODS`], all in this
+//! folder.
+
+pub mod net2net;
+pub mod netmorph;
+pub mod r2r;
+pub mod random;
 
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::fill::{Fill, FillCtx};
-use super::{net2net, netmorph, r2r, random};
 use crate::error::{Error, Result};
 
 /// A widening method (DESIGN.md's table).
@@ -46,31 +51,58 @@ pub struct MethodInfo {
 #[rustfmt::skip]
 pub const METHODS: [MethodInfo; 4] = [
     MethodInfo { method: Method::R2r, name: "r2r", title: "R2WiderR", exact: true, pairs: true, rounds: false, noisy: false, fill: |c, _, _| Box::new(r2r::R2r::new(c)) },
-    MethodInfo { method: Method::Netmorph, name: "netmorph", title: "NetMorph", exact: true, pairs: false, rounds: false, noisy: false, fill: |c, _, _| Box::new(netmorph::NetMorph::new(c)) },
+    MethodInfo { method: Method::Netmorph, name: "netmorph", title: "NetMorph", exact: true, pairs: false, rounds: false, noisy: false, fill: |c, _, _| Box::new(netmorph::NetMorph { ctx: c }) },
     MethodInfo { method: Method::Net2net, name: "net2net", title: "Net2WiderNet", exact: true, pairs: false, rounds: true, noisy: true, fill: |c, n, r| Box::new(net2net::Net2Net::new(c, n, r)) },
-    MethodInfo { method: Method::Random, name: "random", title: "random padding", exact: false, pairs: false, rounds: false, noisy: false, fill: |c, _, _| Box::new(random::RandomPad::new(c)) },
+    MethodInfo { method: Method::Random, name: "random", title: "random padding", exact: false, pairs: false, rounds: false, noisy: false, fill: |c, _, _| Box::new(random::RandomPad { ctx: c }) },
 ];
+
+/// A line of a method table: the method it describes and the name `--method` takes.
+pub trait TableLine: 'static {
+    type Method: Copy + PartialEq;
+    fn method(&self) -> Self::Method;
+    fn name(&self) -> &'static str;
+}
+
+/// `method`'s line of `table`.
+pub fn line_of<L: TableLine>(table: &'static [L], method: L::Method) -> &'static L {
+    table
+        .iter()
+        .find(|l| l.method() == method)
+        .expect("every method has a line")
+}
+
+/// The method of `table` that `--method s` names; `what` says which kind of method.
+pub fn parse_method<L: TableLine>(table: &'static [L], s: &str, what: &str) -> Result<L::Method> {
+    match table.iter().find(|l| l.name() == s) {
+        Some(l) => Ok(l.method()),
+        None => {
+            let names: Vec<&str> = table.iter().map(|l| l.name()).collect();
+            Err(Error::usage(
+                format!("unknown {what} method `{s}`"),
+                Some(format!("use one of: {}", names.join(", "))),
+            ))
+        }
+    }
+}
+
+impl TableLine for MethodInfo {
+    type Method = Method;
+    fn method(&self) -> Method {
+        self.method
+    }
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
 
 impl Method {
     /// This method's line of [`METHODS`].
     pub fn info(self) -> &'static MethodInfo {
-        METHODS
-            .iter()
-            .find(|m| m.method == self)
-            .expect("every method has a line")
+        line_of(&METHODS, self)
     }
 
     pub fn parse(s: &str) -> Result<Method> {
-        match METHODS.iter().find(|m| m.name == s) {
-            Some(m) => Ok(m.method),
-            None => {
-                let names: Vec<&str> = METHODS.iter().map(|m| m.name).collect();
-                Err(Error::usage(
-                    format!("unknown widening method `{s}`"),
-                    Some(format!("use one of: {}", names.join(", "))),
-                ))
-            }
-        }
+        parse_method(&METHODS, s, "widening")
     }
 
     pub fn name(self) -> &'static str {

@@ -194,6 +194,27 @@ fn op_text(op: &Op) -> String {
         Op::Softmax => "softmax".into(),
         Op::ShortcutPad(p) => format!("pad shortcut, stride {}", p.stride),
         Op::Input => "input".into(),
+        Op::Embedding(e) => format!("{}-d token embedding", e.dim),
+        Op::Positions(_) => "learned positions".into(),
+        Op::ClassToken(_) => "class token".into(),
+        Op::ToTokens => "to tokens".into(),
+        Op::Norm(n) => format!("{} norm", n.kind.keyword()),
+        Op::Attention(a) => {
+            let mut s = format!("attention, {} heads", a.heads);
+            if a.kv_heads != a.heads {
+                write!(s, ", {} kv heads", a.kv_heads).unwrap();
+            }
+            if let Some(theta) = a.rope {
+                write!(s, ", rope {theta}").unwrap();
+            }
+            if a.causal {
+                s.push_str(", causal");
+            }
+            s
+        }
+        Op::Mul => "mul".into(),
+        Op::ClassPool => "class token pool".into(),
+        Op::TiedLinear(l) => format!("{}-d fc, tied", l.vocab),
     }
 }
 
@@ -219,7 +240,9 @@ fn node_style(op: &Op) -> (&'static str, &'static str) {
     match op {
         Op::Input => ("invhouse", "#dddddd"),
         Op::Conv2d(_) => ("box", "#cfe2f3"),
-        Op::Linear(_) => ("box", "#d9d2e9"),
+        Op::Linear(_) | Op::TiedLinear(_) => ("box", "#d9d2e9"),
+        Op::Attention(_) => ("box", "#fce5cd"),
+        Op::Embedding(_) | Op::Positions(_) | Op::ClassToken(_) => ("box", "#d9ead3"),
         Op::BatchNorm(_) => ("box", "#f3f3f3"),
         Op::Add => ("circle", "#ffffff"),
         Op::MaxPool(_) | Op::AvgPool(_) | Op::GlobalAvgPool => ("trapezium", "#eeeeee"),

@@ -254,6 +254,15 @@ impl Builder<'_> {
                     self.push("Identity", name, vec![cur], &out, vec![]);
                 }
             }
+            op => {
+                return Err(Error::usage(
+                    format!(
+                        "`{name}`: ONNX export does not write {} layers yet",
+                        op.kind_name()
+                    ),
+                    None,
+                ))
+            }
         }
         Ok(())
     }
@@ -296,6 +305,30 @@ impl Builder<'_> {
                 self.push("Mul", &t("half_mul"), vec![t("mul"), half], out, vec![]);
             }
             Activation::Identity => self.push("Identity", name, inputs, out, vec![]),
+            Activation::Silu => {
+                // x * sigmoid(x).
+                let t = format!("{name}.sigmoid");
+                self.push("Sigmoid", &t, inputs.clone(), &t, vec![]);
+                self.push("Mul", name, vec![inputs[0].clone(), t.clone()], out, vec![]);
+            }
+            Activation::GeluTanh => {
+                // 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))).
+                let x = inputs[0].clone();
+                let t = |s: &str| format!("{name}.{s}");
+                let c = self.const_f32(&t("c"), (2.0 / std::f32::consts::PI).sqrt());
+                let k = self.const_f32(&t("k"), 0.044715);
+                let one = self.const_f32(&t("one"), 1.0);
+                let half = self.const_f32(&t("half"), 0.5);
+                self.push("Mul", &t("x2"), vec![x.clone(), x.clone()], &t("x2"), vec![]);
+                self.push("Mul", &t("x3"), vec![t("x2"), x.clone()], &t("x3"), vec![]);
+                self.push("Mul", &t("kx3"), vec![t("x3"), k], &t("kx3"), vec![]);
+                self.push("Add", &t("inner"), vec![x.clone(), t("kx3")], &t("inner"), vec![]);
+                self.push("Mul", &t("scaled"), vec![t("inner"), c], &t("scaled"), vec![]);
+                self.push("Tanh", &t("tanh"), vec![t("scaled")], &t("tanh"), vec![]);
+                self.push("Add", &t("add"), vec![t("tanh"), one], &t("add"), vec![]);
+                self.push("Mul", &t("mul"), vec![x, t("add")], &t("mul"), vec![]);
+                self.push("Mul", &t("half_mul"), vec![t("mul"), half], out, vec![]);
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use serde::Serialize;
 
-use super::op::{Activation, Op, ParamSlot, Shape};
+use super::op::{Activation, NormKind, Op, ParamSlot, Shape};
 use crate::error::Span;
 
 /// What residual blocks use as shortcut when they change the shape.
@@ -32,14 +32,24 @@ impl ShortcutKind {
     }
 }
 
-/// File-wide defaults set by header lines (`norm`, `act`, `shortcut`, `eps`).
+/// File-wide defaults set by header lines (`norm`, `act`, `shortcut`, `eps`, `bias`,
+/// `postnorm`) and the token input's vocabulary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Defaults {
     /// Whether convolutions are followed by batch norm.
     pub norm: bool,
     pub act: Activation,
     pub shortcut: ShortcutKind,
+    /// The epsilon of every batch, layer and RMS norm.
     pub eps: f64,
+    /// The norm of transformer rows (`norm layer` or `norm rms`).
+    pub seq_norm: NormKind,
+    /// Whether fc layers, transformer linears and layer norms have a bias (`no bias`).
+    pub bias: bool,
+    /// Transformer sublayers are `Norm(x + F(x))` (BERT) instead of `x + F(Norm(x))`.
+    pub postnorm: bool,
+    /// `input T tokens, vocab V`: the input is `[T]` token ids below V.
+    pub vocab: Option<usize>,
 }
 
 impl Default for Defaults {
@@ -49,6 +59,10 @@ impl Default for Defaults {
             act: Activation::Relu,
             shortcut: ShortcutKind::Projection,
             eps: 1e-5,
+            seq_norm: NormKind::Layer,
+            bias: true,
+            postnorm: false,
+            vocab: None,
         }
     }
 }
@@ -229,7 +243,16 @@ impl Graph {
         self.g.node_indices().find(|&n| self.g[n].name == name)
     }
 
-    /// Every parameter tensor, in topological order.
+    /// The token embedding (the graph's one `Embedding` node), whose weight a tied head
+    /// reads.
+    pub fn embedding(&self) -> Option<NodeIndex> {
+        self.g
+            .node_indices()
+            .find(|&n| matches!(self.g[n].op, Op::Embedding(_)))
+    }
+
+    /// Every parameter tensor, in topological order; a tied head's weight is the
+    /// embedding's, listed once under the embedding's name.
     pub fn param_specs(&self) -> Vec<ParamSpec> {
         let mut v = Vec::new();
         for n in self.order() {

@@ -2,10 +2,11 @@
 
 mod graph;
 mod op;
+mod seq;
 
 pub use graph::{Defaults, Edge, Graph, Node, ParamSpec, ShortcutKind};
 pub use op::{
-    show_shape, Activation, BatchNorm, Conv2d, Linear, Op, ParamKind, ParamSlot, Pool, Shape,
-    ShortcutPad,
+    show_shape, Activation, Attention, BatchNorm, ClassToken, Conv2d, Embedding, Linear, Norm,
+    NormKind, Op, ParamKind, ParamSlot, Pool, Positions, Shape, ShortcutPad, TiedLinear,
 };
 pub use petgraph::stable_graph::NodeIndex;

@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+pub use super::seq::{Attention, ClassToken, Embedding, Norm, NormKind, Positions, TiedLinear};
+
 /// A value's shape without the batch dimension.
 pub type Shape = Vec<usize>;
 
@@ -23,6 +25,11 @@ pub enum Activation {
     Sigmoid,
     /// Exact (erf) GELU, PyTorch's default.
     Gelu,
+    /// GELU's tanh form (`F.gelu(x, approximate='tanh')`, GPT-2's `gelu_new`):
+    /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+    GeluTanh,
+    /// `x * sigmoid(x)` (Llama's `silu`).
+    Silu,
     Identity,
 }
 
@@ -36,6 +43,8 @@ impl Activation {
             Activation::Tanh => "tanh",
             Activation::Sigmoid => "sigmoid",
             Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
+            Activation::Silu => "silu",
             Activation::Identity => "identity",
         }
     }
@@ -63,6 +72,8 @@ pub struct BatchNorm {
 }
 
 /// Fully connected layer (PyTorch `nn.Linear`): `y = x @ w.t() + b`, weight `(out, in)`.
+/// On a vector `[in]` it gives `[out]`; on a sequence `[T, in]` it acts on each token
+/// (the last axis), giving `[T, out]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Linear {
     pub in_features: usize,
@@ -107,6 +118,27 @@ pub enum Op {
     /// Softmax over the feature dimension.
     Softmax,
     ShortcutPad(ShortcutPad),
+    // ---- transformer rows (see `seq.rs` for each op's exact semantics) ----
+    /// Token ids `[T]` to `[T, dim]`.
+    Embedding(Embedding),
+    /// Adds learned positions to `[T, dim]`.
+    Positions(Positions),
+    /// Prepends a learned token: `[T, dim]` to `[T + 1, dim]`.
+    ClassToken(ClassToken),
+    /// A feature map `[C, H, W]` as `H*W` tokens of width C, row-major over (H, W):
+    /// `x.flatten(2).transpose(1, 2)` (a ViT patch embedding is a conv, then this).
+    ToTokens,
+    /// Layer or RMS norm over the last axis.
+    Norm(Norm),
+    /// Multi-head attention core: q, k, v (ports 0, 1, 2) to the heads' outputs.
+    Attention(Attention),
+    /// Element-wise product of two values of one shape (a gated MLP's `act(gate) * up`:
+    /// port 0 the activated gate, port 1 up).
+    Mul,
+    /// Token 0 of `[T, D]` as a vector `[D]` (class-token pooling).
+    ClassPool,
+    /// A head sharing the token embedding's weight (no tensor of its own).
+    TiedLinear(TiedLinear),
 }
 
 /// Which role a parameter tensor plays; decides init and whether it is trained.
@@ -167,6 +199,18 @@ impl Op {
             Op::Add => "add",
             Op::Softmax => "softmax",
             Op::ShortcutPad(_) => "shortcut_pad",
+            Op::Embedding(_) => "embedding",
+            Op::Positions(_) => "positions",
+            Op::ClassToken(_) => "class_token",
+            Op::ToTokens => "to_tokens",
+            Op::Norm(n) => match n.kind {
+                NormKind::Layer => "layer_norm",
+                NormKind::Rms => "rms_norm",
+            },
+            Op::Attention(_) => "attention",
+            Op::Mul => "mul",
+            Op::ClassPool => "class_pool",
+            Op::TiedLinear(_) => "tied_linear",
         }
     }
 
@@ -210,12 +254,36 @@ impl Op {
             Op::Activation(Activation::Prelu { channels }) => {
                 vec![slot("weight", vec![*channels], ParamKind::PreluWeight)]
             }
+            // Tables are initialised like linear weights, a class token and a norm's shift
+            // like a batch norm's shift, a norm's scale like its scale (ParamKind decides
+            // initialisation, which these share).
+            Op::Embedding(e) => vec![slot(
+                "weight",
+                vec![e.vocab, e.dim],
+                ParamKind::LinearWeight,
+            )],
+            Op::Positions(p) => vec![slot(
+                "weight",
+                vec![p.tokens, p.dim],
+                ParamKind::LinearWeight,
+            )],
+            Op::ClassToken(c) => vec![slot("weight", vec![c.dim], ParamKind::BnBias)],
+            Op::Norm(n) => {
+                let mut v = vec![slot("weight", vec![n.dim], ParamKind::BnWeight)];
+                if n.bias && n.kind == NormKind::Layer {
+                    v.push(slot("bias", vec![n.dim], ParamKind::BnBias));
+                }
+                v
+            }
             _ => vec![],
         }
     }
 
-    /// Multiply-accumulates for one sample producing `out` (convs and linears only).
+    /// Multiply-accumulates for one sample producing `out` (convs, linears and the
+    /// products of attention; element-wise ops count none).
     pub fn macs(&self, out: &Shape) -> u64 {
+        // Linears over a sequence run once per token.
+        let tokens = if out.len() == 2 { out[0] as u64 } else { 1 };
         match self {
             Op::Conv2d(c) => {
                 let spatial: usize = out.iter().skip(1).product();
@@ -225,7 +293,14 @@ impl Op {
                     * c.kernel[0]
                     * c.kernel[1]) as u64
             }
-            Op::Linear(l) => (l.in_features as u64).saturating_mul(l.out_features as u64),
+            Op::Linear(l) => (l.in_features as u64)
+                .saturating_mul(l.out_features as u64)
+                .saturating_mul(tokens),
+            Op::TiedLinear(l) => (l.dim as u64)
+                .saturating_mul(l.vocab as u64)
+                .saturating_mul(tokens),
+            // q k^T and the weighted sum of v: T x T x head_dim per head, each.
+            Op::Attention(a) => 2 * tokens * tokens * (a.heads * a.head_dim) as u64,
             _ => 0,
         }
     }
@@ -309,16 +384,19 @@ impl Op {
             Op::Flatten => Ok(vec![one("flatten")?.iter().product()]),
             Op::Linear(l) => {
                 let s = one("a fully connected layer")?;
-                if s.len() != 1 {
+                if s.len() != 1 && s.len() != 2 {
                     return Err("a fully connected layer needs a flattened input".into());
                 }
-                if s[0] != l.in_features {
+                let last = s[s.len() - 1];
+                if last != l.in_features {
                     return Err(format!(
-                        "the fully connected layer expects {} inputs but receives {}",
-                        l.in_features, s[0]
+                        "the fully connected layer expects {} inputs but receives {last}",
+                        l.in_features
                     ));
                 }
-                Ok(vec![l.out_features])
+                let mut out = s.clone();
+                *out.last_mut().expect("not empty") = l.out_features;
+                Ok(out)
             }
             Op::Add => {
                 let first = inputs.first().ok_or("add needs inputs")?;
@@ -346,6 +424,7 @@ impl Op {
                 let ow = window_out(w, 1, p.stride, 0, 1)?;
                 Ok(vec![p.out_channels, oh, ow])
             }
+            _ => super::seq::infer_shape(self, inputs),
         }
     }
 }

@@ -351,6 +351,8 @@ fn activations_match_their_formulas() {
         Activation::Tanh,
         Activation::Sigmoid,
         Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Silu,
         Activation::Identity,
     ];
     let x = random(&[2, 3, 2, 2], 12).mapv(|v| v * 4.0);
@@ -387,6 +389,11 @@ fn activations_match_their_formulas() {
                 Activation::Tanh => v.tanh(),
                 Activation::Sigmoid => 1.0 / (1.0 + (-v).exp()),
                 Activation::Gelu => 0.5 * v * (1.0 + exec::erf(v / 2f64.sqrt())),
+                Activation::GeluTanh => {
+                    let c = (2.0 / std::f64::consts::PI).sqrt();
+                    0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())
+                }
+                Activation::Silu => v / (1.0 + (-v).exp()),
                 Activation::Identity => v,
             };
             assert!((y[[i, c, h, w]] - want).abs() < 1e-14, "{a:?} at {v}");

@@ -130,6 +130,8 @@ fn expression(
             Activation::Tanh => (format!("torch.tanh({a})"), true),
             Activation::Sigmoid => (format!("torch.sigmoid({a})"), true),
             Activation::Gelu => (format!("F.gelu({a})"), true),
+            Activation::GeluTanh => (format!("F.gelu({a}, approximate='tanh')"), true),
+            Activation::Silu => (format!("F.silu({a})"), true),
             Activation::Identity => (a, true),
         },
         Op::MaxPool(p) => (
@@ -166,6 +168,13 @@ fn expression(
                 e = format!("F.pad({e}, (0, 0, 0, 0, 0, {}))", p.out_channels - c);
             }
             (e, true)
+        }
+        op => {
+            return Err(unsupported(format!(
+                "`{}`: {} layers are not written yet",
+                node.name,
+                op.kind_name()
+            )))
         }
     })
 }

@@ -3,12 +3,13 @@
 //! [--json] [--names r2rc|torchvision] [--student-names r2rc|torchvision]`: checks a
 //! teacher/student pair on its own.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use r2rc::exec::Mode;
 use r2rc::ir::Graph;
 use r2rc::names::{self, Naming};
-use r2rc::prove::{check_equivalence, failure, Precision, ProveOptions};
+use r2rc::prove::{failure, Precision, ProveOptions};
 use r2rc::{Error, Result};
 
 #[derive(clap::Args)]
@@ -87,11 +88,15 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             tp.dtype
         };
-    let (opts, note) = r2rc::prove::stored_options(&opts, stored, true, "the rewrite");
+    let record = Record::of(&args.student_weights);
+    let (opts, note) = r2rc::prove::stored_options(&opts, stored, record.rounds, "the rewrite");
     if let Some(n) = note {
         eprintln!("note: {n}");
     }
-    let ev = check_equivalence(&t, &tp, &s, &sp, &opts)?;
+    // A deepening renames layers (`conv2_3` becomes `conv2_4`): the teacher's values are
+    // compared under the student's names, as the rewrite's own proof did.
+    let renamed = (&record.name_map, &[][..]);
+    let ev = r2rc::patch::prove_renamed((&t, &tp), (&s, &sp), renamed, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&ev).expect("json"));
     } else {
@@ -119,5 +124,35 @@ fn student_hint(e: Error, graph: &Graph, path: &Path, naming: Naming) -> Error {
             )),
         },
         (e, _) => e,
+    }
+}
+
+/// What an r2rc student's metadata says about the rewrite that made it.
+struct Record {
+    /// Teacher layer -> student layer (`r2rc.name_map`).
+    name_map: BTreeMap<String, String>,
+    /// Whether the rewrite computed values its storage dtype cannot hold exactly (Net2Net's
+    /// divisions, NetMorph-dense's mix): only then may the proof allow the storage error.
+    /// Unknown (not an r2rc student, a plan): assumed.
+    rounds: bool,
+}
+
+impl Record {
+    fn of(weights: &Path) -> Record {
+        let meta = r2rc::params::load_metadata(weights).unwrap_or_default();
+        let name_map = meta
+            .get("r2rc.name_map")
+            .and_then(|m| serde_json::from_str(m).ok())
+            .unwrap_or_default();
+        let method = meta.get("r2rc.method").map(String::as_str).unwrap_or("");
+        let rounds = match meta.get("r2rc.command").map(String::as_str) {
+            Some("widen") => r2rc::transform::Method::parse(method).is_ok_and(|m| m.info().rounds),
+            Some("deepen") => {
+                r2rc::transform::deepen::DeepenMethod::parse(method).is_ok_and(|m| m.info().rounds)
+            }
+            Some("morph") => false,
+            _ => true,
+        };
+        Record { name_map, rounds }
     }
 }

@@ -195,9 +195,9 @@ fn widen_and_deepen_grow_such_checkpoints_streamed_and_in_memory_and_prove_check
             ok(&[&widen[..], &tv, &["-o", s(&out)]].concat());
             grown.push(out);
             let out = d.join(format!("{what}_{how}_deepen_streamed"));
-            // After a row: a block inside one renames the row's later blocks, which a
-            // standalone prove (comparing values by name) cannot follow.
-            let deepen = ["deepen", &arch, "--after", "conv3_x"];
+            // Inside a row: the new block renames the row's later blocks, which prove
+            // follows through the student's recorded name map.
+            let deepen = ["deepen", &arch, "--after", "conv3_1"];
             ok(&[&deepen[..], &tv, &["--no-prove", "-o", s(&out)]].concat());
             grown.push(out);
             for out in grown {

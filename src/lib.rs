@@ -13,6 +13,7 @@ pub mod direct;
 pub mod emit;
 pub mod error;
 pub mod exec;
+pub mod hf_config;
 pub mod ir;
 pub mod local_proof;
 pub mod lower;

@@ -46,6 +46,8 @@ enum Command {
     Prove(commands::prove::Args),
     /// Diff two architectures: unified text, or a picture of what the rewrite changed (-o FILE).
     Diff(commands::diff::Args),
+    /// Write the .arch of a Hugging Face config.json (Llama family, GPT-2).
+    FromHf(commands::from_hf::Args),
 }
 
 /// Runs a rewrite whose outputs go to `dir`: they appear together, or (on an error or a
@@ -78,6 +80,7 @@ fn main() {
         Command::Apply(a) => one_set(a.common.output.clone(), || commands::apply::run(a)),
         Command::Prove(a) => commands::prove::run(a),
         Command::Diff(a) => commands::diff::run(a),
+        Command::FromHf(a) => commands::from_hf::run(a),
     };
     if let Err(e) = result {
         std::process::exit(commands::report_error(&e));

@@ -6,6 +6,7 @@ pub mod check;
 pub mod deepen;
 pub mod diff;
 pub mod export;
+pub mod from_hf;
 pub mod init;
 pub mod morph;
 pub mod prove;

@@ -14,6 +14,7 @@ mod deepen_snapshots;
 mod errors;
 mod examples;
 mod exec;
+mod from_hf;
 mod hostile;
 mod large;
 mod morph;

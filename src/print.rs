@@ -261,6 +261,8 @@ enum Shortcut {
 struct BlockSpec {
     layers: Vec<LayerSpec>,
     shortcut: Shortcut,
+    /// The activation ending the block (after the add, or after the last layer).
+    post: Option<Activation>,
 }
 
 impl BlockSpec {
@@ -317,7 +319,15 @@ fn block_spec(graph: &Graph, nodes: &[NodeIndex]) -> BlockSpec {
             _ => {}
         }
     }
-    BlockSpec { layers, shortcut }
+    let post = match &graph.g[post].op {
+        Op::Activation(a) => Some(a.clone()),
+        _ => None,
+    };
+    BlockSpec {
+        layers,
+        shortcut,
+        post,
+    }
 }
 
 fn flush_blocks(graph: &Graph, blocks: &mut Vec<BlockSpec>, items: &mut Vec<String>) {
@@ -357,6 +367,10 @@ fn flush_blocks(graph: &Graph, blocks: &mut Vec<BlockSpec>, items: &mut Vec<Stri
         };
         if let Some(o) = option {
             write!(s, ", shortcut {o}").unwrap();
+        }
+        match &first.post {
+            Some(a) if !same_act(a, &d.act) => write!(s, ", act {}", act_text(a)).unwrap(),
+            _ => {}
         }
         items.push(s);
         i += count;

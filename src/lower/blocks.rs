@@ -14,6 +14,9 @@ pub(super) struct Block<'a> {
     /// The stride written outside the brackets, for the first repetition's first layer.
     pub(super) outer_stride: Option<usize>,
     pub(super) shortcut: ShortcutKind,
+    /// The activation ending every repetition (`act NAME` after `x N`; the header's
+    /// activation by default).
+    pub(super) post_act: Activation,
     /// The item's span, for the shortcut, add and activation nodes.
     pub(super) span: Span,
 }
@@ -33,6 +36,7 @@ impl Lowering {
             layers,
             outer_stride,
             shortcut,
+            ref post_act,
             span,
         } = block;
         let place = (row.name.text.as_str(), Some(number));
@@ -133,7 +137,7 @@ impl Lowering {
             )?;
         }
         self.cursor = Some(joined);
-        let act = self.with_channels(self.graph.defaults.act.clone());
+        let act = self.with_channels(post_act.clone());
         self.cursor = Some(self.add(
             format!("{block_name}.act"),
             Op::Activation(act),

@@ -10,6 +10,10 @@ use crate::error::{SourceError, SourceErrorKind, Span};
 use crate::ir::*;
 use crate::syntax::ast::{self, ItemKind, OptionKind};
 
+/// What may follow `x N`, for refusals.
+const BLOCK_OPTIONS: &str =
+    "stride S, shortcut projection|pad|none, act NAME (layer options go inside the brackets)";
+
 /// A row being lowered, as its items see it.
 struct RowState<'a> {
     row: &'a ast::Row,
@@ -254,19 +258,22 @@ impl Lowering {
             ItemKind::Block { layers, count } => {
                 let mut outer_stride = None;
                 let mut shortcut = self.graph.defaults.shortcut;
+                let mut post_act = self.graph.defaults.act.clone();
                 for o in &item.options {
                     match &o.kind {
                         OptionKind::Stride(s) => outer_stride = Some(positive(*s, o.span, "stride")?),
                         OptionKind::Shortcut(id) => {
                             shortcut = shortcut_kind(id)?;
                         }
-                        _ => {
-                            return Err(not_for(
-                                o,
-                                "a residual block",
-                                "stride S, shortcut projection|pad|none (layer options go inside the brackets)",
+                        // The activation that ends each block (after the add, or after the
+                        // last layer without a shortcut).
+                        OptionKind::Act(a) => post_act = activation(a, 0)?,
+                        OptionKind::No(w) if w.text.eq_ignore_ascii_case("act") => {
+                            return Err(not_for(o, "a residual block", BLOCK_OPTIONS).hint(
+                                "a block always ends in an activation; write `act identity` for none",
                             ))
                         }
+                        _ => return Err(not_for(o, "a residual block", BLOCK_OPTIONS)),
                     }
                 }
                 if *count == 0 {
@@ -282,6 +289,7 @@ impl Lowering {
                     layers,
                     outer_stride,
                     shortcut,
+                    post_act,
                     span: item.span,
                 };
                 for rep in 0..*count {

@@ -8,6 +8,11 @@
 //!   fc layers (through a flatten or a global average pool, which commute with a channel
 //!   mix); an identity shortcut or a max pool reading the value refuses the insertion.
 //!
+//! Both insert a one-layer block without shortcut that ends in its own activation
+//! (`[3x3, C, no norm, bias] x 1, shortcut none, act prelu`, and `[1x1, C, no norm,
+//! no bias] x 1, shortcut none, act identity`), so the new block is named like every other
+//! method's insertion (`conv3_3`), and the network's activation never ends it.
+//!
 //! `N` is the Q of a Householder QR of a seeded Gaussian matrix, with the signs of R's
 //! diagonal moved into Q (a Haar-distributed orthogonal matrix).
 
@@ -15,13 +20,15 @@ use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use rand_chacha::ChaCha8Rng;
 
 use super::deepen::{
-    default_params, identity_kernel, item_nodes, Exactness, Form, Insertion, LayerSpec, SiteInfo,
+    block_nodes, default_params, identity_kernel, Exactness, Form, Insertion, LayerSpec, SiteInfo,
 };
 use crate::error::{Error, Result};
 use crate::ir::{Activation, Graph, NodeIndex, Op};
 use crate::params::Params;
 
-/// The NetMorph layer for the site: identity conv + PReLU(1).
+/// The NetMorph layer for the site, as a one-layer block without shortcut that ends in
+/// its own activation (`[3x3, C, no norm, bias] x 1, shortcut none, act prelu`), so it is
+/// named like every other method's insertion: identity conv + PReLU(1).
 pub fn insertion(info: &SiteInfo) -> Result<Insertion> {
     let g = info.graph;
     let c = info.site.channels();
@@ -32,14 +39,21 @@ pub fn insertion(info: &SiteInfo) -> Result<Insertion> {
         width: c,
         norm: false,
         bias: true,
-        act: Some(Activation::Prelu { channels: c }),
+        act: None,
     };
-    let nodes = item_nodes(c, &layer, g.defaults.eps);
+    let post = Activation::Prelu { channels: c };
+    let nodes = block_nodes(
+        c,
+        std::slice::from_ref(&layer),
+        false,
+        g.defaults.eps,
+        &post,
+    );
     let mut params = default_params(&nodes);
-    params.insert("conv.weight".into(), identity_kernel(c, 3));
+    params.insert("conv1.weight".into(), identity_kernel(c, 3));
     params.insert("act.weight".into(), ArrayD::from_elem(IxDyn(&[c]), 1.0));
     Ok(Insertion {
-        form: Form::Item,
+        form: Form::Block,
         nodes,
         params,
         mix: None,
@@ -119,7 +133,15 @@ pub fn dense_insertion(info: &SiteInfo, rng: &mut ChaCha8Rng) -> Result<Insertio
         bias: false,
         act: None,
     };
-    let nodes = item_nodes(c, &layer, g.defaults.eps);
+    // A one-layer block without shortcut ending in `act identity`, named like every other
+    // method's insertion.
+    let nodes = block_nodes(
+        c,
+        std::slice::from_ref(&layer),
+        false,
+        g.defaults.eps,
+        &Activation::Identity,
+    );
     let mut params = default_params(&nodes);
     let n = random_orthogonal(c, rng);
     let w = n
@@ -127,10 +149,10 @@ pub fn dense_insertion(info: &SiteInfo, rng: &mut ChaCha8Rng) -> Result<Insertio
         .into_shape_with_order((c, c, 1, 1))
         .expect("c*c values")
         .into_dyn();
-    params.insert("conv.weight".into(), w);
+    params.insert("conv1.weight".into(), w);
     let names: Vec<String> = readers.iter().map(|&r| g.g[r].name.clone()).collect();
     Ok(Insertion {
-        form: Form::Item,
+        form: Form::Block,
         nodes,
         params,
         mix: Some(n),

@@ -4,6 +4,7 @@
 mod common;
 
 mod apply;
+mod block_act;
 mod chains;
 mod checkpoints;
 mod cli_front;

@@ -1,5 +1,8 @@
-//! ONNX export: the graph as an opset-13 model with the weights as f32 initializers under
-//! their PyTorch names, graph input `input` and output `output`, batch dimension `N`.
+//! ONNX export: the graph as an opset-13 model (opset 17 for transformers, `seq.rs`) with
+//! the weights as f32 initializers under their PyTorch names, graph input `input` and
+//! output `output`, batch dimension `N` (and token count `T` for token inputs, int64).
+
+mod seq;
 
 use prost::Message;
 
@@ -17,6 +20,9 @@ use crate::params::Params;
 pub const OPSET: i64 = 13;
 /// ONNX IR version matching opset 13 (ONNX 1.8).
 pub const IR_VERSION: i64 = 7;
+/// The opset and IR version of a transformer (LayerNormalization arrived in opset 17).
+pub const SEQ_OPSET: i64 = 17;
+pub const SEQ_IR_VERSION: i64 = 8;
 /// Name of the graph input and output values.
 pub const INPUT_NAME: &str = "input";
 pub const OUTPUT_NAME: &str = "output";
@@ -53,13 +59,18 @@ pub fn to_model(graph: &Graph, params: &Params) -> Result<ModelProto> {
             vec![],
         );
     }
-    let input = value_info(INPUT_NAME, graph.input_shape());
-    let output = value_info(OUTPUT_NAME, graph.output_shape());
+    // Token ids are int64 `[N, T]`, T at most the declared length; every sequence value
+    // keeps that dynamic T.
+    let tokens = graph.defaults.vocab.is_some();
+    let input = value_info(INPUT_NAME, graph.input_shape(), tokens, tokens);
+    let out_tokens = tokens && graph.output_shape().len() == 2;
+    let output = value_info(OUTPUT_NAME, graph.output_shape(), false, out_tokens);
+    let seq = tokens || graph.g.node_weights().any(|n| seq::is_seq(&n.op));
     Ok(ModelProto {
-        ir_version: IR_VERSION,
+        ir_version: if seq { SEQ_IR_VERSION } else { IR_VERSION },
         opset_import: vec![OperatorSetIdProto {
             domain: String::new(),
-            version: OPSET,
+            version: if seq { SEQ_OPSET } else { OPSET },
         }],
         producer_name: "r2rc".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
@@ -147,6 +158,9 @@ impl Builder<'_> {
             .first()
             .map(|&i| graph.g[i].shape.clone())
             .unwrap_or_default();
+        if self.seq_node(name, &node.op, inputs.clone(), &out, in_shape.len())? {
+            return Ok(());
+        }
         match &node.op {
             Op::Input => {
                 return Err(Error::usage(
@@ -211,7 +225,7 @@ impl Builder<'_> {
                 let op_type = if inputs.len() == 2 { "Add" } else { "Sum" };
                 self.push(op_type, name, inputs, &out, vec![]);
             }
-            Op::Softmax => self.push("Softmax", name, inputs, &out, vec![int("axis", 1)]),
+            Op::Softmax => self.push("Softmax", name, inputs, &out, vec![int("axis", -1)]),
             Op::ShortcutPad(p) => {
                 let [c, h, w] = match in_shape.as_slice() {
                     [c, h, w] => [*c, *h, *w],
@@ -319,11 +333,29 @@ impl Builder<'_> {
                 let k = self.const_f32(&t("k"), 0.044715);
                 let one = self.const_f32(&t("one"), 1.0);
                 let half = self.const_f32(&t("half"), 0.5);
-                self.push("Mul", &t("x2"), vec![x.clone(), x.clone()], &t("x2"), vec![]);
+                self.push(
+                    "Mul",
+                    &t("x2"),
+                    vec![x.clone(), x.clone()],
+                    &t("x2"),
+                    vec![],
+                );
                 self.push("Mul", &t("x3"), vec![t("x2"), x.clone()], &t("x3"), vec![]);
                 self.push("Mul", &t("kx3"), vec![t("x3"), k], &t("kx3"), vec![]);
-                self.push("Add", &t("inner"), vec![x.clone(), t("kx3")], &t("inner"), vec![]);
-                self.push("Mul", &t("scaled"), vec![t("inner"), c], &t("scaled"), vec![]);
+                self.push(
+                    "Add",
+                    &t("inner"),
+                    vec![x.clone(), t("kx3")],
+                    &t("inner"),
+                    vec![],
+                );
+                self.push(
+                    "Mul",
+                    &t("scaled"),
+                    vec![t("inner"), c],
+                    &t("scaled"),
+                    vec![],
+                );
                 self.push("Tanh", &t("tanh"), vec![t("scaled")], &t("tanh"), vec![]);
                 self.push("Add", &t("add"), vec![t("tanh"), one], &t("add"), vec![]);
                 self.push("Mul", &t("mul"), vec![x, t("add")], &t("mul"), vec![]);
@@ -342,19 +374,33 @@ fn float_tensor(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     }
 }
 
-fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
+/// A graph input or output `[N, ...shape]`, int64 for `token_ids`; with `tokens` the first
+/// dimension of `shape` is the dynamic token count `T`.
+fn value_info(name: &str, shape: &[usize], token_ids: bool, tokens: bool) -> ValueInfoProto {
     use tensor_shape_proto::dimension::Value as Dim;
     let mut dim = vec![tensor_shape_proto::Dimension {
         value: Some(Dim::DimParam("N".into())),
     }];
-    dim.extend(shape.iter().map(|&d| tensor_shape_proto::Dimension {
-        value: Some(Dim::DimValue(d as i64)),
-    }));
+    dim.extend(
+        shape
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| tensor_shape_proto::Dimension {
+                value: Some(match tokens && i == 0 {
+                    true => Dim::DimParam("T".into()),
+                    false => Dim::DimValue(d as i64),
+                }),
+            }),
+    );
     ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: data_type::FLOAT,
+                elem_type: if token_ids {
+                    data_type::INT64
+                } else {
+                    data_type::FLOAT
+                },
                 shape: Some(TensorShapeProto { dim }),
             })),
         }),

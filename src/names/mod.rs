@@ -6,11 +6,20 @@
 //! and written by the ordinary safetensors code with every check (missing, extra,
 //! misshaped tensors) reported under the file's own names.
 //!
+//! Transformers' and timm's schemes are layouts as well as names: a file tensor may hold
+//! several r2rc tensors (fused q, k, v), transposed (GPT-2's Conv1D) or reshaped (timm's
+//! `cls_token`); `layout.rs` reads and writes those, `hf.rs` and `timm.rs` say where each
+//! tensor goes. Paths that copy tensors one to one (streamed rewrites, sharded writes)
+//! work under a layout only when it renames alone (Llama); otherwise they are refused.
+//!
 //! The parts: `torchvision.rs` holds torchvision's ResNet scheme (layer and module names),
 //! `targets.rs` reads a command's target (`--layer`, `--after`) written in either naming;
 //! this file renames graphs and tensors and reads and writes weights under a naming.
 
+pub mod hf;
+pub mod layout;
 mod targets;
+pub mod timm;
 mod torchvision;
 
 #[cfg(test)]
@@ -33,18 +42,28 @@ pub enum Naming {
     R2rc,
     /// torchvision's ResNet family (`layer1.0.bn1.running_var`).
     Torchvision,
+    /// Hugging Face transformers' `LlamaForCausalLM` or `GPT2LMHeadModel`, layouts
+    /// included (`model.layers.0.self_attn.q_proj.weight`, `transformer.h.0.attn.c_attn.weight`).
+    Hf,
+    /// timm's `VisionTransformer` (`blocks.0.attn.qkv.weight`, `cls_token`).
+    Timm,
 }
 
+/// Every naming, for hints.
+const NAMINGS: [Naming; 4] = [Naming::R2rc, Naming::Torchvision, Naming::Hf, Naming::Timm];
+
 impl Naming {
-    /// `r2rc` or `torchvision`.
+    /// `r2rc`, `torchvision`, `hf` or `timm`.
     pub fn parse(s: &str) -> Result<Naming> {
-        match s {
-            "r2rc" => Ok(Naming::R2rc),
-            "torchvision" => Ok(Naming::Torchvision),
-            other => Err(Error::usage(
-                format!("--names {other}: the namings are r2rc and torchvision"),
+        match NAMINGS.into_iter().find(|n| n.keyword() == s) {
+            Some(n) => Ok(n),
+            None => Err(Error::usage(
+                format!("--names {s}: the namings are r2rc, torchvision, hf and timm"),
                 Some(
-                    "torchvision reads and writes ResNet weights under torchvision's names".into(),
+                    "torchvision reads and writes ResNet weights under torchvision's names, hf \
+                     transformers' LlamaForCausalLM and GPT2LMHeadModel, timm its \
+                     VisionTransformer"
+                        .into(),
                 ),
             )),
         }
@@ -54,8 +73,34 @@ impl Naming {
         match self {
             Naming::R2rc => "r2rc",
             Naming::Torchvision => "torchvision",
+            Naming::Hf => "hf",
+            Naming::Timm => "timm",
         }
     }
+
+    /// Whether the naming is a layout ([`layout::Layout`]) rather than a rename.
+    fn is_layout(self) -> bool {
+        matches!(self, Naming::Hf | Naming::Timm)
+    }
+}
+
+/// The layout of `graph` under a layout naming (`hf`, `timm`); `None` for a renaming.
+pub fn layout(graph: &Graph, naming: Naming) -> Result<Option<layout::Layout>> {
+    match naming {
+        Naming::Hf => hf::layout(graph).map(Some),
+        Naming::Timm => timm::layout(graph).map(Some),
+        Naming::R2rc | Naming::Torchvision => Ok(None),
+    }
+}
+
+/// The tensors (name -> shape) a file of `graph`'s weights holds under `naming`, if the
+/// naming covers `graph`.
+fn file_shapes(graph: &Graph, naming: Naming) -> Option<BTreeMap<String, Vec<usize>>> {
+    if let Some(l) = layout(graph, naming).ok()? {
+        return Some(l.shapes());
+    }
+    let specs = renamed_graph(graph, naming).ok()?.param_specs();
+    Some(specs.into_iter().map(|s| (s.name, s.slot.shape)).collect())
 }
 
 /// For reports under `naming`: r2rc layer name -> `naming`'s module name, for every
@@ -66,6 +111,14 @@ pub fn report_names(graphs: &[&Graph], naming: Naming) -> Option<BTreeMap<String
         return None;
     }
     let mut map = BTreeMap::new();
+    if naming.is_layout() {
+        for g in graphs {
+            if let Ok(Some(l)) = layout(g, naming) {
+                map.extend(l.modules());
+            }
+        }
+        return Some(map);
+    }
     for g in graphs {
         for n in g.g.node_indices() {
             let node = &g.g[n];
@@ -90,8 +143,34 @@ pub fn shown(name: &str, names: Option<&BTreeMap<String, String>>) -> String {
 }
 
 /// The renames of `naming` for every parameter-owning layer of `graph` (ours -> theirs),
-/// or an error naming the first layer it has no name for.
+/// or an error naming the first layer it has no name for. Under a layout that does more
+/// than rename (GPT-2, timm), an error naming the first tensor that is fused, transposed
+/// or reshaped: what reads and writes tensors one to one cannot serve it.
 pub fn layer_renames(graph: &Graph, naming: Naming) -> Result<BTreeMap<String, String>> {
+    if let Some(l) = layout(graph, naming)? {
+        return l.plain_layers().map_err(|s| {
+            Error::usage(
+                format!(
+                    "under {} tensor `{}` is not one r2rc tensor renamed (it holds {}), so \
+                     tensors cannot be copied one to one: streamed rewrites, sharded outputs \
+                     and exports under this naming are not available for it yet",
+                    l.shown(),
+                    s.name,
+                    s.parts
+                        .iter()
+                        .map(|(n, _)| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some(
+                    "run the step in memory (without --stream or --shard-size), or convert the \
+                     weights to r2rc's names first (`r2rc run`/`init` read and write --names \
+                     hf|timm whole files)"
+                        .into(),
+                ),
+            )
+        });
+    }
     let mut map = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for n in graph.order() {
@@ -100,7 +179,7 @@ pub fn layer_renames(graph: &Graph, naming: Naming) -> Result<BTreeMap<String, S
             continue;
         }
         let theirs = match naming {
-            Naming::R2rc => node.name.clone(),
+            Naming::R2rc | Naming::Hf | Naming::Timm => node.name.clone(),
             Naming::Torchvision => torchvision_layer(&node.name, &node.row, node.block)
                 .ok_or_else(|| {
                     Error::usage(
@@ -194,6 +273,13 @@ pub fn load_with_notes(
     path: &Path,
     naming: Naming,
 ) -> Result<(Params, Vec<String>)> {
+    if let Some(l) = layout(graph, naming)? {
+        let src = crate::shards::Source::open(path)?;
+        let p = l
+            .read(&src)
+            .map_err(|e| naming_hint(e, graph, naming, Some(source_shapes(&src)), &src.shown))?;
+        return Ok((p, src.notes()));
+    }
     let theirs = renamed_graph(graph, naming)?;
     let (p, notes) = match params::load_with_notes(&theirs, path) {
         Ok(v) => v,
@@ -209,6 +295,9 @@ pub fn load_with_notes(
 /// Converts `params` (r2rc's names) to `naming`'s names.
 pub fn to_naming(params: &Params, graph: &Graph, naming: Naming) -> Result<Params> {
     params.check(graph)?;
+    if let Some(l) = layout(graph, naming)? {
+        return l.write(params);
+    }
     rename(params.clone(), tensor_renames(graph, naming)?.into_iter())
 }
 
@@ -221,6 +310,10 @@ pub fn to_bytes(
 ) -> Result<Vec<u8>> {
     if naming == Naming::R2rc {
         return params::to_bytes(params, graph, metadata);
+    }
+    if let Some(l) = layout(graph, naming)? {
+        params.check(graph)?;
+        return l.to_bytes(params, metadata);
     }
     let theirs = renamed_graph(graph, naming)?;
     params::to_bytes(&to_naming(params, graph, naming)?, &theirs, metadata)
@@ -248,13 +341,16 @@ fn with_naming_hint(e: Error, graph: &Graph, path: &Path, naming: Naming) -> Err
 /// Checks that the (memory-mapped, maybe sharded) `src` holds `graph`'s tensors under
 /// `naming`'s names, with the same hint as [`load`] when they are the other naming's.
 pub fn check_source(src: &crate::shards::Source, graph: &Graph, naming: Naming) -> Result<()> {
-    let theirs = renamed_graph(graph, naming)?;
-    src.check(&theirs)
-        .map_err(|e| naming_hint(e, graph, naming, Some(source_shapes(src)), &src.shown))
+    let checked = match layout(graph, naming)? {
+        Some(l) => l.check(src),
+        None => src.check(&renamed_graph(graph, naming)?),
+    };
+    checked.map_err(|e| naming_hint(e, graph, naming, Some(source_shapes(src)), &src.shown))
 }
 
 /// `e` with a hint to switch `--names` when the file's tensors (`names` with their
-/// shapes) fit the other naming rather than `naming` ([`other_fits`]).
+/// shapes) fit another naming rather than `naming` ([`other_fits`]), or are another
+/// scheme's or model family's checkpoint ([`family_hint`]).
 fn naming_hint(
     e: Error,
     graph: &Graph,
@@ -265,46 +361,91 @@ fn naming_hint(
     let Error::Weights { message, .. } = &e else {
         return e;
     };
-    let Some(other) = names.and_then(|n| other_fits(graph, naming, &n)) else {
+    let Some(names) = names else {
         return e;
     };
-    let flag = match other {
-        Naming::R2rc => "drop --names torchvision (or pass --names r2rc)".to_string(),
-        Naming::Torchvision => "pass --names torchvision".to_string(),
+    let hint = match other_fits(graph, naming, &names) {
+        Some(other) => {
+            let flag = match other {
+                Naming::R2rc => format!("drop --names {} (or pass --names r2rc)", naming.keyword()),
+                _ => format!("pass --names {}", other.keyword()),
+            };
+            format!(
+                "{shown} names its tensors the {} way: {flag}",
+                other.keyword()
+            )
+        }
+        None => match family_hint(graph, naming, &names, shown) {
+            Some(h) => h,
+            None => return e,
+        },
     };
     Error::Weights {
         message: message.clone(),
-        hint: Some(format!(
-            "{shown} names its tensors the {} way: {flag}",
-            other.keyword()
-        )),
+        hint: Some(hint),
     }
 }
 
-/// The other naming, when the file's tensors (name -> shape) are rather `graph`'s under it
+/// A hint when the file is a checkpoint of a scheme `naming` is not (transformers', timm's),
+/// or, under `hf`, of the other model family than `graph`'s.
+fn family_hint(
+    graph: &Graph,
+    naming: Naming,
+    names: &BTreeMap<String, Vec<usize>>,
+    shown: &str,
+) -> Option<String> {
+    let list: Vec<&str> = names.keys().map(|k| k.as_str()).collect();
+    if let Some(file) = hf::file_family(&list) {
+        if naming != Naming::Hf {
+            return Some(format!(
+                "{shown} is a transformers {} checkpoint: pass --names hf (and the model's .arch: `r2rc from-hf config.json`)",
+                file.class()
+            ));
+        }
+        let ours = hf::family(graph).ok()?;
+        return (ours != file).then(|| {
+            format!(
+                "{shown} is a {} checkpoint, but network `{}` is laid out as {}: pass the .arch of the checkpoint's model (`r2rc from-hf` its config.json)",
+                file.class(),
+                graph.name,
+                ours.class()
+            )
+        });
+    }
+    (naming != Naming::Timm && timm::is_timm_file(&list)).then(|| {
+        format!(
+            "{shown} is a {} checkpoint: pass --names timm",
+            timm::FAMILY
+        )
+    })
+}
+
+/// Another naming, when the file's tensors (name -> shape) are rather `graph`'s under it
 /// than under `naming`: more of them match its tensors, by name and shape, than
 /// `naming`'s, and they hold at least half of its tensors. (A checkpoint of another
-/// architecture whose names happen to fit the other naming gets no such hint: its shapes
+/// architecture whose names happen to fit another naming gets no such hint: its shapes
 /// differ, and the error's own hint stands.)
 fn other_fits(
     graph: &Graph,
     naming: Naming,
     names: &BTreeMap<String, Vec<usize>>,
 ) -> Option<Naming> {
-    let other = match naming {
-        Naming::R2rc => Naming::Torchvision,
-        Naming::Torchvision => Naming::R2rc,
-    };
     let hits = |n: Naming| -> Option<(usize, usize)> {
-        let specs = renamed_graph(graph, n).ok()?.param_specs();
+        let specs = file_shapes(graph, n)?;
         let hit = specs
             .iter()
-            .filter(|s| names.get(&s.name) == Some(&s.slot.shape))
+            .filter(|(name, shape)| names.get(*name) == Some(*shape))
             .count();
         Some((hit, specs.len()))
     };
-    let ((theirs_hit, theirs_len), (ours_hit, _)) = (hits(other)?, hits(naming)?);
-    (theirs_hit > ours_hit && theirs_hit * 2 >= theirs_len).then_some(other)
+    let ours_hit = hits(naming).map_or(0, |(h, _)| h);
+    NAMINGS
+        .into_iter()
+        .filter(|n| *n != naming)
+        .filter_map(|n| Some((n, hits(n)?)))
+        .filter(|(_, (hit, len))| *hit > ours_hit && hit * 2 >= *len)
+        .max_by_key(|(_, (hit, _))| *hit)
+        .map(|(n, _)| n)
 }
 
 /// The naming the weights at `path` (a file or sharded set) use for `graph` when it is

@@ -92,14 +92,20 @@ fn unknown_target(
             r2rc_listing(graph)
         ),
         Naming::R2rc => r2rc_listing(graph),
+        // Their module names are a layout's (fused q, k, v): targets use r2rc's names.
+        Naming::Hf | Naming::Timm => format!(
+            "targets use r2rc's names under --names {} too; {}",
+            naming.keyword(),
+            r2rc_listing(graph)
+        ),
     });
     let what = match naming {
         Naming::Torchvision => "module, layer, block or row",
-        Naming::R2rc => "layer, block or row",
+        Naming::R2rc | Naming::Hf | Naming::Timm => "layer, block or row",
     };
     let under = match naming {
         Naming::Torchvision => " (under --names torchvision)",
-        Naming::R2rc => "",
+        Naming::R2rc | Naming::Hf | Naming::Timm => "",
     };
     Error::usage(
         format!(

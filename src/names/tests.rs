@@ -362,6 +362,105 @@ fn networks_outside_the_resnet_layout_are_refused_by_layer() {
     for (a, b) in layer_renames(&g, Naming::R2rc).unwrap() {
         assert_eq!(a, b);
     }
-    assert!(Naming::parse("timm").is_err());
+    // A ResNet has no place in the transformer layouts.
+    let e = layer_renames(&g, Naming::Hf).unwrap_err();
+    assert!(
+        e.to_string().contains("neither of --names hf's layouts"),
+        "{e}"
+    );
+    let e = layer_renames(&g, Naming::Timm).unwrap_err();
+    assert!(e.to_string().contains("timm VisionTransformer"), "{e}");
     assert_eq!(Naming::parse("torchvision").unwrap(), Naming::Torchvision);
+}
+
+/// A tensor of `shape` holding distinct values drawn from `seed`.
+fn random(shape: &[usize], seed: u64) -> ndarray::ArrayD<f64> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
+    ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(shape), v).unwrap()
+}
+
+fn qkv(d: usize, kv: usize) -> BTreeMap<String, ndarray::ArrayD<f64>> {
+    [("q", d), ("k", kv), ("v", kv)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, out))| (n.to_string(), random(&[out, d], 10 + i as u64)))
+        .collect()
+}
+
+#[test]
+fn conv1d_fused_qkv_joins_transposed_and_splits_back() {
+    let p = qkv(6, 6);
+    let parts = ["q", "k", "v"].map(|n| (n.to_string(), vec![6, 6]));
+    let s = layout::Stored {
+        name: "c_attn.weight".into(),
+        shape: vec![6, 18],
+        parts: parts.to_vec(),
+        transpose: true,
+        axis: 1,
+    };
+    let fused = s.join(&p).unwrap();
+    assert_eq!(fused.shape(), &[6, 18]);
+    for i in 0..6 {
+        for (k, n) in ["q", "k", "v"].iter().enumerate() {
+            for j in 0..6 {
+                // Conv1D's [in, out]: column 6k + j is output j of q, k or v.
+                assert_eq!(fused[[i, 6 * k + j]], p[*n][[j, i]], "{n} {i} {j}");
+            }
+        }
+    }
+    let back: BTreeMap<_, _> = s.split(&fused).into_iter().collect();
+    assert_eq!(back, p);
+}
+
+#[test]
+fn stacked_qkv_and_reshaped_tokens_round_trip_exactly() {
+    let p = qkv(4, 4);
+    let s = layout::Stored {
+        name: "blocks.0.attn.qkv.weight".into(),
+        shape: vec![12, 4],
+        parts: ["q", "k", "v"]
+            .map(|n| (n.to_string(), vec![4, 4]))
+            .to_vec(),
+        transpose: false,
+        axis: 0,
+    };
+    let fused = s.join(&p).unwrap();
+    for (k, n) in ["q", "k", "v"].iter().enumerate() {
+        for r in 0..4 {
+            for c in 0..4 {
+                assert_eq!(fused[[4 * k + r, c]], p[*n][[r, c]]);
+            }
+        }
+    }
+    assert_eq!(s.split(&fused).into_iter().collect::<BTreeMap<_, _>>(), p);
+    // timm's cls_token [1, 1, D] holds r2rc's [D].
+    let cls = layout::Stored {
+        parts: vec![("cls.weight".into(), vec![5])],
+        ..layout::Stored::renamed("cls_token".into(), "cls.weight", &[1, 1, 5])
+    };
+    assert!(!cls.is_plain());
+    let t = random(&[5], 3);
+    let one = BTreeMap::from([("cls.weight".to_string(), t.clone())]);
+    let stored = cls.join(&one).unwrap();
+    assert_eq!(stored.shape(), &[1, 1, 5]);
+    assert_eq!(
+        stored.iter().collect::<Vec<_>>(),
+        t.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(cls.split(&stored), vec![("cls.weight".to_string(), t)]);
+}
+
+#[test]
+fn namings_parse_and_refuse_with_the_list() {
+    for n in ["r2rc", "torchvision", "hf", "timm"] {
+        assert_eq!(Naming::parse(n).unwrap().keyword(), n);
+    }
+    let e = Naming::parse("huggingface").unwrap_err();
+    assert!(
+        e.to_string().contains("r2rc, torchvision, hf and timm"),
+        "{e}"
+    );
 }

@@ -19,6 +19,7 @@ mod from_hf;
 mod hostile;
 mod large;
 mod morph;
+mod names_hf;
 mod onnx_tract;
 mod params;
 mod picture;

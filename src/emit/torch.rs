@@ -9,16 +9,17 @@
 //!
 //! This file writes the module's source and its `__init__`; `torch/tree.rs` places the
 //! parameter-owning layers in a module tree under their dotted names, and
-//! `torch/forward.rs` writes `forward`.
+//! `torch/forward.rs` writes `forward`, `torch/seq.rs` the transformer ops' helpers.
 
 mod forward;
+mod seq;
 mod tree;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::error::{Error, Result};
-use crate::ir::{show_shape, Activation, Graph, NodeIndex, Op};
+use crate::ir::{show_shape, Activation, Graph, NodeIndex, NormKind, Op};
 use forward::forward_lines;
 use tree::Tree;
 
@@ -34,6 +35,12 @@ const PY_KEYWORDS: &[&str] = &[
 /// Names the generated file itself uses at module level or in `forward`.
 const FILE_NAMES: &[&str] = &[
     "torch",
+    "math",
+    "Positions",
+    "ClassToken",
+    "Norm",
+    "attention",
+    "rotate_half",
     "nn",
     "F",
     "x",
@@ -66,6 +73,14 @@ fn py_float(v: f64) -> String {
         "float('inf')".into()
     } else {
         "float('-inf')".into()
+    }
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
     }
 }
 
@@ -150,6 +165,16 @@ fn constructor(graph: &Graph, n: NodeIndex) -> Result<String> {
         Op::Activation(Activation::Prelu { channels }) => {
             format!("nn.PReLU(num_parameters={channels})")
         }
+        Op::Embedding(e) => format!("nn.Embedding({}, {})", e.vocab, e.dim),
+        Op::Positions(p) => format!("Positions({}, {})", p.tokens, p.dim),
+        Op::ClassToken(c) => format!("ClassToken({})", c.dim),
+        Op::Norm(n) => format!(
+            "Norm({}, {}, rms={}, bias={})",
+            n.dim,
+            py_float(n.eps),
+            py_bool(n.kind == NormKind::Rms),
+            py_bool(n.bias)
+        ),
         other => {
             return Err(unsupported(format!(
                 "layer `{}` ({}) has parameters but no PyTorch module here",
@@ -257,6 +282,7 @@ pub fn to_torch(graph: &Graph) -> Result<String> {
     )
     .unwrap();
     s.push_str("import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n");
+    s.push_str(&seq::helpers(graph));
     writeln!(s, "INPUT_SHAPE = {}", shape(graph.input_shape())).unwrap();
     writeln!(s, "OUTPUT_SHAPE = {}\n\n", shape(graph.output_shape())).unwrap();
     writeln!(s, "class {class}(nn.Module):").unwrap();
@@ -274,8 +300,12 @@ pub fn to_torch(graph: &Graph) -> Result<String> {
          model.load_state_dict(load_file(sys.argv[1]))\n    \
          model.eval()\n    \
          with torch.no_grad():\n        \
-         y = model(torch.randn(1, *INPUT_SHAPE))\n    \
-         print(\"output\", tuple(y.shape))"
+         y = model({})\n    \
+         print(\"output\", tuple(y.shape))",
+        match graph.defaults.vocab {
+            Some(v) => format!("torch.randint(0, {v}, (1, *INPUT_SHAPE))"),
+            None => "torch.randn(1, *INPUT_SHAPE)".into(),
+        }
     )
     .unwrap();
     Ok(s)
@@ -509,5 +539,33 @@ mod tests {
         );
         assert!(py.contains("getattr(self, \"lambda\")(x)"), "{py}");
         assert_eq!(state_dict_keys(&py), spec_keys(&g));
+    }
+}
+
+#[cfg(test)]
+mod seq_tests {
+    use super::*;
+
+    /// A decoder's module: the helpers it uses, its modules at r2rc's dotted names, the
+    /// attention core and the tied head as calls, token-id inputs in the demo.
+    #[test]
+    fn a_decoder_is_written_with_its_helpers() {
+        let g = crate::emit::onnx::seq::tests::decoder();
+        let src = to_torch(&g).unwrap();
+        for want in [
+            "import math",
+            "class Norm(nn.Module)",
+            "def attention(q, k, v, heads, kv_heads, head_dim, theta, causal)",
+            "self.embed.token = nn.Embedding(50, 16)",
+            "self.layers_1.attention.norm = Norm(16, 1e-5, rms=True, bias=False)",
+            "attention(",
+            "heads=4, kv_heads=2, head_dim=4, theta=10000.0, causal=True)",
+            "F.linear(x, self.embed.token.weight)",
+            "torch.randint(0, 50, (1, *INPUT_SHAPE))",
+        ] {
+            assert!(src.contains(want), "missing `{want}` in:\n{src}");
+        }
+        // Helpers a graph does not use are not written.
+        assert!(!src.contains("class Positions") && !src.contains("class ClassToken"));
     }
 }

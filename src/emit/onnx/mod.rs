@@ -2,7 +2,7 @@
 //! the weights as f32 initializers under their PyTorch names, graph input `input` and
 //! output `output`, batch dimension `N` (and token count `T` for token inputs, int64).
 
-mod seq;
+pub(crate) mod seq;
 
 use prost::Message;
 

@@ -363,7 +363,7 @@ pub fn rope_tables(tokens: usize, dh: usize, theta: f64) -> (Vec<f32>, Vec<f32>)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashSet;
 
     use super::super::to_model;
@@ -372,7 +372,7 @@ mod tests {
 
     /// One pre-norm decoder layer (RMS norm, grouped-query attention with RoPE, causal,
     /// gated MLP) and a tied head, as lowering would build it.
-    fn decoder() -> Graph {
+    pub(crate) fn decoder() -> Graph {
         let defaults = Defaults {
             vocab: Some(50),
             ..Defaults::default()

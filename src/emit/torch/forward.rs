@@ -120,6 +120,34 @@ fn expression(
             )))
         }
         Op::Conv2d(_) | Op::BatchNorm(_) | Op::Linear(_) => call()?,
+        Op::Embedding(_) | Op::Positions(_) | Op::ClassToken(_) | Op::Norm(_) => call()?,
+        Op::Attention(at) => (
+            format!(
+                "attention({}, heads={}, kv_heads={}, head_dim={}, theta={}, causal={})",
+                args.join(", "),
+                at.heads,
+                at.kv_heads,
+                at.head_dim,
+                at.rope.map_or("None".into(), py_float),
+                if at.causal { "True" } else { "False" }
+            ),
+            true,
+        ),
+        Op::Mul => (args.join(" * "), true),
+        Op::ToTokens => (format!("{a}.flatten(2).transpose(1, 2)"), true),
+        Op::ClassPool => (format!("{a}[:, 0]"), true),
+        Op::TiedLinear(_) => {
+            let emb = graph
+                .embedding()
+                .and_then(|e| module_of.get(&e))
+                .ok_or_else(|| {
+                    unsupported(format!(
+                        "`{}`: a tied head needs a token embedding",
+                        node.name
+                    ))
+                })?;
+            (format!("F.linear({a}, {emb}.weight)"), true)
+        }
         Op::Activation(act) => match act {
             Activation::Prelu { .. } => call()?,
             Activation::Relu => (format!("F.relu({a})"), true),
@@ -155,7 +183,9 @@ fn expression(
         Op::GlobalAvgPool => (format!("F.adaptive_avg_pool2d({a}, 1)"), true),
         Op::Flatten => (format!("torch.flatten({a}, 1)"), true),
         Op::Add => (args.join(" + "), true),
-        Op::Softmax => (format!("F.softmax({a}, dim=1)"), true),
+        // Over the features: dim 1 of a vector batch, the last of a sequence's.
+        Op::Softmax if node.shape.len() == 1 => (format!("F.softmax({a}, dim=1)"), true),
+        Op::Softmax => (format!("F.softmax({a}, dim=-1)"), true),
         Op::ShortcutPad(p) => {
             let c = graph.inputs(n).first().map(|&i| graph.g[i].shape[0]);
             let c = c.unwrap_or(p.out_channels);
@@ -168,13 +198,6 @@ fn expression(
                 e = format!("F.pad({e}, (0, 0, 0, 0, 0, {}))", p.out_channels - c);
             }
             (e, true)
-        }
-        op => {
-            return Err(unsupported(format!(
-                "`{}`: {} layers are not written yet",
-                node.name,
-                op.kind_name()
-            )))
         }
     })
 }

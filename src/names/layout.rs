@@ -17,6 +17,9 @@ use crate::ir::{Graph, Node};
 use crate::params::{DType, Params};
 use crate::shards::Source;
 
+/// An r2rc tensor's name and shape.
+type Part = (String, Vec<usize>);
+
 /// One tensor of a file and the r2rc tensors it holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
@@ -25,7 +28,7 @@ pub struct Stored {
     /// The file's shape.
     pub shape: Vec<usize>,
     /// r2rc tensors (`layers_1.attention.q.weight`, ...) with their shapes, joined in order.
-    pub parts: Vec<(String, Vec<usize>)>,
+    pub parts: Vec<Part>,
     /// Each part is a matrix stored transposed (Conv1D's `[in, out]`).
     pub transpose: bool,
     /// The axis the (transposed) parts are joined along.
@@ -339,7 +342,7 @@ pub fn build(
     let mut stored: Vec<Stored> = Vec::new();
     let mut targets: Vec<Target> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
-    let mut parts: Vec<Vec<Option<(String, Vec<usize>)>>> = Vec::new();
+    let mut parts: Vec<Vec<Option<Part>>> = Vec::new();
     for spec in graph.param_specs() {
         let t = place(&graph.g[spec.node], spec.slot.suffix)?;
         let k = *at.entry(t.name.clone()).or_insert_with(|| {
@@ -368,7 +371,7 @@ pub fn build(
     }
     for (t, ps) in targets.into_iter().zip(parts) {
         let missing = ps.iter().any(|p| p.is_none());
-        let ps: Vec<(String, Vec<usize>)> = ps.into_iter().flatten().collect();
+        let ps: Vec<Part> = ps.into_iter().flatten().collect();
         let uneven = ps.windows(2).any(|w| w[0].1 != w[1].1);
         if missing || uneven {
             let listed: Vec<String> = ps.iter().map(|(n, s)| format!("`{n}` {s:?}")).collect();

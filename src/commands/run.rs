@@ -19,10 +19,13 @@ pub struct Args {
     /// Weights (.safetensors) in PyTorch's naming.
     #[arg(long, value_name = "W")]
     weights: PathBuf,
-    /// Input batch as .npy (f32 or f64), shaped N x the network's input shape.
+    /// Input batch as .npy (f32 or f64), shaped N x the network's input shape; for a token
+    /// input (`input T tokens, vocab V`), int64 token ids shaped N x T (T up to the declared
+    /// length).
     #[arg(long, value_name = "X.npy", conflicts_with = "random")]
     input: Option<PathBuf>,
-    /// Run on N seeded standard-normal inputs instead (the default is 1).
+    /// Run on N seeded standard-normal inputs instead (token ids drawn uniformly from the
+    /// vocabulary, for a token input; the default is 1).
     #[arg(long, value_name = "N")]
     random: Option<usize>,
     /// Seed of the random inputs.
@@ -40,7 +43,8 @@ pub struct Args {
     /// Overwrite an existing --output.
     #[arg(long)]
     force: bool,
-    /// Time K forward passes after one warm-up; prints images/s to stderr.
+    /// Time K forward passes after one warm-up; prints images (or sequences) per second to
+    /// stderr.
     #[arg(long, value_name = "K")]
     repeat: Option<usize>,
     /// Worker threads (default: all cores).
@@ -69,7 +73,7 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("note: {n}");
     }
     let input = match (&args.input, args.random) {
-        (Some(path), _) => read_input(path)?,
+        (Some(path), _) => read_input(path, &graph)?,
         (None, n) => {
             params::check_memory(&graph, n.unwrap_or(1), false, "this run")?;
             exec::random_input(&graph, n.unwrap_or(1), args.seed)
@@ -111,10 +115,15 @@ fn set_gemm_threads(threads: Option<usize>, batch: usize) {
     }
 }
 
-/// Reads an f32 or f64 `.npy` into f64.
-fn read_input(path: &PathBuf) -> Result<ArrayD<f64>> {
+/// Reads an f32 or f64 `.npy` into f64; for a token input, int64 (or int32) token ids,
+/// checked against the declared length and the vocabulary here so that errors name the
+/// file.
+fn read_input(path: &PathBuf, graph: &Graph) -> Result<ArrayD<f64>> {
     let shown = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| Error::io(&shown, e))?;
+    if let Some(vocab) = graph.defaults.vocab {
+        return read_tokens(&bytes, &shown, graph.input_shape()[0], vocab);
+    }
     if let Ok(a) = ArrayD::<f32>::read_npy(&bytes[..]) {
         return Ok(a.mapv(|v| v as f64));
     }
@@ -122,6 +131,48 @@ fn read_input(path: &PathBuf) -> Result<ArrayD<f64>> {
         message: format!("{shown}: not an f32 or f64 .npy array ({e})"),
         hint: Some("save it with numpy.save(path, x.astype(numpy.float32))".into()),
     })
+}
+
+/// Token ids `N x T` (`T <= longest`, each below `vocab`) from an int64 or int32 `.npy`, as
+/// the floats the executor carries them in.
+fn read_tokens(bytes: &[u8], shown: &str, longest: usize, vocab: usize) -> Result<ArrayD<f64>> {
+    let ids: ArrayD<i64> = match ArrayD::<i64>::read_npy(bytes) {
+        Ok(a) => a,
+        Err(e) => match ArrayD::<i32>::read_npy(bytes) {
+            Ok(a) => a.mapv(i64::from),
+            Err(_) => {
+                return Err(Error::usage(
+                    format!("{shown}: the network reads token ids, but this is not an int64 .npy array ({e})"),
+                    Some("save the ids with numpy.save(path, ids.astype(numpy.int64)), shaped N x T".into()),
+                ))
+            }
+        },
+    };
+    let shape = ids.shape().to_vec();
+    let [n, t] = shape[..] else {
+        return Err(Error::usage(
+            format!(
+                "{shown}: token ids of shape {} but the network takes N x T (sequences of at most {longest} tokens)",
+                r2rc::ir::show_shape(&shape)
+            ),
+            Some("the first dimension is the batch, the second the tokens".into()),
+        ));
+    };
+    if t > longest || t == 0 || n == 0 {
+        return Err(Error::usage(
+            format!("{shown}: {n} sequence(s) of {t} tokens, but the network takes sequences of 1 to {longest} tokens"),
+            Some(format!("shorten them to at most {longest} tokens or declare a longer input (`input T tokens`)")),
+        ));
+    }
+    let floats = ids.mapv(|v| v as f64);
+    let as_tensor = exec::Tensor::from_array(floats.clone());
+    exec::check_tokens(&as_tensor, vocab).map_err(|m| {
+        Error::usage(
+            format!("{shown}: {m}"),
+            Some("token ids must come from the tokenizer of this network's vocabulary".into()),
+        )
+    })?;
+    Ok(floats)
 }
 
 fn go<T: Float + WritableElement>(
@@ -144,9 +195,14 @@ fn go<T: Float + WritableElement>(
             times.push(t.elapsed().as_secs_f64());
         }
         let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        let unit = if graph.defaults.vocab.is_some() {
+            "sequences"
+        } else {
+            "images"
+        };
         let mean = times.iter().sum::<f64>() / times.len() as f64;
         eprintln!(
-            "{} x {batch} images, {} threads, {}: mean {:.2} ms, best {:.2} ms per batch: {:.1} images/s",
+            "{} x {batch} {unit}, {} threads, {}: mean {:.2} ms, best {:.2} ms per batch: {:.1} {unit}/s",
             times.len(),
             rayon::current_num_threads(),
             T::NAME,

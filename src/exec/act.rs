@@ -56,10 +56,13 @@ fn map<T: Float>(x: &mut Tensor<T>, f: impl Fn(T) -> T + Sync + Send) {
         .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
 }
 
-/// Softmax over dimension 1 (the features of `[N, F]`, the channels of `[N, C, H, W]`).
+/// Softmax over the features: dimension 1 of `[N, F]` and of `[N, C, H, W]` (the
+/// channels), the last of a sequence `[N, T, F]` (each token on its own).
 pub fn softmax<T: Float>(mut x: Tensor<T>) -> Tensor<T> {
-    let c = x.shape[1];
-    let inner: usize = x.shape[2..].iter().product::<usize>().max(1);
+    let (c, inner) = match x.shape[..] {
+        [_, _, f] => (f, 1),
+        _ => (x.shape[1], x.shape[2..].iter().product::<usize>().max(1)),
+    };
     for sample in x.data.chunks_mut(c * inner) {
         for i in 0..inner {
             let max = (0..c)

@@ -1,5 +1,5 @@
-//! Token values in and out: token embedding, learned positions, ViT's patch embedding and
-//! class token, and pooling a sequence to one vector.
+//! Token values in and out: token embedding, learned positions, feature maps as tokens
+//! (ViT's patch embedding), the class token and class-token pooling.
 //!
 //! Token ids travel through the executor as floats (exact in f32 below 2^24, and every
 //! vocabulary r2rc reads is far smaller); [`check_tokens`] says which one is not an id.
@@ -8,7 +8,6 @@ use rayon::prelude::*;
 
 use super::float::Float;
 use super::Tensor;
-use crate::ir::Conv2d;
 
 /// The first value of `ids` that is not a whole number in `0..vocab`, as a sentence naming
 /// its sequence and position.
@@ -80,15 +79,14 @@ pub fn class_token<T: Float>(x: &Tensor<T>, token: &[T]) -> Tensor<T> {
     }
 }
 
-/// ViT's patch embedding: the convolution `c` (kernel = stride = patch size) of `[N, C, H,
-/// W]`, then `flatten(2).transpose(1, 2)`: `[N, (H/p)(W/p), D]`, patches in row-major order.
-pub fn patch_embed<T: Float>(x: &Tensor<T>, c: &Conv2d, w: &[T], b: Option<&[T]>) -> Tensor<T> {
-    let y = super::conv::conv2d(x, c, w, b, None);
-    let [n, d, ph, pw] = y.dims4();
+/// A feature map `[N, C, H, W]` as tokens `[N, H*W, C]`, row-major over (H, W):
+/// `x.flatten(2).transpose(1, 2)` (after the convolution of a ViT patch embedding).
+pub fn to_tokens<T: Float>(x: &Tensor<T>) -> Tensor<T> {
+    let [n, d, ph, pw] = x.dims4();
     let p = ph * pw;
     let mut data = vec![T::zero(); n * p * d];
     data.par_chunks_mut(p * d)
-        .zip(y.data.par_chunks(d * p))
+        .zip(x.data.par_chunks(d * p))
         .for_each(|(dst, src)| {
             for (ch, plane) in src.chunks(p).enumerate() {
                 for (tok, &v) in plane.iter().enumerate() {
@@ -116,27 +114,11 @@ pub fn token_pool<T: Float>(x: &Tensor<T>, index: usize) -> Tensor<T> {
     }
 }
 
-/// The mean over the tokens of each sequence (accumulated in f64): `[N, T, D]` to `[N, D]`.
-pub fn mean_pool<T: Float>(x: &Tensor<T>) -> Tensor<T> {
-    let (n, t, d) = (x.shape[0], x.shape[1], x.shape[2]);
-    let mut data = Vec::with_capacity(n * d);
-    for seq in x.data.chunks(t * d) {
-        let mut acc = vec![0.0f64; d];
-        for tok in seq.chunks(d) {
-            acc.iter_mut().zip(tok).for_each(|(a, v)| *a += v.to_f64());
-        }
-        data.extend(acc.iter().map(|a| T::from_f64(a / t as f64)));
-    }
-    Tensor {
-        shape: vec![n, d],
-        data,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::testutil::{assert_close, random};
     use super::*;
+    use crate::ir::Conv2d;
 
     fn ids(n: usize, t: usize, v: &[usize]) -> Tensor<f64> {
         Tensor {
@@ -213,7 +195,7 @@ mod tests {
         };
         let w = random(d * ci * p * p, 5);
         let b = random(d, 6);
-        let y = patch_embed(&x, &c, &w, Some(&b));
+        let y = to_tokens(&super::super::conv::conv2d(&x, &c, &w, Some(&b), None));
         let g = hw / p;
         assert_eq!(y.shape, vec![n, g * g, d]);
         // Token (py, px) of image i, feature o: the dot product of patch (py, px) with
@@ -242,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn class_token_prepends_and_pools_select_or_average() {
+    fn class_token_prepends_and_pooling_selects_a_token() {
         let (n, t, d) = (2, 3, 4);
         let x = Tensor {
             shape: vec![n, t, d],
@@ -262,13 +244,5 @@ mod tests {
         assert_eq!(first.data[d..], cls[..]);
         let second = token_pool(&x, 1);
         assert_eq!(second.data[d..], x.data[(t + 1) * d..(t + 2) * d]);
-        let mean = mean_pool(&x);
-        let want: Vec<f64> = (0..n * d)
-            .map(|k| {
-                let (i, j) = (k / d, k % d);
-                (0..t).map(|s| x.data[(i * t + s) * d + j]).sum::<f64>() / t as f64
-            })
-            .collect();
-        assert_close(&mean.data, &want, 1e-15);
     }
 }

@@ -3,23 +3,9 @@
 use super::float::{gemm, Float, GemmDims};
 use super::Tensor;
 
-/// `x` is `[N, in...]` (flattened), `w` is `(out, in)` row-major; the result is `[N, out]`.
+/// PyTorch `nn.Linear` over the last axis: `x` is `[N, in]` or `[N, T, in]` (every token a
+/// row of one GEMM), `w` is `(out, in)` row-major; the result is `[N, out]` or `[N, T, out]`.
 pub fn linear<T: Float>(
-    x: &Tensor<T>,
-    out_features: usize,
-    w: &[T],
-    bias: Option<&[T]>,
-) -> Tensor<T> {
-    let n = x.shape[0];
-    Tensor {
-        shape: vec![n, out_features],
-        data: product(&x.data, n, out_features, w, bias),
-    }
-}
-
-/// The same over the last axis (`nn.Linear` on `[N, T, in]`): every token is a row of one
-/// GEMM; the result is `[..., out]`.
-pub fn linear_last<T: Float>(
     x: &Tensor<T>,
     out_features: usize,
     w: &[T],
@@ -27,7 +13,7 @@ pub fn linear_last<T: Float>(
 ) -> Tensor<T> {
     let inf = x.shape.last().copied().unwrap_or(1).max(1);
     let mut shape = x.shape.clone();
-    *shape.last_mut().expect("a token value has axes") = out_features;
+    *shape.last_mut().expect("a value has a batch axis") = out_features;
     Tensor {
         shape,
         data: product(&x.data, x.data.len() / inf, out_features, w, bias),
@@ -61,7 +47,7 @@ mod tests {
         };
         let w = random(o * i, 2);
         let b = random(o, 3);
-        let y = linear_last(&x, o, &w, Some(&b));
+        let y = linear(&x, o, &w, Some(&b));
         assert_eq!(y.shape, vec![n, t, o]);
         let mut want = Vec::new();
         for tok in x.data.chunks(i) {
@@ -70,7 +56,7 @@ mod tests {
             }
         }
         assert_close(&y.data, &want, 1e-14);
-        let nb = linear_last(&x, o, &w, None);
+        let nb = linear(&x, o, &w, None);
         let less: Vec<f64> = want.iter().enumerate().map(|(k, v)| v - b[k % o]).collect();
         assert_close(&nb.data, &less, 1e-14);
     }

@@ -26,30 +26,31 @@ use std::sync::Arc;
 use ndarray::{ArrayD, IxDyn};
 
 pub use act::{erf, gelu, gelu_tanh, silu};
-// The transformer kernels, on `Tensor`s of `[N, T, D]` tokens.
-pub use attention::{apply_rope, attention, rope_tables, Heads};
+pub use attention::rope_tables;
 use conv::Epilogue;
-pub use embed::{
-    add_positions, check_tokens, class_token, embedding, mean_pool, patch_embed, token_pool,
-};
+pub use embed::check_tokens;
 pub use float::{gemm, Float, GemmDims};
-pub use linear::linear_last;
 pub use norm::BnParams;
-pub use shape::mul;
-pub use tnorm::{layer_norm, rms_norm};
 
 use crate::error::{Error, Result};
-use crate::ir::{show_shape, Activation, Graph, NodeIndex, Op, Shape};
+use crate::ir::{show_shape, Activation, Graph, NodeIndex, NormKind, Op, Shape};
 use crate::params::Params;
 
-/// `n` seeded standard-normal inputs shaped `[n, ...graph input shape]`.
+/// `n` seeded inputs shaped `[n, ...graph input shape]`: standard-normal values, or for a
+/// token input (`input T tokens, vocab V`) sequences of T token ids drawn uniformly from
+/// `0..V` (as floats, the executor's form of token ids).
 pub fn random_input(graph: &Graph, n: usize, seed: u64) -> ArrayD<f64> {
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut shape = vec![n];
     shape.extend_from_slice(graph.input_shape());
     let len: usize = shape.iter().product();
-    let v = (0..len).map(|_| crate::params::normal(&mut rng)).collect();
+    let v = match graph.defaults.vocab {
+        Some(vocab) => (0..len)
+            .map(|_| rng.random_range(0..vocab.max(1)) as f64)
+            .collect(),
+        None => (0..len).map(|_| crate::params::normal(&mut rng)).collect(),
+    };
     ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length matches shape")
 }
 
@@ -180,7 +181,12 @@ fn parallel_images(batch: usize) -> bool {
 /// A node's weights in the run's precision.
 enum Weights<T> {
     None,
-    Dense { w: Vec<T>, b: Option<Vec<T>> },
+    /// A weight and maybe a bias (convs, linears, norms, tables); shared, so that a tied
+    /// head reads the token embedding's table without a copy.
+    Dense {
+        w: Arc<Vec<T>>,
+        b: Option<Vec<T>>,
+    },
     Bn(BnParams<T>),
     Prelu(Vec<T>),
 }
@@ -217,6 +223,8 @@ pub struct Executor<T> {
     input: usize,
     output: usize,
     input_shape: Shape,
+    /// The vocabulary of a token input (`input T tokens, vocab V`).
+    vocab: Option<usize>,
 }
 
 impl<T: Float> Executor<T> {
@@ -232,6 +240,14 @@ impl<T: Float> Executor<T> {
                 .map(|&v| T::from_f64(v))
                 .collect()
         };
+        let mut tables: std::collections::HashMap<String, Arc<Vec<T>>> = Default::default();
+        let mut table = |name: &str| -> Arc<Vec<T>> {
+            tables
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(conv(name, "weight")))
+                .clone()
+        };
+        let embedding = graph.embedding().map(|e| graph.g[e].name.clone());
         let mut steps: Vec<Step<T>> = Vec::with_capacity(order.len());
         for &n in &order {
             let node = &graph.g[n];
@@ -239,13 +255,33 @@ impl<T: Float> Executor<T> {
             let name = node.name.as_str();
             let weights = match &node.op {
                 Op::Conv2d(c) => Weights::Dense {
-                    w: conv(name, "weight"),
+                    w: table(name),
                     b: c.bias.then(|| conv(name, "bias")),
                 },
                 Op::Linear(l) => Weights::Dense {
-                    w: conv(name, "weight"),
+                    w: table(name),
                     b: l.bias.then(|| conv(name, "bias")),
                 },
+                Op::Norm(nm) => Weights::Dense {
+                    w: table(name),
+                    b: (nm.bias && nm.kind == NormKind::Layer).then(|| conv(name, "bias")),
+                },
+                Op::Embedding(_) | Op::Positions(_) | Op::ClassToken(_) => Weights::Dense {
+                    w: table(name),
+                    b: None,
+                },
+                Op::TiedLinear(_) => {
+                    let Some(e) = &embedding else {
+                        return Err(Error::usage(
+                            format!("the tied head `{name}` has no token embedding to share"),
+                            None,
+                        ));
+                    };
+                    Weights::Dense {
+                        w: table(e),
+                        b: None,
+                    }
+                }
                 Op::BatchNorm(b) => Weights::Bn(BnParams {
                     gamma: conv(name, "weight"),
                     beta: conv(name, "bias"),
@@ -313,6 +349,7 @@ impl<T: Float> Executor<T> {
             input: position[&graph.input],
             output,
             input_shape: graph.input_shape().clone(),
+            vocab: graph.defaults.vocab,
         })
     }
 
@@ -340,25 +377,61 @@ impl<T: Float> Executor<T> {
             .collect())
     }
 
+    /// A batch of the input's shape; for token ids, `N x T` with `1 <= T <=` the declared
+    /// length and every id in the vocabulary.
+    fn check_input(&self, input: &Tensor<T>) -> Result<()> {
+        let s = &input.shape;
+        let Some(vocab) = self.vocab else {
+            if s.len() != self.input_shape.len() + 1 || s[1..] != self.input_shape[..] || s[0] == 0
+            {
+                return Err(Error::usage(
+                    format!(
+                        "the input has shape {} but the network takes N x {} (N >= 1)",
+                        show_shape(s),
+                        show_shape(&self.input_shape)
+                    ),
+                    Some(
+                        "the first dimension is the batch; check the image size and channels"
+                            .into(),
+                    ),
+                ));
+            }
+            return Ok(());
+        };
+        let longest = self.input_shape[0];
+        match s[..] {
+            [n, t] if n >= 1 && t >= 1 && t <= longest => {}
+            [_, t] if t > longest => {
+                return Err(Error::usage(
+                    format!("the input's sequences have {t} tokens but the network takes at most {longest}"),
+                    Some(format!("shorten them to {longest} tokens or declare a longer input (`input T tokens`)")),
+                ))
+            }
+            _ => {
+                return Err(Error::usage(
+                    format!(
+                        "the input has shape {} but the network takes token ids N x T (N >= 1, 1 <= T <= {longest})",
+                        show_shape(s)
+                    ),
+                    Some("the first dimension is the batch, the second the tokens".into()),
+                ))
+            }
+        }
+        embed::check_tokens(input, vocab).map_err(|m| {
+            Error::usage(
+                format!("in the input, {m}"),
+                Some("token ids must come from the tokenizer of this network's vocabulary".into()),
+            )
+        })
+    }
+
     fn run(
         &self,
         input: Tensor<T>,
         mode: Mode,
         keep_all: bool,
     ) -> Result<Vec<Option<Arc<Tensor<T>>>>> {
-        if input.shape.len() != self.input_shape.len() + 1
-            || input.shape[1..] != self.input_shape[..]
-            || input.shape[0] == 0
-        {
-            return Err(Error::usage(
-                format!(
-                    "the input has shape {} but the network takes N x {} (N >= 1)",
-                    show_shape(&input.shape),
-                    show_shape(&self.input_shape)
-                ),
-                Some("the first dimension is the batch; check the image size and channels".into()),
-            ));
-        }
+        self.check_input(&input)?;
         let mut vals: Vec<Option<Arc<Tensor<T>>>> = vec![None; self.steps.len()];
         let mut left: Vec<usize> = self.steps.iter().map(|s| s.uses).collect();
         let mut done = vec![false; self.steps.len()];
@@ -418,7 +491,7 @@ fn eval<T: Float>(
 ) -> std::result::Result<Tensor<T>, String> {
     let dense = || match &step.weights {
         Weights::Dense { w, b } => (w.as_slice(), b.as_deref()),
-        _ => unreachable!("convs and linears carry dense weights"),
+        _ => unreachable!("convs, linears, norms and tables carry dense weights"),
     };
     Ok(match &step.op {
         Op::Input => unreachable!("the input is placed before the loop"),
@@ -429,6 +502,37 @@ fn eval<T: Float>(
         Op::Linear(l) => {
             let (w, b) = dense();
             linear::linear(&args[0], l.out_features, w, b)
+        }
+        Op::TiedLinear(l) => linear::linear(&args[0], l.vocab, dense().0, None),
+        Op::Embedding(e) => embed::embedding(&args[0], dense().0, e.dim)?,
+        Op::Positions(_) => embed::add_positions(own(args.remove(0)), dense().0)?,
+        Op::ClassToken(_) => embed::class_token(&args[0], dense().0),
+        Op::ToTokens => embed::to_tokens(&args[0]),
+        Op::ClassPool => embed::token_pool(&args[0], 0),
+        Op::Norm(nm) => {
+            let (w, b) = dense();
+            let x = own(args.remove(0));
+            match nm.kind {
+                NormKind::Layer => tnorm::layer_norm(x, w, b, nm.eps),
+                NormKind::Rms => tnorm::rms_norm(x, w, nm.eps),
+            }
+        }
+        Op::Attention(a) => {
+            let heads = attention::Heads {
+                heads: a.heads,
+                kv_heads: a.kv_heads,
+                head_dim: a.head_dim,
+                causal: a.causal,
+                rope: a.rope,
+            };
+            let v = args.pop().expect("v");
+            let k = own(args.pop().expect("k"));
+            let q = own(args.pop().expect("q"));
+            attention::attention(q, k, &v, &heads)?
+        }
+        Op::Mul => {
+            let first = own(args.remove(0));
+            shape::mul(first, &args[0])
         }
         Op::BatchNorm(_) => {
             let Weights::Bn(bn) = &step.weights else {
@@ -458,7 +562,5 @@ fn eval<T: Float>(
             shape::add(first, &rest, relu)
         }
         Op::ShortcutPad(p) => shape::shortcut_pad(&args[0], p),
-        // Transformer ops (ir/seq.rs): kernels to come.
-        op => return Err(format!("the executor does not run {} layers yet", op.kind_name())),
     })
 }

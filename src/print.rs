@@ -2,6 +2,8 @@
 //! options only where they differ from the defaults, identical consecutive blocks merged
 //! into `x N`. `compile(&print(g)) == g` for every graph lowering can produce.
 
+mod seq;
+
 use std::fmt::Write;
 
 use crate::ir::*;
@@ -14,6 +16,7 @@ pub fn print(graph: &Graph) -> String {
         let last = *nodes.last().expect("rows are not empty");
         let size = match graph.g[last].shape.as_slice() {
             [_, h, w] => format!("{h}x{w}"),
+            [t, d] => format!("{t}x{d}"),
             _ => "1x1".to_string(),
         };
         lines.push((row.clone(), size, row_items(graph, nodes)));
@@ -23,7 +26,10 @@ pub fn print(graph: &Graph) -> String {
     let mut out = String::new();
     let d = &graph.defaults;
     writeln!(out, "arch {}", graph.name).unwrap();
-    writeln!(out, "input {}", show_shape(graph.input_shape())).unwrap();
+    match d.vocab {
+        Some(v) => writeln!(out, "input {} tokens, vocab {v}", graph.input_shape()[0]).unwrap(),
+        None => writeln!(out, "input {}", show_shape(graph.input_shape())).unwrap(),
+    }
     if !d.norm {
         out.push_str("norm none\n");
     }
@@ -36,6 +42,7 @@ pub fn print(graph: &Graph) -> String {
     if d.eps != 1e-5 {
         writeln!(out, "eps {}", d.eps).unwrap();
     }
+    seq::headers(d, &mut out);
     out.push('\n');
     for (name, size, items) in lines {
         // Blocks start their own line, as in the paper's tables.
@@ -95,11 +102,13 @@ fn same_act(a: &Activation, b: &Activation) -> bool {
 fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
     let mut items = Vec::new();
     let mut blocks: Vec<BlockSpec> = Vec::new();
+    // Transformer layers as text, merged into `x N` when consecutive ones are equal.
+    let mut layers: Vec<String> = Vec::new();
     let mut i = 0;
-    let last_linear = graph
-        .order()
-        .into_iter()
-        .rfind(|n| matches!(graph.g[*n].op, Op::Linear(_)));
+    // The last fc item (outside blocks) has no activation by default.
+    let last_linear = graph.order().into_iter().rfind(|n| {
+        graph.g[*n].block.is_none() && matches!(graph.g[*n].op, Op::Linear(_) | Op::TiedLinear(_))
+    });
     while i < nodes.len() {
         let n = nodes[i];
         if let Some(b) = graph.g[n].block {
@@ -107,11 +116,18 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
                 .iter()
                 .position(|m| graph.g[*m].block != Some(b))
                 .map_or(nodes.len(), |p| i + p);
-            blocks.push(block_spec(graph, &nodes[i..end]));
+            if seq::is_transformer_block(graph, &nodes[i..end]) {
+                flush_blocks(graph, &mut blocks, &mut items);
+                layers.push(seq::block_text(graph, &nodes[i..end]));
+            } else {
+                flush_layers(&mut layers, &mut items);
+                blocks.push(block_spec(graph, &nodes[i..end]));
+            }
             i = end;
             continue;
         }
         flush_blocks(graph, &mut blocks, &mut items);
+        flush_layers(&mut layers, &mut items);
         let node = &graph.g[n];
         let at = i;
         let next = |k: usize| nodes.get(at + k).map(|m| &graph.g[*m].op);
@@ -127,8 +143,10 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
                     layer.act = Some(a.clone());
                     k += 1;
                 }
+                // A patch embedding (its output becomes tokens) has no activation by default.
+                let patches = matches!(next(k), Some(Op::ToTokens));
                 i += k;
-                items.push(layer.text(&graph.defaults, true));
+                items.push(layer.text(&graph.defaults, !patches));
             }
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 let kind = if matches!(node.op, Op::MaxPool(_)) {
@@ -153,8 +171,8 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
             Op::Flatten if matches!(next(1), Some(Op::Linear(_))) => i += 1,
             Op::Linear(l) => {
                 let mut s = format!("{}-d fc", l.out_features);
-                if !l.bias {
-                    s.push_str(", no bias");
+                if l.bias != graph.defaults.bias {
+                    s.push_str(if l.bias { ", bias" } else { ", no bias" });
                 }
                 let is_last = Some(n) == last_linear;
                 let act = match next(1) {
@@ -173,6 +191,16 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
                 items.push("softmax".into());
                 i += 1;
             }
+            op @ (Op::Embedding(_)
+            | Op::Positions(_)
+            | Op::ClassToken(_)
+            | Op::ClassPool
+            | Op::Norm(_)
+            | Op::TiedLinear(_)
+            | Op::ToTokens) => {
+                items.extend(seq::item_text(op));
+                i += 1;
+            }
             op => {
                 // Lowering never produces this outside a block; say so instead of guessing.
                 items.push(format!("# cannot print {} ({})", node.name, op.kind_name()));
@@ -181,7 +209,19 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
         }
     }
     flush_blocks(graph, &mut blocks, &mut items);
+    flush_layers(&mut layers, &mut items);
     items
+}
+
+/// Transformer layers as `[...] x N`, consecutive equal ones merged.
+fn flush_layers(layers: &mut Vec<String>, items: &mut Vec<String>) {
+    let mut i = 0;
+    while i < layers.len() {
+        let count = layers[i..].iter().take_while(|l| **l == layers[i]).count();
+        items.push(format!("{} x {count}", layers[i]));
+        i += count;
+    }
+    layers.clear();
 }
 
 fn push_act_option(s: &mut String, act: &Option<Activation>, default: &Option<Activation>) {
@@ -228,7 +268,7 @@ impl LayerSpec {
         if self.stride != 1 {
             write!(s, ", stride {}", self.stride).unwrap();
         }
-        if self.padding != self.dilation * (self.kernel - 1) / 2 {
+        if self.padding != crate::lower::default_padding(self.kernel, self.stride, self.dilation) {
             write!(s, ", pad {}", self.padding).unwrap();
         }
         if self.dilation != 1 {

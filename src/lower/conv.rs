@@ -8,6 +8,17 @@ use crate::ir::*;
 use crate::syntax::ast::{self, ConvSpec, Expr, OptionKind};
 use crate::syntax::MAX_INT;
 
+/// The padding a convolution gets unless `pad P` says otherwise: none when the stride
+/// equals the kernel (non-overlapping patches, as a ViT's patch embedding), else "same"
+/// padding `dilation * (K - 1) / 2`.
+pub fn default_padding(kernel: usize, stride: usize, dilation: usize) -> usize {
+    if stride == kernel && dilation == 1 {
+        0
+    } else {
+        dilation * (kernel - 1) / 2
+    }
+}
+
 /// Options of a convolution after defaults are applied.
 pub(super) struct ConvOptions {
     pub(super) stride: usize,
@@ -62,7 +73,12 @@ impl Lowering {
                         )))
                     }
                 },
-                OptionKind::Shortcut(_) => {
+                OptionKind::Shortcut(_)
+                | OptionKind::KvHeads(_)
+                | OptionKind::HeadDim(_)
+                | OptionKind::Rope(_)
+                | OptionKind::Causal
+                | OptionKind::Tied => {
                     return Err(not_for(
                         opt,
                         "a convolution",
@@ -103,7 +119,7 @@ impl Lowering {
             out_channels: width,
             kernel: [k, k],
             stride: o.stride,
-            padding: o.pad.unwrap_or(o.dilation * (k - 1) / 2),
+            padding: o.pad.unwrap_or(default_padding(k, o.stride, o.dilation)),
             dilation: o.dilation,
             groups: o.groups,
             bias: o.bias.unwrap_or(!o.norm),

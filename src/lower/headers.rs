@@ -31,10 +31,40 @@ pub(super) fn read_headers(file: &ast::File) -> Result<(Defaults, Shape), Source
                 }
                 input = Some(d.values.clone());
             }
+            Header::Tokens {
+                tokens,
+                vocab,
+                span,
+            } => {
+                if input.is_some() {
+                    return Err(err(
+                        SourceErrorKind::Syntax,
+                        *span,
+                        "the input is declared twice",
+                    )
+                    .hint("keep one `input` line"));
+                }
+                if *tokens == 0 || *vocab == 0 {
+                    return Err(err(
+                        SourceErrorKind::Value,
+                        *span,
+                        "a token input needs at least one token and a vocabulary of at least one",
+                    )
+                    .label("empty")
+                    .hint("for example `input 1024 tokens, vocab 50257`"));
+                }
+                input = Some(vec![*tokens]);
+                defaults.vocab = Some(*vocab);
+            }
+            Header::Bias(b, _) => defaults.bias = *b,
+            Header::Postnorm(_) => defaults.postnorm = true,
             Header::Norm(id) => {
-                defaults.norm = match id.text.to_ascii_lowercase().as_str() {
-                    "batch" => true,
-                    "none" => false,
+                match id.text.to_ascii_lowercase().as_str() {
+                    "batch" => defaults.norm = true,
+                    "none" => defaults.norm = false,
+                    // The norm of transformer rows; convolutions keep theirs.
+                    "layer" => defaults.seq_norm = NormKind::Layer,
+                    "rms" => defaults.seq_norm = NormKind::Rms,
                     _ => {
                         return Err(err(
                             SourceErrorKind::Name,
@@ -44,7 +74,7 @@ pub(super) fn read_headers(file: &ast::File) -> Result<(Defaults, Shape), Source
                         .label("unknown")
                         .hint(suggest(
                             &id.text,
-                            &["batch", "none"],
+                            &["batch", "none", "layer", "rms"],
                             "norms",
                         )))
                     }
@@ -74,13 +104,15 @@ pub(super) fn read_headers(file: &ast::File) -> Result<(Defaults, Shape), Source
     Ok((defaults, input))
 }
 
-const ACTIVATIONS: [&str; 7] = [
+const ACTIVATIONS: [&str; 9] = [
     "relu",
     "prelu",
     "leaky_relu",
     "tanh",
     "sigmoid",
     "gelu",
+    "gelu_tanh",
+    "silu",
     "identity",
 ];
 
@@ -104,6 +136,8 @@ pub(super) fn activation(a: &ActSpec, channels: usize) -> Result<Activation, Sou
         "tanh" => Activation::Tanh,
         "sigmoid" => Activation::Sigmoid,
         "gelu" => Activation::Gelu,
+        "gelu_tanh" => Activation::GeluTanh,
+        "silu" => Activation::Silu,
         "identity" => Activation::Identity,
         _ => {
             let hint = format!(

@@ -12,7 +12,9 @@ mod expr;
 mod headers;
 mod rows;
 mod suggest;
+mod transformer;
 
+pub use conv::default_padding;
 pub use expr::eval;
 pub use suggest::{closest, suggest};
 

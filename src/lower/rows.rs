@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::blocks::Block;
 use super::headers::{activation, shortcut_kind};
+use super::transformer::{is_seq_item, Place};
 use super::{err, not_for, positive, square, Lowering};
 use crate::error::{SourceError, SourceErrorKind, Span};
 use crate::ir::*;
@@ -21,6 +22,9 @@ struct RowState<'a> {
     prefix: String,
     /// The number of its last block so far (blocks are numbered across the row's items).
     block_number: usize,
+    /// Whether the item after the current one reads tokens: a convolution before it is a
+    /// patch embedding, with no activation unless one is written.
+    patches: bool,
 }
 
 impl Lowering {
@@ -58,7 +62,9 @@ impl Lowering {
     }
 
     pub(super) fn row(&mut self, row_index: usize, row: &ast::Row) -> Result<(), SourceError> {
-        let single = row.items.len() == 1 && !matches!(row.items[0].kind, ItemKind::Block { .. });
+        let single = row.items.len() == 1
+            && !matches!(row.items[0].kind, ItemKind::Block { .. })
+            && !is_seq_item(&row.items[0].kind);
         let mut kind_counts: BTreeMap<&str, usize> = BTreeMap::new();
         let mut at = RowState {
             row,
@@ -69,6 +75,7 @@ impl Lowering {
                 .unwrap_or(&row.name.text)
                 .to_string(),
             block_number: 0,
+            patches: false,
         };
         for (i, item) in row.items.iter().enumerate() {
             let kind = match item.kind {
@@ -76,7 +83,11 @@ impl Lowering {
                 ItemKind::Pool { .. } | ItemKind::GlobalAvgPool => "pool",
                 ItemKind::Fc { .. } => "fc",
                 ItemKind::Softmax => "softmax",
-                ItemKind::Block { .. } => "block",
+                ItemKind::Block { .. } | ItemKind::Transformer { .. } => "block",
+                ItemKind::TokenEmbedding { .. } => "token",
+                ItemKind::Positions => "position",
+                ItemKind::ClassToken => "class_token",
+                ItemKind::Norm => "norm",
             };
             let count = kind_counts.entry(kind).or_insert(0);
             *count += 1;
@@ -88,6 +99,7 @@ impl Lowering {
                 format!("{}.{kind}{count}", row.name.text)
             };
             let is_last_fc = self.last_fc == Some((row_index, i));
+            at.patches = row.items.get(i + 1).is_some_and(|n| is_seq_item(&n.kind));
             self.item(&mut at, item, &name, is_last_fc)?;
         }
         self.check_size(row)
@@ -103,6 +115,8 @@ impl Lowering {
             [_, h, w] => {
                 written.as_slice() == [*h, *w] || written.len() == 1 && written[0] == *h && *h == *w
             }
+            // Tokens: `T x D`.
+            [t, d] => written.as_slice() == [*t, *d],
             [_] => written.iter().all(|v| *v == 1),
             _ => false,
         };
@@ -111,6 +125,7 @@ impl Lowering {
         }
         let actual = match shape.as_slice() {
             [_, h, w] => format!("{h}x{w}"),
+            [t, d] => format!("{t}x{d}"),
             _ => "1x1 (a vector)".to_string(),
         };
         let said = written
@@ -137,16 +152,21 @@ impl Lowering {
     /// by default).
     fn item(
         &mut self,
-        at: &mut RowState,
+        state: &mut RowState,
         item: &ast::Item,
         name: &str,
         is_last_fc: bool,
     ) -> Result<(), SourceError> {
-        let row = at.row;
+        let row = state.row;
         let place = (row.name.text.as_str(), None);
+        let at = Place {
+            row: &row.name.text,
+            block: None,
+            span: item.span,
+        };
         match &item.kind {
             ItemKind::Conv(spec) => {
-                let opts = self.conv_options(&item.options, spec, true)?;
+                let opts = self.conv_options(&item.options, spec, !state.patches)?;
                 let node = self.conv(spec, &opts, name, &format!("{name}.bn"), place)?;
                 self.cursor = Some(node);
                 if let Some(act) = opts.act {
@@ -198,7 +218,8 @@ impl Lowering {
             }
             ItemKind::Fc { features } => {
                 let features = positive(*features, item.span, "an fc width")?;
-                let mut bias = true;
+                let mut bias = self.graph.defaults.bias;
+                let mut tied = false;
                 let mut act = (!is_last_fc).then(|| self.graph.defaults.act.clone());
                 for o in &item.options {
                     match &o.kind {
@@ -206,17 +227,22 @@ impl Lowering {
                         OptionKind::No(w) if w.text.eq_ignore_ascii_case("bias") => bias = false,
                         OptionKind::No(w) if w.text.eq_ignore_ascii_case("act") => act = None,
                         OptionKind::Act(a) => act = Some(activation(a, features)?),
+                        OptionKind::Tied => tied = true,
                         _ => {
                             return Err(not_for(
                                 o,
                                 "an fc layer",
-                                "bias, no bias, act NAME, no act",
+                                "bias, no bias, act NAME, no act, tied",
                             ))
                         }
                     }
                 }
+                if tied {
+                    return self.tied_fc(features, name.to_string(), at);
+                }
                 let mut c = self.cursor();
-                if self.graph.g[c].shape.len() != 1 {
+                // A feature map is flattened; an fc over tokens `[T, D]` acts on each token.
+                if self.graph.g[c].shape.len() == 3 {
                     c = self.add(
                         format!("{name}.flatten"),
                         Op::Flatten,
@@ -255,6 +281,29 @@ impl Lowering {
                 self.cursor =
                     Some(self.add(name.to_string(), Op::Softmax, &[c], place, item.span)?);
             }
+            ItemKind::TokenEmbedding { dim } => self.token_embedding(*dim, name.to_string(), at)?,
+            ItemKind::Positions => self.positions(name.to_string(), at)?,
+            ItemKind::ClassToken => self.class_token(&row.name.text, at)?,
+            ItemKind::Norm => self.norm(name.to_string(), at)?,
+            ItemKind::Transformer { sublayers, count } => {
+                if let Some(o) = item.options.first() {
+                    return Err(not_for(
+                        o,
+                        "a transformer block",
+                        "none (options go inside the brackets, after each sublayer)",
+                    ));
+                }
+                repeated(*count, item.span)?;
+                for _ in 0..*count {
+                    state.block_number += 1;
+                    let block_name = format!("{}_{}", state.prefix, state.block_number);
+                    let place = Place {
+                        block: Some(state.block_number),
+                        ..at
+                    };
+                    self.transformer_block(sublayers, &block_name, place)?;
+                }
+            }
             ItemKind::Block { layers, count } => {
                 let mut outer_stride = None;
                 let mut shortcut = self.graph.defaults.shortcut;
@@ -276,14 +325,7 @@ impl Lowering {
                         _ => return Err(not_for(o, "a residual block", BLOCK_OPTIONS)),
                     }
                 }
-                if *count == 0 {
-                    return Err(err(
-                        SourceErrorKind::Value,
-                        item.span,
-                        "a block is repeated at least once",
-                    )
-                    .hint("write `x 1` or more"));
-                }
+                repeated(*count, item.span)?;
                 let block = Block {
                     row,
                     layers,
@@ -293,9 +335,9 @@ impl Lowering {
                     span: item.span,
                 };
                 for rep in 0..*count {
-                    at.block_number += 1;
-                    let block_name = format!("{}_{}", at.prefix, at.block_number);
-                    self.block(&block, &block_name, at.block_number, rep == 0)?;
+                    state.block_number += 1;
+                    let block_name = format!("{}_{}", state.prefix, state.block_number);
+                    self.block(&block, &block_name, state.block_number, rep == 0)?;
                 }
             }
         }
@@ -311,4 +353,17 @@ impl Lowering {
             a => a,
         }
     }
+}
+
+/// A block's count `x N`, refused when zero.
+fn repeated(count: usize, span: Span) -> Result<(), SourceError> {
+    if count == 0 {
+        return Err(err(
+            SourceErrorKind::Value,
+            span,
+            "a block is repeated at least once",
+        )
+        .hint("write `x 1` or more"));
+    }
+    Ok(())
 }

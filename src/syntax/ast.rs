@@ -66,6 +66,15 @@ pub struct ActSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Header {
     Input(Dims),
+    /// `input T tokens, vocab V`.
+    Tokens {
+        tokens: usize,
+        vocab: usize,
+        span: Span,
+    },
+    /// `bias` (true) or `no bias` (false).
+    Bias(bool, Span),
+    Postnorm(Span),
     Norm(Ident),
     Act(ActSpec),
     Shortcut(Ident),
@@ -85,6 +94,14 @@ pub enum OptionKind {
     No(Ident),
     Act(ActSpec),
     Shortcut(Ident),
+    /// `4 kv heads`.
+    KvHeads(usize),
+    /// `head dim 64`.
+    HeadDim(usize),
+    /// `rope 10000`.
+    Rope(f64),
+    Causal,
+    Tied,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +139,37 @@ pub enum ItemKind {
         layers: Vec<ConvSpec>,
         count: usize,
     },
+    /// `D-d token embedding`.
+    TokenEmbedding {
+        dim: usize,
+    },
+    /// `learned positions`.
+    Positions,
+    /// `class token`: prepends one (the first in a file) or selects token 0 (a later one).
+    ClassToken,
+    /// A bare `norm` that does not follow a convolution: a layer or RMS norm.
+    Norm,
+    /// `[attention ...; mlp ...] x N`: N transformer layers of residual sublayers.
+    Transformer {
+        sublayers: Vec<Sublayer>,
+        count: usize,
+    },
+}
+
+/// A transformer block's sublayer with its options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sublayer {
+    pub kind: SublayerKind,
+    pub options: Vec<ItemOption>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SublayerKind {
+    /// `attention H heads`.
+    Attention { heads: usize },
+    /// `mlp W` or `mlp W gated`.
+    Mlp { width: usize, gated: bool },
 }
 
 /// One item of a row with the options written after it.

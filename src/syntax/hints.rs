@@ -23,7 +23,13 @@ fn describe(rule: &Rule) -> Option<&'static str> {
         | Rule::global_pool
         | Rule::fc
         | Rule::softmax
-        | Rule::block => LAYER,
+        | Rule::block
+        | Rule::embedding
+        | Rule::positions
+        | Rule::class_token => LAYER,
+        Rule::attention | Rule::mlp => "a sublayer such as `attention 12 heads` or `mlp 3072`",
+        Rule::kw_heads => "`heads`",
+        Rule::kw_token => "`token`",
         Rule::option => OPTION,
         Rule::layer => "a layer such as `3x3, 64` inside the brackets",
         Rule::arch_params => "`(` with parameters",
@@ -141,6 +147,15 @@ const OPTIONS: [(&str, &str); 9] = [
     ("shortcut", "shortcut KIND"),
 ];
 
+/// The options of transformer rows, for "did you mean" only (the listed options above are
+/// the ones most rows take).
+const SEQ_OPTIONS: [(&str, &str); 4] = [
+    ("head", "head dim D"),
+    ("rope", "rope THETA"),
+    ("causal", "causal"),
+    ("tied", "tied"),
+];
+
 fn options_list() -> String {
     let all: Vec<String> = OPTIONS.iter().map(|(_, w)| format!("`{w}`")).collect();
     format!("options are {}", all.join(", "))
@@ -163,7 +178,10 @@ fn misspelt_option(
         return None;
     }
     let lower = word.to_ascii_lowercase();
-    let keyword = OPTIONS.iter().find(|(k, _)| *k == lower);
+    let keyword = OPTIONS
+        .iter()
+        .chain(&SEQ_OPTIONS)
+        .find(|(k, _)| *k == lower);
     let line_start = src[..pos].rfind('\n').map_or(0, |i| i + 1);
     let before = src[line_start..pos].trim_end();
     let in_block = before.rfind('[') > before.rfind(']');
@@ -223,13 +241,31 @@ fn misspelt_option(
         return None;
     }
     // A word that is no option nor item keyword, after a comma, where an option may stand.
-    let item_words = ["softmax", "avg", "max", "pool", "fc"];
+    let item_words = [
+        "softmax",
+        "avg",
+        "max",
+        "pool",
+        "fc",
+        "class",
+        "learned",
+        "attention",
+        "mlp",
+    ];
     if expected.contains(&OPTION) && !item_words.contains(&lower.as_str()) {
-        let mut words: Vec<&str> = OPTIONS.iter().map(|(k, _)| *k).collect();
+        let mut words: Vec<&str> = OPTIONS
+            .iter()
+            .chain(&SEQ_OPTIONS)
+            .map(|(k, _)| *k)
+            .collect();
         words.push("softmax");
         let hint = match crate::lower::closest(&lower, &words) {
             Some(n) => {
-                let written = OPTIONS.iter().find(|(k, _)| *k == n).map_or(n, |(_, w)| w);
+                let written = OPTIONS
+                    .iter()
+                    .chain(&SEQ_OPTIONS)
+                    .find(|(k, _)| *k == n)
+                    .map_or(n, |(_, w)| w);
                 format!(
                     "did you mean `{written}`? {}; items are {ITEMS}",
                     options_list()

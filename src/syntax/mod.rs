@@ -128,7 +128,26 @@ fn build_file(file: Pair<Rule>) -> Result<File, SourceError> {
                     }
                 }
             }
-            Rule::input_decl => headers.push(Header::Input(dims(first(p))?)),
+            Rule::input_decl => {
+                let q = first(p);
+                if q.as_rule() == Rule::token_input {
+                    let s = span(&q);
+                    let ints: Vec<Pair<Rule>> = q
+                        .into_inner()
+                        .filter(|r| r.as_rule() == Rule::int)
+                        .collect();
+                    headers.push(Header::Tokens {
+                        tokens: int(&ints[0])?,
+                        vocab: int(&ints[1])?,
+                        span: s,
+                    });
+                } else {
+                    headers.push(Header::Input(dims(q)?));
+                }
+            }
+            Rule::bias_decl => headers.push(Header::Bias(true, span(&p))),
+            Rule::no_bias_decl => headers.push(Header::Bias(false, span(&p))),
+            Rule::postnorm_decl => headers.push(Header::Postnorm(span(&p))),
             Rule::norm_decl => headers.push(Header::Norm(ident(first(p)))),
             Rule::act_decl => headers.push(Header::Act(act_spec(first(p))?)),
             Rule::shortcut_decl => headers.push(Header::Shortcut(ident(first(p)))),
@@ -152,6 +171,13 @@ fn build_file(file: Pair<Rule>) -> Result<File, SourceError> {
 
 fn first(p: Pair<Rule>) -> Pair<Rule> {
     p.into_inner().next().expect("rule has an inner pair")
+}
+
+/// The whole number inside a rule that holds one among keywords.
+fn inner_int(p: Pair<Rule>) -> Pair<Rule> {
+    p.into_inner()
+        .find(|q| q.as_rule() == Rule::int)
+        .expect("the rule holds a whole number")
 }
 
 fn ident(p: Pair<Rule>) -> Ident {
@@ -260,6 +286,18 @@ fn build_elements(p: Pair<Rule>, items: &mut Vec<Item>) -> Result<(), SourceErro
         let s = span(&e);
         if e.as_rule() == Rule::option {
             let opt = build_option(e)?;
+            // `norm` after a convolution is its batch norm; elsewhere it is a norm layer.
+            let conv_before = items
+                .last()
+                .is_some_and(|i| matches!(i.kind, ItemKind::Conv(_)));
+            if opt.kind == OptionKind::Norm && !conv_before {
+                items.push(Item {
+                    kind: ItemKind::Norm,
+                    options: Vec::new(),
+                    span: s,
+                });
+                continue;
+            }
             match items.last_mut() {
                 Some(item) => {
                     item.span = item.span.join(s);
@@ -290,23 +328,12 @@ fn build_elements(p: Pair<Rule>, items: &mut Vec<Item>) -> Result<(), SourceErro
                 features: int(&first(e))?,
             },
             Rule::softmax => ItemKind::Softmax,
-            Rule::block => {
-                let mut layers = Vec::new();
-                let mut count = 1;
-                for q in e.into_inner() {
-                    match q.as_rule() {
-                        Rule::layer => {
-                            let mut it = q.into_inner();
-                            let conv = it.next().expect("layer conv");
-                            let options = it.map(build_option).collect::<Result<Vec<_>, _>>()?;
-                            layers.push(build_conv(conv, options)?);
-                        }
-                        Rule::int => count = int(&q)?,
-                        _ => {}
-                    }
-                }
-                ItemKind::Block { layers, count }
-            }
+            Rule::block => build_block(e)?,
+            Rule::embedding => ItemKind::TokenEmbedding {
+                dim: int(&first(e))?,
+            },
+            Rule::positions => ItemKind::Positions,
+            Rule::class_token => ItemKind::ClassToken,
             r => unreachable!("element rule {r:?}"),
         };
         items.push(Item {
@@ -316,6 +343,64 @@ fn build_elements(p: Pair<Rule>, items: &mut Vec<Item>) -> Result<(), SourceErro
         });
     }
     Ok(())
+}
+
+/// `[...] x N`: convolutions make a residual block, sublayers a transformer block.
+fn build_block(e: Pair<Rule>) -> Result<ItemKind, SourceError> {
+    let mut layers = Vec::new();
+    let mut sublayers = Vec::new();
+    let mut count = 1;
+    for q in e.into_inner() {
+        match q.as_rule() {
+            Rule::layer => {
+                let s = span(&q);
+                let mut it = q.into_inner();
+                let head = it.next().expect("layer head");
+                let options = it.map(build_option).collect::<Result<Vec<_>, _>>()?;
+                let kind = match head.as_rule() {
+                    Rule::attention => SublayerKind::Attention {
+                        heads: int(&inner_int(head))?,
+                    },
+                    Rule::mlp => {
+                        let gated = head
+                            .clone()
+                            .into_inner()
+                            .any(|r| r.as_rule() == Rule::kw_gated);
+                        SublayerKind::Mlp {
+                            width: int(&inner_int(head))?,
+                            gated,
+                        }
+                    }
+                    _ => {
+                        layers.push(build_conv(head, options)?);
+                        continue;
+                    }
+                };
+                sublayers.push(Sublayer {
+                    kind,
+                    options,
+                    span: s,
+                });
+            }
+            Rule::int => count = int(&q)?,
+            _ => {}
+        }
+    }
+    if !layers.is_empty() && !sublayers.is_empty() {
+        let s = sublayers[0].span;
+        return Err(err(
+            SourceErrorKind::Syntax,
+            s,
+            "a block holds either convolutions or transformer sublayers, not both",
+        )
+        .label("a sublayer among convolutions")
+        .hint("write the convolutions and the transformer layers in blocks of their own"));
+    }
+    Ok(if sublayers.is_empty() {
+        ItemKind::Block { layers, count }
+    } else {
+        ItemKind::Transformer { sublayers, count }
+    })
 }
 
 fn build_conv(p: Pair<Rule>, options: Vec<ItemOption>) -> Result<ConvSpec, SourceError> {
@@ -347,6 +432,11 @@ fn build_option(p: Pair<Rule>) -> Result<ItemOption, SourceError> {
         Rule::opt_no => OptionKind::No(ident(first(o))),
         Rule::opt_act => OptionKind::Act(act_spec(first(o))?),
         Rule::opt_shortcut => OptionKind::Shortcut(ident(first(o))),
+        Rule::opt_kv_heads => OptionKind::KvHeads(int(&first(o))?),
+        Rule::opt_head_dim => OptionKind::HeadDim(int(&inner_int(o))?),
+        Rule::opt_rope => OptionKind::Rope(number(&first(o))?),
+        Rule::opt_causal => OptionKind::Causal,
+        Rule::opt_tied => OptionKind::Tied,
         r => unreachable!("option rule {r:?}"),
     };
     Ok(ItemOption { kind, span: s })

@@ -30,6 +30,7 @@ mod safe_outputs;
 mod shards_cli;
 mod spaces;
 mod torch_names;
+mod transformers;
 mod transformer_exec;
 mod widen;
 mod widen_cli;

@@ -51,6 +51,14 @@ impl Rows {
         self.add(name, op, &[x], "layers_x", Some(b))
     }
 
+    fn embed(&mut self, name: &str, op: Op, x: NodeIndex) -> NodeIndex {
+        self.add(name, op, &[x], "embed", None)
+    }
+
+    fn act(&mut self, name: &str, a: Activation, x: NodeIndex, b: usize) -> NodeIndex {
+        self.add(name, Op::Activation(a), &[x], "layers_x", Some(b))
+    }
+
     fn norm(
         &mut self,
         name: &str,
@@ -76,23 +84,19 @@ fn decoder(llama: bool, tied: bool, kv_heads: usize) -> Graph {
         g: Graph::new("Tiny", Defaults::default(), vec![T]),
     };
     let input = r.g.input;
-    let mut x = r.add(
+    let mut x = r.embed(
         "embed.token",
         Op::Embedding(Embedding {
             vocab: VOCAB,
             dim: D,
         }),
-        &[input],
-        "embed",
-        None,
+        input,
     );
     if !llama {
-        x = r.add(
+        x = r.embed(
             "embed.position",
             Op::Positions(Positions { tokens: T, dim: D }),
-            &[x],
-            "embed",
-            None,
+            x,
         );
     }
     let kind = if llama {
@@ -121,24 +125,12 @@ fn decoder(llama: bool, tied: bool, kv_heads: usize) -> Graph {
         let y = if llama {
             let gate = r.linear(&p("mlp.gate"), h, (D, 12), false, b);
             let up = r.linear(&p("mlp.up"), h, (D, 12), false, b);
-            let act = r.add(
-                &p("mlp.act"),
-                Op::Activation(Activation::Silu),
-                &[gate],
-                "layers_x",
-                Some(b),
-            );
+            let act = r.act(&p("mlp.act"), Activation::Silu, gate, b);
             let m = r.add(&p("mlp.mul"), Op::Mul, &[act, up], "layers_x", Some(b));
             r.linear(&p("mlp.down"), m, (12, D), false, b)
         } else {
             let fc1 = r.linear(&p("mlp.fc1"), h, (D, 16), true, b);
-            let act = r.add(
-                &p("mlp.act"),
-                Op::Activation(Activation::GeluTanh),
-                &[fc1],
-                "layers_x",
-                Some(b),
-            );
+            let act = r.act(&p("mlp.act"), Activation::GeluTanh, fc1, b);
             r.linear(&p("mlp.fc2"), act, (16, D), true, b)
         };
         x = r.add(&p("mlp.add"), Op::Add, &[y, x], "layers_x", Some(b));
@@ -176,21 +168,13 @@ fn vit() -> Graph {
         groups: 1,
         bias: true,
     });
-    let mut x = r.add("embed.patch", conv, &[input], "embed", None);
-    x = r.add("embed.tokens", Op::ToTokens, &[x], "embed", None);
-    x = r.add(
-        "embed.class",
-        Op::ClassToken(ClassToken { dim: D }),
-        &[x],
-        "embed",
-        None,
-    );
-    x = r.add(
+    let mut x = r.embed("embed.patch", conv, input);
+    x = r.embed("embed.tokens", Op::ToTokens, x);
+    x = r.embed("embed.class", Op::ClassToken(ClassToken { dim: D }), x);
+    x = r.embed(
         "embed.position",
         Op::Positions(Positions { tokens: T, dim: D }),
-        &[x],
-        "embed",
-        None,
+        x,
     );
     for b in 1..=2 {
         let p = |s: &str| format!("blocks_{b}.{s}");

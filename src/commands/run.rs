@@ -228,7 +228,8 @@ fn go<T: Float + WritableElement>(
     }
 }
 
-/// Shape, range, mean and the argmax of the first rows.
+/// Shape, range, mean and the argmax of the first rows (of a sequence output `N x T x V`,
+/// its last token's: a language model's next-token prediction).
 fn summary<T: Float>(y: &ArrayD<T>) -> String {
     let v: Vec<f64> = y.iter().map(|x| x.to_f64()).collect();
     let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -241,14 +242,18 @@ fn summary<T: Float>(y: &ArrayD<T>) -> String {
     );
     let n = y.shape().first().copied().unwrap_or(0);
     let row = v.len().checked_div(n).unwrap_or(0);
+    let (skip, what) = match y.shape() {
+        [_, _, last] => (row - last, " last token"),
+        _ => (0, ""),
+    };
     for i in 0..n.min(5) {
-        let r = &v[i * row..(i + 1) * row];
+        let r = &v[i * row + skip..(i + 1) * row];
         let (arg, best) =
             r.iter().enumerate().fold(
                 (0, f64::NEG_INFINITY),
                 |(a, m), (j, &x)| if x > m { (j, x) } else { (a, m) },
             );
-        s.push_str(&format!("row {i}: argmax {arg} ({best:.6})\n"));
+        s.push_str(&format!("row {i}{what}: argmax {arg} ({best:.6})\n"));
     }
     s
 }

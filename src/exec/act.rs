@@ -175,6 +175,21 @@ mod tests {
     }
 
     #[test]
+    fn softmax_of_a_sequence_is_over_each_token() {
+        let x = Tensor {
+            shape: vec![1, 2, 3],
+            data: vec![1.0, 2.0, 3.0, -5.0, 0.5, 800.0],
+        };
+        let y = softmax(x);
+        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| (v - 3.0).exp()).sum();
+        for (i, v) in [1.0f64, 2.0, 3.0].iter().enumerate() {
+            assert!((y.data[i] - (v - 3.0).exp() / z).abs() < 1e-15);
+        }
+        // A huge score does not overflow: its token's row is one-hot.
+        assert_eq!(y.data[3..], [0.0, 0.0, 1.0]);
+    }
+
+    #[test]
     fn gelu_tanh_and_silu_match_reference_values() {
         // 0.5*x*(1+math.tanh(math.sqrt(2/math.pi)*(x+0.044715*x**3))) and
         // x/(1+math.exp(-x)) in CPython.

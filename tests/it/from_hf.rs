@@ -220,3 +220,56 @@ fn the_config_is_never_the_output_and_errors_name_the_file() {
     assert_eq!(code, 2);
     assert!(err.contains("is not JSON"), "{err}");
 }
+
+/// `r2rc check` of each from-hf output counts the public model's parameters (a tied
+/// head's weight once). Llama-3-8B (8,030,261,248) waits on the lowering of an untied
+/// head fc over T x D tokens whose T differs from D.
+#[test]
+fn check_counts_each_models_parameters() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, params) in [
+        ("llama2_7b", "6,738,415,616"),
+        ("tinyllama", "1,100,048,384"),
+        ("gpt2", "124,439,808"),
+    ] {
+        let arch = tmp.path().join(format!("{name}.arch"));
+        let (code, _, err) = run(&["from-hf", &fixture(name), "-o", s(&arch)]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let (code, out, err) = run(&["check", s(&arch)]);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(
+            out.contains(&format!("trainable parameters: {params}\n")),
+            "{name}: {out}"
+        );
+    }
+}
+
+/// `check` of Llama-2-7B's shape answers at once under an address-space limit of 500 MB,
+/// which its weights (27 GB in f32; the token embedding alone 524 MB) could never fit in.
+#[cfg(target_os = "linux")]
+#[test]
+fn check_of_a_7b_config_allocates_no_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let arch = tmp.path().join("llama2_7b.arch");
+    let (code, _, err) = run(&["from-hf", &fixture("llama2_7b"), "-o", s(&arch)]);
+    assert_eq!(code, 0, "{err}");
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 500000 && exec \"{}\" check \"{}\"",
+            env!("CARGO_BIN_EXE_r2rc"),
+            arch.display()
+        ))
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("6,738,415,616"), "{stdout}");
+    assert!(took.as_secs_f64() < 5.0, "check took {took:?}");
+}

@@ -275,6 +275,13 @@ impl Writer {
                 "tensor `{name}` was written twice or past its {n} bytes"
             )));
         }
+        if last && offset + bytes.len() != n {
+            // A short tensor would leave stale bytes (and end direct writes early).
+            return Err(Error::weights(format!(
+                "tensor `{name}` ends after {} of its {n} bytes",
+                offset + bytes.len()
+            )));
+        }
         let (f, fin) = &self.files[k];
         let f = f.as_file();
         let pos = at + offset as u64;

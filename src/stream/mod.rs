@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use ndarray::ArrayD;
 
 use crate::error::Result;
-use crate::ir::Graph;
+use crate::ir::{Graph, ParamKind};
 use crate::names::{self, Naming};
 use crate::params::DType;
 use crate::patch::{Patch, Step, Teacher, TensorId};
@@ -172,11 +172,12 @@ pub fn write(
     let out_name: HashMap<String, String> = names::tensor_renames(&patch.student, naming)?
         .into_iter()
         .collect();
-    let order: Vec<String> = patch
+    // In file order, with whether each is a batch counter (stored as int64).
+    let order: Vec<(String, bool)> = patch
         .student
         .param_specs()
         .into_iter()
-        .map(|s| s.name)
+        .map(|s| (s.name, s.slot.kind == ParamKind::NumBatchesTracked))
         .collect();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(0);
     std::thread::scope(|s| {
@@ -195,14 +196,14 @@ pub fn write(
             Ok(writer)
         });
         let computed = || -> Result<()> {
-            for name in &order {
+            for (name, counter) in &order {
                 let out = out_name.get(name).unwrap_or(name).clone();
                 let id = TensorId::parse(name);
                 let job = if patch.edits.contains_key(&id) {
                     let t = patch.tensor(&id, teacher)?;
                     let t = t.as_standard_layout();
                     let values = t.as_slice().expect("standard layout");
-                    Job::Bytes(out, shards::encode(values, dtype, false))
+                    Job::Bytes(out, shards::encode(values, dtype, *counter))
                 } else {
                     let from = patch.source_of(&id).to_string();
                     Job::Copy(teacher.file_name(&from).to_string(), out)

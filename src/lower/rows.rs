@@ -251,7 +251,7 @@ impl Lowering {
                         item.span,
                     )?;
                 }
-                let in_features = self.graph.g[c].shape[0];
+                let in_features = *self.graph.g[c].shape.last().expect("a value has a shape");
                 let linear = Op::Linear(Linear {
                     in_features,
                     out_features: features,

@@ -180,6 +180,12 @@ impl Lowering {
         block_name: &str,
         at: Place,
     ) -> Result<(), SourceError> {
+        // The second sublayer of a kind in one block is `mlp2`, the third `mlp3`.
+        let (mut attentions, mut mlps) = (0, 0);
+        let nth = |kind: &str, k: usize| match k {
+            1 => format!("{block_name}.{kind}"),
+            k => format!("{block_name}.{kind}{k}"),
+        };
         for sub in sublayers {
             let at = Place {
                 span: sub.span,
@@ -189,13 +195,15 @@ impl Lowering {
             match &sub.kind {
                 SublayerKind::Attention { heads } => {
                     let spec = self.attention_spec(*heads, d, sub)?;
-                    let name = format!("{block_name}.attention");
+                    attentions += 1;
+                    let name = nth("attention", attentions);
                     self.residual(&name, at, |l, x| l.attention(&name, &spec, d, x, at))?;
                 }
                 SublayerKind::Mlp { width, gated } => {
                     let (act, bias) = self.mlp_options(sub)?;
                     let width = positive(*width, sub.span, "an mlp width")?;
-                    let name = format!("{block_name}.mlp");
+                    mlps += 1;
+                    let name = nth("mlp", mlps);
                     let mlp = Mlp {
                         width,
                         gated: *gated,
@@ -424,7 +432,10 @@ fn option_span(sub: &Sublayer, pick: impl Fn(&OptionKind) -> bool) -> Span {
 
 /// The largest divisor of `n` not above `k` (at least 1).
 fn divisor_below(n: usize, k: usize) -> usize {
-    (1..=k.min(n)).rev().find(|m| n.is_multiple_of(*m)).unwrap_or(1)
+    (1..=k.min(n))
+        .rev()
+        .find(|m| n.is_multiple_of(*m))
+        .unwrap_or(1)
 }
 
 /// Whether an item is one of the transformer rows' (named `ROW.KIND` even alone in a row).

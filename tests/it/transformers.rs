@@ -6,6 +6,8 @@
 
 use std::collections::BTreeSet;
 
+use proptest::prelude::*;
+
 use r2rc::ir::{Graph, Op};
 use r2rc::lower::compile;
 use r2rc::print::print;
@@ -55,6 +57,22 @@ fn parameters_match_the_published_counts() {
             out.contains(&shown) || out.contains(&params.to_string()),
             "{name}: check does not show {params}:\n{out}"
         );
+    }
+}
+
+/// What `from-hf` writes for the public configs compiles to the published totals.
+#[test]
+fn from_hf_fixtures_count_the_published_parameters() {
+    for (name, params) in [
+        ("gpt2", 124_439_808u64),
+        ("tinyllama", 1_100_048_384),
+        ("llama2_7b", 6_738_415_616),
+        ("llama3_8b", 8_030_261_248),
+    ] {
+        let src =
+            std::fs::read_to_string(root().join(format!("tests/fixtures/hf/{name}.arch"))).unwrap();
+        let g = compile(&src, &[]).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        assert_eq!(layer_stats(&g).1.params, params, "{name}");
     }
 }
 
@@ -185,4 +203,75 @@ fn bad_transformer_rows_are_located_diagnostics_with_hints() {
             insta::assert_snapshot!(format!("error@{name}"), err);
         }
     });
+}
+
+/// A random transformer: header defaults, sublayer options, gated or plain MLPs, heads
+/// that divide, tied or untied heads, a class-token head or a per-token head.
+fn transformer() -> impl Strategy<Value = String> {
+    (
+        (1usize..4, 1usize..3, 1usize..3, 1usize..3),
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+        (any::<bool>(), any::<bool>(), any::<bool>(), 0usize..3),
+        0usize..2,
+    )
+        .prop_map(|(sizes, header, options, mlps)| {
+            let (kv, group, layers, per) = sizes;
+            let (rms, no_bias, postnorm, gelu) = header;
+            let (rope, causal, gated, head) = options;
+            let (heads, dh) = (kv * group, 4);
+            let d = heads * dh;
+            let mut src = "arch T\n".to_string();
+            src.push_str(if rms { "norm rms" } else { "norm layer" });
+            src.push_str(if gelu {
+                ", act gelu_tanh"
+            } else {
+                ", act silu"
+            });
+            if no_bias {
+                src.push_str(", no bias");
+            }
+            if postnorm {
+                src.push_str("\npostnorm");
+            }
+            src.push_str("\ninput 8 tokens, vocab 50\n\n");
+            src.push_str(&format!("embed  8x{d}  {d}-d token embedding"));
+            if !rope {
+                src.push_str(", learned positions");
+            }
+            let mut attn = format!("attention {heads} heads");
+            if kv != heads {
+                attn.push_str(&format!(", {kv} kv heads"));
+            }
+            if rope {
+                attn.push_str(", rope 10000");
+            }
+            if causal {
+                attn.push_str(", causal");
+            }
+            let mlp = format!("mlp {}{}", 2 * d, if gated { " gated" } else { "" });
+            let subs: Vec<String> = (0..per)
+                .flat_map(|_| [attn.clone(), mlp.clone()])
+                .chain((0..mlps).map(|_| format!("mlp {d}, act relu")))
+                .collect();
+            src.push_str(&format!("\nlayers_x  [{}] x {layers}\n", subs.join("; ")));
+            src.push_str(match head {
+                0 => "head  norm, 50-d fc, tied\n",
+                1 => "head  norm, 50-d fc, bias\n",
+                _ => "head  norm, class token, 3-d fc\n",
+            });
+            src
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn random_transformers_print_back(src in transformer()) {
+        let g = compile(&src, &[]).unwrap_or_else(|e| panic!("{e:?}\n{src}"));
+        let text = print(&g);
+        let again = compile(&text, &[]).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        prop_assert!(g == again, "{src}\nprinted as\n{text}");
+        prop_assert_eq!(print(&again), text);
+    }
 }

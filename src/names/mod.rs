@@ -58,7 +58,9 @@ impl Naming {
         match NAMINGS.into_iter().find(|n| n.keyword() == s) {
             Some(n) => Ok(n),
             None => Err(Error::usage(
-                format!("--names {s}: the namings are r2rc, torchvision, hf and timm"),
+                format!(
+                    "--names {s}: the namings are r2rc and torchvision (ResNets), hf and timm (transformers)"
+                ),
                 Some(
                     "torchvision reads and writes ResNet weights under torchvision's names, hf \
                      transformers' LlamaForCausalLM and GPT2LMHeadModel, timm its \

@@ -460,7 +460,8 @@ fn namings_parse_and_refuse_with_the_list() {
     }
     let e = Naming::parse("huggingface").unwrap_err();
     assert!(
-        e.to_string().contains("r2rc, torchvision, hf and timm"),
+        e.to_string()
+            .contains("r2rc and torchvision (ResNets), hf and timm"),
         "{e}"
     );
 }

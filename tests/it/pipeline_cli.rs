@@ -354,3 +354,82 @@ fn plan_lines_may_use_torchvision_module_names() {
     let report = crate::common::json(&out.join("report.json"));
     assert_eq!(report["steps"][1]["site"], "--stage conv3_x", "{report}");
 }
+
+/// One tolerance rule: a rewrite of an f16 teacher and `prove` on the same pair judge
+/// alike. Net2Net divides weights (values f16 cannot hold): both allow f16's storage
+/// error and pass; R2R computes nothing f16 cannot hold, so `prove` keeps 1e-9 for its
+/// student (read from the student's metadata), and a damaged student fails either way.
+#[test]
+fn widen_and_prove_judge_an_f16_pair_by_the_same_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let arch = ex("resnet_cifar10");
+    let teacher = d.join("t16.safetensors");
+    init_weights(
+        &arch,
+        &teacher,
+        &["--dtype", "f16", "--random-stats", "--set", "r=1/4"],
+    );
+    let widen = |method: &str, out: &Path| {
+        let o = ok(&[
+            "widen",
+            &arch,
+            "--set",
+            "r=1/4",
+            "--layer",
+            "conv2_1.conv1",
+            "--by",
+            "1.5",
+            "--method",
+            method,
+            "--weights",
+            s(&teacher),
+            "-o",
+            s(out),
+        ]);
+        text(&o.stderr)
+    };
+    let prove = |student: &Path| {
+        run(&[
+            "prove",
+            &arch,
+            s(&teacher),
+            &format!("{}/resnet_cifar10.arch", s(student)),
+            &format!("{}/resnet_cifar10.safetensors", s(student)),
+            "--set",
+            "r=1/4",
+        ])
+    };
+    let n2n = d.join("n2n");
+    let said = widen("net2net", &n2n);
+    assert!(
+        said.contains("stored as f16") && said.contains("tolerance 1e-2"),
+        "{said}"
+    );
+    let (code, out, err) = prove(&n2n);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("stored as f16") && out.contains("tolerance 1e-2"),
+        "{out}{err}"
+    );
+    let r2r = d.join("r2r");
+    let said = widen("r2r", &r2r);
+    assert!(
+        !said.contains("stored as f16") && said.contains("tolerance 1e-9"),
+        "{said}"
+    );
+    let (code, out, err) = prove(&r2r);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !err.contains("stored as f16") && out.contains("tolerance 1e-9"),
+        "{out}{err}"
+    );
+    // A student with one weight changed fails the same proof, naming where it parts.
+    let w = r2r.join("resnet_cifar10.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0x40;
+    std::fs::write(&w, bytes).unwrap();
+    let (code, out, err) = prove(&r2r);
+    assert_eq!(code, 1, "{out}{err}");
+}

@@ -378,7 +378,7 @@ pub(crate) mod tests {
             ..Defaults::default()
         };
         let mut g = Graph::new("tiny", defaults, vec![8]);
-        let mut add = |g: &mut Graph, name: &str, op: Op, ins: &[crate::ir::NodeIndex]| {
+        let add = |g: &mut Graph, name: &str, op: Op, ins: &[crate::ir::NodeIndex]| {
             g.add(name.into(), op, ins, ("layers_x", Some(1)), None)
                 .unwrap()
         };

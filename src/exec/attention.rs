@@ -251,20 +251,33 @@ mod tests {
         }
     }
 
+    /// `heads` = [query heads, kv heads, head dim]; random q, k, v for `n` sequences of `t`
+    /// tokens, seeded from `seed`.
+    fn case(
+        [heads, kv_heads, head_dim]: [usize; 3],
+        causal: bool,
+        rope: Option<f64>,
+        [n, t]: [usize; 2],
+        seed: u64,
+    ) -> (Heads, Tensor<f64>, Tensor<f64>, Tensor<f64>) {
+        let h = Heads {
+            heads,
+            kv_heads,
+            head_dim,
+            causal,
+            rope,
+        };
+        let q = tensor(&[n, t, heads * head_dim], seed);
+        let k = tensor(&[n, t, kv_heads * head_dim], seed + 1);
+        let v = tensor(&[n, t, kv_heads * head_dim], seed + 2);
+        (h, q, k, v)
+    }
+
     #[test]
     fn grouped_query_attention_matches_loops() {
         for (causal, rope) in [(false, None), (true, None), (true, Some(500.0))] {
-            let h = Heads {
-                heads: 6,
-                kv_heads: 2,
-                head_dim: 4,
-                causal,
-                rope,
-            };
             let (n, t) = (2, 5);
-            let q = tensor(&[n, t, 24], 1);
-            let k = tensor(&[n, t, 8], 2);
-            let v = tensor(&[n, t, 8], 3);
+            let (h, q, k, v) = case([6, 2, 4], causal, rope, [n, t], 1);
             // RoPE by its formula, then attention by loops.
             let turn = |x: &[f64], w: usize| -> Vec<f64> {
                 match rope {
@@ -284,18 +297,7 @@ mod tests {
 
     #[test]
     fn causal_mask_hides_later_tokens() {
-        let h = Heads {
-            heads: 2,
-            kv_heads: 2,
-            head_dim: 4,
-            causal: true,
-            rope: Some(10000.0),
-        };
-        let (q, k, v) = (
-            tensor(&[1, 4, 8], 4),
-            tensor(&[1, 4, 8], 5),
-            tensor(&[1, 4, 8], 6),
-        );
+        let (h, q, k, v) = case([2, 2, 4], true, Some(10000.0), [1, 4], 4);
         let before = attention(q.clone(), k.clone(), &v, &h).unwrap();
         // Changing the last token's key and value leaves every earlier output alone and
         // changes the last one.
@@ -376,18 +378,7 @@ mod tests {
 
     #[test]
     fn f32_attention_agrees_with_f64() {
-        let h = Heads {
-            heads: 4,
-            kv_heads: 1,
-            head_dim: 8,
-            causal: true,
-            rope: Some(10000.0),
-        };
-        let (q, k, v) = (
-            tensor(&[2, 6, 32], 10),
-            tensor(&[2, 6, 8], 11),
-            tensor(&[2, 6, 8], 12),
-        );
+        let (h, q, k, v) = case([4, 1, 8], true, Some(10000.0), [2, 6], 10);
         let want = attention(q.clone(), k.clone(), &v, &h).unwrap();
         let down = |x: &Tensor<f64>| Tensor {
             shape: x.shape.clone(),
@@ -408,20 +399,8 @@ mod tests {
 
     #[test]
     fn uneven_groups_are_refused() {
-        let h = Heads {
-            heads: 3,
-            kv_heads: 2,
-            head_dim: 2,
-            causal: false,
-            rope: None,
-        };
-        let e = attention(
-            tensor(&[1, 2, 6], 1),
-            tensor(&[1, 2, 4], 2),
-            &tensor(&[1, 2, 4], 3),
-            &h,
-        )
-        .unwrap_err();
+        let (h, q, k, v) = case([3, 2, 2], false, None, [1, 2], 1);
+        let e = attention(q, k, &v, &h).unwrap_err();
         assert!(e.contains("3 query heads cannot share 2"), "{e}");
     }
 }

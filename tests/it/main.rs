@@ -32,6 +32,7 @@ mod spaces;
 mod torch_names;
 mod transformers;
 mod transformer_exec;
+mod transformer_run;
 mod widen;
 mod widen_cli;
 mod widen_snapshots;

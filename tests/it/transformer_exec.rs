@@ -482,7 +482,9 @@ fn shorter_sequences_give_the_prefix_of_a_causal_model() {
     for (net, seq, cut) in cases {
         let p = params::init(&net.g, 9, true);
         let ex = Executor::<f64>::new(&net.g, &p).unwrap();
-        let full = ex.forward(ids(&[seq.clone()]), Mode::Eval).unwrap();
+        let full = ex
+            .forward(ids(std::slice::from_ref(&seq)), Mode::Eval)
+            .unwrap();
         let short = ex.forward(ids(&[seq[..cut].to_vec()]), Mode::Eval).unwrap();
         let vocab = full.shape()[2];
         assert_eq!(short.shape(), &[1, cut, vocab]);

@@ -222,13 +222,13 @@ fn the_config_is_never_the_output_and_errors_name_the_file() {
 }
 
 /// `r2rc check` of each from-hf output counts the public model's parameters (a tied
-/// head's weight once). Llama-3-8B (8,030,261,248) waits on the lowering of an untied
-/// head fc over T x D tokens whose T differs from D.
+/// head's weight once).
 #[test]
 fn check_counts_each_models_parameters() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, params) in [
         ("llama2_7b", "6,738,415,616"),
+        ("llama3_8b", "8,030,261,248"),
         ("tinyllama", "1,100,048,384"),
         ("gpt2", "124,439,808"),
     ] {
@@ -244,14 +244,14 @@ fn check_counts_each_models_parameters() {
     }
 }
 
-/// `check` of Llama-2-7B's shape answers at once under an address-space limit of 500 MB,
-/// which its weights (27 GB in f32; the token embedding alone 524 MB) could never fit in.
+/// `check` of Llama-3-8B's shape answers at once under an address-space limit of 500 MB,
+/// which its weights (32 GB in f32; the token embedding alone 2.1 GB) could never fit in.
 #[cfg(target_os = "linux")]
 #[test]
-fn check_of_a_7b_config_allocates_no_weights() {
+fn check_of_an_8b_config_allocates_no_weights() {
     let tmp = tempfile::tempdir().unwrap();
-    let arch = tmp.path().join("llama2_7b.arch");
-    let (code, _, err) = run(&["from-hf", &fixture("llama2_7b"), "-o", s(&arch)]);
+    let arch = tmp.path().join("llama3_8b.arch");
+    let (code, _, err) = run(&["from-hf", &fixture("llama3_8b"), "-o", s(&arch)]);
     assert_eq!(code, 0, "{err}");
     let start = std::time::Instant::now();
     let out = std::process::Command::new("sh")
@@ -270,6 +270,6 @@ fn check_of_a_7b_config_allocates_no_weights() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("6,738,415,616"), "{stdout}");
+    assert!(stdout.contains("8,030,261,248"), "{stdout}");
     assert!(took.as_secs_f64() < 5.0, "check took {took:?}");
 }

@@ -9,7 +9,9 @@ mislaid or untransposed tensor shows. Each model is saved as the library saves i
 (safetensors + config.json), its .arch is written (`r2rc from-hf config.json` for the
 transformers models, by hand for the ViT), and `r2rc run NET.arch --weights W --names
 hf|timm --input X.npy --dtype f32 --output Y.npy` must give the library's logits within
-1e-4 x max |logit|. Prints one line per model; exits 1 if any model fails.
+1e-4 x max |logit|. Then the other way: weights `r2rc init --names hf|timm` writes
+load into the library strictly (no missing, unexpected or misshaped tensor) and give
+r2rc's logits (`NAME_written`). Prints one line per check; exits 1 if any fails.
 
 Usage: check_transformers.py [--r2rc target/release/r2rc] [--keep DIR] [--seed S]
 """
@@ -17,6 +19,7 @@ Usage: check_transformers.py [--r2rc target/release/r2rc] [--keep DIR] [--seed S
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,11 +107,28 @@ def hf_model(kind, exe, work, gen):
     with torch.no_grad():
         ref = model(ids).logits.float().numpy()
     weights = os.path.join(folder, "model.safetensors")
-    return compare(kind, ref, exe, arch, weights, "hf", ids.numpy().astype(np.int64), work)
+    ok, line = compare(kind, ref, exe, arch, weights, "hf", ids.numpy().astype(np.int64), work)
+    # Writing: weights r2rc writes under --names hf load strictly and give r2rc's logits.
+    written = os.path.join(work, f"{kind}_written")
+    os.makedirs(written, exist_ok=True)
+    shutil.copy(os.path.join(folder, "config.json"), written)
+    done, err = r2rc(exe, "init", arch, "--names", "hf", "--seed", "7", "--force",
+                     "-o", os.path.join(written, "model.safetensors"))
+    if not done:
+        return False, f"{line}\n{kind} (written by r2rc): r2rc init failed: {err}"
+    back, info = type(model).from_pretrained(written, output_loading_info=True)
+    if any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+        return False, f"{line}\n{kind} (written by r2rc): transformers reads {info}"
+    with torch.no_grad():
+        ref2 = back.eval()(ids).logits.float().numpy()
+    ok2, line2 = compare(f"{kind}_written", ref2, exe, arch,
+                         os.path.join(written, "model.safetensors"), "hf",
+                         ids.numpy().astype(np.int64), work)
+    return ok and ok2, f"{line}\n{line2}"
 
 
 def vit_model(exe, work, gen):
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
     from timm.models.vision_transformer import VisionTransformer
 
     model = VisionTransformer(img_size=32, patch_size=4, in_chans=3, num_classes=10,
@@ -128,7 +148,19 @@ def vit_model(exe, work, gen):
     x = torch.randn((BATCH, 3, 32, 32), generator=gen)
     with torch.no_grad():
         ref = model(x).float().numpy()
-    return compare("vit", ref, exe, arch, weights, "timm", x.numpy().astype(np.float32), work)
+    ok, line = compare("vit", ref, exe, arch, weights, "timm", x.numpy().astype(np.float32), work)
+    # Writing: weights r2rc writes under --names timm load strictly into timm's model.
+    written = os.path.join(work, "vit_written.safetensors")
+    done, err = r2rc(exe, "init", arch, "--names", "timm", "--seed", "7", "--force",
+                     "-o", written)
+    if not done:
+        return False, f"{line}\nvit (written by r2rc): r2rc init failed: {err}"
+    model.load_state_dict(load_file(written), strict=True)
+    with torch.no_grad():
+        ref2 = model(x).float().numpy()
+    ok2, line2 = compare("vit_written", ref2, exe, arch, written, "timm",
+                         x.numpy().astype(np.float32), work)
+    return ok and ok2, f"{line}\n{line2}"
 
 
 def main():

@@ -230,8 +230,14 @@ impl Layout {
                 .map_err(|e| Error::weights(format!("tensor `{name}`: {e}")))?;
             views.push((name.clone(), v));
         }
-        let meta: Option<HashMap<String, String>> =
-            metadata.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        let mut meta: HashMap<String, String> = metadata
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        // transformers' from_pretrained refuses a safetensors file without format "pt".
+        if self.naming == Naming::Hf {
+            meta.entry("format".into()).or_insert_with(|| "pt".into());
+        }
+        let meta = (!meta.is_empty()).then_some(meta);
         safetensors::tensor::serialize(views, meta)
             .map_err(|e| Error::weights(format!("cannot write the safetensors file: {e}")))
     }

@@ -304,6 +304,9 @@ fn llama_is_stored_under_transformers_names_as_it_is() {
     for (ours, theirs) in pairs {
         assert_eq!(raw[theirs], p.tensors[ours], "{theirs}");
     }
+    // transformers loads only safetensors marked as PyTorch's.
+    let meta = r2rc::params::load_metadata(&path).unwrap();
+    assert_eq!(meta.get("format").map(|s| s.as_str()), Some("pt"));
     // GQA: k and v are [kv_heads * head_dim, D].
     assert_eq!(
         raw["model.layers.0.self_attn.v_proj.weight"].shape(),

@@ -10,6 +10,20 @@ use std::collections::HashSet;
 
 use crate::ir::{Activation, Graph, NodeIndex, Op};
 
+/// Ops whose output is non-negative when all their inputs are.
+fn keeps_sign(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Activation(Activation::Identity)
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::GlobalAvgPool
+            | Op::Flatten
+            | Op::ShortcutPad(_)
+            | Op::Add
+    )
+}
+
 /// Every value of `graph` that is non-negative for every input and every weight setting.
 pub fn non_negative_values(graph: &Graph) -> HashSet<NodeIndex> {
     let mut known = HashSet::new();
@@ -18,13 +32,7 @@ pub fn non_negative_values(graph: &Graph) -> HashSet<NodeIndex> {
         let all_in = !inputs.is_empty() && inputs.iter().all(|i| known.contains(i));
         let yes = match &graph.g[n].op {
             Op::Activation(Activation::Relu | Activation::Sigmoid) | Op::Softmax => true,
-            Op::Activation(Activation::Identity)
-            | Op::MaxPool(_)
-            | Op::AvgPool(_)
-            | Op::GlobalAvgPool
-            | Op::Flatten
-            | Op::ShortcutPad(_)
-            | Op::Add => all_in,
+            op if keeps_sign(op) => all_in,
             // Leaky ReLU, PReLU (slope of either sign), tanh, GELU, convs, linears, batch
             // norm and the input can all be negative.
             _ => false,
@@ -48,17 +56,7 @@ pub fn why_maybe_negative(graph: &Graph, n: NodeIndex) -> String {
     let mut cur = n;
     loop {
         let node = &graph.g[cur];
-        let passes = matches!(
-            node.op,
-            Op::Activation(Activation::Identity)
-                | Op::MaxPool(_)
-                | Op::AvgPool(_)
-                | Op::GlobalAvgPool
-                | Op::Flatten
-                | Op::ShortcutPad(_)
-                | Op::Add
-        );
-        if passes {
+        if keeps_sign(&node.op) {
             if let Some(i) = graph.inputs(cur).into_iter().find(|i| !known.contains(i)) {
                 cur = i;
                 continue;

@@ -175,18 +175,7 @@ fn op_text(op: &Op) -> String {
         }
         Op::BatchNorm(_) => "batch norm".into(),
         Op::Activation(a) => a.keyword().into(),
-        Op::MaxPool(p) | Op::AvgPool(p) => {
-            let kind = if matches!(op, Op::MaxPool(_)) {
-                "max"
-            } else {
-                "avg"
-            };
-            let mut s = format!("{}x{} {kind} pool", p.kernel[0], p.kernel[1]);
-            if p.stride != 1 {
-                write!(s, ", stride {}", p.stride).unwrap();
-            }
-            s
-        }
+        Op::MaxPool(p) | Op::AvgPool(p) => crate::print::pool_text(op, p),
         Op::GlobalAvgPool => "global avg pool".into(),
         Op::Flatten => "flatten".into(),
         Op::Linear(l) => format!("{}-d fc", l.out_features),

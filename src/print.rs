@@ -84,6 +84,20 @@ fn group_rows(graph: &Graph) -> Vec<(String, Vec<NodeIndex>)> {
     rows
 }
 
+/// `3x3 max pool, stride 2`: kernel, kind and a stride other than 1 (printer and picture).
+pub(crate) fn pool_text(op: &Op, p: &Pool) -> String {
+    let kind = if matches!(op, Op::MaxPool(_)) {
+        "max"
+    } else {
+        "avg"
+    };
+    let mut s = format!("{}x{} {kind} pool", p.kernel[0], p.kernel[1]);
+    if p.stride != 1 {
+        write!(s, ", stride {}", p.stride).unwrap();
+    }
+    s
+}
+
 fn act_text(a: &Activation) -> String {
     match a {
         Activation::LeakyRelu { slope } if *slope != 0.01 => format!("leaky_relu({slope})"),
@@ -149,15 +163,7 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
                 items.push(layer.text(&graph.defaults, !patches));
             }
             Op::MaxPool(p) | Op::AvgPool(p) => {
-                let kind = if matches!(node.op, Op::MaxPool(_)) {
-                    "max"
-                } else {
-                    "avg"
-                };
-                let mut s = format!("{}x{} {kind} pool", p.kernel[0], p.kernel[1]);
-                if p.stride != 1 {
-                    write!(s, ", stride {}", p.stride).unwrap();
-                }
+                let mut s = pool_text(&node.op, p);
                 if p.padding != (p.kernel[0] - 1) / 2 {
                     write!(s, ", pad {}", p.padding).unwrap();
                 }

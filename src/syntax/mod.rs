@@ -207,18 +207,18 @@ fn number(p: &Pair<Rule>) -> Result<f64, SourceError> {
 }
 
 fn int(p: &Pair<Rule>) -> Result<usize, SourceError> {
-    p.as_str()
-        .parse::<usize>()
+    bounded(p.as_str(), span(p), "sizes, counts and options")
+}
+
+/// `text` as an integer of at most `MAX_INT`, else a "too large" error naming `what`.
+fn bounded(text: &str, at: Span, what: &str) -> Result<usize, SourceError> {
+    text.parse::<usize>()
         .ok()
         .filter(|v| *v <= MAX_INT)
         .ok_or_else(|| {
-            err(
-                SourceErrorKind::Value,
-                span(p),
-                format!("{} is too large", p.as_str()),
-            )
-            .label("too large")
-            .hint(format!("sizes, counts and options are at most {MAX_INT}"))
+            err(SourceErrorKind::Value, at, format!("{text} is too large"))
+                .label("too large")
+                .hint(format!("{what} are at most {MAX_INT}"))
         })
 }
 
@@ -231,19 +231,7 @@ fn dims(p: Pair<Rule>) -> Result<Dims, SourceError> {
     let mut values = Vec::new();
     let mut offset = s.start;
     for part in text.split(['x', 'X', '×']) {
-        let v = part
-            .parse::<usize>()
-            .ok()
-            .filter(|v| *v <= MAX_INT)
-            .ok_or_else(|| {
-                err(
-                    SourceErrorKind::Value,
-                    Span::new(offset, offset + part.len()),
-                    format!("{part} is too large"),
-                )
-                .label("too large")
-                .hint(format!("sizes are at most {MAX_INT}"))
-            })?;
+        let v = bounded(part, Span::new(offset, offset + part.len()), "sizes")?;
         values.push(v);
         offset += part.len() + 1;
     }

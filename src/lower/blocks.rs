@@ -62,24 +62,16 @@ impl Lowering {
             }
             total_stride *= opts.stride;
             let n = i + 1;
-            let conv = self.conv(
+            self.conv_act(
                 spec,
                 &opts,
-                &format!("{block_name}.conv{n}"),
-                &format!("{block_name}.bn{n}"),
+                [
+                    &format!("{block_name}.conv{n}"),
+                    &format!("{block_name}.bn{n}"),
+                    &format!("{block_name}.act{n}"),
+                ],
                 place,
             )?;
-            self.cursor = Some(conv);
-            if let Some(act) = opts.act {
-                let act = self.with_channels(act);
-                self.cursor = Some(self.add(
-                    format!("{block_name}.act{n}"),
-                    Op::Activation(act),
-                    &[conv],
-                    place,
-                    spec.span,
-                )?);
-            }
         }
         let branch = self.cursor();
         let in_shape = self.graph.g[block_input].shape.clone();

@@ -2,7 +2,7 @@
 
 use super::expr::{eval, floor};
 use super::headers::activation;
-use super::{err, not_for, positive, square, suggest, Lowering};
+use super::{err, not_for, positive, square, unknown, Lowering};
 use crate::error::{SourceError, SourceErrorKind};
 use crate::ir::*;
 use crate::syntax::ast::{self, ConvSpec, Expr, OptionKind};
@@ -60,17 +60,12 @@ impl Lowering {
                     "bias" => o.bias = Some(false),
                     "act" => o.act = None,
                     _ => {
-                        return Err(err(
-                            SourceErrorKind::Name,
-                            w.span,
+                        return Err(unknown(
+                            w,
                             format!("`no {}` is not an option", w.text),
-                        )
-                        .label("unknown")
-                        .hint(suggest(
-                            &w.text,
                             &["norm", "bias", "act"],
                             "`no` takes",
-                        )))
+                        ))
                     }
                 },
                 OptionKind::Shortcut(_)
@@ -91,6 +86,24 @@ impl Lowering {
     }
 
     /// Adds conv (+ BN) and returns the last node.
+    /// A convolution with its norm, then its activation if any; the cursor ends after both.
+    /// `names` are the conv's, the norm's and the activation's.
+    pub(super) fn conv_act(
+        &mut self,
+        spec: &ConvSpec,
+        o: &ConvOptions,
+        [conv_name, bn_name, act_name]: [&str; 3],
+        place: (&str, Option<usize>),
+    ) -> Result<(), SourceError> {
+        let conv = self.conv(spec, o, conv_name, bn_name, place)?;
+        self.cursor = Some(conv);
+        if let Some(act) = o.act.clone() {
+            let act = Op::Activation(self.with_channels(act));
+            self.cursor = Some(self.add(act_name.into(), act, &[conv], place, spec.span)?);
+        }
+        Ok(())
+    }
+
     pub(super) fn conv(
         &mut self,
         spec: &ConvSpec,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{err, suggest};
+use super::{err, name_err, suggest};
 use crate::error::{SourceError, SourceErrorKind};
 use crate::syntax::ast::{self, Expr};
 use crate::syntax::parse_expr;
@@ -32,12 +32,11 @@ pub(super) fn evaluate_params(
     }
     for (i, p) in file.params.iter().enumerate() {
         if file.params[..i].iter().any(|q| q.name.text == p.name.text) {
-            return Err(err(
-                SourceErrorKind::Name,
-                p.name.span,
+            return Err(name_err(
+                &p.name,
                 format!("parameter `{}` is declared twice", p.name.text),
+                "declared again here",
             )
-            .label("declared again here")
             .hint("give each parameter one default; override it with `--set`"));
         }
         let value = match sets.iter().rev().find(|(n, _)| n == &p.name.text) {

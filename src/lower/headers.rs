@@ -1,7 +1,7 @@
 //! The header lines (`input`, `norm`, `act`, `shortcut`, `eps`) and the activation and
 //! shortcut names they and the rows share.
 
-use super::{err, suggest};
+use super::{err, name_err, suggest, unknown};
 use crate::error::{SourceError, SourceErrorKind};
 use crate::ir::*;
 use crate::syntax::ast::{self, ActSpec, Header, ItemKind};
@@ -66,17 +66,12 @@ pub(super) fn read_headers(file: &ast::File) -> Result<(Defaults, Shape), Source
                     "layer" => defaults.seq_norm = NormKind::Layer,
                     "rms" => defaults.seq_norm = NormKind::Rms,
                     _ => {
-                        return Err(err(
-                            SourceErrorKind::Name,
-                            id.span,
+                        return Err(unknown(
+                            id,
                             format!("unknown norm `{}`", id.text),
-                        )
-                        .label("unknown")
-                        .hint(suggest(
-                            &id.text,
                             &["batch", "none", "layer", "rms"],
                             "norms",
-                        )))
+                        ))
                     }
                 }
             }
@@ -144,12 +139,11 @@ pub(super) fn activation(a: &ActSpec, channels: usize) -> Result<Activation, Sou
                 "{} (leaky_relu takes a slope: `leaky_relu(0.1)`)",
                 suggest(&name, &ACTIVATIONS, "activations")
             );
-            return Err(err(
-                SourceErrorKind::Name,
-                a.name.span,
+            return Err(name_err(
+                &a.name,
                 format!("unknown activation `{}`", a.name.text),
+                "unknown",
             )
-            .label("unknown")
             .hint(hint));
         }
     })
@@ -161,17 +155,12 @@ pub(super) fn shortcut_kind(id: &ast::Ident) -> Result<ShortcutKind, SourceError
         "pad" => ShortcutKind::Pad,
         "none" => ShortcutKind::None,
         _ => {
-            return Err(err(
-                SourceErrorKind::Name,
-                id.span,
+            return Err(unknown(
+                id,
                 format!("unknown shortcut `{}`", id.text),
-            )
-            .label("unknown")
-            .hint(suggest(
-                &id.text,
                 &["projection", "pad", "none"],
                 "shortcuts",
-            )))
+            ))
         }
     })
 }

@@ -48,12 +48,11 @@ pub fn lower(file: &ast::File, sets: &[(String, String)]) -> Result<Graph, Sourc
     for (row_index, row) in file.rows.iter().enumerate() {
         if let Some(first) = seen.get(row.name.text.as_str()) {
             let _ = first;
-            return Err(err(
-                SourceErrorKind::Name,
-                row.name.span,
+            return Err(name_err(
+                &row.name,
                 format!("the row name `{}` is used twice", row.name.text),
+                "second use",
             )
-            .label("second use")
             .hint("every row needs its own name"));
         }
         if row.name.text.eq_ignore_ascii_case("input") {
@@ -80,6 +79,16 @@ pub fn lower(file: &ast::File, sets: &[(String, String)]) -> Result<Graph, Sourc
     graph.output = lowering.cursor.expect("cursor is set");
     check_unique_names(&graph, file)?;
     Ok(graph)
+}
+
+/// A naming error at `id`, with `label` under it.
+fn name_err(id: &ast::Ident, msg: impl Into<String>, label: &str) -> SourceError {
+    err(SourceErrorKind::Name, id.span, msg).label(label)
+}
+
+/// An unknown word at `id`: the nearest of `valid` (listed as `what`) as the hint.
+fn unknown(id: &ast::Ident, msg: impl Into<String>, valid: &[&str], what: &str) -> SourceError {
+    name_err(id, msg, "unknown").hint(suggest(&id.text, valid, what))
 }
 
 fn err(kind: SourceErrorKind, span: Span, msg: impl Into<String>) -> SourceError {

@@ -167,18 +167,8 @@ impl Lowering {
         match &item.kind {
             ItemKind::Conv(spec) => {
                 let opts = self.conv_options(&item.options, spec, !state.patches)?;
-                let node = self.conv(spec, &opts, name, &format!("{name}.bn"), place)?;
-                self.cursor = Some(node);
-                if let Some(act) = opts.act {
-                    let act = self.with_channels(act);
-                    self.cursor = Some(self.add(
-                        format!("{name}.act"),
-                        Op::Activation(act),
-                        &[node],
-                        place,
-                        spec.span,
-                    )?);
-                }
+                let (bn, act) = (format!("{name}.bn"), format!("{name}.act"));
+                self.conv_act(spec, &opts, [name, &bn, &act], place)?;
             }
             ItemKind::Pool { kernel, max } => {
                 let k = square(kernel, "a pooling window")?;

@@ -231,23 +231,30 @@ mod tests {
         })
     }
 
+    /// The output shape of `op`, which must accept `inputs`.
+    fn out(op: Op, inputs: &[&Shape]) -> Shape {
+        op.infer_shape(inputs).unwrap()
+    }
+
     #[test]
     fn shapes_of_a_decoder_layer() {
         let ids = vec![16];
-        let x = Op::Embedding(Embedding {
-            vocab: 100,
-            dim: 64,
-        })
-        .infer_shape(&[&ids])
-        .unwrap();
+        let x = out(
+            Op::Embedding(Embedding {
+                vocab: 100,
+                dim: 64,
+            }),
+            &[&ids],
+        );
         assert_eq!(x, vec![16, 64]);
-        let q = Op::Linear(Linear {
-            in_features: 64,
-            out_features: 64,
-            bias: false,
-        })
-        .infer_shape(&[&x])
-        .unwrap();
+        let q = out(
+            Op::Linear(Linear {
+                in_features: 64,
+                out_features: 64,
+                bias: false,
+            }),
+            &[&x],
+        );
         assert_eq!(q, vec![16, 64]);
         let kv = vec![16, 16];
         let out = attention(8, 2, 8).infer_shape(&[&q, &kv, &kv]).unwrap();
@@ -269,9 +276,7 @@ mod tests {
         let map = vec![768, 14, 14];
         let t = Op::ToTokens.infer_shape(&[&map]).unwrap();
         assert_eq!(t, vec![196, 768]);
-        let c = Op::ClassToken(ClassToken { dim: 768 })
-            .infer_shape(&[&t])
-            .unwrap();
+        let c = out(Op::ClassToken(ClassToken { dim: 768 }), &[&t]);
         assert_eq!(c, vec![197, 768]);
         let short = Op::Positions(Positions {
             tokens: 196,

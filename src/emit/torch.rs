@@ -486,23 +486,23 @@ mod tests {
     #[test]
     fn every_op_appears_once_per_node() {
         let g = fixture("all_ops");
-        let src = to_torch(&g).unwrap();
-        for needle in [
-            "nn.PReLU(num_parameters=8)",
-            "F.leaky_relu(x, negative_slope=",
-            "F.gelu(x)",
-            "torch.tanh(x)",
-            "torch.sigmoid(x)",
-            "F.max_pool2d(x, 3, stride=2, padding=1)",
-            "F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True)",
-            "nn.BatchNorm2d(8, eps=0.001)",
-            "dilation=2, groups=2",
-            "[:, :, ::2, ::2], (0, 0, 0, 0, 0, 8))",
-            "F.adaptive_avg_pool2d(x, 1)",
-            "torch.flatten(x, 1)",
-        ] {
-            assert!(src.contains(needle), "missing {needle} in\n{src}");
-        }
+        let src = written(
+            &g,
+            &[
+                "nn.PReLU(num_parameters=8)",
+                "F.leaky_relu(x, negative_slope=",
+                "F.gelu(x)",
+                "torch.tanh(x)",
+                "torch.sigmoid(x)",
+                "F.max_pool2d(x, 3, stride=2, padding=1)",
+                "F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True)",
+                "nn.BatchNorm2d(8, eps=0.001)",
+                "dilation=2, groups=2",
+                "[:, :, ::2, ::2], (0, 0, 0, 0, 0, 8))",
+                "F.adaptive_avg_pool2d(x, 1)",
+                "torch.flatten(x, 1)",
+            ],
+        );
         // Every node but the input produces exactly one assignment to x.
         let assignments = src.lines().filter(|l| l.trim().starts_with("x = ")).count();
         assert_eq!(assignments, g.g.node_count() - 1);
@@ -540,31 +540,34 @@ mod tests {
         assert!(py.contains("getattr(self, \"lambda\")(x)"), "{py}");
         assert_eq!(state_dict_keys(&py), spec_keys(&g));
     }
-}
 
-#[cfg(test)]
-mod seq_tests {
-    use super::*;
+    /// `graph`'s PyTorch source, after checking it contains every line of `wants`.
+    fn written(graph: &Graph, wants: &[&str]) -> String {
+        let src = to_torch(graph).unwrap();
+        for want in wants {
+            assert!(src.contains(want), "missing `{want}` in:\n{src}");
+        }
+        src
+    }
 
     /// A decoder's module: the helpers it uses, its modules at r2rc's dotted names, the
     /// attention core and the tied head as calls, token-id inputs in the demo.
     #[test]
     fn a_decoder_is_written_with_its_helpers() {
         let g = crate::emit::onnx::seq::tests::decoder();
-        let src = to_torch(&g).unwrap();
-        for want in [
-            "import math",
-            "class Norm(nn.Module)",
-            "def attention(q, k, v, heads, kv_heads, head_dim, theta, causal)",
-            "self.embed.token = nn.Embedding(50, 16)",
-            "self.layers_1.attention.norm = Norm(16, 1e-5, rms=True, bias=False)",
-            "attention(",
-            "heads=4, kv_heads=2, head_dim=4, theta=10000.0, causal=True)",
-            "F.linear(x, self.embed.token.weight)",
-            "torch.randint(0, 50, (1, *INPUT_SHAPE))",
-        ] {
-            assert!(src.contains(want), "missing `{want}` in:\n{src}");
-        }
+        let src = written(
+            &g,
+            &[
+                "import math",
+                "class Norm(nn.Module)",
+                "def attention(q, k, v, heads, kv_heads, head_dim, theta, causal)",
+                "self.embed.token = nn.Embedding(50, 16)",
+                "self.layers_1.attention.norm = Norm(16, 1e-5, rms=True, bias=False)",
+                "heads=4, kv_heads=2, head_dim=4, theta=10000.0, causal=True)",
+                "F.linear(x, self.embed.token.weight)",
+                "torch.randint(0, 50, (1, *INPUT_SHAPE))",
+            ],
+        );
         // Helpers a graph does not use are not written.
         assert!(!src.contains("class Positions") && !src.contains("class ClassToken"));
     }

@@ -9,8 +9,8 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::deepen::{
-    block_nodes, check_post_act, default_params, identity_kernel, Exactness, Form, Insertion,
-    LayerSpec, SiteInfo,
+    block_nodes, check_post_act, default_params, identity_kernel, Exactness, Insertion, LayerSpec,
+    SiteInfo,
 };
 use crate::error::Result;
 
@@ -40,12 +40,5 @@ pub fn insertion(info: &SiteInfo) -> Result<Insertion> {
     } else {
         Exactness::Exact
     };
-    Ok(Insertion {
-        form: Form::Block,
-        nodes,
-        params,
-        mix: None,
-        exactness,
-        notes,
-    })
+    Ok(Insertion::block(nodes, params, exactness, notes))
 }

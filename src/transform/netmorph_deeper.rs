@@ -20,7 +20,7 @@ use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use rand_chacha::ChaCha8Rng;
 
 use super::deepen::{
-    block_nodes, default_params, identity_kernel, Exactness, Form, Insertion, LayerSpec, SiteInfo,
+    block_nodes, default_params, identity_kernel, Exactness, Insertion, LayerSpec, SiteInfo,
 };
 use crate::error::{Error, Result};
 use crate::ir::{Activation, Graph, NodeIndex, Op};
@@ -52,17 +52,15 @@ pub fn insertion(info: &SiteInfo) -> Result<Insertion> {
     let mut params = default_params(&nodes);
     params.insert("conv1.weight".into(), identity_kernel(c, 3));
     params.insert("act.weight".into(), ArrayD::from_elem(IxDyn(&[c]), 1.0));
-    Ok(Insertion {
-        form: Form::Block,
+    Ok(Insertion::block(
         nodes,
         params,
-        mix: None,
-        exactness: Exactness::Exact,
-        notes: vec![
+        Exactness::Exact,
+        vec![
             "NetMorph layer: identity 3x3 conv, bias 0, PReLU slope 1 (the identity for any input)"
                 .into(),
         ],
-    })
+    ))
 }
 
 /// Why a reader of the site value cannot absorb a channel mix, if one cannot.
@@ -152,7 +150,6 @@ pub fn dense_insertion(info: &SiteInfo, rng: &mut ChaCha8Rng) -> Result<Insertio
     params.insert("conv1.weight".into(), w);
     let names: Vec<String> = readers.iter().map(|&r| g.g[r].name.clone()).collect();
     Ok(Insertion {
-        form: Form::Block,
         nodes,
         params,
         mix: Some(n),

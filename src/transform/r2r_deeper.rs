@@ -10,8 +10,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::cat;
 use super::deepen::{
-    block_nodes, check_post_act, default_params, uniform_like, Exactness, Form, Insertion,
-    LayerSpec, SiteInfo,
+    block_nodes, check_post_act, default_params, uniform_like, Exactness, Insertion, LayerSpec,
+    SiteInfo,
 };
 use crate::error::{Error, Result};
 use crate::ir::Activation;
@@ -118,16 +118,9 @@ pub fn insertion(info: &SiteInfo, width: Option<usize>, rng: &mut ChaCha8Rng) ->
     if let Some(gamma) = params.get_mut(&last_bn) {
         gamma.fill(LAST_BN_SCALE);
     }
-    Ok(Insertion {
-        form: Form::Block,
-        nodes,
-        params,
-        mix: None,
-        exactness: Exactness::Exact,
-        notes: vec![format!(
+    Ok(Insertion::block(nodes, params, Exactness::Exact, vec![format!(
             "R2DeeperR block: {} layers, hidden width {}, new weights U(-s*sqrt(3), s*sqrt(3)) with s = {s:.4e}, the standard deviation of the previous block's last kernel",
             n,
             layers[0].width
-        )],
-    })
+        )]))
 }

@@ -5,9 +5,7 @@
 
 use rand_chacha::ChaCha8Rng;
 
-use super::deepen::{
-    block_nodes, default_params, uniform_like, Exactness, Form, Insertion, SiteInfo,
-};
+use super::deepen::{block_nodes, default_params, uniform_like, Exactness, Insertion, SiteInfo};
 use super::r2r_deeper::residual_layers;
 use crate::error::Result;
 
@@ -24,12 +22,10 @@ pub fn insertion(info: &SiteInfo, width: Option<usize>, rng: &mut ChaCha8Rng) ->
         params.insert(format!("conv{}.weight", i + 1), w);
         c_in = l.width;
     }
-    Ok(Insertion {
-        form: Form::Block,
+    Ok(Insertion::block(
         nodes,
         params,
-        mix: None,
-        exactness: Exactness::NotPreserving,
-        notes: vec!["a randomly initialised block is not function preserving".into()],
-    })
+        Exactness::NotPreserving,
+        vec!["a randomly initialised block is not function preserving".into()],
+    ))
 }

@@ -147,17 +147,10 @@ pub struct NewNode {
     pub inputs: Vec<Src>,
 }
 
-/// Whether new nodes form a residual block (numbered in its row) or a plain row item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Form {
-    Block,
-    Item,
-}
-
-/// What a method inserts.
+/// What a method inserts: one block, numbered after the site's in its row (or the first
+/// block of a new row after a single-layer row).
 #[derive(Debug, Clone)]
 pub struct Insertion {
-    pub form: Form,
     /// In lowering's order; the last one is the new output of the site.
     pub nodes: Vec<NewNode>,
     /// Tensors of the new nodes by `key.suffix`.
@@ -166,6 +159,25 @@ pub struct Insertion {
     pub mix: Option<Array2<f64>>,
     pub exactness: Exactness,
     pub notes: Vec<String>,
+}
+
+impl Insertion {
+    /// A block of `nodes` with their starting tensors (`params`; a slot left out takes its
+    /// defaults), and no mix.
+    pub fn block(
+        nodes: Vec<NewNode>,
+        params: BTreeMap<String, ArrayD<f64>>,
+        exactness: Exactness,
+        notes: Vec<String>,
+    ) -> Insertion {
+        Insertion {
+            nodes,
+            params,
+            mix: None,
+            exactness,
+            notes,
+        }
+    }
 }
 
 /// The student of a deepening.
@@ -302,13 +314,11 @@ pub fn apply_insertion(
     site: &Site,
     mut ins: Insertion,
 ) -> Result<Deepened> {
-    // Where the new nodes live: the site's row (a block gets the next number, later blocks
-    // of the row move up) or a new row after a single-layer row.
-    let (row, block, shift) = match (site.block, ins.form) {
-        (Some(b), Form::Block) => (site.row.clone(), Some(b + 1), Some(b)),
-        (Some(_), Form::Item) => (site.row.clone(), None, None),
-        (None, Form::Block) => (fresh_row(graph, &site.row), Some(1), None),
-        (None, Form::Item) => (fresh_row(graph, &site.row), None, None),
+    // Where the new block lives: the site's row (it gets the next number, later blocks of
+    // the row move up) or a new row after a single-layer row.
+    let (row, block, shift) = match site.block {
+        Some(b) => (site.row.clone(), Some(b + 1), Some(b)),
+        None => (fresh_row(graph, &site.row), Some(1), None),
     };
     let mut g = Graph::new(
         &graph.name,
@@ -450,13 +460,12 @@ pub fn apply_insertion(
             }
         }
     }
-    let where_ = match (site.block, ins.form) {
-        (Some(_), Form::Block) => format!(
+    let where_ = match site.block {
+        Some(_) => format!(
             "new block `{}`",
             block_of(&g, new_ix[0]).unwrap_or_default()
         ),
-        (_, Form::Block) => format!("new row `{row}`"),
-        (_, Form::Item) => format!("new layer `{}`", inserted[0]),
+        None => format!("new row `{row}`"),
     };
     Ok(Deepened {
         graph: g,

@@ -1,4 +1,6 @@
-//! Forward pass of a [`Graph`]: batched NCHW, in f32 or f64, BN in eval or train mode.
+//! Forward pass of a [`Graph`]: batched NCHW feature maps, vectors `[N, F]` and token
+//! sequences `[N, T, D]` (token ids `[N, T]`, carried as floats, T up to the declared
+//! length), in f32 or f64, BN in eval or train mode.
 //!
 //! [`Executor::new`] converts the weights once to the run's precision; [`Executor::forward`]
 //! frees every intermediate value as soon as its last consumer ran, lets element-wise ops

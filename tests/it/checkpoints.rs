@@ -302,7 +302,7 @@ fn prove_reads_torchvision_names_and_hints_at_the_flag() {
         s(&s_arch),
         s(&s_tv),
         "--names",
-        "timm",
+        "tv",
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("r2rc and torchvision"));

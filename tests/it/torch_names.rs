@@ -216,9 +216,15 @@ fn networks_without_torchvision_names_are_refused() {
         "{err}"
     );
     assert!(!w.exists());
+    // timm's scheme is a ViT's: a conv net has no place in it, and the refusal says so.
     let o = r2rc(&["init", &ex("smallconv"), "-o", s(&w), "--names", "timm"]);
     assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(err.contains("`conv1.bn`") && err.contains("--names r2rc"), "{err}");
+    let o = r2rc(&["init", &ex("smallconv"), "-o", s(&w), "--names", "tv"]);
+    assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("r2rc and torchvision"));
+    assert!(!w.exists());
 }
 
 /// The safetensors `__metadata__` of a student.

@@ -117,9 +117,10 @@ def main():
     ap.add_argument("--keep")
     a = ap.parse_args()
     rng = np.random.default_rng(7)
-    d = a.keep or tempfile.mkdtemp()
-    os.makedirs(d, exist_ok=True)
-    ok = all([check(a.r2rc, d, n, t, rng) for n, t in NETS.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        d = a.keep or tmp
+        os.makedirs(d, exist_ok=True)
+        ok = all([check(a.r2rc, d, n, t, rng) for n, t in NETS.items()])
     sys.exit(0 if ok else 1)
 
 

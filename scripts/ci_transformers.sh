@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Checks r2rc's transformer support against the real libraries (issue 13): a venv beside
-# Debian's torch 1.13 with transformers 4.44.2 and timm 1.0.9 (newer releases need torch 2),
-# then scripts/check_transformers.py on tiny random Llama, GPT-2 and ViT models.
-# Extra arguments go to the script (--seed S, --keep DIR).
+# Checks r2rc's transformer support against libraries r2rc did not write (issue 13): a venv
+# beside Debian's torch 1.13 (/usr/bin/python3, which .ci/run provides) with transformers
+# 4.44.2 and timm 1.0.9 (newer releases need torch 2) and onnxruntime, then
+# - scripts/check_transformers.py: r2rc run against transformers' and timm's logits on tiny
+#   random Llama, GPT-2 and ViT models, both ways (their files read, r2rc's files loaded);
+# - scripts/check_transformer_exports.py: ONNX Runtime on r2rc's ONNX and the exported
+#   PyTorch module against r2rc run.
+# Usage: scripts/ci_transformers.sh [PATH/TO/r2rc]   (default target/release/r2rc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin r2rc
+R2RC="${1:-target/release/r2rc}"
+if [ ! -x "$R2RC" ]; then
+    echo "ci_transformers.sh: no r2rc binary at $R2RC (build it with cargo build --release)" >&2
+    exit 2
+fi
+PY="${R2RC_TORCH_PYTHON:-/usr/bin/python3}"
 venv=target/tf-venv
 if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv --system-site-packages "$venv"
+    "$PY" -m venv --system-site-packages "$venv"
 fi
-"$venv/bin/pip" install --quiet transformers==4.44.2 timm==1.0.9 safetensors
-"$venv/bin/python" scripts/check_transformers.py --r2rc target/release/r2rc "$@"
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+    transformers==4.44.2 timm==1.0.9 safetensors onnxruntime
+"$venv/bin/python" scripts/check_transformers.py --r2rc "$R2RC"
+"$venv/bin/python" scripts/check_transformer_exports.py --r2rc "$R2RC"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of r2rc: the Rust suite (unit, integration, snapshots, property tests,
-# the tract-onnx cross-check) and the Python cross-checks against onnx, onnxruntime and
-# safetensors. This is the command README.md gives and CI runs.
+# the tract-onnx cross-check) and the Python cross-checks against onnx, onnxruntime,
+# safetensors, PyTorch/torchvision and transformers/timm. This is the command README.md gives and CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,3 +11,4 @@ scripts/check_grow_digits.sh
 cargo test --release --all-targets
 scripts/ci_python.sh target/release/r2rc
 scripts/ci_torch.sh target/release/r2rc
+scripts/ci_transformers.sh target/release/r2rc

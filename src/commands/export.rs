@@ -24,8 +24,8 @@ pub struct Args {
     /// shapes are those of the weights file.
     #[arg(long, value_name = "OUT.py")]
     torch: Option<PathBuf>,
-    /// Tensor names of the weights and of the outputs: r2rc or torchvision (ResNet family:
-    /// `bn1`, `layer1.0.conv1`, `fc`).
+    /// Tensor names: r2rc, torchvision (ResNets: `bn1`, `layer1.0.conv1`, `fc`), hf
+    /// (transformers' LlamaForCausalLM, GPT2LMHeadModel) or timm (VisionTransformer).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
     names: String,
     /// Overwrite existing output files.

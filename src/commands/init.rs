@@ -24,8 +24,8 @@ pub struct Args {
     /// Element type of the file: f32, f64, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Tensor names of the file: r2rc or torchvision (ResNet family: `bn1`,
-    /// `layer1.0.conv1`, `fc`).
+    /// Tensor names: r2rc, torchvision (ResNets: `bn1`, `layer1.0.conv1`, `fc`), hf
+    /// (transformers' LlamaForCausalLM, GPT2LMHeadModel) or timm (VisionTransformer).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
     names: String,
     /// Overwrite an existing output.

@@ -42,8 +42,8 @@ pub struct Args {
     /// Parameters of the student architecture.
     #[arg(long = "student-set", value_name = "NAME=EXPR")]
     student_sets: Vec<String>,
-    /// Tensor names of the weights: r2rc or torchvision (ResNet family: `bn1`,
-    /// `layer1.0.conv1`, `fc`).
+    /// Tensor names: r2rc, torchvision (ResNets: `bn1`, `layer1.0.conv1`, `fc`), hf
+    /// (transformers' LlamaForCausalLM, GPT2LMHeadModel) or timm (VisionTransformer).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
     names: String,
     /// Tensor names of the student's weights when they differ from --names.

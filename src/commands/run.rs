@@ -50,8 +50,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "T")]
     threads: Option<usize>,
-    /// Tensor names of the weights: r2rc or torchvision (ResNet family: `bn1`,
-    /// `layer1.0.conv1`, `fc`).
+    /// Tensor names: r2rc, torchvision (ResNets: `bn1`, `layer1.0.conv1`, `fc`), hf
+    /// (transformers' LlamaForCausalLM, GPT2LMHeadModel) or timm (VisionTransformer).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
     names: String,
     /// Architecture parameters, e.g. `--set r=1/8`.

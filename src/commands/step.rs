@@ -79,8 +79,8 @@ pub struct Common {
     /// Architecture parameters, e.g. `--set r=1/8`.
     #[arg(long = "set", value_name = "NAME=EXPR")]
     pub sets: Vec<String>,
-    /// Tensor names of the teacher and student weights: r2rc or torchvision (ResNet
-    /// family: `bn1`, `layer1.0.conv1`, `fc`).
+    /// Tensor names: r2rc, torchvision (ResNets: `bn1`, `layer1.0.conv1`, `fc`), hf
+    /// (transformers' LlamaForCausalLM, GPT2LMHeadModel) or timm (VisionTransformer).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
     pub names: String,
     /// Write the student's weights as shards of at most SIZE (2GB, 500MB, 1GiB) with a

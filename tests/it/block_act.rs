@@ -64,7 +64,11 @@ fn a_misspelt_block_activation_names_the_closest() {
 fn no_act_after_a_block_is_refused_with_the_spelling_to_use() {
     let src = "arch A\ninput 3x8x8\n\nconv_x  8x8  [3x3, 3] x 1, no act\n";
     let e = compile(src, &[]).unwrap_err();
-    assert!(e.message.contains("does not apply to a residual block"), "{}", e.message);
+    assert!(
+        e.message.contains("does not apply to a residual block"),
+        "{}",
+        e.message
+    );
     assert!(e.hint.clone().unwrap_or_default().contains("act identity"));
     let src = "arch A\ninput 3x8x8\n\nconv_x  8x8  [3x3, 3] x 1, groups 2\n";
     let e = compile(src, &[]).unwrap_err();

@@ -220,7 +220,10 @@ fn networks_without_torchvision_names_are_refused() {
     let o = r2rc(&["init", &ex("smallconv"), "-o", s(&w), "--names", "timm"]);
     assert_eq!(o.status.code(), Some(2));
     let err = text(&o.stderr);
-    assert!(err.contains("`conv1.bn`") && err.contains("--names r2rc"), "{err}");
+    assert!(
+        err.contains("`conv1.bn`") && err.contains("--names r2rc"),
+        "{err}"
+    );
     let o = r2rc(&["init", &ex("smallconv"), "-o", s(&w), "--names", "tv"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("r2rc and torchvision"));

@@ -8,7 +8,7 @@
 //! consumers (convs and linears reading it: new input columns, `cols` per channel, where a
 //! flattened `C x H x W` value gives every channel `H*W` columns).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -134,6 +134,22 @@ fn channel_wise(op: &Op) -> bool {
     )
 }
 
+/// The transformer ops, whose values are token sequences or read them.
+fn is_sequence_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Embedding(_)
+            | Op::Positions(_)
+            | Op::ClassToken(_)
+            | Op::ToTokens
+            | Op::Norm(_)
+            | Op::Attention(_)
+            | Op::Mul
+            | Op::ClassPool
+            | Op::TiedLinear(_)
+    )
+}
+
 /// Groups the graph's values into channel spaces.
 pub fn channel_spaces(graph: &Graph) -> Spaces {
     let order = graph.order();
@@ -160,6 +176,10 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
             }
         }
     }
+    // Spaces of a transformer, with the first of their layers: the width of a token
+    // sequence is its last axis, under layer or RMS norms that mix every feature, so
+    // growing it needs norm-aware rules (not here yet).
+    let mut transformer: BTreeMap<usize, String> = BTreeMap::new();
     let mut root_to_space: HashMap<usize, usize> = HashMap::new();
     let mut spaces: Vec<Space> = Vec::new();
     let mut of = HashMap::new();
@@ -222,6 +242,9 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
             )),
             _ => {}
         }
+        if node.shape.len() == 2 || is_sequence_op(&node.op) {
+            transformer.entry(id).or_insert_with(|| node.name.clone());
+        }
         if n == graph.output {
             s.blockers.push(format!(
                 "it holds the network output `{}`, whose width the task fixes",
@@ -245,6 +268,10 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                     }
                 }
                 Op::Linear(_) => {}
+                op if is_sequence_op(op) => {
+                    transformer.entry(id).or_insert_with(|| cnode.name.clone());
+                    continue;
+                }
                 Op::ShortcutPad(_) => {
                     s.blockers.push(format!(
                         "option-A shortcut `{}` reads it and would place new channels before its zero padding, which is not a channel-wise op",
@@ -261,6 +288,11 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                 cols: cols[i],
             });
         }
+    }
+    for (id, layer) in transformer {
+        spaces[id].blockers.push(format!(
+            "it is part of a transformer (token sequences, `{layer}`), and widening transformers is not supported yet"
+        ));
     }
     Spaces { spaces, of }
 }

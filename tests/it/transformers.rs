@@ -275,3 +275,39 @@ proptest! {
         prop_assert_eq!(print(&again), text);
     }
 }
+
+/// Growing transformers needs norm-aware rules (not here yet): every space of a
+/// transformer is refused with that reason, never widened by its token count.
+#[test]
+fn widening_a_transformer_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = dir.path().join("tiny.arch");
+    std::fs::write(
+        &arch,
+        "arch Tiny\nnorm layer, eps 1e-5, act gelu_tanh, bias\ninput 16 tokens, vocab 97\n\n\
+         embed     16x32  32-d token embedding, learned positions\n\
+         layers_x  16x32  [attention 4 heads, causal; mlp 64] x 2\n\
+         head      16x97  norm, 97-d fc, tied\n",
+    )
+    .unwrap();
+    let a = arch.to_str().unwrap();
+    let (code, _, err) = run(&["widen", a, "--layer", "layers_1.mlp.fc1", "--by", "1.5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("widening transformers is not supported yet"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["widen", a, "--all", "--by", "1.5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no channel space that can be widened"),
+        "{err}"
+    );
+    let (_, out, _) = run(&["spaces", a]);
+    let spaces = out.lines().filter(|l| l.starts_with("space ")).count();
+    let refused = out
+        .lines()
+        .filter(|l| l.starts_with("space ") && l.contains("part of a transformer"))
+        .count();
+    assert!(spaces > 0 && refused + 1 >= spaces, "{out}");
+}

@@ -303,6 +303,13 @@ fn widening_a_transformer_is_refused_with_the_reason() {
         err.contains("no channel space that can be widened"),
         "{err}"
     );
+    let (code, _, err) = run(&["deepen", a, "--after", "layers_1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("16 tokens of width 32")
+            && err.contains("deepening transformers is not supported yet"),
+        "{err}"
+    );
     let (_, out, _) = run(&["spaces", a]);
     let spaces = out.lines().filter(|l| l.starts_with("space ")).count();
     let refused = out

@@ -108,14 +108,26 @@ pub fn resolve_site(graph: &Graph, name: &str) -> Result<Site> {
             Some(hint),
         ));
     };
-    if s.shape.len() != 3 {
-        return Err(usage(
-            format!(
-                "cannot deepen after `{name}`: deepening inserts convolutions, which need a CxHxW feature map, but `{}` outputs a vector of {}",
-                graph.g[s.value].name, s.shape[0]
-            ),
-            Some("choose a block or row before the flatten / fc layers".into()),
-        ));
+    let value = &graph.g[s.value].name;
+    match s.shape.as_slice() {
+        [_, _, _] => {}
+        [t, d] => {
+            return Err(usage(
+                format!(
+                    "cannot deepen after `{name}`: `{value}` outputs a sequence of {t} tokens of width {d}, and deepening transformers is not supported yet (it inserts convolutions)"
+                ),
+                Some("deepening works on the convolutional rows of a network".into()),
+            ))
+        }
+        _ => {
+            return Err(usage(
+                format!(
+                    "cannot deepen after `{name}`: deepening inserts convolutions, which need a CxHxW feature map, but `{value}` outputs a vector of {}",
+                    s.shape[0]
+                ),
+                Some("choose a block or row before the flatten / fc layers".into()),
+            ))
+        }
     }
     Ok(s)
 }

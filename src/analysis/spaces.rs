@@ -134,22 +134,6 @@ fn channel_wise(op: &Op) -> bool {
     )
 }
 
-/// The transformer ops, whose values are token sequences or read them.
-fn is_sequence_op(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Embedding(_)
-            | Op::Positions(_)
-            | Op::ClassToken(_)
-            | Op::ToTokens
-            | Op::Norm(_)
-            | Op::Attention(_)
-            | Op::Mul
-            | Op::ClassPool
-            | Op::TiedLinear(_)
-    )
-}
-
 /// Groups the graph's values into channel spaces.
 pub fn channel_spaces(graph: &Graph) -> Spaces {
     let order = graph.order();
@@ -242,7 +226,7 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
             )),
             _ => {}
         }
-        if node.shape.len() == 2 || is_sequence_op(&node.op) {
+        if node.shape.len() == 2 || node.op.is_sequence() {
             transformer.entry(id).or_insert_with(|| node.name.clone());
         }
         if n == graph.output {
@@ -268,7 +252,7 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                     }
                 }
                 Op::Linear(_) => {}
-                op if is_sequence_op(op) => {
+                op if op.is_sequence() => {
                     transformer.entry(id).or_insert_with(|| cnode.name.clone());
                     continue;
                 }

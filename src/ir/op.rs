@@ -185,6 +185,23 @@ fn slot(suffix: &'static str, shape: Vec<usize>, kind: ParamKind) -> ParamSlot {
 
 impl Op {
     /// Short lower-case name used in tables and JSON.
+    /// Whether this is a transformer op (`seq.rs`): its values are token sequences or
+    /// ids, or it reads them.
+    pub fn is_sequence(&self) -> bool {
+        matches!(
+            self,
+            Op::Embedding(_)
+                | Op::Positions(_)
+                | Op::ClassToken(_)
+                | Op::ToTokens
+                | Op::Norm(_)
+                | Op::Attention(_)
+                | Op::Mul
+                | Op::ClassPool
+                | Op::TiedLinear(_)
+        )
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self {
             Op::Input => "input",

@@ -65,7 +65,7 @@ pub fn to_model(graph: &Graph, params: &Params) -> Result<ModelProto> {
     let input = value_info(INPUT_NAME, graph.input_shape(), tokens, tokens);
     let out_tokens = tokens && graph.output_shape().len() == 2;
     let output = value_info(OUTPUT_NAME, graph.output_shape(), false, out_tokens);
-    let seq = tokens || graph.g.node_weights().any(|n| seq::is_seq(&n.op));
+    let seq = tokens || graph.g.node_weights().any(|n| n.op.is_sequence());
     Ok(ModelProto {
         ir_version: if seq { SEQ_IR_VERSION } else { IR_VERSION },
         opset_import: vec![OperatorSetIdProto {

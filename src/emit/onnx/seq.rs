@@ -7,22 +7,6 @@ use super::{float, int, ints, Builder};
 use crate::error::{Error, Result};
 use crate::ir::{Attention, Norm, NormKind, Op};
 
-/// Whether `op` is one of the transformer ops (written by this file, opset 17).
-pub(super) fn is_seq(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Embedding(_)
-            | Op::Positions(_)
-            | Op::ClassToken(_)
-            | Op::ToTokens
-            | Op::Norm(_)
-            | Op::Attention(_)
-            | Op::Mul
-            | Op::ClassPool
-            | Op::TiedLinear(_)
-    )
-}
-
 impl Builder<'_> {
     /// Writes sequence op `op` of node `name`; `false` when `op` is not a sequence op.
     pub(super) fn seq_node(

@@ -464,17 +464,8 @@ mod tests {
 
     #[test]
     fn the_examples_count_the_published_parameters_and_print_back() {
-        check(
-            include_str!("../../examples/transformers/gpt2.arch"),
-            124_439_808,
-        );
-        check(
-            include_str!("../../examples/transformers/tinyllama.arch"),
-            1_100_048_384,
-        );
-        check(
-            include_str!("../../examples/transformers/vit_b16.arch"),
-            86_567_656,
-        );
+        check(include_str!("../../examples/gpt2.arch"), 124_439_808);
+        check(include_str!("../../examples/tinyllama.arch"), 1_100_048_384);
+        check(include_str!("../../examples/vit_b16.arch"), 86_567_656);
     }
 }

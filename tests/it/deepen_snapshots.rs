@@ -4,10 +4,15 @@
 use r2rc::params::init;
 use r2rc::transform::deepen::{deepen, DeepenArgs, DeepenMethod};
 
-use crate::common::{example, root, DEEPEN_SITES};
+use crate::common::{conv_example_names, example, root, DEEPEN_SITES};
 
 #[test]
 fn deepen_diff_snapshots() {
+    // Every convolutional example has a site; transformers are left out because deepening
+    // them is refused today (tests/it/transformers.rs checks that).
+    let mut listed: Vec<String> = DEEPEN_SITES.iter().map(|c| c.0.to_string()).collect();
+    listed.sort();
+    assert_eq!(conv_example_names(), listed, "every example needs a site");
     let mut s = insta::Settings::clone_current();
     s.set_snapshot_path(root().join("snapshots/deepen"));
     s.set_prepend_module_to_snapshot(false);

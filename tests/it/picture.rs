@@ -65,14 +65,9 @@ fn graph_dot_clusters_rows_and_blocks_with_shapes() {
 
 #[test]
 fn graph_dot_of_every_example_is_balanced() {
-    for ex in [
-        "smallconv",
-        "resnet_cifar10",
-        "resnet_cifar18",
-        "resnet18",
-        "resnet34",
-        "resnet50",
-    ] {
+    let names = common::example_names();
+    assert!(names.len() >= 9, "{names:?}");
+    for ex in names {
         let dot = ok(&["graph", &format!("examples/{ex}.arch")]);
         assert_eq!(dot.matches('{').count(), dot.matches('}').count(), "{ex}");
         assert!(dot.trim_end().ends_with('}'), "{ex}");

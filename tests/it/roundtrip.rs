@@ -122,10 +122,13 @@ proptest! {
 
     #[test]
     fn mutated_examples_never_panic(
-        which in 0usize..6,
+        which in 0usize..9,
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
     ) {
-        let files = ["smallconv", "resnet_cifar10", "resnet_cifar18", "resnet18", "resnet34", "resnet50"];
+        let files = [
+            "smallconv", "resnet_cifar10", "resnet_cifar18", "resnet18", "resnet34", "resnet50",
+            "gpt2", "tinyllama", "vit_b16",
+        ];
         let mut bytes = std::fs::read(example_path(files[which])).unwrap();
         for (at, b) in edits {
             let i = at.index(bytes.len());

@@ -1,8 +1,8 @@
-//! Transformer rows (LANGUAGE.md "Transformers"): the examples in examples/transformers/
-//! count the published parameters and MACs per sequence, name their tensors as the
-//! language says, print back and draw; bad transformer rows are refused with a located
-//! diagnostic and a hint (fixtures in tests/fixtures/transformers/, rendered diagnostics
-//! snapshotted in snapshots/transformers/).
+//! Transformer rows (LANGUAGE.md "Transformers"): the examples `examples/gpt2.arch`,
+//! `tinyllama.arch` and `vit_b16.arch` count the published parameters and MACs per
+//! sequence, name their tensors as the language says, print back and draw; bad transformer
+//! rows are refused with a located diagnostic and a hint (fixtures in
+//! tests/fixtures/transformers/, rendered diagnostics snapshotted in snapshots/transformers/).
 
 use std::collections::BTreeSet;
 
@@ -23,14 +23,14 @@ fn settings() -> insta::Settings {
 }
 
 fn load(name: &str) -> Graph {
-    let path = root().join(format!("examples/transformers/{name}.arch"));
+    let path = root().join(format!("examples/{name}.arch"));
     let src = std::fs::read_to_string(&path).unwrap();
     compile(&src, &[]).unwrap_or_else(|e| panic!("{name}: {e:?}"))
 }
 
 fn path(name: &str) -> String {
     root()
-        .join(format!("examples/transformers/{name}.arch"))
+        .join(format!("examples/{name}.arch"))
         .to_string_lossy()
         .into_owned()
 }

@@ -5,7 +5,7 @@ use r2rc::params;
 use r2rc::report::diff;
 use r2rc::transform::{widen, Amount, Method, Target};
 
-use crate::common::{example, example_names, widen_args};
+use crate::common::{conv_example_names, example, widen_args};
 
 /// A target per example: a head row, a block, a stage, a stream, a layer.
 const CASES: [(&str, &str); 6] = [
@@ -19,8 +19,9 @@ const CASES: [(&str, &str); 6] = [
 
 #[test]
 fn widen_diffs() {
-    // The glob keeps the cases in step with the examples folder.
-    let found = example_names();
+    // The glob keeps the cases in step with the examples folder; transformers are left
+    // out because widening them is refused today (tests/it/transformers.rs checks that).
+    let found = conv_example_names();
     let mut listed: Vec<String> = CASES.iter().map(|c| c.0.to_string()).collect();
     listed.sort();
     assert_eq!(found, listed, "every example needs a snapshot case");

@@ -77,14 +77,29 @@ pub fn example_names() -> Vec<String> {
         .collect()
 }
 
+/// Whether G is a transformer: some value is a token sequence, or is read by a transformer
+/// op (embedding, norm, attention...). Growing transformers is refused today.
+pub fn is_transformer(g: &Graph) -> bool {
+    g.g.node_weights().any(|n| n.op.is_sequence())
+}
+
+/// The names of the convolutional examples, `examples/*.arch` less the transformers
+/// (`gpt2`, `tinyllama`, `vit_b16`), sorted: the ones widening and deepening apply to.
+pub fn conv_example_names() -> Vec<String> {
+    example_names()
+        .into_iter()
+        .filter(|n| !is_transformer(&example(n)))
+        .collect()
+}
+
 /// A teacher with random biases and BN statistics, held in f64 for a 1e-9 proof.
 pub fn teacher(g: &Graph, seed: u64) -> Params {
     params::init(g, seed, true).with_dtype(DType::F64)
 }
 
-/// One representative deepening site per example for the methods that fit anywhere a
-/// block does, and one whose readers are convs or fc layers for NetMorph-dense:
-/// (example, site, site for NetMorph-dense).
+/// One representative deepening site per convolutional example (deepening transformers is
+/// refused today) for the methods that fit anywhere a block does, and one whose readers are
+/// convs or fc layers for NetMorph-dense: (example, site, site for NetMorph-dense).
 pub const DEEPEN_SITES: &[(&str, &str, &str)] = &[
     ("smallconv", "conv1", "pool1"),
     ("resnet_cifar10", "conv2_1", "conv2_2"),

@@ -14,6 +14,7 @@ pub mod emit;
 pub mod error;
 pub mod exec;
 pub mod hf_config;
+pub mod hf_config_out;
 pub mod ir;
 pub mod local_proof;
 pub mod lower;

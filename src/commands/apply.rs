@@ -364,10 +364,12 @@ fn prove_end_to_end(
 /// checked again once the final student is known).
 fn check_early(args: &Args, weights: &Path, dir: &Path) -> Result<()> {
     let stem = super::stem_of(&args.file, args.common.name.as_deref());
+    let naming = Naming::parse(&args.common.names)?;
+    let weights_file = r2rc::hf_config_out::weights_name(&stem, naming);
     let early: Vec<PathBuf> = [
         format!("{stem}.arch"),
-        format!("{stem}.safetensors"),
-        format!("{stem}.safetensors.index.json"),
+        format!("{weights_file}.index.json"),
+        weights_file,
         "report.json".into(),
     ]
     .iter()

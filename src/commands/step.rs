@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use r2rc::hf_config_out;
 use r2rc::ir::Graph;
 use r2rc::names::{self, Naming};
 use r2rc::params::{self, Params};
@@ -41,7 +42,9 @@ pub struct Common {
     /// and BN statistics.
     #[arg(long, value_name = "W")]
     pub weights: Option<PathBuf>,
-    /// Write DIR/<stem>.arch, DIR/<stem>.safetensors and DIR/report.json.
+    /// Write DIR/<stem>.arch, DIR/<stem>.safetensors and DIR/report.json (under --names
+    /// hf the weights are DIR/model.safetensors, with DIR/config.json: a from_pretrained
+    /// folder).
     #[arg(short = 'o', long = "output", value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Name the student: its `arch` line and its output files (DIR/NAME.arch, ...);
@@ -181,6 +184,11 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
         Some(dir) => {
             let stem = super::stem_of(file, common.name.as_deref());
             let naming = Naming::parse(&common.names)?;
+            // --names hf|timm: refused here when the scheme cannot hold the student.
+            let extras =
+                hf_config_out::extras(s.graph, naming, common.weights.as_deref(), s.params.dtype)?;
+            let weights_name = hf_config_out::weights_name(&stem, naming);
+            let metadata = hf_config_out::file_metadata(&s.metadata, naming);
             let mut files = vec![
                 (format!("{stem}.arch"), arch.into_bytes()),
                 (
@@ -188,24 +196,30 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                     format!("{report_json}\n").into_bytes(),
                 ),
             ];
-            let inputs = common.inputs(file, &[]);
+            files.extend(
+                extras
+                    .config
+                    .map(|c| (hf_config_out::CONFIG.to_string(), c)),
+            );
+            let teacher_config: Vec<PathBuf> = extras.teacher_config.into_iter().collect();
+            let inputs = common.inputs(file, &teacher_config);
             let written = match common.shard_size()? {
                 None => {
-                    let st = names::to_bytes(s.params, s.graph, Some(&s.metadata), naming)?;
-                    files.insert(1, (format!("{stem}.safetensors"), st));
+                    let st = names::to_bytes(s.params, s.graph, Some(&metadata), naming)?;
+                    files.insert(1, (weights_name, st));
                     write_outputs(dir, &files, common.force, &inputs)?
                 }
                 Some(size) => {
                     let theirs = names::renamed_graph(s.graph, naming)?;
                     let p = names::to_naming(s.params, s.graph, naming)?;
-                    let path = dir.join(format!("{stem}.safetensors"));
+                    let path = dir.join(weights_name);
                     let entries = r2rc::shards::entries(&theirs);
                     let mut outs = r2rc::shards::output_paths(&path, &entries, p.dtype, Some(size));
                     outs.extend(files.iter().map(|(n, _)| dir.join(n)));
                     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
                     r2rc::outputs::check_outputs(&outs, &inputs, common.force)?;
                     let mut written =
-                        r2rc::shards::save(&p, &theirs, &path, Some(&s.metadata), Some(size))?;
+                        r2rc::shards::save(&p, &theirs, &path, Some(&metadata), Some(size))?;
                     written.extend(write_outputs(dir, &files, true, &inputs)?);
                     written
                 }
@@ -281,6 +295,8 @@ pub struct StreamOut {
     pub path: PathBuf,
     /// The architecture, the weights and their shards: never overwritten.
     inputs: Vec<PathBuf>,
+    /// The student's config.json (`--names hf`).
+    config: Option<Vec<u8>>,
 }
 
 impl StreamOut {
@@ -295,12 +311,18 @@ impl StreamOut {
         student: &Graph,
     ) -> Result<StreamOut> {
         let stem = super::stem_of(file, c.name.as_deref());
-        let path = dir.join(format!("{stem}.safetensors"));
         let naming = Naming::parse(&c.names)?;
+        // --names hf|timm: refused here, before any weights are written.
+        let extras = hf_config_out::extras(student, naming, Some(weights), src.dtype())?;
+        let path = dir.join(hf_config_out::weights_name(&stem, naming));
         let mut outs = r2rc::stream::student_paths(student, src, &path, naming, c.shard_size()?)?;
         outs.push(dir.join(format!("{stem}.arch")));
         outs.push(dir.join("report.json"));
+        if extras.config.is_some() {
+            outs.push(dir.join(hf_config_out::CONFIG));
+        }
         let mut extra = vec![r2rc::shards::resolve(weights)?];
+        extra.extend(extras.teacher_config);
         extra.extend(src.files.iter().map(|(s, _)| PathBuf::from(s)));
         let mut inputs: Vec<PathBuf> = c
             .inputs(file, &extra)
@@ -316,6 +338,7 @@ impl StreamOut {
             stem,
             path,
             inputs,
+            config: extras.config,
         })
     }
 
@@ -349,9 +372,13 @@ impl StreamOut {
         files: &[PathBuf],
     ) -> Result<()> {
         let refs: Vec<&Path> = self.inputs.iter().map(|p| p.as_path()).collect();
-        let (written, report_json) = super::write_arch_and_report(
+        let (mut written, report_json) = super::write_arch_and_report(
             &self.dir, &self.stem, header, student, report, files, &refs,
         )?;
+        if let Some(config) = &self.config {
+            let config = [(hf_config_out::CONFIG.to_string(), config.clone())];
+            written.extend(write_outputs(&self.dir, &config, true, &refs)?);
+        }
         announce(c, summary, &report_json, &written);
         Ok(())
     }

@@ -161,6 +161,7 @@ pub fn write(
         /// Write these bytes as the output's tensor.
         Bytes(String, Vec<u8>),
     }
+    let metadata = &crate::hf_config_out::file_metadata(metadata, naming);
     let src = teacher.src;
     let dtype = src.dtype();
     let theirs = names::renamed_graph(&patch.student, naming)?;

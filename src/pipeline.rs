@@ -146,8 +146,8 @@ pub fn judge(
 pub fn widen_judged(args: &WidenArgs, plan: &Plan, dtype: DType) -> Judged {
     Judged {
         title: widen_title(args),
-        // Net2Net divides weights by replica counts.
-        rounds: plan.exact && args.method.info().rounds,
+        // Net2Net divides weights by replica counts; norm-aware fills rescale and average.
+        rounds: plan.exact && plan.rounds,
         dtype,
     }
 }

@@ -203,11 +203,12 @@ impl StepReport {
         }
         for s in &self.spaces {
             out.push_str(&format!(
-                "widened space `{}` ({}) from {} to {} channels\n",
+                "widened space `{}` ({}) from {} to {} {}\n",
                 show(&s.label),
                 s.rows.join(", "),
                 s.from,
-                s.to
+                s.to,
+                s.unit.word()
             ));
         }
         if !self.inserted.is_empty() && self.steps.is_empty() {

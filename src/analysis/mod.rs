@@ -4,4 +4,4 @@
 pub mod sign;
 pub mod spaces;
 
-pub use spaces::{channel_spaces, Consumer, Space, Spaces};
+pub use spaces::{channel_spaces, Consumer, Space, Spaces, Unit};

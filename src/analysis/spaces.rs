@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::ir::{Activation, Graph, NodeIndex, Op};
+use crate::ir::{Activation, Graph, NodeIndex, NormKind, Op};
 
 /// A value of a space.
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +31,11 @@ pub struct Named {
     #[serde(skip)]
     pub node: NodeIndex,
     pub name: String,
+    /// Output rows (features) per channel of the space: 1, except for the projections of
+    /// attention, whose unit is a kv group (`group * head_dim` query rows, `head_dim` key
+    /// and value rows).
+    #[serde(skip)]
+    pub per: usize,
 }
 
 /// A conv or linear reading a value of the space.
@@ -63,6 +68,36 @@ pub struct Space {
     pub consumers: Vec<Consumer>,
     /// Why the space cannot be widened; empty when it can.
     pub blockers: Vec<String>,
+    /// The layer or RMS norms reading the space (a transformer's residual stream): new
+    /// features must keep their statistics (DESIGN.md "Norms are not channel-wise").
+    pub norm: Option<NormKind>,
+    /// Whether a head tied to a token embedding of the space reads it (the embedding's
+    /// weight is then both a writer and a reader of the space).
+    pub tied: bool,
+    /// What one unit of `width` is.
+    pub unit: Unit,
+}
+
+/// What a space's width counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// Channels of feature maps and vectors.
+    Channels,
+    /// Features of token sequences (the last axis).
+    Features,
+    /// Key-value groups of attention, each with its query heads.
+    KvGroups,
+}
+
+impl Unit {
+    pub fn word(self) -> &'static str {
+        match self {
+            Unit::Channels => "channels",
+            Unit::Features => "features",
+            Unit::KvGroups => "kv groups",
+        }
+    }
 }
 
 impl Space {
@@ -78,9 +113,10 @@ impl Space {
     /// (the id is internal): "space `conv1` (8 channels, rows conv1, conv2_x)".
     pub fn describe(&self) -> String {
         format!(
-            "space `{}` ({} channels, rows {})",
+            "space `{}` ({} {}, rows {})",
             self.label,
             self.width,
+            self.unit.word(),
             self.rows.join(", ")
         )
     }
@@ -131,6 +167,45 @@ fn channel_wise(op: &Op) -> bool {
             | Op::Add
             // Softmax is joined so that its space is refused with the reason below.
             | Op::Softmax
+            // Transformer ops that keep feature d in feature d (token positions aside).
+            | Op::Mul
+            | Op::Positions(_)
+            | Op::ClassToken(_)
+            | Op::ToTokens
+            | Op::ClassPool
+            // A norm is not channel-wise, but its output must be indexed like its input:
+            // the space is normalised and widens by norm-aware rules.
+            | Op::Norm(_)
+            // Attention keeps head h in head h: a space whose unit is a kv group.
+            | Op::Attention(_)
+    )
+}
+
+/// Features of one value: the last axis of a token sequence `[T, D]`, else the first
+/// (channels of a feature map, features of a vector).
+fn features(shape: &[usize]) -> usize {
+    match shape {
+        [_, d] => *d,
+        [c, ..] => *c,
+        [] => 1,
+    }
+}
+
+/// Whether a normalised stream may hold op `op`: the writers and readers whose new
+/// features the norm-aware fills keep at zero or at the mean, sums, and ops that move
+/// tokens. An activation or product would not keep those values.
+fn keeps_held_features(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Embedding(_)
+            | Op::Positions(_)
+            | Op::ClassToken(_)
+            | Op::ToTokens
+            | Op::Conv2d(_)
+            | Op::Linear(_)
+            | Op::Add
+            | Op::Norm(_)
+            | Op::ClassPool
     )
 }
 
@@ -149,6 +224,15 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
     // Columns per channel, in topological order (a flatten multiplies by H*W).
     let mut cols: Vec<usize> = vec![1; order.len()];
     for (i, &n) in order.iter().enumerate() {
+        if let Op::Attention(a) = &graph.g[n].op {
+            // One channel is a kv group: its query heads, or its key or value head.
+            let q = a.heads / a.kv_heads * a.head_dim;
+            cols[i] = q;
+            for (port, src) in graph.inputs(n).into_iter().enumerate() {
+                cols[pos[&src]] = if port == 0 { q } else { a.head_dim };
+            }
+            continue;
+        }
         if !channel_wise(&graph.g[n].op) {
             continue;
         }
@@ -160,10 +244,9 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
             }
         }
     }
-    // Spaces of a transformer, with the first of their layers: the width of a token
-    // sequence is its last axis, under layer or RMS norms that mix every feature, so
-    // growing it needs norm-aware rules (not here yet).
-    let mut transformer: BTreeMap<usize, String> = BTreeMap::new();
+    // The norms of each space, and the layers a normalised stream cannot hold.
+    let mut norms: BTreeMap<usize, Vec<(NormKind, String)>> = BTreeMap::new();
+    let mut unheld: BTreeMap<usize, String> = BTreeMap::new();
     let mut root_to_space: HashMap<usize, usize> = HashMap::new();
     let mut spaces: Vec<Space> = Vec::new();
     let mut of = HashMap::new();
@@ -174,13 +257,20 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
             spaces.push(Space {
                 id: spaces.len(),
                 label: node.name.clone(),
-                width: node.shape.first().copied().unwrap_or(1) / cols[i].max(1),
+                width: features(&node.shape) / cols[i].max(1),
                 rows: vec![],
                 members: vec![],
                 producers: vec![],
                 params: vec![],
                 consumers: vec![],
                 blockers: vec![],
+                norm: None,
+                tied: false,
+                unit: if node.shape.len() == 2 {
+                    Unit::Features
+                } else {
+                    Unit::Channels
+                },
             });
             spaces.len() - 1
         });
@@ -199,8 +289,13 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
         let named = Named {
             node: n,
             name: node.name.clone(),
+            per: cols[i],
         };
+        if !keeps_held_features(&node.op) {
+            unheld.entry(id).or_insert_with(|| node.name.clone());
+        }
         match &node.op {
+            Op::Attention(_) => s.unit = Unit::KvGroups,
             Op::Input => s.blockers.push(format!(
                 "it holds the network input `{}`, whose channels come from the data",
                 node.name
@@ -214,8 +309,17 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                 }
                 s.producers.push(named);
             }
-            Op::Linear(_) => s.producers.push(named),
+            Op::Linear(_) | Op::Embedding(_) | Op::Positions(_) | Op::ClassToken(_) => {
+                s.producers.push(named)
+            }
             Op::BatchNorm(_) | Op::Activation(Activation::Prelu { .. }) => s.params.push(named),
+            Op::Norm(norm) => {
+                norms
+                    .entry(id)
+                    .or_default()
+                    .push((norm.kind, node.name.clone()));
+                s.params.push(named);
+            }
             Op::Softmax => s.blockers.push(format!(
                 "softmax `{}` normalises across channels, which is not a channel-wise op: new channels would change the original outputs",
                 node.name
@@ -225,9 +329,6 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                 node.name
             )),
             _ => {}
-        }
-        if node.shape.len() == 2 || node.op.is_sequence() {
-            transformer.entry(id).or_insert_with(|| node.name.clone());
         }
         if n == graph.output {
             s.blockers.push(format!(
@@ -252,10 +353,7 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                     }
                 }
                 Op::Linear(_) => {}
-                op if op.is_sequence() => {
-                    transformer.entry(id).or_insert_with(|| cnode.name.clone());
-                    continue;
-                }
+                Op::TiedLinear(_) => s.tied = true,
                 Op::ShortcutPad(_) => {
                     s.blockers.push(format!(
                         "option-A shortcut `{}` reads it and would place new channels before its zero padding, which is not a channel-wise op",
@@ -273,10 +371,39 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
             });
         }
     }
-    for (id, layer) in transformer {
-        spaces[id].blockers.push(format!(
-            "it is part of a transformer (token sequences, `{layer}`), and widening transformers is not supported yet"
-        ));
+    for (id, found) in norms {
+        let s = &mut spaces[id];
+        let kind = found[0].0;
+        if let Some((other, name)) = found.iter().find(|(k, _)| *k != kind) {
+            s.blockers.push(format!(
+                "it is read by a {} norm (`{}`) and a {} norm (`{name}`), and no fill keeps the statistics of both",
+                kind.keyword(),
+                found[0].1,
+                other.keyword()
+            ));
+        }
+        if let Some(layer) = unheld.get(&id) {
+            s.blockers.push(format!(
+                "it is normalised (`{}`) and `{layer}` would not keep new features at the value the norm needs",
+                found[0].1
+            ));
+        }
+        for (_, name) in &found {
+            let n = graph.find(name).expect("norms are nodes");
+            if let Some(c) = graph.consumers(n).into_iter().find(|&c| {
+                !matches!(
+                    graph.g[c].op,
+                    Op::Linear(_) | Op::TiedLinear(_) | Op::ClassPool
+                )
+            }) {
+                s.blockers.push(format!(
+                    "norm `{name}` feeds `{}` ({}), not only projections: a post-norm stream has no norm-aware fill here",
+                    graph.g[c].name,
+                    graph.g[c].op.kind_name()
+                ));
+            }
+        }
+        s.norm = Some(kind);
     }
     Spaces { spaces, of }
 }

@@ -251,6 +251,25 @@ pub fn prove_widening(
     opts: &ProveOptions,
 ) -> Result<Vec<Evidence>> {
     use crate::transform::graph_after;
+    // Regions are fed by adapters from a random image; token sequences would need
+    // adapters from token ids, which do not exist yet.
+    for &(id, _) in &w.plan.steps {
+        let space = &w.plan.spaces.spaces[id];
+        if let Some(m) = space
+            .members
+            .iter()
+            .find(|m| w.graph.g[m.node].shape.len() == 2 || w.graph.g[m.node].op.is_sequence())
+        {
+            return Err(Error::usage(
+                format!(
+                    "--prove local cannot prove {}: it holds token sequences (`{}`), and local proofs of transformers are not supported yet",
+                    space.describe(),
+                    m.name
+                ),
+                Some("use --prove full (the default), which runs teacher and student whole".into()),
+            ));
+        }
+    }
     let mut all = Vec::new();
     for k in 0..w.plan.steps.len() {
         let space = &w.plan.spaces.spaces[w.plan.steps[k].0];

@@ -15,11 +15,25 @@ use crate::ir::ParamKind;
 pub trait Fill: Sync {
     /// `E`, the channels the space gains.
     fn added(&self) -> usize;
-    /// New output rows `[E, ...]` of producer weight `w` (`[C, ...]`).
-    fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
-    /// New entries `[E]` of a producer's bias `b` (`[C]`): zero unless the method copies.
-    fn bias(&self, _b: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
-        ArrayD::zeros(IxDyn(&[self.added()]))
+    /// New output rows `[E * per, ...]` of producer weight `w` (`[C * per, ...]`), where a
+    /// channel owns `per` consecutive rows (a kv group of attention owns its heads' rows).
+    fn rows(&self, w: &ArrayD<f64>, per: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
+    /// New entries `[E * per]` of a producer's bias `b` (`[C * per]`): zero unless the
+    /// method copies.
+    fn bias(&self, _b: &ArrayD<f64>, per: usize, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        ArrayD::zeros(IxDyn(&[self.added() * per]))
+    }
+    /// New features `[..., E]` of a writer whose features lie on the last axis (a token
+    /// embedding `[V, C]`, a position table `[T, C]`, a class token `[C]`): zero unless the
+    /// method copies or draws them.
+    fn features(&self, t: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        ArrayD::zeros(with_dim(t, t.ndim() - 1, self.added()))
+    }
+    /// The whole new scale (`weight`) or shift (`bias`) `[C + E]` of a layer or RMS norm
+    /// reading the space, from `t` (`[C]`): new entries at their defaults unless the
+    /// method copies or rescales.
+    fn norm(&self, kind: ParamKind, t: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        append0(t.clone(), &default_entries(kind, self.added()))
     }
     /// New entries `[E * cols]` of a channel-wise parameter `t` (`[C * cols]`): the
     /// parameter's defaults unless the method copies (defaults are equal for R2R's halves).
@@ -45,6 +59,12 @@ pub enum Part {
     Columns,
     /// A draw that belongs to the step, not to a tensor (Net2WiderNet's replica map).
     Step,
+    // Later parts go after `Step`: a part's number keys its draws, so earlier ones keep
+    // their bits.
+    /// A writer's features on its last axis ([`Fill::features`]).
+    Features,
+    /// A norm's scale or shift ([`Fill::norm`]).
+    Norm,
 }
 
 /// The random stream of one call: a function of (seed, step, tensor, part) only, so the

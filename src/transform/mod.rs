@@ -25,6 +25,7 @@ pub use methods::{net2net, netmorph, r2r, random};
 pub mod morph_kernel;
 pub mod net2net_deeper;
 pub mod netmorph_deeper;
+pub mod norms;
 pub mod r2r_deeper;
 pub mod random_deeper;
 pub mod target;
@@ -40,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::exec::Mode;
 use crate::ir::{Activation, Graph, Op, ParamKind};
 use crate::params::Params;
+use norms::StreamRule;
 
 pub(crate) use fill::uniform;
 pub use fill::{
@@ -146,6 +148,8 @@ pub struct WidenArgs {
 #[derive(Debug, Clone, Serialize)]
 pub struct SpaceChange {
     pub label: String,
+    /// What the widths count: channels, features or kv groups.
+    pub unit: crate::analysis::Unit,
     pub rows: Vec<String>,
     pub from: usize,
     pub to: usize,
@@ -202,13 +206,17 @@ fn grew(what: &str, name: &str, got: usize, want: usize) -> Result<()> {
     )))
 }
 
-/// Gives the layers of `space` `e` more channels (shapes are re-inferred afterwards).
-fn widen_space_graph(graph: &mut Graph, space: &Space, e: usize) {
+/// Gives the layers of `space` `e` more channels (shapes are re-inferred afterwards);
+/// `rule` says how a normalised space's norms change.
+fn widen_space_graph(graph: &mut Graph, space: &Space, e: usize, rule: Option<StreamRule>) {
     for p in &space.producers {
         match &mut graph.g[p.node].op {
-            Op::Conv2d(c) => c.out_channels += e,
-            Op::Linear(l) => l.out_features += e,
-            _ => unreachable!("producers are convs and linears"),
+            Op::Conv2d(c) => c.out_channels += e * p.per,
+            Op::Linear(l) => l.out_features += e * p.per,
+            Op::Embedding(t) => t.dim += e,
+            Op::Positions(t) => t.dim += e,
+            Op::ClassToken(t) => t.dim += e,
+            _ => unreachable!("producers are convs, linears and token writers"),
         }
     }
     for p in &space.params {
@@ -216,14 +224,28 @@ fn widen_space_graph(graph: &mut Graph, space: &Space, e: usize) {
         match &mut graph.g[p.node].op {
             Op::BatchNorm(b) => b.channels += added,
             Op::Activation(Activation::Prelu { channels }) => *channels += added,
-            _ => unreachable!("channel-wise parameters are batch norms and PReLUs"),
+            Op::Norm(n) => {
+                n.dim += added;
+                if let Some(StreamRule::Held { eps_scale, .. }) = rule {
+                    n.eps *= eps_scale;
+                }
+            }
+            _ => unreachable!("channel-wise parameters are batch norms, PReLUs and norms"),
         }
     }
     for c in &space.consumers {
         match &mut graph.g[c.node].op {
             Op::Conv2d(conv) => conv.in_channels += e * c.cols,
             Op::Linear(l) => l.in_features += e * c.cols,
+            Op::TiedLinear(l) => l.dim += e * c.cols,
             _ => unreachable!("consumers are convs and linears"),
+        }
+    }
+    for m in &space.members {
+        if let Op::Attention(a) = &mut graph.g[m.node].op {
+            // A channel is a kv group with its query heads.
+            a.heads += e * (a.heads / a.kv_heads);
+            a.kv_heads += e;
         }
     }
 }
@@ -234,10 +256,15 @@ pub struct Plan {
     pub spaces: Spaces,
     /// The widened spaces' ids with the channels each gets, in the order they are widened.
     pub steps: Vec<(usize, usize)>,
+    /// For each step of a normalised space, how its norms keep their statistics.
+    pub rules: Vec<Option<StreamRule>>,
     pub student: Graph,
     pub changes: Vec<SpaceChange>,
     pub notes: Vec<String>,
     pub exact: bool,
+    /// Whether the fills compute values a narrow dtype cannot hold exactly (replica
+    /// divisions, rescaled norm scales, means).
+    pub rounds: bool,
 }
 
 impl Plan {
@@ -249,6 +276,9 @@ impl Plan {
             e,
             init: args.init,
         };
+        if let Some(rule) = self.rules[k] {
+            return norms::fill(rule, ctx, args.noise);
+        }
         let mut step_rng = keyed_rng(seed, k, "", Part::Step);
         (args.method.info().fill)(ctx, args.noise, &mut step_rng)
     }
@@ -272,14 +302,26 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
     let ids = resolve(graph, &spaces, &args.target)?;
     let mut g = graph.clone();
     let mut steps = Vec::new();
+    let mut rules = Vec::new();
     let mut changes = Vec::new();
     let mut notes = Vec::new();
+    let mut rounds = info.rounds;
     for &id in &ids {
         let space = &spaces.spaces[id];
         let (e, note) = added(space.width, args.amount, args.method, &space.label)?;
         notes.extend(note);
+        let rule = match space.norm {
+            Some(_) => {
+                let r = norms::rule(args.method, space, e)?;
+                notes.push(r.note(space, e));
+                rounds |= r.rounds();
+                Some(r)
+            }
+            None => None,
+        };
         steps.push((id, e));
-        widen_space_graph(&mut g, space, e);
+        rules.push(rule);
+        widen_space_graph(&mut g, space, e, rule);
         if let Target::Name(name) = &args.target {
             let adds: Vec<&str> = space
                 .members
@@ -297,6 +339,7 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
         }
         changes.push(SpaceChange {
             label: space.label.clone(),
+            unit: space.unit,
             rows: space.rows.clone(),
             from: space.width,
             to: space.width + e,
@@ -308,14 +351,22 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
     }
     reinfer_shapes(&mut g)?;
     refuse_silent_shortcuts(&g, &args.target)?;
+    if rules
+        .iter()
+        .any(|r| matches!(r, Some(StreamRule::Held { .. })))
+    {
+        norms::header_eps(&mut g)?;
+    }
     let exact = info.exact && args.noise.is_none_or(|s| s == 0.0);
     Ok(Plan {
         spaces,
         steps,
+        rules,
         student: g,
         changes,
         notes,
         exact,
+        rounds,
     })
 }
 
@@ -323,8 +374,8 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
 /// step-by-step proof compares step `k` against.
 pub fn graph_after(graph: &Graph, plan: &Plan, k: usize) -> Result<Graph> {
     let mut g = graph.clone();
-    for &(id, e) in &plan.steps[..k] {
-        widen_space_graph(&mut g, &plan.spaces.spaces[id], e);
+    for (&(id, e), &rule) in plan.steps[..k].iter().zip(&plan.rules) {
+        widen_space_graph(&mut g, &plan.spaces.spaces[id], e, rule);
     }
     reinfer_shapes(&mut g)?;
     Ok(g)
@@ -338,7 +389,8 @@ pub struct Touch {
     pub part: Part,
     /// The parameter's kind, for [`Part::Entries`].
     pub kind: Option<ParamKind>,
-    /// Columns per channel (entries after a flatten, consumer columns).
+    /// Rows, entries or columns per channel (a producer's rows per kv group, entries after
+    /// a flatten, consumer columns).
     pub cols: usize,
 }
 
@@ -372,17 +424,26 @@ pub fn tensor_touches(
         };
         for p in &space.producers {
             let name = &graph.g[p.node].name;
-            touch(format!("{name}.weight"), Part::Rows, None, 1);
-            touch(format!("{name}.bias"), Part::Bias, None, 1);
+            match graph.g[p.node].op {
+                Op::Conv2d(_) | Op::Linear(_) => {
+                    touch(format!("{name}.weight"), Part::Rows, None, p.per);
+                    touch(format!("{name}.bias"), Part::Bias, None, p.per);
+                }
+                _ => touch(format!("{name}.weight"), Part::Features, None, 1),
+            }
         }
         for p in &space.params {
             let cols = space.member(p.node).map_or(1, |m| m.cols);
             let name = &graph.g[p.node].name;
+            let part = match graph.g[p.node].op {
+                Op::Norm(_) => Part::Norm,
+                _ => Part::Entries,
+            };
             for slot in graph.g[p.node].op.param_slots() {
                 if slot.kind != ParamKind::NumBatchesTracked {
                     touch(
                         format!("{name}.{}", slot.suffix),
-                        Part::Entries,
+                        part,
                         Some(slot.kind),
                         cols,
                     );
@@ -414,13 +475,25 @@ pub fn apply_touches(
         t = match tc.part {
             Part::Step => unreachable!("tensors are not touched by step draws"),
             Part::Rows => {
-                let rows = fill.rows(&t, rng);
-                grew("output rows", layer, rows.shape()[0], e)?;
+                let rows = fill.rows(&t, tc.cols, rng);
+                grew("output rows", layer, rows.shape()[0], e * tc.cols)?;
                 append0(t, &rows)
             }
             Part::Bias => {
-                let nb = fill.bias(&t, rng);
+                let nb = fill.bias(&t, tc.cols, rng);
                 append0(t, &nb)
+            }
+            Part::Features => {
+                let nf = fill.features(&t, rng);
+                let last = t.ndim() - 1;
+                grew("features", layer, nf.shape()[last], e)?;
+                cat(last, &[&t, &nf])
+            }
+            Part::Norm => {
+                let kind = tc.kind.expect("norm touches carry their kind");
+                let nt = fill.norm(kind, &t, rng);
+                grew("entries", name, nt.len() - t.len(), e)?;
+                nt
             }
             Part::Entries => {
                 let kind = tc.kind.expect("entries touches carry their kind");

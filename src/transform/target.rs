@@ -14,9 +14,24 @@ pub fn target_names(graph: &Graph) -> Vec<String> {
         if n == graph.input {
             continue;
         }
+        // Sublayers of transformer blocks: `layers_3.mlp` and `layers_x.mlp`.
+        let block = block_name(graph, n);
+        let sub = block.as_ref().and_then(|b| {
+            let rest = node.name.strip_prefix(b.as_str())?.strip_prefix('.')?;
+            let (sub, _) = rest.split_once('.')?;
+            Some(sub.to_string())
+        });
+        let subs = sub.map(|s| {
+            [
+                format!("{}.{s}", node.row),
+                format!("{}.{s}", block.as_deref().unwrap_or_default()),
+            ]
+        });
         for name in [
             Some(node.row.clone()),
-            block_name(graph, n),
+            block.clone(),
+            subs.as_ref().map(|s| s[1].clone()),
+            subs.as_ref().map(|s| s[0].clone()),
             Some(node.name.clone()),
         ]
         .into_iter()
@@ -123,6 +138,33 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
             ));
         }
         return check(ids, "a block: its hidden widths");
+    }
+    // A sublayer of a transformer block or of every block of a row (`layers_3.mlp`,
+    // `layers_x.attention`): its hidden widths.
+    if let Some((owner, sub)) = name.rsplit_once('.') {
+        let part = format!(".{sub}.");
+        let nodes: Vec<NodeIndex> = order
+            .iter()
+            .copied()
+            .filter(|&n| {
+                let node = &graph.g[n];
+                (node.row == owner || block_name(graph, n).as_deref() == Some(owner))
+                    && node.name.contains(&part)
+            })
+            .collect();
+        if !nodes.is_empty() {
+            let ids = hidden_widths(graph, spaces, &nodes);
+            if ids.is_empty() {
+                return Err(Error::usage(
+                    format!("`{name}` has no hidden width to widen"),
+                    Some(format!(
+                        "name the stream instead: `{}`",
+                        graph.g[nodes[0]].row
+                    )),
+                ));
+            }
+            return check(ids, "a sublayer: its hidden widths");
+        }
     }
     let names = target_names(graph);
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();

@@ -33,6 +33,7 @@ mod spaces;
 mod torch_names;
 mod transformer_exec;
 mod transformer_run;
+mod transformer_widen;
 mod transformers;
 mod widen;
 mod widen_cli;

@@ -33,6 +33,17 @@ impl Net2Net {
         Net2Net { map, counts, noise }
     }
 
+    /// Whole-number duplication (a normalised stream, DESIGN.md "Norms are not
+    /// channel-wise"): new channel `j` copies `j mod C`, so every channel has the same
+    /// number of copies and the norms' statistics are kept. `ctx.e` must be a multiple of
+    /// `ctx.c` (the plan refuses other amounts).
+    pub fn whole_copies(ctx: FillCtx, noise: Option<f64>) -> Net2Net {
+        debug_assert!(ctx.e.is_multiple_of(ctx.c));
+        let map: Vec<usize> = (0..ctx.e).map(|j| j % ctx.c).collect();
+        let counts = vec![1 + ctx.e / ctx.c; ctx.c];
+        Net2Net { map, counts, noise }
+    }
+
     fn add_noise(&self, t: &mut ArrayD<f64>, scale_of: &ArrayD<f64>, rng: &mut ChaCha8Rng) {
         if let Some(sigma) = self.noise.filter(|s| *s > 0.0) {
             let s = sigma * std_of(scale_of);
@@ -48,14 +59,26 @@ impl Fill for Net2Net {
         self.map.len()
     }
 
-    fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
-        let mut rows = w.select(Axis(0), &self.map);
+    fn rows(&self, w: &ArrayD<f64>, per: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        let mut rows = w.select(Axis(0), &block_index(self.map.iter().copied(), per));
         self.add_noise(&mut rows, w, rng);
         rows
     }
 
-    fn bias(&self, b: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
-        b.select(Axis(0), &self.map)
+    fn bias(&self, b: &ArrayD<f64>, per: usize, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        b.select(Axis(0), &block_index(self.map.iter().copied(), per))
+    }
+
+    fn features(&self, t: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        let mut new = t.select(Axis(t.ndim() - 1), &self.map);
+        self.add_noise(&mut new, t, rng);
+        new
+    }
+
+    fn norm(&self, _kind: ParamKind, t: &ArrayD<f64>, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        // Whole copies keep every mean and mean square: the norm's entries are copied too.
+        let new = t.select(Axis(0), &self.map);
+        cat(0, &[t, &new])
     }
 
     fn entries(

@@ -15,9 +15,10 @@ impl Fill for NetMorph {
         self.ctx.e
     }
 
-    fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+    fn rows(&self, w: &ArrayD<f64>, per: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        let rows = self.ctx.e * per;
         self.ctx
-            .free(rng, &with_dim(w, 0, self.ctx.e), w, fan_in(w, w.shape()[1]))
+            .free(rng, &with_dim(w, 0, rows), w, fan_in(w, w.shape()[1]))
     }
 
     fn columns(&self, w: &ArrayD<f64>, cols: usize, _rng: &mut ChaCha8Rng) -> ArrayD<f64> {

@@ -26,8 +26,9 @@ impl Fill for R2r {
         self.ctx.e
     }
 
-    fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
-        let half = self.ctx.e / 2;
+    fn rows(&self, w: &ArrayD<f64>, per: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        // Channel j of L pairs with channel j of R: rows j*per.. of both halves.
+        let half = self.ctx.e / 2 * per;
         let u = self
             .ctx
             .free(rng, &with_dim(w, 0, half), w, fan_in(w, w.shape()[1]));

@@ -16,8 +16,17 @@ impl Fill for RandomPad {
         self.ctx.e
     }
 
-    fn rows(&self, w: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
-        he(rng, &with_dim(w, 0, self.ctx.e), fan_in(w, w.shape()[1]))
+    fn rows(&self, w: &ArrayD<f64>, per: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        he(
+            rng,
+            &with_dim(w, 0, self.ctx.e * per),
+            fan_in(w, w.shape()[1]),
+        )
+    }
+
+    fn features(&self, t: &ArrayD<f64>, rng: &mut ChaCha8Rng) -> ArrayD<f64> {
+        let last = t.ndim() - 1;
+        self.ctx.free(rng, &with_dim(t, last, self.ctx.e), t, 1)
     }
 
     fn columns(&self, w: &ArrayD<f64>, cols: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64> {

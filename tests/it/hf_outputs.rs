@@ -370,3 +370,64 @@ fn a_streamed_student_keeps_the_teachers_config_fields() {
     assert!(err.contains("is also an input"), "{err}");
     assert_eq!(std::fs::read(teacher.join("config.json")).unwrap(), before);
 }
+
+#[test]
+fn widened_students_are_written_or_refused_under_names_hf() {
+    let dir = tempfile::tempdir().unwrap();
+    let (arch, _) = tiny_llama(dir.path());
+    // Every layer's MLP alike: one intermediate_size.
+    let out = dir.path().join("all");
+    ok(&[
+        "widen",
+        &arch,
+        "--layer",
+        "layers_x.mlp",
+        "--by",
+        "2",
+        "--names",
+        "hf",
+        "-o",
+        s(&out),
+    ]);
+    assert_hf_folder(&out, &["model.safetensors"]);
+    assert_eq!(json(&out.join("config.json"))["intermediate_size"], 96);
+    // One layer's MLP: no config can say it; nothing is written.
+    let one = dir.path().join("one");
+    let (code, _, err) = run(&[
+        "widen",
+        &arch,
+        "--layer",
+        "layers_1.mlp",
+        "--by",
+        "2",
+        "--names",
+        "hf",
+        "-o",
+        s(&one),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("intermediate_size") && err.contains("--names r2rc"),
+        "{err}"
+    );
+    assert!(
+        !one.exists() || listing(&one).is_empty(),
+        "{:?}",
+        listing(&one)
+    );
+    // --all widens the stream too: the norms' eps is one, whatever it became.
+    let all = dir.path().join("every");
+    ok(&[
+        "widen",
+        &arch,
+        "--all",
+        "--by",
+        "2",
+        "--names",
+        "hf",
+        "-o",
+        s(&all),
+    ]);
+    assert_hf_folder(&all, &["model.safetensors"]);
+    assert_eq!(json(&all.join("config.json"))["hidden_size"], 64);
+}

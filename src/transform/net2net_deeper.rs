@@ -4,10 +4,11 @@
 //! activation, which must leave its input unchanged (ReLU on a value the sign analysis
 //! proves non-negative). Exact in eval mode; in train mode the BN normalises with batch
 //! statistics, so the layer is the identity only "in expectation" (paper Table 1): the
-//! deviation is measured and reported.
+//! deviation is measured and reported. Refused after a transformer layer.
 
 use ndarray::{ArrayD, IxDyn};
 
+use super::deepen::transformer;
 use super::deepen::{
     block_nodes, check_post_act, default_params, identity_kernel, Exactness, Insertion, LayerSpec,
     SiteInfo,
@@ -16,6 +17,13 @@ use crate::error::Result;
 
 /// The Net2DeeperNet layer for the site: a one-layer block without shortcut.
 pub fn insertion(info: &SiteInfo) -> Result<Insertion> {
+    if info.layer.is_some() {
+        return Err(transformer::refuse(
+            info,
+            "Net2DeeperNet",
+            "it inserts an identity convolution with a batch norm, which has no place in a layer over tokens, and its exactness rests on an activation that leaves its input unchanged",
+        ));
+    }
     let g = info.graph;
     check_post_act(info, "Net2DeeperNet")?;
     let c = info.site.channels();

@@ -13,12 +13,18 @@
 //! no bias] x 1, shortcut none, act identity`), so the new block is named like every other
 //! method's insertion (`conv3_3`), and the network's activation never ends it.
 //!
+//! After a transformer layer, `netmorph` inserts LLaMA-Pro's zero-output layer (random
+//! q, k, v and MLP producers, output projections zero; [`super::deepen::transformer`]);
+//! `netmorph-dense` is refused there (a norm and a residual add read the layer's output,
+//! and neither can absorb a mix).
+//!
 //! `N` is the Q of a Householder QR of a seeded Gaussian matrix, with the signs of R's
 //! diagonal moved into Q (a Haar-distributed orthogonal matrix).
 
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use rand_chacha::ChaCha8Rng;
 
+use super::deepen::transformer::{self, Fill};
 use super::deepen::{
     block_nodes, default_params, identity_kernel, Exactness, Insertion, LayerSpec, SiteInfo,
 };
@@ -29,7 +35,10 @@ use crate::params::Params;
 /// The NetMorph layer for the site, as a one-layer block without shortcut that ends in
 /// its own activation (`[3x3, C, no norm, bias] x 1, shortcut none, act prelu`), so it is
 /// named like every other method's insertion: identity conv + PReLU(1).
-pub fn insertion(info: &SiteInfo) -> Result<Insertion> {
+pub fn insertion(info: &SiteInfo, rng: &mut ChaCha8Rng) -> Result<Insertion> {
+    if info.layer.is_some() {
+        return transformer::insertion(info, Fill::Zero, rng);
+    }
     let g = info.graph;
     let c = info.site.channels();
     let layer = LayerSpec {
@@ -101,6 +110,13 @@ fn reader_problem(graph: &Graph, n: NodeIndex) -> Option<String> {
 
 /// The NetMorph-dense layer for the site: a random orthogonal 1x1 conv N.
 pub fn dense_insertion(info: &SiteInfo, rng: &mut ChaCha8Rng) -> Result<Insertion> {
+    if info.layer.is_some() {
+        return Err(transformer::refuse(
+            info,
+            "NetMorph-dense",
+            "its orthogonal mix N must be absorbed by every layer reading the new output, but a transformer layer's output is read by a norm and a residual add, which cannot absorb a mix",
+        ));
+    }
     let g = info.graph;
     let c = info.site.channels();
     let readers = g.consumers(info.site.value);

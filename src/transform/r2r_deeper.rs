@@ -5,10 +5,14 @@
 //! is 0, the last BN with beta 0 and running mean 0 keeps it 0 in both modes, and the
 //! post-add activation sees the block input, which it must leave unchanged (ReLU on a
 //! value the sign analysis proves non-negative). Existing tensors are untouched.
+//!
+//! After a transformer layer the analogue is a new layer whose paired heads and hidden
+//! units cancel in its output projections ([`super::deepen::transformer`]).
 
 use rand_chacha::ChaCha8Rng;
 
 use super::cat;
+use super::deepen::transformer::{self, Fill};
 use super::deepen::{
     block_nodes, check_post_act, default_params, uniform_like, Exactness, Insertion, LayerSpec,
     SiteInfo,
@@ -85,6 +89,9 @@ pub fn residual_layers(
 
 /// The R2DeeperR block for the site.
 pub fn insertion(info: &SiteInfo, width: Option<usize>, rng: &mut ChaCha8Rng) -> Result<Insertion> {
+    if info.layer.is_some() {
+        return transformer::insertion(info, Fill::R2r, rng);
+    }
     let g = info.graph;
     check_post_act(info, "R2DeeperR")?;
     let c = info.site.channels();

@@ -31,6 +31,7 @@ mod safe_outputs;
 mod shards_cli;
 mod spaces;
 mod torch_names;
+mod transformer_deepen;
 mod transformer_exec;
 mod transformer_run;
 mod transformer_widen;

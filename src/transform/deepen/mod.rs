@@ -1,9 +1,9 @@
 //! Deepening: inserting layers after a block or a row, shared by every deepening method.
 //!
 //! A method ([`super::r2r_deeper`], [`super::net2net_deeper`], [`super::netmorph_deeper`],
-//! [`super::random_deeper`]) only says *what* to insert: an [`Insertion`], the new nodes in
-//! the order lowering would create them, their tensors, and (NetMorph-dense) a channel mix
-//! its readers must absorb. This file does the rest, the same way for all of them:
+//! [`super::random_deeper`], [`super::copy_deeper`]) only says *what* to insert: an
+//! [`Insertion`], the new nodes in the order lowering would create them, their tensors, and
+//! (NetMorph-dense) a channel mix its readers must absorb. This file does the rest, the same way for all of them:
 //!
 //! 1. resolve `--after` to a [`Site`] (a block, or a row);
 //! 2. rebuild the graph in lowering's node order with the new nodes right after the site;
@@ -19,10 +19,12 @@
 //!
 //! This file is the insertion engine (steps 2 to 4) and the types the methods share;
 //! `site.rs` resolves `--after` and tells a method about the site (step 1), `nodes.rs`
-//! builds the new nodes and their starting tensors.
+//! builds the new nodes and their starting tensors, `transformer.rs` the new layer after a
+//! transformer layer (every method's, in one place).
 
 mod nodes;
 mod site;
+pub mod transformer;
 
 pub use nodes::{
     block_nodes, default_params, identity_kernel, item_nodes, uniform_like, LayerSpec,
@@ -41,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeIndex, Op};
 use crate::params::Params;
 
-use super::{net2net_deeper, netmorph_deeper, r2r_deeper, random_deeper};
+use super::{copy_deeper, net2net_deeper, netmorph_deeper, r2r_deeper, random_deeper};
 use site::{block_of, scale_kernel};
 
 /// A deepening method.
@@ -58,6 +60,8 @@ pub enum DeepenMethod {
     NetmorphDense,
     /// A randomly initialised residual block: the baseline, not function preserving.
     Random,
+    /// LLaMA-Pro: a copy of the site transformer layer with its output projections zeroed.
+    Copy,
 }
 
 /// One deepening method's facts.
@@ -81,12 +85,13 @@ pub struct DeepenInfo {
 /// The deepening methods, one line each. Adding a method is its file (returning an
 /// [`Insertion`]), a [`DeepenMethod`] variant and a line here.
 #[rustfmt::skip]
-pub const DEEPEN_METHODS: [DeepenInfo; 5] = [
+pub const DEEPEN_METHODS: [DeepenInfo; 6] = [
     DeepenInfo { method: DeepenMethod::R2r, name: "r2r", title: "R2DeeperR", sized: true, mixes: false, rounds: false, insertion: r2r_deeper::insertion },
     DeepenInfo { method: DeepenMethod::Net2net, name: "net2net", title: "Net2DeeperNet", sized: false, mixes: false, rounds: true, insertion: |i, _, _| net2net_deeper::insertion(i) },
-    DeepenInfo { method: DeepenMethod::Netmorph, name: "netmorph", title: "NetMorph", sized: false, mixes: false, rounds: false, insertion: |i, _, _| netmorph_deeper::insertion(i) },
+    DeepenInfo { method: DeepenMethod::Netmorph, name: "netmorph", title: "NetMorph", sized: false, mixes: false, rounds: false, insertion: |i, _, r| netmorph_deeper::insertion(i, r) },
     DeepenInfo { method: DeepenMethod::NetmorphDense, name: "netmorph-dense", title: "NetMorph (dense)", sized: false, mixes: true, rounds: true, insertion: |i, _, r| netmorph_deeper::dense_insertion(i, r) },
     DeepenInfo { method: DeepenMethod::Random, name: "random", title: "random block", sized: true, mixes: false, rounds: false, insertion: random_deeper::insertion },
+    DeepenInfo { method: DeepenMethod::Copy, name: "copy", title: "LLaMA-Pro copy", sized: false, mixes: false, rounds: false, insertion: |i, _, r| copy_deeper::insertion(i, r) },
 ];
 
 impl crate::transform::methods::TableLine for DeepenInfo {
@@ -220,7 +225,10 @@ pub fn deepen(graph: &Graph, params: &Params, args: &DeepenArgs, seed: u64) -> R
 /// unchanged, so a streamed deepening reads only these into memory.
 pub fn needed_tensors(graph: &Graph, site: &Site, method: DeepenMethod) -> Vec<String> {
     let mut layers: Vec<NodeIndex> = Vec::new();
-    if method.info().sized {
+    if let Some(nodes) = transformer::layer_nodes(graph, site) {
+        // A new transformer layer reads the site layer's tensors (scales, norms, copies).
+        layers = nodes;
+    } else if method.info().sized {
         layers.extend(scale_kernel(graph, site));
     }
     let mut stack = Vec::new();
@@ -263,6 +271,15 @@ pub fn deepen_partial(
     let site = resolve_site(graph, &args.after)?;
     let info = site_info(graph, params, site.clone());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    if let (Some(_), Some(_)) = (args.width, &info.layer) {
+        return Err(usage(
+            format!(
+                "--width sets the hidden width of an inserted convolutional block; after `{}`, a transformer layer, the new layer copies that layer's shape",
+                args.after
+            ),
+            Some("drop --width (widen the new layer's MLP afterwards if needed)".into()),
+        ));
+    }
     if args.width.is_some() && !args.method.info().sized {
         let sized: Vec<&str> = DEEPEN_METHODS
             .iter()

@@ -42,6 +42,8 @@ pub struct SiteInfo<'a> {
     pub scale: f64,
     /// The site block's branch layers, when the site is a block.
     pub template: Vec<LayerSpec>,
+    /// The site layer's nodes in order, when the site is a transformer layer.
+    pub layer: Option<Vec<NodeIndex>>,
 }
 
 /// The block name (`conv2_1`) of a node inside a block.
@@ -94,6 +96,17 @@ pub fn resolve_site(graph: &Graph, name: &str) -> Result<Site> {
                 Some(hint),
             ));
         }
+        // A sublayer or layer inside a transformer layer: deepening inserts whole layers.
+        if let Some((b, _)) = name.split_once('.') {
+            if transformer_blocks(graph).iter().any(|l| l == b) {
+                return Err(usage(
+                    format!(
+                        "`{name}` is part of transformer layer `{b}`; deepening inserts a whole layer after a layer"
+                    ),
+                    Some(format!("to insert after that layer, use --after {b}")),
+                ));
+            }
+        }
         let names = crate::transform::target_names(graph);
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         let hint = match crate::lower::closest(name, &refs) {
@@ -111,14 +124,22 @@ pub fn resolve_site(graph: &Graph, name: &str) -> Result<Site> {
     let value = &graph.g[s.value].name;
     match s.shape.as_slice() {
         [_, _, _] => {}
-        [t, d] => {
+        [t, d] if super::transformer::layer_nodes(graph, &s).is_none() => {
+            let layers = transformer_blocks(graph);
+            let hint = match (layers.first(), layers.last()) {
+                (Some(a), Some(b)) => format!(
+                    "deepening a transformer inserts a layer after one of its layers, `{a}` to `{b}` (or after a row of them); the new layer takes the next number"
+                ),
+                _ => "deepening a transformer inserts a layer after one of its layers (a block of a row written `[attention ...; mlp ...]`)".into(),
+            };
             return Err(usage(
                 format!(
-                    "cannot deepen after `{name}`: `{value}` outputs a sequence of {t} tokens of width {d}, and deepening transformers is not supported yet (it inserts convolutions)"
+                    "cannot deepen after `{name}`: `{value}` outputs a sequence of {t} tokens of width {d} but is not a transformer layer, and a convolution cannot be inserted on tokens"
                 ),
-                Some("deepening works on the convolutional rows of a network".into()),
-            ))
+                Some(hint),
+            ));
         }
+        [_, _] => {}
         _ => {
             return Err(usage(
                 format!(
@@ -130,6 +151,21 @@ pub fn resolve_site(graph: &Graph, name: &str) -> Result<Site> {
         }
     }
     Ok(s)
+}
+
+/// The transformer layers of `graph` (`layers_1`, ...), in order.
+fn transformer_blocks(graph: &Graph) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in graph.order() {
+        if matches!(graph.g[n].op, Op::Attention(_) | Op::Norm(_)) {
+            if let Some(b) = block_of(graph, n) {
+                if out.last() != Some(&b) {
+                    out.push(b);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The branch layers of block `b` (`conv2_1`): `b.conv1`, `b.bn1`, `b.act1`, ...
@@ -199,7 +235,9 @@ pub fn site_info<'a>(graph: &'a Graph, params: &'a Params, site: Site) -> SiteIn
     } else {
         sign::why_maybe_negative(graph, site.value)
     };
+    let layer = super::transformer::layer_nodes(graph, &site);
     SiteInfo {
+        layer,
         graph,
         params,
         site,

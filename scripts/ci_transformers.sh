@@ -5,7 +5,10 @@
 # - scripts/check_transformers.py: r2rc run against transformers' and timm's logits on tiny
 #   random Llama, GPT-2 and ViT models, both ways (their files read, r2rc's files loaded);
 # - scripts/check_transformer_exports.py: ONNX Runtime on r2rc's ONNX and the exported
-#   PyTorch module against r2rc run.
+#   PyTorch module against r2rc run;
+# - scripts/check_transformer_growth.py: students of r2rc widen/deepen (issue 14) load in
+#   transformers and timm with the teacher's logits, keep the teacher's entries, and the
+#   refusals exit 2 with their reasons.
 # Usage: scripts/ci_transformers.sh [PATH/TO/r2rc]   (default target/release/r2rc)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,3 +26,4 @@ fi
     transformers==4.44.2 timm==1.0.9 safetensors onnxruntime
 "$venv/bin/python" scripts/check_transformers.py --r2rc "$R2RC"
 "$venv/bin/python" scripts/check_transformer_exports.py --r2rc "$R2RC"
+"$venv/bin/python" scripts/check_transformer_growth.py --r2rc "$R2RC"

@@ -535,3 +535,27 @@ fn a_streamed_deepening_writes_the_same_tensors() {
         assert_eq!(outs[0], outs[1], "{method}");
     }
 }
+
+/// A plan that deepens, widens the new layer with the others, and deepens again is proved
+/// step by step and end to end (`r2rc apply`).
+#[test]
+fn deepening_chains_with_widening_in_a_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = dir.path().join("t.arch");
+    std::fs::write(&arch, LLAMA).unwrap();
+    let plan = dir.path().join("plan.txt");
+    std::fs::write(
+        &plan,
+        "deepen --after layers_1 --method r2r\nwiden --layer layers_x.mlp --by 2\ndeepen --after layers_3 --method copy\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (code, _, err) = run(&["apply", s(&arch), s(&plan), "-o", s(&out)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("proof (end to end)") && !err.contains("FAILED"),
+        "{err}"
+    );
+    let student = std::fs::read_to_string(out.join("t.arch")).unwrap();
+    assert!(student.contains("mlp 96 gated] x 4"), "{student}");
+}

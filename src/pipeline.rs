@@ -112,6 +112,7 @@ pub fn judge(
     opts: Option<&ProveOptions>,
     run: impl FnOnce(&ProveOptions) -> Result<Vec<Evidence>>,
 ) -> Result<()> {
+    report.rounds = how.rounds;
     let Some(opts) = opts else {
         report.proved = false;
         return Ok(());

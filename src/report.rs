@@ -48,6 +48,10 @@ pub struct StepReport {
     pub teacher: String,
     pub notes: Vec<String>,
     pub proved: bool,
+    /// Whether the rewrite computed values its storage dtype cannot hold exactly (replica
+    /// divisions, rescaled norm scales, orthogonal mixes): a later `r2rc prove` of the
+    /// written files allows the storage error then.
+    pub rounds: bool,
     pub evidence: Vec<Evidence>,
     /// Under `--names torchvision`: r2rc layer name -> torchvision module name, for every
     /// layer of teacher and student (the weights use those names; the `.arch` and the rest
@@ -172,6 +176,7 @@ impl StepReport {
             self.function_preserving,
             &self.evidence,
         );
+        m.insert("r2rc.rounds".into(), self.rounds.to_string());
         if !self.name_map.is_empty() {
             m.insert(
                 "r2rc.name_map".into(),
@@ -261,6 +266,7 @@ impl StepReport {
             teacher: teacher.into(),
             notes: Vec::new(),
             proved: false,
+            rounds: false,
             evidence: Vec::new(),
             torchvision_names: None,
             steps: Vec::new(),
@@ -363,6 +369,7 @@ pub fn plan_report(
     };
     StepReport {
         site: format!("{plan} ({} steps)", steps.len()),
+        rounds: steps.iter().any(|s| s.rounds),
         steps,
         ..StepReport::new(
             ("apply", "plan"),

@@ -145,14 +145,15 @@ impl Record {
             .and_then(|m| serde_json::from_str(m).ok())
             .unwrap_or_default();
         let method = meta.get("r2rc.method").map(String::as_str).unwrap_or("");
-        let rounds = match meta.get("r2rc.command").map(String::as_str) {
+        let recorded = meta.get("r2rc.rounds").and_then(|r| r.parse::<bool>().ok());
+        let rounds = recorded.unwrap_or(match meta.get("r2rc.command").map(String::as_str) {
             Some("widen") => r2rc::transform::Method::parse(method).is_ok_and(|m| m.info().rounds),
             Some("deepen") => {
                 r2rc::transform::deepen::DeepenMethod::parse(method).is_ok_and(|m| m.info().rounds)
             }
             Some("morph") => false,
             _ => true,
-        };
+        });
         Record { name_map, rounds }
     }
 }

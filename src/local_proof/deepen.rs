@@ -51,11 +51,12 @@ pub(crate) fn region(
     name: &dyn Fn(&str) -> String,
 ) -> Result<Graph> {
     let bad = |m: String| Error::usage(format!("local proof of the deepening: {m}"), None);
-    let mut g = Graph::new(
-        &format!("{}.region", src.name),
-        src.defaults.clone(),
-        shape.to_vec(),
-    );
+    // The region reads values shaped like the site, never token ids.
+    let defaults = crate::ir::Defaults {
+        vocab: None,
+        ..src.defaults.clone()
+    };
+    let mut g = Graph::new(&format!("{}.region", src.name), defaults, shape.to_vec());
     let x = g.input;
     let s = g
         .add(SITE.into(), first.clone(), &[x], ("__region", None), None)

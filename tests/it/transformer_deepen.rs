@@ -364,12 +364,9 @@ fn vit_files_under_timm_names_keep_every_teacher_tensor() {
     files_keep_the_teacher(VIT, "timm", "blocks_x", "blocks.", 2);
 }
 
-/// `--prove local` runs the new layer alone on random values shaped like the site's.
-/// Ignored until the region of a local proof stops asking for token ids (the region graph
-/// keeps the teacher's `vocab`, so its random input is ids of the wrong shape): the fix is
-/// in src/local_proof/deepen.rs, outside this test's module.
+/// `--prove local` runs the new layer alone on random values shaped like the site's (the
+/// region drops the teacher's vocabulary, so its input is not token ids).
 #[test]
-#[ignore = "needs the local-proof region to clear the token vocabulary (src/local_proof/deepen.rs)"]
 fn local_proof_of_a_new_transformer_layer() {
     let dir = tempfile::tempdir().unwrap();
     let arch = dir.path().join("t.arch");

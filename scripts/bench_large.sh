@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Large-checkpoint benchmark (issue 6): widen every space of a wide ResNet whose f32
-# checkpoint is over 1 GB by 1.5x with --no-prove (the streaming path), against `cp` of
-# the teacher checkpoint in the same run. Prints both times, their ratio, and peak
-# resident memory against the student checkpoint's size.
+# Large-checkpoint benchmark (issues 6 and 14): widen every space of a wide ResNet (or,
+# with MODEL=llama, a Llama-shaped decoder in Hugging Face's layout) whose f32 checkpoint
+# is over 1 GB by 1.5x with --no-prove (the streaming path), against `cp` of the teacher
+# checkpoint and the direct-write floor of the student in the same run. Prints the times,
+# their ratios, and peak resident memory against the student checkpoint's size.
 # Targets: widen <= 2x cp's time; peak RSS <= 1.5x the student checkpoint.
 # Needs ~6 GB of free disk in $R2RC_BENCH_DIR (default target/bench_large); removes the big
 # files afterwards unless KEEP=1.
@@ -10,12 +11,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${R2RC_BENCH_DIR:-target/bench_large}
 K=${WIDTH_FACTOR:-5}
+MODEL=${MODEL:-resnet}
 mkdir -p "$D"
 df -h "$D" | tail -1
 [ -x /usr/bin/time ] || { echo "needs GNU time (/usr/bin/time): apt-get install time" >&2; exit 2; }
 cargo build --release --quiet
 B=target/release/r2rc
 # ResNet-18's layout with every width times $K (a wide ResNet, Zagoruyko & Komodakis style).
+NAMES=r2rc
+STEM=wide_resnet
+if [ "$MODEL" = llama ]; then
+    NAMES=hf
+    STEM=model
+    # 266M parameters (1.06 GB in f32): width 1024, 16 heads in 4 kv groups, 18 layers.
+    cat > "$D/wide_resnet.arch" <<ARCH
+# A Llama-shaped decoder with a checkpoint over 1 GB for the streaming benchmark.
+arch LlamaBench
+norm rms, eps 1e-5, act silu, no bias
+input 256 tokens, vocab 32000
+
+embed     256x1024   1024-d token embedding
+layers_x  256x1024   [attention 16 heads, 4 kv heads, rope 10000, causal; mlp 2816 gated] x 18
+head      256x32000  norm, 32000-d fc
+ARCH
+else
 cat > "$D/wide_resnet.arch" <<ARCH
 # ResNet-18 layout, widths x$K: a checkpoint over 1 GB for the streaming benchmark.
 arch WideResNet18
@@ -29,8 +48,9 @@ conv4_x  2x2    [3x3, $((256 * K)); 3x3, $((256 * K))] x 2, stride 2
 conv5_x  1x1    [3x3, $((512 * K)); 3x3, $((512 * K))] x 2, stride 2
 head     1x1    avg pool, 1000-d fc, softmax
 ARCH
+fi
 rm -rf "$D/student" "$D/copy.safetensors"
-"$B" init "$D/wide_resnet.arch" -o "$D/teacher.safetensors" --random-stats --force
+"$B" init "$D/wide_resnet.arch" -o "$D/teacher.safetensors" --random-stats --force --names "$NAMES"
 sync
 teacher=$(stat -c %s "$D/teacher.safetensors")
 
@@ -43,8 +63,8 @@ t2=$(date +%s.%N)
 rm -f "$D/copy.safetensors"; sync
 
 /usr/bin/time -v -o "$D/time.txt" "$B" widen "$D/wide_resnet.arch" --all --by 1.5 --no-prove \
-    --weights "$D/teacher.safetensors" -o "$D/student" --force 2> "$D/widen.log"
-student=$(stat -c %s "$D/student/wide_resnet.safetensors")
+    --weights "$D/teacher.safetensors" --names "$NAMES" -o "$D/student" --force 2> "$D/widen.log"
+student=$(stat -c %s "$D/student/$STEM.safetensors")
 wall=$(grep "Elapsed (wall clock)" "$D/time.txt" | awk '{print $NF}')
 secs=$(echo "$wall" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
 rss_kb=$(grep "Maximum resident set size" "$D/time.txt" | awk '{print $NF}')

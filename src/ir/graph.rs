@@ -243,12 +243,13 @@ impl Graph {
         self.g.node_indices().find(|&n| self.g[n].name == name)
     }
 
-    /// The token embedding (the graph's one `Embedding` node), whose weight a tied head
-    /// reads.
+    /// The token embedding whose weight a tied head reads: the network's one `Embedding`
+    /// node, the last one added (a local proof's region adds its input adapter first).
     pub fn embedding(&self) -> Option<NodeIndex> {
         self.g
             .node_indices()
-            .find(|&n| matches!(self.g[n].op, Op::Embedding(_)))
+            .filter(|&n| matches!(self.g[n].op, Op::Embedding(_)))
+            .last()
     }
 
     /// Every parameter tensor, in topological order; a tied head's weight is the

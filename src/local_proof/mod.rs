@@ -5,9 +5,12 @@
 //!
 //! The executor runs graphs with one input, so a region with several inputs gets one
 //! random image `X` and, for each of its inputs, an *adapter*: a conv with fixed random
-//! weights (a flatten after it for vector inputs) from `X` to that input's shape. Teacher
-//! and student regions share the adapters, so they see the same inputs; the comparison
-//! is [`crate::prove::check_equivalence`]'s, on every value of the region.
+//! weights from `X` to that input's shape (a flatten after it for vector inputs; for a
+//! token sequence `[T, D]`, a conv to `[D, T, 1]` read as T tokens). A region that reads a
+//! transformer's token ids (its embedding) takes token ids instead, and its other inputs
+//! come from a fixed random embedding of those ids through a linear adapter. Teacher and
+//! student regions share the adapters, so they see the same inputs; the comparison is
+//! [`crate::prove::check_equivalence`]'s, on every value of the region.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::analysis::Space;
 use crate::error::{Error, Result};
-use crate::ir::{Conv2d, Graph, NodeIndex, Op, ParamKind};
+use crate::ir::{Conv2d, Defaults, Embedding, Graph, Linear, NodeIndex, Op, ParamKind};
 use crate::params::{DType, Params};
 use crate::prove::{check_equivalence, Evidence, ProveOptions};
 
@@ -67,18 +70,66 @@ fn region_graph(graph: &Graph, space: &Space, inputs_like: &Graph) -> Result<Gra
     let (nodes, inputs) = region(graph, space);
     let bad =
         |m: String| Error::usage(format!("local proof of space `{}`: {m}", space.label), None);
-    // The image is as large as the largest spatial input, so every adapter fits.
+    let add = |g: &mut Graph, name: String, op: Op, ins: &[NodeIndex]| {
+        g.add(name, op, ins, ("__region", None), None).map_err(bad)
+    };
+    // A region reading the network's token ids (an embedding) runs on token ids.
+    if let (Some(vocab), true) = (graph.defaults.vocab, inputs.contains(&graph.input)) {
+        let tokens = inputs_like.g[graph.input].shape.clone();
+        let mut g = Graph::new(
+            &format!("{}.region", graph.name),
+            graph.defaults.clone(),
+            tokens,
+        );
+        let x = g.input;
+        let embed = Op::Embedding(Embedding {
+            vocab,
+            dim: SEED_CHANNELS,
+        });
+        let e = add(&mut g, "__region_input_embed".into(), embed, &[x])?;
+        let mut map: BTreeMap<NodeIndex, NodeIndex> = BTreeMap::new();
+        for (k, &i) in inputs.iter().enumerate() {
+            if i == graph.input {
+                map.insert(i, x);
+                continue;
+            }
+            let s = &inputs_like.g[i].shape;
+            let [_, d] = s[..] else {
+                return Err(bad(format!(
+                    "input `{}` has shape {s:?}, not a token sequence",
+                    graph.g[i].name
+                )));
+            };
+            let linear = Op::Linear(Linear {
+                in_features: SEED_CHANNELS,
+                out_features: d,
+                bias: false,
+            });
+            map.insert(i, add(&mut g, format!("__region_input{k}"), linear, &[e])?);
+        }
+        return copy_nodes(g, graph, &nodes, map).map_err(bad);
+    }
+    // The image is as large as the largest spatial input, so every adapter fits (a token
+    // sequence of T tokens is a T x 1 map).
     let (mut h0, mut w0) = (1, 1);
     for &i in &inputs {
         let s = &inputs_like.g[i].shape;
-        if s.len() == 3 {
-            h0 = h0.max(s[1]);
-            w0 = w0.max(s[2]);
+        match s[..] {
+            [_, h, w] => {
+                h0 = h0.max(h);
+                w0 = w0.max(w);
+            }
+            [t, _] => h0 = h0.max(t),
+            _ => {}
         }
     }
+    let defaults = Defaults {
+        vocab: None,
+        ..graph.defaults.clone()
+    };
     let mut g = Graph::new(
         &format!("{}.region", graph.name),
-        graph.defaults.clone(),
+        defaults,
         vec![SEED_CHANNELS, h0, w0],
     );
     let x = g.input;
@@ -87,6 +138,7 @@ fn region_graph(graph: &Graph, space: &Space, inputs_like: &Graph) -> Result<Gra
         let s = inputs_like.g[i].shape.clone();
         let (c, h, w) = match s[..] {
             [c, h, w] => (c, h, w),
+            [t, d] => (d, t, 1),
             [f] => (f, 1, 1),
             _ => return Err(bad(format!("input `{}` has shape {s:?}", graph.g[i].name))),
         };
@@ -104,31 +156,34 @@ fn region_graph(graph: &Graph, space: &Space, inputs_like: &Graph) -> Result<Gra
         let mut a = g
             .add(name.clone(), conv, &[x], ("__region", None), None)
             .map_err(bad)?;
-        if s.len() == 1 {
-            a = g
-                .add(
-                    format!("{name}.flatten"),
-                    Op::Flatten,
-                    &[a],
-                    ("__region", None),
-                    None,
-                )
-                .map_err(bad)?;
+        match s.len() {
+            1 => a = add(&mut g, format!("{name}.flatten"), Op::Flatten, &[a])?,
+            2 => a = add(&mut g, format!("{name}.tokens"), Op::ToTokens, &[a])?,
+            _ => {}
         }
         map.insert(i, a);
     }
-    for &n in &nodes {
+    copy_nodes(g, graph, &nodes, map).map_err(bad)
+}
+
+/// `g` with `graph`'s `nodes` appended under their own names, their inputs mapped by `map`
+/// (the adapters); the last node is the output.
+fn copy_nodes(
+    mut g: Graph,
+    graph: &Graph,
+    nodes: &[NodeIndex],
+    mut map: BTreeMap<NodeIndex, NodeIndex>,
+) -> std::result::Result<Graph, String> {
+    for &n in nodes {
         let node = &graph.g[n];
         let ins: Vec<NodeIndex> = graph.inputs(n).iter().map(|i| map[i]).collect();
-        let m = g
-            .add(
-                node.name.clone(),
-                node.op.clone(),
-                &ins,
-                (&node.row, node.block),
-                None,
-            )
-            .map_err(bad)?;
+        let m = g.add(
+            node.name.clone(),
+            node.op.clone(),
+            &ins,
+            (&node.row, node.block),
+            None,
+        )?;
         map.insert(n, m);
     }
     g.output = *map
@@ -251,25 +306,6 @@ pub fn prove_widening(
     opts: &ProveOptions,
 ) -> Result<Vec<Evidence>> {
     use crate::transform::graph_after;
-    // Regions are fed by adapters from a random image; token sequences would need
-    // adapters from token ids, which do not exist yet.
-    for &(id, _) in &w.plan.steps {
-        let space = &w.plan.spaces.spaces[id];
-        if let Some(m) = space
-            .members
-            .iter()
-            .find(|m| w.graph.g[m.node].shape.len() == 2 || w.graph.g[m.node].op.is_sequence())
-        {
-            return Err(Error::usage(
-                format!(
-                    "--prove local cannot prove {}: it holds token sequences (`{}`), and local proofs of transformers are not supported yet",
-                    space.describe(),
-                    m.name
-                ),
-                Some("use --prove full (the default), which runs teacher and student whole".into()),
-            ));
-        }
-    }
     let mut all = Vec::new();
     for k in 0..w.plan.steps.len() {
         let space = &w.plan.spaces.spaces[w.plan.steps[k].0];

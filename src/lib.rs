@@ -19,6 +19,7 @@ pub mod ir;
 pub mod local_proof;
 pub mod lower;
 pub mod names;
+pub mod optim;
 pub mod outputs;
 pub mod params;
 pub mod patch;

@@ -10,8 +10,9 @@
 //! alone, so the in-memory pipeline, the streamed writer (file order) and local proofs
 //! evaluate the same edits ([`crate::pipeline`], [`crate::stream`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::OnceLock;
 
 use ndarray::ArrayD;
 use rayon::prelude::*;
@@ -24,7 +25,7 @@ use crate::prove::{Evidence, ProveOptions};
 use crate::report::StepReport;
 use crate::transform::deepen::{self, DeepenArgs, Deepened, Site};
 use crate::transform::morph_kernel::{self, MorphArgs, Morphed};
-use crate::transform::{WidenArgs, Widening};
+use crate::transform::{apply_touches, tensor_touches, Init, Touch, WidenArgs, Widening};
 
 /// A tensor's identity: its layer and its slot (`conv2_1.bn1` and `running_var`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -108,10 +109,13 @@ enum Rewrite<'a> {
         d: Deepened,
         site: Site,
         reads: Params,
+        args: &'a DeepenArgs,
+        seed: u64,
     },
     Morph {
         m: Morphed,
         reads: Params,
+        args: &'a MorphArgs,
     },
     Name,
 }
@@ -132,6 +136,8 @@ pub struct Patch<'a> {
     /// How its proof is judged.
     pub judged: Judged,
     rewrite: Rewrite<'a>,
+    /// A widening's touches of every tensor, for its moments ([`Patch::moment`]).
+    moment_touches: OnceLock<HashMap<String, Vec<Touch>>>,
 }
 
 impl<'a> Patch<'a> {
@@ -167,6 +173,7 @@ impl<'a> Patch<'a> {
                     report,
                     judged,
                     rewrite: Rewrite::Widen(w),
+                    moment_touches: OnceLock::new(),
                 })
             }
             Step::Deepen(args) => {
@@ -188,7 +195,14 @@ impl<'a> Patch<'a> {
                     mixed: d.mixed.clone(),
                     report,
                     judged: crate::pipeline::deepen_judged(args, dtype),
-                    rewrite: Rewrite::Deepen { d, site, reads },
+                    rewrite: Rewrite::Deepen {
+                        d,
+                        site,
+                        reads,
+                        args,
+                        seed,
+                    },
+                    moment_touches: OnceLock::new(),
                 })
             }
             Step::Morph(args) => {
@@ -210,7 +224,8 @@ impl<'a> Patch<'a> {
                     mixed: Vec::new(),
                     report,
                     judged: crate::pipeline::morph_judged(dtype),
-                    rewrite: Rewrite::Morph { m, reads },
+                    rewrite: Rewrite::Morph { m, reads, args },
+                    moment_touches: OnceLock::new(),
                 })
             }
             Step::Name(name) => {
@@ -229,6 +244,7 @@ impl<'a> Patch<'a> {
                         dtype,
                     },
                     rewrite: Rewrite::Name,
+                    moment_touches: OnceLock::new(),
                 })
             }
         }
@@ -257,6 +273,104 @@ impl<'a> Patch<'a> {
                 .cloned()
                 .ok_or_else(|| Error::weights(format!("the rewrite did not produce `{id}`"))),
             (None, _) => teacher.read(&self.source_of(id)),
+        }
+    }
+
+    /// Adam's moments (exp_avg, exp_avg_sq) of student tensor `id` from the teacher's
+    /// (`m`, `v`, by teacher names), as [`crate::optim`] says: `None` for a tensor of an
+    /// inserted layer (its moments start at zero). A widened tensor's moments go through
+    /// the linear part `A` of its edit (the same edit with every free draw zero, no noise,
+    /// and constants such as new batch-norm defaults removed): `A(m)` and `A(sqrt v)^2`;
+    /// NetMorph-dense's readers get the same mix for `m` and a bound for `v`; a morphed
+    /// kernel's moments are zero-padded like it; the rest move with their tensor.
+    pub fn moment(
+        &self,
+        id: &TensorId,
+        m: &dyn Teacher,
+        v: &dyn Teacher,
+    ) -> Result<Option<(ArrayD<f64>, ArrayD<f64>)>> {
+        let from = self.source_of(id);
+        match (self.edits.get(id), &self.rewrite) {
+            (None, _) => Ok(Some((m.read(&from)?, v.read(&from)?))),
+            (Some(Edit::Widened), Rewrite::Widen(w)) => {
+                let name = id.to_string();
+                let touches = self.moment_touches.get_or_init(|| {
+                    tensor_touches(w.graph, &w.plan, &|_| true)
+                        .into_iter()
+                        .collect()
+                });
+                let tc = touches.get(&name).map_or(&[][..], |t| t.as_slice());
+                let zero = WidenArgs {
+                    init: Init::Zero,
+                    noise: None,
+                    ..w.args.clone()
+                };
+                let (mt, vt) = (m.read(id)?, v.read(id)?);
+                let edit = |t| apply_touches(&w.plan, &zero, w.seed, &name, t, tc);
+                // The edit's constants (new batch-norm entries at their defaults).
+                let b = edit(ArrayD::zeros(mt.raw_dim()))?;
+                let linear = |t| edit(t).map(|s| s - &b);
+                let root = linear(vt.mapv(f64::sqrt))?;
+                let plain = linear(vt)?;
+                Ok(Some((linear(mt)?, crate::optim::squared(root, &plain))))
+            }
+            (
+                Some(_),
+                Rewrite::Deepen {
+                    d,
+                    site,
+                    args,
+                    seed,
+                    ..
+                },
+            ) => {
+                if d.inserted.contains(&id.layer) {
+                    return Ok(None);
+                }
+                if id.slot != "weight" {
+                    // A mixed reader's bias is its own.
+                    return Ok(Some((m.read(&from)?, v.read(&from)?)));
+                }
+                // NetMorph-dense's readers: the deepening rerun on the moments mixes
+                // exp_avg as it mixed the weights.
+                let names = deepen::needed_tensors(self.teacher, site, args.method);
+                let names = names.into_iter().filter(|n| m.has(&TensorId::parse(n)));
+                let reads = read_all(m, names)?;
+                let mixed = deepen::deepen_partial(self.teacher, &reads, args, *seed)?;
+                let mt = mixed
+                    .params
+                    .get(&id.to_string())
+                    .cloned()
+                    .ok_or_else(|| Error::weights(format!("the rewrite did not mix `{id}`")))?;
+                let channels = d
+                    .inserted
+                    .iter()
+                    .find_map(|l| d.params.get(&format!("{l}.weight")))
+                    .map_or(1, |w| w.shape()[0]);
+                let vt = crate::optim::mixed_sq(&v.read(&from)?, channels)?;
+                Ok(Some((mt, vt)))
+            }
+            (Some(_), Rewrite::Morph { args, .. })
+                if id.layer == args.layer && id.slot == "weight" =>
+            {
+                // Zero taps around the kernel: the moments are zero-padded like it.
+                let pad = |t: &dyn Teacher| -> Result<ArrayD<f64>> {
+                    let mut reads = Params {
+                        tensors: BTreeMap::new(),
+                        dtype: t.dtype(),
+                    };
+                    reads.tensors.insert(id.to_string(), t.read(id)?);
+                    let p = morph_kernel::morph_partial(
+                        self.teacher,
+                        &reads,
+                        &args.layer,
+                        args.kernel,
+                    )?;
+                    Ok(p.params.tensors[&id.to_string()].clone())
+                };
+                Ok(Some((pad(m)?, pad(v)?)))
+            }
+            (Some(_), _) => Ok(Some((m.read(&from)?, v.read(&from)?))),
         }
     }
 
@@ -318,10 +432,10 @@ impl<'a> Patch<'a> {
                 let mut read = |n: &str| teacher.read(&TensorId::parse(n));
                 crate::local_proof::prove_widening(w, &mut read, teacher.dtype(), opts)
             }
-            Rewrite::Deepen { d, site, reads } => {
+            Rewrite::Deepen { d, site, reads, .. } => {
                 crate::local_proof::deepen::prove(self.teacher, reads, d, site, opts)
             }
-            Rewrite::Morph { m, reads } => {
+            Rewrite::Morph { m, reads, .. } => {
                 crate::local_proof::morph::prove(self.teacher, reads, m, opts)
             }
             Rewrite::Name => Ok(Vec::new()),

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use r2rc::hf_config_out;
 use r2rc::ir::Graph;
 use r2rc::names::{self, Naming};
+use r2rc::optim::{self, Moments};
 use r2rc::params::{self, Params};
-use r2rc::patch::Step;
+use r2rc::patch::{Patch, Step};
 use r2rc::pipeline::Proof;
 use r2rc::prove::{Precision, ProveOptions};
 use r2rc::report::{write_outputs, StepReport};
@@ -21,9 +22,12 @@ use r2rc::{Error, Result};
 /// writes the student.
 pub fn run_one(file: &Path, c: &Common, graph: &Graph, step: &Step) -> Result<()> {
     let local = super::local_proof(&c.prove)?;
+    let state = c.optimizer_state(graph)?;
     if let (Some(w), Some(dir), true) = (&c.weights, &c.output, c.no_prove || local) {
         return streamed_command(file, c, w, dir, |job, place| {
-            r2rc::stream::step(graph, job, step, place)
+            let at = state.as_ref().map(|st| (st, c.optimizer_path(file, dir)));
+            let at = at.as_ref().map(|(st, p)| (*st, p.as_path()));
+            r2rc::stream::step_with_state(graph, job, step, place, at)
         });
     }
     let (teacher, source, read_notes) = c.teacher(graph)?;
@@ -32,7 +36,18 @@ pub fn run_one(file: &Path, c: &Common, graph: &Graph, step: &Step) -> Result<()
     let mut s = r2rc::pipeline::run(graph, &teacher, step, c.seed, proof, &source)?;
     s.report.torchvision_names = names::report_names(&[graph, &s.graph], Naming::parse(&c.names)?);
     s.report.notes.extend(read_notes);
-    emit(file, c, Student::of(&s.graph, &s.params, &s.report))
+    // The same patch again (planning is deterministic) maps the moments.
+    let moments = match &state {
+        Some(st) => {
+            let patch = Patch::plan(graph, step, c.seed, &teacher, &source)?;
+            let src = optim::Mapped::new(st);
+            Some(optim::student_moments(&patch, &src, st.dtype())?)
+        }
+        None => None,
+    };
+    let mut student = Student::of(&s.graph, &s.params, &s.report);
+    student.moments = moments.as_ref();
+    emit(file, c, student)
 }
 
 /// Flags shared by `widen`, `deepen`, `morph` and `apply`.
@@ -90,6 +105,11 @@ pub struct Common {
     /// `<stem>.safetensors.index.json`, as Hugging Face does.
     #[arg(long, value_name = "SIZE")]
     pub shard_size: Option<String>,
+    /// Adam's state of the teacher (exp_avg, exp_avg_sq, step per trainable parameter,
+    /// under --names): the student's is written as DIR/<stem>.optimizer.safetensors
+    /// (optimizer.safetensors under --names hf), each moment following its weight.
+    #[arg(long, value_name = "ADAM")]
+    pub optimizer_state: Option<PathBuf>,
     /// Another input the outputs must not overwrite (apply's plan); not a flag.
     #[arg(skip)]
     pub plan: Option<PathBuf>,
@@ -131,8 +151,33 @@ impl Common {
         let mut inputs = vec![file];
         inputs.extend(self.weights.as_deref());
         inputs.extend(self.plan.as_deref());
+        inputs.extend(self.optimizer_state.as_deref());
         inputs.extend(extra.iter().map(|p| p.as_path()));
         inputs
+    }
+
+    /// The teacher's optimizer state, checked against `graph` (refused before any work);
+    /// it needs -o.
+    pub fn optimizer_state(&self, graph: &Graph) -> Result<Option<optim::State>> {
+        let Some(p) = &self.optimizer_state else {
+            return Ok(None);
+        };
+        if self.output.is_none() {
+            return Err(Error::usage(
+                "--optimizer-state needs -o DIR: the student's state is written beside its weights",
+                None,
+            ));
+        }
+        optim::State::open(p, graph, Naming::parse(&self.names)?).map(Some)
+    }
+
+    /// Where the student's optimizer state goes in `dir`.
+    pub fn optimizer_path(&self, file: &Path, dir: &Path) -> PathBuf {
+        let stem = super::stem_of(file, self.name.as_deref());
+        dir.join(optim::file_name(
+            &stem,
+            Naming::parse(&self.names).unwrap_or(Naming::R2rc),
+        ))
     }
 
     pub fn prove_options(&self) -> Result<Option<ProveOptions>> {
@@ -158,6 +203,8 @@ pub struct Student<'a> {
     pub report: serde_json::Value,
     pub summary: String,
     pub metadata: BTreeMap<String, String>,
+    /// The student's optimizer state (`--optimizer-state`), by r2rc names.
+    pub moments: Option<&'a Moments>,
 }
 
 impl<'a> Student<'a> {
@@ -170,6 +217,7 @@ impl<'a> Student<'a> {
             report: serde_json::to_value(report).expect("the report serialises"),
             summary: report.summary(),
             metadata: report.metadata(),
+            moments: None,
         }
     }
 }
@@ -203,6 +251,11 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
             );
             let teacher_config: Vec<PathBuf> = extras.teacher_config.into_iter().collect();
             let inputs = common.inputs(file, &teacher_config);
+            let optimizer = s.moments.map(|m| (m, common.optimizer_path(file, dir)));
+            if let Some((_, p)) = &optimizer {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+                r2rc::outputs::check_outputs(std::slice::from_ref(p), &inputs, common.force)?;
+            }
             let written = match common.shard_size()? {
                 None => {
                     let st = names::to_bytes(s.params, s.graph, Some(&metadata), naming)?;
@@ -224,6 +277,10 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                     written
                 }
             };
+            let mut written = written;
+            if let Some((m, p)) = optimizer {
+                written.push(optim::save(m, s.graph, naming, &p)?);
+            }
             announce(common, &s.summary, &report_json, &written);
         }
         None if common.json => {
@@ -318,6 +375,9 @@ impl StreamOut {
         let mut outs = r2rc::stream::student_paths(student, src, &path, naming, c.shard_size()?)?;
         outs.push(dir.join(format!("{stem}.arch")));
         outs.push(dir.join("report.json"));
+        if c.optimizer_state.is_some() {
+            outs.push(c.optimizer_path(file, dir));
+        }
         if extras.config.is_some() {
             outs.push(dir.join(hf_config_out::CONFIG));
         }

@@ -118,6 +118,19 @@ pub fn step(
     step: &Step,
     place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
 ) -> Result<Streamed> {
+    step_with_state(graph, job, step, place, None)
+}
+
+/// [`step`], also writing the student's optimizer state at `optimizer.1` from the
+/// teacher's (`optimizer.0`, checked against `graph`), tensor by tensor after the weights
+/// ([`crate::optim::write_streamed`]); its path is listed last in [`Streamed::files`].
+pub fn step_with_state(
+    graph: &Graph,
+    job: &Job,
+    step: &Step,
+    place: &mut dyn FnMut(&Graph) -> Result<PathBuf>,
+    optimizer: Option<(&crate::optim::State, &Path)>,
+) -> Result<Streamed> {
     let teacher = Mapped::new(job.src, graph, job.naming)?;
     let patch = Patch::plan(graph, step, job.seed, &teacher, job.teacher)?;
     let path = place(&patch.student)?;
@@ -133,6 +146,10 @@ pub fn step(
         &path,
         job.shard_size,
     )?;
+    let mut files = files;
+    if let Some((state, at)) = optimizer {
+        files.push(crate::optim::write_streamed(&patch, state, at, job.naming)?);
+    }
     Ok(Streamed {
         student: patch.student,
         report,

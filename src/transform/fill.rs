@@ -116,6 +116,7 @@ impl FillCtx {
                 draw(rng, n, 2, |r| uniform(r, -b, b))
             }
             Init::He => return he(rng, shape, fan_in),
+            Init::Zero => vec![0.0; n],
         };
         ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
     }

@@ -84,6 +84,9 @@ pub enum Init {
     Match,
     /// He (kaiming normal, fan-in) init, which the paper's appendix E shows is too large.
     He,
+    /// Every free draw is zero: the linear part of a widening's edit, which maps Adam's
+    /// moments ([`crate::optim`]); never parsed from the command line.
+    Zero,
 }
 
 impl Init {

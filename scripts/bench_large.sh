@@ -15,8 +15,9 @@ MODEL=${MODEL:-resnet}
 mkdir -p "$D"
 df -h "$D" | tail -1
 [ -x /usr/bin/time ] || { echo "needs GNU time (/usr/bin/time): apt-get install time" >&2; exit 2; }
-cargo build --release --quiet
-B=target/release/r2rc
+# R2RC=path/to/r2rc benchmarks that binary instead of building this tree's.
+if [ -z "${R2RC:-}" ]; then cargo build --release --quiet; fi
+B=${R2RC:-target/release/r2rc}
 # ResNet-18's layout with every width times $K (a wide ResNet, Zagoruyko & Komodakis style).
 NAMES=r2rc
 STEM=wide_resnet

@@ -178,6 +178,15 @@ enum Weights {
     Mapped { src: Source, scratch: Scratch },
 }
 
+/// Where the current network's optimizer state is between steps (`--optimizer-state`).
+enum Moments {
+    None,
+    /// Whole in memory, by r2rc names, with the state's dtype.
+    Memory(r2rc::optim::Moments),
+    /// The teacher's file, then the previous step's in the scratch folder.
+    Mapped(r2rc::optim::State),
+}
+
 pub fn run(mut args: Args) -> Result<()> {
     args.common.plan = Some(args.plan.clone());
     let c = &args.common;
@@ -188,6 +197,7 @@ pub fn run(mut args: Args) -> Result<()> {
     let naming = Naming::parse(&c.names)?;
     let opts = c.prove_options()?;
     let plan = parse_plan(&text, &shown)?;
+    let state = c.optimizer_state(&graph)?;
     let streamed = match (&c.weights, &c.output) {
         (Some(w), Some(dir)) if c.no_prove || local => Some((w.as_path(), dir.as_path())),
         _ if local => return Err(Error::usage(
@@ -210,7 +220,13 @@ pub fn run(mut args: Args) -> Result<()> {
             (Weights::Memory(p.clone()), Some(p), label, notes)
         }
     };
-    // The plan is a fold of steps over (network, weights); each step is one pipeline run.
+    let mut moments = match (state, &weights) {
+        (None, _) => Moments::None,
+        (Some(st), Weights::Memory(_)) => Moments::Memory(st.load()?),
+        (Some(st), Weights::Mapped { .. }) => Moments::Mapped(st),
+    };
+    // The plan is a fold of steps over (network, weights, moments); each step is one
+    // pipeline run.
     let mut g = graph.clone();
     let mut steps: Vec<StepReport> = Vec::new();
     let mut exact_everywhere = true;
@@ -223,6 +239,13 @@ pub fn run(mut args: Args) -> Result<()> {
                 let proof = Proof::new(opts.as_ref(), false);
                 let s = r2rc::pipeline::run(&g, p, &step, seed, proof, &source)
                     .map_err(|e| at(&shown, lineno, e))?;
+                if let Moments::Memory(m) = &mut moments {
+                    // The step's patch again (planning is deterministic) maps the moments.
+                    let patch = Patch::plan(&g, &step, seed, p, &source)
+                        .map_err(|e| at(&shown, lineno, e))?;
+                    *m = r2rc::optim::student_moments(&patch, &*m, m.avg.dtype)
+                        .map_err(|e| at(&shown, lineno, e))?;
+                }
                 *p = s.params;
                 (s.graph, s.report, s.exact_everywhere)
             }
@@ -236,8 +259,27 @@ pub fn run(mut args: Args) -> Result<()> {
                     teacher: &source,
                     shard_size: None,
                 };
-                let s = r2rc::stream::step(&g, &job, &step, &mut |_| Ok(next.clone()))
-                    .map_err(|e| at(&shown, lineno, e))?;
+                let next_state = scratch
+                    .0
+                    .join(format!("step{}.optimizer.safetensors", k + 1));
+                let with = match &moments {
+                    Moments::Mapped(st) => Some((st, next_state.as_path())),
+                    _ => None,
+                };
+                let s =
+                    r2rc::stream::step_with_state(&g, &job, &step, &mut |_| Ok(next.clone()), with)
+                        .map_err(|e| at(&shown, lineno, e))?;
+                if let Moments::Mapped(st) = &mut moments {
+                    let old = std::mem::replace(
+                        st,
+                        r2rc::optim::State::open(&next_state, &s.student, naming)?,
+                    );
+                    let done = PathBuf::from(&old.src.shown);
+                    drop(old);
+                    if done.starts_with(&scratch.0) {
+                        let _ = std::fs::remove_file(done);
+                    }
+                }
                 // This step's student is the next step's teacher; the one before is done.
                 let old = std::mem::replace(src, Source::open(&next)?);
                 let done: Vec<PathBuf> = old.files.iter().map(|(f, _)| f.into()).collect();
@@ -269,6 +311,9 @@ pub fn run(mut args: Args) -> Result<()> {
                 exact_everywhere,
             )?;
             let mut s = Student::of(&g, &p, &report);
+            if let Moments::Memory(m) = &moments {
+                s.moments = Some(m);
+            }
             s.metadata.insert("r2rc.plan".into(), text);
             emit(&args.file, c, s)
         }
@@ -290,7 +335,7 @@ pub fn run(mut args: Args) -> Result<()> {
             let patch = Patch::plan(&g, &copy, 0, &mapped, &label)?;
             let mut metadata = report.metadata();
             metadata.insert("r2rc.plan".into(), text);
-            let files = r2rc::stream::write(
+            let mut files = r2rc::stream::write(
                 &patch,
                 &mapped,
                 &metadata,
@@ -298,6 +343,11 @@ pub fn run(mut args: Args) -> Result<()> {
                 &out.path,
                 c.shard_size()?,
             )?;
+            if let Moments::Mapped(st) = &moments {
+                let path = c.optimizer_path(&args.file, dir);
+                files.push(r2rc::optim::write_streamed(&patch, st, &path, naming)?);
+            }
+            drop(moments);
             drop(src);
             drop(scratch);
             out.finish(c, &report, &g, &files)
@@ -375,7 +425,12 @@ fn check_early(args: &Args, weights: &Path, dir: &Path) -> Result<()> {
     .iter()
     .map(|n| dir.join(n))
     .collect();
-    let inputs: Vec<&Path> = vec![args.file.as_path(), weights, args.plan.as_path()];
+    let mut early = early;
+    if args.common.optimizer_state.is_some() {
+        early.push(args.common.optimizer_path(&args.file, dir));
+    }
+    let mut inputs: Vec<&Path> = vec![args.file.as_path(), weights, args.plan.as_path()];
+    inputs.extend(args.common.optimizer_state.as_deref());
     r2rc::outputs::check_outputs(&early, &inputs, args.common.force)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))
 }

@@ -1,7 +1,7 @@
 //! A command's target (`--layer`, `--after`) in either naming, read as r2rc's name; an
 //! unknown one is refused with the nearest spelling and a listing of the names there are.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{torchvision_targets, Naming};
 use crate::error::{Error, Result};
@@ -20,11 +20,65 @@ pub fn target_to_r2rc(graph: &Graph, naming: Naming, target: &str) -> Result<Str
             return Ok(ours.clone());
         }
     }
+    if matches!(naming, Naming::Hf | Naming::Timm) {
+        if let Some(ours) = module_targets(graph, naming).get(target) {
+            return Ok(ours.clone());
+        }
+    }
     let ours = crate::transform::target_names(graph);
     if ours.iter().any(|n| n == target) {
         return Ok(target.to_string());
     }
     Err(unknown_target(graph, naming, target, &tv, &ours))
+}
+
+/// A layout's module names as targets (theirs -> ours): each module of the file, and each
+/// module above them, names what its layers share: one layer (`model.layers.0.mlp.gate_proj`
+/// -> `layers_1.mlp.gate`), the longest prefix of r2rc's names they have in common
+/// (`model.layers.0.mlp` -> `layers_1.mlp`, `blocks.0` -> `blocks_1`, a fused
+/// `transformer.h.0.attn.c_attn` -> `layers_1.attention`), or, for several blocks of one
+/// row, the row (`model.layers` -> `layers_x`). A module holding layers of several rows
+/// (`model`) names nothing.
+pub fn module_targets(graph: &Graph, naming: Naming) -> BTreeMap<String, String> {
+    let Ok(Some(layout)) = super::layout(graph, naming) else {
+        return BTreeMap::new();
+    };
+    let mut held: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (ours, theirs) in layout.modules() {
+        let mut t = theirs.as_str();
+        loop {
+            held.entry(t.to_string()).or_default().push(ours.clone());
+            match t.rsplit_once('.') {
+                Some((up, _)) => t = up,
+                None => break,
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (theirs, layers) in held {
+        let first: Vec<&str> = layers[0].split('.').collect();
+        let common = layers.iter().fold(first.len(), |n, l| {
+            l.split('.')
+                .zip(&first)
+                .take(n)
+                .take_while(|(a, b)| a == *b)
+                .count()
+        });
+        let ours = if common > 0 {
+            first[..common].join(".")
+        } else {
+            let rows: BTreeSet<&str> = layers
+                .iter()
+                .filter_map(|l| graph.find(l).map(|n| graph.g[n].row.as_str()))
+                .collect();
+            match rows.into_iter().collect::<Vec<_>>()[..] {
+                [row] => row.to_string(),
+                _ => continue,
+            }
+        };
+        out.insert(theirs, ours);
+    }
+    out
 }
 
 /// The refusal of a target `graph` does not have, with the nearest spelling and the names
@@ -72,6 +126,8 @@ fn unknown_target(
         if naming == Naming::Torchvision {
             candidates.extend(tv.keys().map(|s| s.as_str()));
         }
+        let modules = module_targets(graph, naming);
+        candidates.extend(modules.keys().map(|s| s.as_str()));
         if let Some(c) = crate::lower::closest(target, &candidates) {
             match tv.get(c) {
                 Some(r) if naming == Naming::Torchvision => {
@@ -92,12 +148,17 @@ fn unknown_target(
             r2rc_listing(graph)
         ),
         Naming::R2rc => r2rc_listing(graph),
-        // Their module names are a layout's (fused q, k, v): targets use r2rc's names.
-        Naming::Hf | Naming::Timm => format!(
-            "targets use r2rc's names under --names {} too; {}",
-            naming.keyword(),
-            r2rc_listing(graph)
-        ),
+        // Their modules are named as they stand in the file, blocks included.
+        Naming::Hf | Naming::Timm => {
+            let theirs = module_targets(graph, naming);
+            let some: Vec<&str> = theirs.keys().map(|k| k.as_str()).take(6).collect();
+            format!(
+                "under --names {} a target is one of the file's modules ({}, ...) or an r2rc name; {}",
+                naming.keyword(),
+                some.join(", "),
+                r2rc_listing(graph)
+            )
+        }
     });
     let what = match naming {
         Naming::Torchvision => "module, layer, block or row",

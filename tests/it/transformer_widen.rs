@@ -398,3 +398,137 @@ fn local_proofs_cover_every_family() {
         }
     }
 }
+
+/// Under `--names hf` and `--names timm` a target may be one of the file's modules: a
+/// layer, a sublayer, a block or the stack of blocks, fused modules included.
+#[test]
+fn hf_and_timm_module_names_are_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut summary = |src: &str, args: &[&str]| -> String {
+        let arch = dir.path().join("net.arch");
+        std::fs::write(&arch, src).unwrap();
+        let mut all = vec![args[0], arch.to_str().unwrap()];
+        all.extend(&args[1..]);
+        let (code, out, err) = run(&all);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        format!("{out}{err}")
+    };
+    let s = summary(
+        LLAMA,
+        &[
+            "widen",
+            "--layer",
+            "model.layers.0.mlp",
+            "--by",
+            "2",
+            "--names",
+            "hf",
+        ],
+    );
+    assert!(
+        s.contains(
+            "`layers_1.mlp.gate (model.layers.0.mlp.gate_proj)` (layers_x) from 48 to 96 features"
+        ),
+        "{s}"
+    );
+    assert!(!s.contains("layers_2.mlp"), "{s}");
+    let s = summary(
+        LLAMA,
+        &[
+            "widen",
+            "--layer",
+            "model.layers.1.self_attn",
+            "--add",
+            "2",
+            "--names",
+            "hf",
+        ],
+    );
+    assert!(s.contains("from 4 to 6 kv groups"), "{s}");
+    // The stack of decoder layers is the row: its residual stream.
+    let s = summary(
+        LLAMA,
+        &[
+            "widen",
+            "--layer",
+            "model.layers",
+            "--by",
+            "2",
+            "--names",
+            "hf",
+        ],
+    );
+    assert!(s.contains("from 32 to 64 features"), "{s}");
+    let s = summary(
+        GPT2,
+        &["deepen", "--after", "transformer.h.0", "--names", "hf"],
+    );
+    assert!(
+        s.contains("inserted layers_2.attention.norm (transformer.h.1.ln_1)"),
+        "{s}"
+    );
+    let s = summary(
+        GPT2,
+        &[
+            "widen",
+            "--layer",
+            "transformer.h.1.attn.c_attn",
+            "--add",
+            "2",
+            "--names",
+            "hf",
+        ],
+    );
+    assert!(
+        s.contains(
+            "`layers_2.attention.q (transformer.h.1.attn.c_attn)` (layers_x) from 4 to 6 kv groups"
+        ),
+        "{s}"
+    );
+    let s = summary(
+        VIT,
+        &[
+            "widen",
+            "--layer",
+            "blocks.1.mlp",
+            "--by",
+            "2",
+            "--names",
+            "timm",
+        ],
+    );
+    assert!(
+        s.contains("`blocks_2.mlp.fc1 (blocks.1.mlp.fc1)` (blocks_x) from 64 to 128 features"),
+        "{s}"
+    );
+    // A module holding several rows names nothing; the refusal lists modules that do.
+    let arch = dir.path().join("l.arch");
+    std::fs::write(&arch, LLAMA).unwrap();
+    let (code, _, err) = run(&[
+        "widen",
+        arch.to_str().unwrap(),
+        "--layer",
+        "model",
+        "--by",
+        "2",
+        "--names",
+        "hf",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("one of the file's modules (lm_head, model.embed_tokens"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "widen",
+        arch.to_str().unwrap(),
+        "--layer",
+        "model.layers.0.mpl",
+        "--by",
+        "2",
+        "--names",
+        "hf",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("did you mean `model.layers.0.mlp`?"), "{err}");
+}

@@ -147,7 +147,8 @@ pub fn judge(
 pub fn widen_judged(args: &WidenArgs, plan: &Plan, dtype: DType) -> Judged {
     Judged {
         title: widen_title(args),
-        // Net2Net divides weights by replica counts; norm-aware fills rescale and average.
+        // Net2Net divides weights by replica counts (and adds cancelling noise to them);
+        // norm-aware fills rescale and average.
         rounds: plan.exact && plan.rounds,
         dtype,
     }
@@ -156,7 +157,7 @@ pub fn widen_judged(args: &WidenArgs, plan: &Plan, dtype: DType) -> Judged {
 /// The method's title as a deviation note names it.
 pub fn widen_title(args: &WidenArgs) -> String {
     match args.noise {
-        Some(s) => format!("{} with noise {s}", args.method.title()),
+        Some(n) => format!("{} with {}", args.method.title(), n.title()),
         None => args.method.title().to_string(),
     }
 }

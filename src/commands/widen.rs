@@ -1,12 +1,12 @@
 //! `r2rc widen FILE (--layer NAME | --stage ROW | --all) (--by F | --to C | --add E)
-//! [--method M] [--init match|he] [--noise SIGMA]` and the flags every rewrite command
-//! shares ([`Common`]: weights, outputs, seed, proof, naming, shards).
+//! [--method M] [--init match|he] [--noise SIGMA | --noise-approx SIGMA]` and the flags
+//! every rewrite command shares ([`Common`]: weights, outputs, seed, proof, naming, shards).
 
 use std::path::PathBuf;
 
 use r2rc::names::{self, Naming};
 use r2rc::patch::Step;
-use r2rc::transform::{Amount, Init, Method, Target, WidenArgs};
+use r2rc::transform::{Amount, Init, Method, Noise, Target, WidenArgs};
 use r2rc::Result;
 
 use super::step::Common;
@@ -42,10 +42,15 @@ pub struct Args {
     /// New free weights: match (uniform, the existing kernel's standard deviation) or he.
     #[arg(long, default_value = "match")]
     init: String,
-    /// Net2WiderNet: add noise (SIGMA kernel standard deviations) to the new weights; the
-    /// student is then only approximately the teacher.
-    #[arg(long, value_name = "SIGMA")]
+    /// Net2WiderNet: break the replicas' symmetry with noise of SIGMA standard deviations of
+    /// each consumer weight, in zero-sum sets on the consumer columns of a channel's copies
+    /// (+N and -N for two); the student stays exact and is proved.
+    #[arg(long, value_name = "SIGMA", conflicts_with = "noise_approx")]
     noise: Option<f64>,
+    /// Net2WiderNet as its paper: independent noise of SIGMA standard deviations on the new
+    /// rows and columns; the student is only approximately the teacher (measured, not proved).
+    #[arg(long, value_name = "SIGMA")]
+    noise_approx: Option<f64>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -74,7 +79,7 @@ pub fn widen_args(
         amount,
         method: Method::parse(method)?,
         init: Init::parse(init)?,
-        noise,
+        noise: noise.map(Noise::Cancelling),
     })
 }
 
@@ -88,5 +93,9 @@ pub fn run(args: Args) -> Result<()> {
         (&args.method, &args.init, args.noise),
         |n| names::target_to_r2rc(&graph, naming, &n),
     )?;
+    let wargs = WidenArgs {
+        noise: args.noise_approx.map(Noise::Approx).or(wargs.noise),
+        ..wargs
+    };
     super::step::run_one(&args.file, c, &graph, &Step::Widen(wargs))
 }

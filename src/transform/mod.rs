@@ -49,7 +49,7 @@ pub use fill::{
     append0, block_index, cat, cat_pair, default_entries, fan_in, keyed_rng, std_of, with_dim,
     Fill, FillCtx, Part,
 };
-pub use methods::{Method, MethodInfo, METHODS};
+pub use methods::{Method, MethodInfo, Noise, METHODS};
 use target::{added, refuse_silent_shortcuts};
 pub use target::{resolve, target_names};
 
@@ -144,8 +144,8 @@ pub struct WidenArgs {
     pub amount: Amount,
     pub method: Method,
     pub init: Init,
-    /// Net2WiderNet only: noise of this many kernel standard deviations on new weights.
-    pub noise: Option<f64>,
+    /// Net2WiderNet only: symmetry-breaking noise (cancelling, or approximate).
+    pub noise: Option<Noise>,
 }
 
 /// One widened space, for reports.
@@ -171,7 +171,8 @@ pub struct Widened {
     pub changes: Vec<SpaceChange>,
     /// Sentences for the user: rounding, streams that widen together.
     pub notes: Vec<String>,
-    /// Whether the method is function preserving (noisy Net2Net and random pad are not).
+    /// Whether the method is function preserving (random pad and Net2Net with
+    /// `--noise-approx` are not).
     pub exact: bool,
 }
 
@@ -291,16 +292,20 @@ impl Plan {
 /// Plans widening `graph` as `args` asks; reads no weights.
 pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
     let info = args.method.info();
-    if args.noise.is_some() && !info.noisy {
-        let noisy: Vec<&str> = METHODS.iter().filter(|m| m.noisy).map(|m| m.name).collect();
-        return Err(Error::usage(
-            format!(
-                "--noise only applies to {}, not {}",
-                noisy.join(", "),
-                info.name
-            ),
-            None,
-        ));
+    if let Some(n) = args.noise {
+        n.check()?;
+        if !info.noisy {
+            let noisy: Vec<&str> = METHODS.iter().filter(|m| m.noisy).map(|m| m.name).collect();
+            return Err(Error::usage(
+                format!(
+                    "{} only applies to {}, not {}",
+                    n.flag(),
+                    noisy.join(", "),
+                    info.name
+                ),
+                None,
+            ));
+        }
     }
     let spaces = channel_spaces(graph);
     let ids = resolve(graph, &spaces, &args.target)?;
@@ -361,7 +366,8 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
     {
         norms::header_eps(&mut g)?;
     }
-    let exact = info.exact && args.noise.is_none_or(|s| s == 0.0);
+    let exact = info.exact && !args.noise.is_some_and(|n| n.approximate());
+    notes.extend(args.noise.and_then(|n| n.note(info.title)));
     Ok(Plan {
         spaces,
         steps,
@@ -630,7 +636,13 @@ mod tests {
         let teacher = crate::params::init(&g, 3, true);
         for method in METHODS.iter().map(|m| m.method) {
             for init in [Init::Match, Init::He] {
-                let noise = method.info().noisy.then_some(0.1);
+                // Net2Net's noise draws per tensor too: cancelling with one init,
+                // approximate with the other.
+                let noise = method.info().noisy.then_some(if init == Init::Match {
+                    Noise::Cancelling(0.1)
+                } else {
+                    Noise::Approx(0.1)
+                });
                 let args = WidenArgs {
                     target: Target::All,
                     amount: Amount::By(1.5),

@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use super::fill::{append0, cat, cat_pair, fan_in, with_dim, Fill, FillCtx};
 use super::methods::net2net::Net2Net;
 use super::methods::random::RandomPad;
+use super::methods::Noise;
 use super::Method;
 use crate::analysis::Space;
 use crate::error::{Error, Result};
@@ -178,7 +179,9 @@ pub fn header_eps(g: &mut crate::ir::Graph) -> Result<()> {
 }
 
 /// The fill of `rule` for a step of `ctx`.
-pub fn fill(rule: StreamRule, ctx: FillCtx, noise: Option<f64>) -> Box<dyn Fill> {
+/// Net2Net's noise passes through to its whole copies: cancelling noise lands on the
+/// readers' columns of the norms' outputs, which are exact copies, so it stays exact.
+pub fn fill(rule: StreamRule, ctx: FillCtx, noise: Option<Noise>) -> Box<dyn Fill> {
     match rule {
         StreamRule::Held {
             hold,

@@ -21,6 +21,7 @@ mod hostile;
 mod large;
 mod morph;
 mod names_hf;
+mod net2net_noise;
 mod onnx_tract;
 mod params;
 mod picture;

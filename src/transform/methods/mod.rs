@@ -35,17 +35,86 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// The paper's name, for reports.
     pub title: &'static str,
-    /// Function preserving (without `--noise`).
+    /// Function preserving (without [`Noise::Approx`]).
     pub exact: bool,
     /// Adds channels in pairs (R2R's halves L and R).
     pub pairs: bool,
     /// Computes values a narrow dtype cannot hold exactly (replica divisions): the proof's
     /// tolerance rule widens for it ([`crate::prove::stored_options`]).
     pub rounds: bool,
-    /// Takes `--noise` (then it is no longer exact).
+    /// Duplicates channels and takes [`Noise`] to break the replicas' symmetry.
     pub noisy: bool,
     /// The fill of one step; `step_rng` is the step's own keyed stream.
-    pub fill: fn(FillCtx, Option<f64>, &mut ChaCha8Rng) -> Box<dyn Fill>,
+    pub fill: fn(FillCtx, Option<Noise>, &mut ChaCha8Rng) -> Box<dyn Fill>,
+}
+
+/// Noise that breaks the symmetry of duplicated channels (Net2WiderNet's replicas), in
+/// standard deviations of the tensor it lands on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Noise {
+    /// `--noise`: zero-sum sets on the consumer columns of each channel's copies
+    /// (HyperCloning): replicas' outgoing weights differ, their sum is unchanged, the
+    /// student is exact.
+    Cancelling(f64),
+    /// `--noise-approx`: independent noise on the new rows and columns (the Net2Net paper's):
+    /// the student is only approximately the teacher.
+    Approx(f64),
+}
+
+impl Noise {
+    /// Its standard deviations.
+    pub fn sigma(self) -> f64 {
+        match self {
+            Noise::Cancelling(s) | Noise::Approx(s) => s,
+        }
+    }
+
+    /// Whether it changes the function (approximate noise of a positive size).
+    pub fn approximate(self) -> bool {
+        matches!(self, Noise::Approx(s) if s > 0.0)
+    }
+
+    /// The flag that asks for it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Noise::Cancelling(_) => "--noise",
+            Noise::Approx(_) => "--noise-approx",
+        }
+    }
+
+    /// Its name in titles and notes.
+    pub fn title(self) -> String {
+        match self {
+            Noise::Cancelling(s) => format!("cancelling noise {s}"),
+            Noise::Approx(s) => format!("approximate noise {s}"),
+        }
+    }
+
+    /// A usage error unless SIGMA is a finite number >= 0.
+    pub fn check(self) -> Result<()> {
+        let s = self.sigma();
+        if s.is_finite() && s >= 0.0 {
+            return Ok(());
+        }
+        Err(Error::usage(
+            format!("{} {s}: SIGMA must be a finite number >= 0", self.flag()),
+            Some("e.g. 0.01 (standard deviations of the weight it lands on)".into()),
+        ))
+    }
+
+    /// The report's sentence about it (`title`: the method's); none for SIGMA 0.
+    pub fn note(self, title: &str) -> Option<String> {
+        Some(match self {
+            Noise::Cancelling(0.0) | Noise::Approx(0.0) => return None,
+            Noise::Cancelling(s) => format!(
+                "{title} breaks the replicas' symmetry with cancelling noise: the consumer columns of each channel's copies get noise of {s} standard deviations of the consumer weight in zero-sum sets (+N and -N for two copies), so replicas' outgoing weights differ while their sum, and the student's function, is unchanged: the student is exact"
+            ),
+            Noise::Approx(s) => format!(
+                "{title} adds approximate noise of {s} standard deviations to the new rows and columns: the student is only approximately the teacher (measured, not proved)"
+            ),
+        })
+    }
 }
 
 #[rustfmt::skip]

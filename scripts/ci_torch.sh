@@ -23,3 +23,4 @@ if ! "$PY" -c "import safetensors.torch" 2>/dev/null; then
 fi
 
 "$PY" scripts/check_torch.py --r2rc "$R2RC" --examples examples
+"$PY" scripts/check_optim_state.py --r2rc "$R2RC"

@@ -69,6 +69,12 @@ pub fn run(args: Args) -> Result<()> {
             weights(w)?;
         }
         outputs.push((path.clone(), emit::to_torch(&named)?.into_bytes()));
+        // The optimizer-state helper beside the module (unless it is already there).
+        let helper = path.with_file_name("optim_state.py");
+        let text = include_str!("../../scripts/optim_state.py");
+        if helper != *path && std::fs::read(&helper).ok().as_deref() != Some(text.as_bytes()) {
+            outputs.push((helper, text.as_bytes().to_vec()));
+        }
     }
     if let Some(path) = &args.json {
         let mut text = serde_json::to_string_pretty(&emit::graph_json(&named))

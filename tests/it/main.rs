@@ -23,6 +23,7 @@ mod morph;
 mod names_hf;
 mod net2net_noise;
 mod onnx_tract;
+mod optimizer_state;
 mod params;
 mod picture;
 mod pipeline_cli;

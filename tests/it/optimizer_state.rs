@@ -659,3 +659,25 @@ fn export_torch_writes_the_state_helper_beside_the_module() {
     assert!(!crate::common::text(&o.stderr).contains("optim_state.py"));
     assert_eq!(listing(tmp.path()), ["m.py", "n.py", "optim_state.py"]);
 }
+
+/// Net2Net's symmetry-breaking noise goes into the weights only: the moments of a noisy
+/// student are those of the noiseless one.
+#[test]
+fn net2net_noise_leaves_the_moments_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, w, adam, _) = teacher(tmp.path(), "f32");
+    let file = |d: &Path| std::fs::read(d.join(optim::file_name(NET, Naming::R2rc))).unwrap();
+    let weights = |d: &Path| std::fs::read(d.join(format!("{NET}.safetensors"))).unwrap();
+    let (plain, noisy) = (tmp.path().join("plain"), tmp.path().join("noisy"));
+    let flags = ["--all", "--by", "1.5", "--method", "net2net"];
+    grow("widen", &w, &adam, &plain, &flags);
+    let mut f = flags.to_vec();
+    f.extend(["--noise", "0.5"]);
+    grow("widen", &w, &adam, &noisy, &f);
+    assert_ne!(
+        weights(&plain),
+        weights(&noisy),
+        "the noise changed the weights"
+    );
+    assert_eq!(file(&plain), file(&noisy));
+}

@@ -4,7 +4,9 @@ r2rc with --optimizer-state (widen r2r and net2net, deepen r2r), loaded into a f
 over the student module; the loaded state is the file's (a save round-trips it), R2R's
 keeps the teacher's moments bit for bit with zeros on new entries, step is kept (new
 layers: 0), one AdamW step of the student runs and moves every parameter that has a
-gradient, and `r2rc export --torch` writes the helper beside the module.
+gradient, and `r2rc export --torch` writes the helper beside the module. Where
+transformers is installed, a tiny Hugging Face Llama goes through the same steps under
+--names hf (check_hf).
 
 Usage: check_optim_state.py --r2rc PATH/TO/r2rc [--arch examples/resnet_cifar10.arch]
 """
@@ -119,8 +121,74 @@ def main():
             print(f"ok   {name}: state loaded into AdamW by name ({len(written) // 3} "
                   f"parameters), one step moved {moved}")
             checks += 1
+        checks += check_hf(a.r2rc, work)
     print(f"optimizer state: {checks}/{checks} students stepped")
     return 0
+
+
+def check_hf(binary, work):
+    """A tiny Hugging Face Llama trained 2 AdamW steps, its state saved by parameter name,
+    widened x2 (r2r) and deepened (r2r) by r2rc under --names hf; the student folder loads
+    with from_pretrained, takes the state (teacher's moments kept, step kept, new layer 0)
+    and one AdamW step. Skipped (0 checks) where transformers is not installed."""
+    try:
+        import transformers
+    except ImportError:
+        print("skip Hugging Face Llama: transformers is not installed "
+              "(scripts/ci_transformers.sh's venv has it)")
+        return 0
+    torch.manual_seed(1)
+    cfg = transformers.LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=16,
+        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, hidden_act="silu")
+    teacher = transformers.LlamaForCausalLM(cfg)
+    folder = os.path.join(work, "llama")
+    ids = torch.randint(0, 50, (2, 16))
+    opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        teacher(ids, labels=ids).loss.backward()
+        opt.step()
+    teacher.save_pretrained(folder, safe_serialization=True)
+    adam = os.path.join(work, "llama_adam.safetensors")
+    save_state(teacher, opt, adam)
+    saved = load_file(adam)
+    arch = os.path.join(work, "llama.arch")
+    r2rc(binary, "from-hf", os.path.join(folder, "config.json"), "-o", arch)
+    n = 0
+    for name, flags in [("hf widen_r2r", ["widen", "--all", "--by", "2", "--method", "r2r"]),
+                        ("hf deepen_r2r", ["deepen", "--after", "layers_1", "--method", "r2r"])]:
+        out = os.path.join(work, name.replace(" ", "_"))
+        r2rc(binary, flags[0], arch, *flags[1:], "--weights",
+             os.path.join(folder, "model.safetensors"), "--names", "hf",
+             "--optimizer-state", adam, "-o", out)
+        student = transformers.AutoModelForCausalLM.from_pretrained(out)
+        student.train()
+        opt2 = torch.optim.AdamW(student.parameters(), lr=1e-3)
+        state = os.path.join(out, "optimizer.safetensors")
+        load_state(student, opt2, state)
+        written = load_file(state)
+        for k, v in to_tensors(student, opt2).items():
+            assert torch.equal(v, written[k]), f"{name}: {k} round trip"
+        if name.endswith("widen_r2r"):
+            for k, v in written.items():
+                old = saved[k]
+                if k.endswith(".step"):
+                    assert int(v) == 2, f"{name}: {k} kept"
+                elif "norm" not in k:  # stream norm scales are rescaled by sqrt(1/2)
+                    region = tuple(slice(0, d) for d in old.shape)
+                    assert torch.equal(v[region], old), f"{name}: {k} keeps the teacher's"
+        else:
+            steps = {k: int(v) for k, v in written.items() if k.endswith(".step")}
+            assert all((s == 0) == (".layers.1." in k) for k, s in steps.items()), name
+        opt2.zero_grad()
+        student(ids, labels=ids).loss.backward()
+        opt2.step()
+        assert all(torch.isfinite(p).all() for p in student.parameters()), name
+        print(f"ok   {name}: from_pretrained student took the state and one AdamW step")
+        n += 1
+    return n
 
 
 def teacher_input(arch):

@@ -249,7 +249,7 @@ impl Graph {
         self.g
             .node_indices()
             .filter(|&n| matches!(self.g[n].op, Op::Embedding(_)))
-            .last()
+            .next_back()
     }
 
     /// Every parameter tensor, in topological order; a tied head's weight is the

@@ -81,9 +81,9 @@ impl StreamRule {
                 }
             ),
             StreamRule::Copies => format!(
-                "space `{}` is read by {kind} norms: every feature is copied {} times, which keeps each norm's statistics",
+                "space `{}` is read by {kind} norms: every feature appears {} times ({c} to {to}), which keeps each norm's statistics",
                 space.label,
-                e / c
+                to / c
             ),
             StreamRule::Free => format!(
                 "space `{}` is read by {kind} norms: the random baseline draws its new features, which changes the norms' statistics",

@@ -27,3 +27,4 @@ fi
 "$venv/bin/python" scripts/check_transformers.py --r2rc "$R2RC"
 "$venv/bin/python" scripts/check_transformer_exports.py --r2rc "$R2RC"
 "$venv/bin/python" scripts/check_transformer_growth.py --r2rc "$R2RC"
+"$venv/bin/python" scripts/check_optim_state.py --r2rc "$R2RC"

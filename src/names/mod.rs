@@ -9,8 +9,9 @@
 //! Transformers' and timm's schemes are layouts as well as names: a file tensor may hold
 //! several r2rc tensors (fused q, k, v), transposed (GPT-2's Conv1D) or reshaped (timm's
 //! `cls_token`); `layout.rs` reads and writes those, `hf.rs` and `timm.rs` say where each
-//! tensor goes. Paths that copy tensors one to one (streamed rewrites, sharded writes)
-//! work under a layout only when it renames alone (Llama); otherwise they are refused.
+//! tensor goes. Paths that read and write tensor by tensor (streamed rewrites, sharded
+//! writes) go through [`stored`] and serve every layout; only what needs the network's
+//! layers renamed ([`renamed_graph`]: exports) is refused under one that fuses.
 //!
 //! The parts: `torchvision.rs` holds torchvision's ResNet scheme (layer and module names),
 //! `targets.rs` reads a command's target (`--layer`, `--after`) written in either naming;
@@ -147,15 +148,17 @@ pub fn shown(name: &str, names: Option<&BTreeMap<String, String>>) -> String {
 /// The renames of `naming` for every parameter-owning layer of `graph` (ours -> theirs),
 /// or an error naming the first layer it has no name for. Under a layout that does more
 /// than rename (GPT-2, timm), an error naming the first tensor that is fused, transposed
-/// or reshaped: what reads and writes tensors one to one cannot serve it.
+/// or reshaped: such a layout names file tensors, not layers, so what needs a renamed
+/// graph (exports) cannot serve it. Reading and writing tensors goes through [`stored`],
+/// which serves every naming.
 pub fn layer_renames(graph: &Graph, naming: Naming) -> Result<BTreeMap<String, String>> {
     if let Some(l) = layout(graph, naming)? {
         return l.plain_layers().map_err(|s| {
             Error::usage(
                 format!(
                     "under {} tensor `{}` is not one r2rc tensor renamed (it holds {}), so \
-                     tensors cannot be copied one to one: streamed rewrites, sharded outputs \
-                     and exports under this naming are not available for it yet",
+                     the network's layers have no names of their own in this naming: \
+                     exports (ONNX, JSON, torch modules) under it are not available yet",
                     l.shown(),
                     s.name,
                     s.parts
@@ -165,9 +168,8 @@ pub fn layer_renames(graph: &Graph, naming: Naming) -> Result<BTreeMap<String, S
                         .join(", ")
                 ),
                 Some(
-                    "run the step in memory (without --stream or --shard-size), or convert the \
-                     weights to r2rc's names first (`r2rc run`/`init` read and write --names \
-                     hf|timm whole files)"
+                    "export under r2rc's names (drop --names), or convert the weights to r2rc's \
+                     names first (`r2rc run`/`init` read and write --names hf|timm files)"
                         .into(),
                 ),
             )
@@ -211,6 +213,69 @@ pub fn layer_renames(graph: &Graph, naming: Naming) -> Result<BTreeMap<String, S
         map.insert(node.name.clone(), theirs);
     }
     Ok(map)
+}
+
+/// Every tensor of a file of `graph`'s weights under `naming`, in file order, with the r2rc
+/// tensors it holds: a layout's stored tensors (fused, transposed, reshaped), or under a
+/// renaming one r2rc tensor each, renamed. What reads and writes files tensor by tensor
+/// (streamed rewrites, sharded outputs) goes through this, so it serves every naming.
+pub fn stored(graph: &Graph, naming: Naming) -> Result<Vec<layout::Stored>> {
+    if let Some(l) = layout(graph, naming)? {
+        return Ok(l.stored);
+    }
+    let shapes: BTreeMap<String, Vec<usize>> = graph
+        .param_specs()
+        .into_iter()
+        .map(|s| (s.name, s.slot.shape))
+        .collect();
+    Ok(tensor_renames(graph, naming)?
+        .into_iter()
+        .map(|(ours, theirs)| layout::Stored::renamed(theirs, &ours, &shapes[&ours]))
+        .collect())
+}
+
+/// The entries (name, shape, whether a batch counter) of a file of `graph`'s weights
+/// under `naming`, in file order ([`stored`]): what a writer lays out.
+pub fn file_entries(graph: &Graph, naming: Naming) -> Result<Vec<crate::shards::Entry>> {
+    let counters: BTreeSet<String> = graph
+        .param_specs()
+        .into_iter()
+        .filter(|s| s.slot.kind == crate::ir::ParamKind::NumBatchesTracked)
+        .map(|s| s.name)
+        .collect();
+    Ok(stored(graph, naming)?
+        .into_iter()
+        .map(|s| crate::shards::Entry {
+            counter: s.parts.len() == 1 && counters.contains(&s.parts[0].0),
+            name: s.name,
+            shape: s.shape,
+        })
+        .collect())
+}
+
+/// Writes `params` (r2rc's names) at `path` under `naming`, sharded by `shard_size` when
+/// given, in file order ([`file_entries`]); returns the files written.
+pub fn save_sharded(
+    params: &Params,
+    graph: &Graph,
+    path: &Path,
+    metadata: Option<&BTreeMap<String, String>>,
+    naming: Naming,
+    shard_size: Option<u64>,
+) -> Result<Vec<std::path::PathBuf>> {
+    params.check(graph)?;
+    let entries = file_entries(graph, naming)?;
+    let mut w =
+        crate::shards::Writer::create(path, &entries, params.dtype, metadata, shard_size, 0)?;
+    for s in stored(graph, naming)? {
+        let t = if s.is_plain() {
+            params.tensors[&s.parts[0].0].clone()
+        } else {
+            s.join(&params.tensors)?
+        };
+        w.write_values(&s.name, &t)?;
+    }
+    w.finish()
 }
 
 /// `graph` with its parameter-owning layers renamed to `naming`: the graph whose

@@ -9,14 +9,22 @@
 //! own ([`Patch::tensor`]: its draws are keyed by seed, step, tensor and part), encoded and
 //! handed to a writer thread, which writes through `O_DIRECT` where it can
 //! ([`Writer::sequential`]).
+//!
+//! Files are read and written by the naming's layout ([`names::stored`]): under GPT-2's
+//! and timm's, one file tensor may hold several r2rc tensors (fused q, k, v), transposed
+//! or reshaped. The teacher splits such a tensor to read a part; the writer joins a
+//! student tensor's parts, each made as above, so every layout streams, sharded or not,
+//! with the bytes the in-memory path writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use ndarray::ArrayD;
 
 use crate::error::Result;
-use crate::ir::{Graph, ParamKind};
+use crate::ir::Graph;
+use crate::names::layout::Stored;
 use crate::names::{self, Naming};
 use crate::params::DType;
 use crate::patch::{Patch, Step, Teacher, TensorId};
@@ -51,24 +59,69 @@ pub struct Job<'a> {
 pub const STREAMED_NOTE: &str =
     "streamed: tensors the rewrite does not change were copied byte for byte from the teacher";
 
-/// A memory-mapped teacher read by r2rc names (a naming scheme's file names behind them).
+/// A memory-mapped teacher read by r2rc names. Under a naming that renames, each r2rc
+/// tensor is a file tensor of its own; under a layout that fuses, transposes or reshapes
+/// (GPT-2's `c_attn`, timm's `qkv` and `cls_token`), an r2rc tensor is a part of one: it is
+/// read by decoding that file tensor alone and splitting it as the layout says.
 pub struct Mapped<'a> {
     pub src: &'a Source,
-    /// r2rc tensor name -> the file's name.
-    file: HashMap<String, String>,
+    /// The file's tensors, with the r2rc tensors each holds.
+    stored: Vec<Stored>,
+    /// r2rc tensor name -> (index into `stored`, part).
+    part: HashMap<String, (usize, usize)>,
+    /// The parts of the last fused file tensor read: its parts are read one after another
+    /// (q, k, v), so it is decoded once for all of them.
+    last: Mutex<Option<(usize, Vec<ArrayD<f64>>)>>,
 }
 
 impl<'a> Mapped<'a> {
     /// The teacher of `graph` in `src`, whose tensors carry `naming`'s names (checked).
     pub fn new(src: &'a Source, graph: &Graph, naming: Naming) -> Result<Mapped<'a>> {
         names::check_source(src, graph, naming)?;
-        let file = names::tensor_renames(graph, naming)?.into_iter().collect();
-        Ok(Mapped { src, file })
+        let stored = names::stored(graph, naming)?;
+        let mut part = HashMap::new();
+        for (i, s) in stored.iter().enumerate() {
+            for (k, (p, _)) in s.parts.iter().enumerate() {
+                part.insert(p.clone(), (i, k));
+            }
+        }
+        Ok(Mapped {
+            src,
+            stored,
+            part,
+            last: Mutex::new(None),
+        })
     }
 
-    /// The file's name of the r2rc tensor `name`.
+    /// The file's name of the r2rc tensor `name` (the tensor holding it).
     pub fn file_name<'n>(&'n self, name: &'n str) -> &'n str {
-        self.file.get(name).map_or(name, |s| s.as_str())
+        self.part
+            .get(name)
+            .map_or(name, |&(i, _)| self.stored[i].name.as_str())
+    }
+
+    /// The teacher's file tensor that student file tensor `s` is a byte-for-byte copy of:
+    /// every part of `s` is a teacher tensor no edit changes, and they are exactly the
+    /// parts of one teacher file tensor, in order and laid out alike.
+    fn whole(&self, patch: &Patch, s: &Stored) -> Option<&str> {
+        let mut at: Option<usize> = None;
+        for (k, (name, shape)) in s.parts.iter().enumerate() {
+            let id = TensorId::parse(name);
+            if patch.edits.contains_key(&id) {
+                return None;
+            }
+            let &(i, j) = self.part.get(&patch.source_of(&id).to_string())?;
+            if j != k || at.is_some_and(|a| a != i) || self.stored[i].parts[j].1 != *shape {
+                return None;
+            }
+            at = Some(i);
+        }
+        let t = &self.stored[at?];
+        let alike = t.parts.len() == s.parts.len()
+            && t.shape == s.shape
+            && t.transpose == s.transpose
+            && t.axis == s.axis;
+        alike.then_some(t.name.as_str())
     }
 }
 
@@ -85,14 +138,32 @@ impl Teacher for Mapped<'_> {
 
     fn read(&self, id: &TensorId) -> Result<ArrayD<f64>> {
         let name = id.to_string();
-        let file = self.file_name(&name);
-        let t = self.src.decode(file)?;
-        self.src.release(file);
-        Ok(t)
+        let Some(&(i, k)) = self.part.get(&name) else {
+            // Not the network's: the source says the file lacks it.
+            return self.src.decode(&name);
+        };
+        let s = &self.stored[i];
+        if s.is_plain() {
+            let t = self.src.decode(&s.name)?;
+            self.src.release(&s.name);
+            return Ok(t);
+        }
+        if let Some((j, parts)) = &*self.last.lock().expect("not poisoned") {
+            if *j == i {
+                return Ok(parts[k].clone());
+            }
+        }
+        let t = self.src.decode(&s.name)?;
+        self.src.release(&s.name);
+        let parts: Vec<ArrayD<f64>> = s.split(&t).into_iter().map(|(_, p)| p).collect();
+        let out = parts[k].clone();
+        *self.last.lock().expect("not poisoned") = Some((i, parts));
+        Ok(out)
     }
 }
 
-/// The weight files of `student` (in `src`'s dtype, `naming`'s names) at `path`.
+/// The weight files of `student` (in `src`'s dtype, `naming`'s names and layout) at
+/// `path`.
 pub fn student_paths(
     student: &Graph,
     src: &Source,
@@ -100,10 +171,9 @@ pub fn student_paths(
     naming: Naming,
     shard_size: Option<u64>,
 ) -> Result<Vec<PathBuf>> {
-    let theirs = names::renamed_graph(student, naming)?;
     Ok(shards::output_paths(
         path,
-        &shards::entries(&theirs),
+        &names::file_entries(student, naming)?,
         src.dtype(),
         shard_size,
     ))
@@ -158,11 +228,13 @@ pub fn step_with_state(
     })
 }
 
-/// Writes the student of `patch` at `path` (sharded by `shard_size`, in `naming`'s names)
-/// with `metadata`, in file order ([`Writer::sequential`]): a tensor no edit makes is
-/// copied from the teacher's map; an edited one is computed ([`Patch::tensor`]) and
-/// encoded. A writer thread writes (and copies) while this one computes the next tensor;
-/// at most one finished tensor waits. Returns the files written.
+/// Writes the student of `patch` at `path` (sharded by `shard_size`, in `naming`'s names
+/// and layout) with `metadata`, in file order ([`Writer::sequential`]): a file tensor
+/// whose every part no edit changes, laid out as one teacher file tensor, is copied from
+/// the teacher's map; any other is made from its r2rc parts (each computed by
+/// [`Patch::tensor`] or read from the teacher), joined as the layout says, and encoded.
+/// A writer thread writes (and copies) while this one computes the next tensor; at most
+/// one finished tensor waits. Returns the files written.
 pub fn write(
     patch: &Patch,
     teacher: &Mapped,
@@ -181,22 +253,12 @@ pub fn write(
     let metadata = &crate::hf_config_out::file_metadata(metadata, naming);
     let src = teacher.src;
     let dtype = src.dtype();
-    let theirs = names::renamed_graph(&patch.student, naming)?;
-    let entries = shards::entries(&theirs);
+    let stored = names::stored(&patch.student, naming)?;
+    let entries = names::file_entries(&patch.student, naming)?;
     let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
     let mut writer = Writer::create(path, &entries, dtype, Some(metadata), shard_size, 0)?;
     writer.sequential()?;
     let mut progress = Progress::new("writing the student", total, true);
-    let out_name: HashMap<String, String> = names::tensor_renames(&patch.student, naming)?
-        .into_iter()
-        .collect();
-    // In file order, with whether each is a batch counter (stored as int64).
-    let order: Vec<(String, bool)> = patch
-        .student
-        .param_specs()
-        .into_iter()
-        .map(|s| (s.name, s.slot.kind == ParamKind::NumBatchesTracked))
-        .collect();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(0);
     std::thread::scope(|s| {
         let handle = s.spawn(move || -> Result<Writer> {
@@ -214,17 +276,25 @@ pub fn write(
             Ok(writer)
         });
         let computed = || -> Result<()> {
-            for (name, counter) in &order {
-                let out = out_name.get(name).unwrap_or(name).clone();
-                let id = TensorId::parse(name);
-                let job = if patch.edits.contains_key(&id) {
-                    let t = patch.tensor(&id, teacher)?;
-                    let t = t.as_standard_layout();
-                    let values = t.as_slice().expect("standard layout");
-                    Job::Bytes(out, shards::encode(values, dtype, *counter))
-                } else {
-                    let from = patch.source_of(&id).to_string();
-                    Job::Copy(teacher.file_name(&from).to_string(), out)
+            for (st, entry) in stored.iter().zip(&entries) {
+                let out = st.name.clone();
+                let job = match teacher.whole(patch, st) {
+                    Some(file) => Job::Copy(file.to_string(), out),
+                    None => {
+                        let mut parts = BTreeMap::new();
+                        for (name, _) in &st.parts {
+                            let t = patch.tensor(&TensorId::parse(name), teacher)?;
+                            parts.insert(name.clone(), t);
+                        }
+                        let t = if st.is_plain() {
+                            parts.pop_first().expect("one part").1
+                        } else {
+                            st.join(&parts)?
+                        };
+                        let t = t.as_standard_layout();
+                        let values = t.as_slice().expect("standard layout");
+                        Job::Bytes(out, shards::encode(values, dtype, entry.counter))
+                    }
                 };
                 if tx.send(job).is_err() {
                     // The writer stopped on an error, which its join reports.

@@ -50,12 +50,10 @@ pub fn run(args: Args) -> Result<()> {
     let p = params::init(&graph, args.seed, args.random_stats).with_dtype(dtype);
     if let Some(size) = &args.shard_size {
         let size = r2rc::shards::parse_size(size)?;
-        let theirs = names::renamed_graph(&graph, naming)?;
-        let q = names::to_naming(&p, &graph, naming)?;
-        let entries = r2rc::shards::entries(&theirs);
+        let entries = names::file_entries(&graph, naming)?;
         let outs = r2rc::shards::output_paths(&args.output, &entries, dtype, Some(size));
         r2rc::outputs::check_outputs(&outs, &[args.arch.file.as_path()], args.force)?;
-        for f in r2rc::shards::save(&q, &theirs, &args.output, None, Some(size))? {
+        for f in names::save_sharded(&p, &graph, &args.output, None, naming, Some(size))? {
             eprintln!("wrote {}", f.display());
         }
         return Ok(());

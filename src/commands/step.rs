@@ -263,16 +263,21 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                     write_outputs(dir, &files, common.force, &inputs)?
                 }
                 Some(size) => {
-                    let theirs = names::renamed_graph(s.graph, naming)?;
-                    let p = names::to_naming(s.params, s.graph, naming)?;
                     let path = dir.join(weights_name);
-                    let entries = r2rc::shards::entries(&theirs);
-                    let mut outs = r2rc::shards::output_paths(&path, &entries, p.dtype, Some(size));
+                    let entries = names::file_entries(s.graph, naming)?;
+                    let dtype = s.params.dtype;
+                    let mut outs = r2rc::shards::output_paths(&path, &entries, dtype, Some(size));
                     outs.extend(files.iter().map(|(n, _)| dir.join(n)));
                     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
                     r2rc::outputs::check_outputs(&outs, &inputs, common.force)?;
-                    let mut written =
-                        r2rc::shards::save(&p, &theirs, &path, Some(&metadata), Some(size))?;
+                    let mut written = names::save_sharded(
+                        s.params,
+                        s.graph,
+                        &path,
+                        Some(&metadata),
+                        naming,
+                        Some(size),
+                    )?;
                     written.extend(write_outputs(dir, &files, true, &inputs)?);
                     written
                 }

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/check_grow_digits.sh
+scripts/check_grow_text.sh
 # One release build serves the tests and the Python checks (building dev and release
 # would compile every dependency, tract-onnx included, twice).
 cargo test --release --all-targets

@@ -16,6 +16,7 @@ mod errors;
 mod examples;
 mod exec;
 mod from_hf;
+mod fused_streaming;
 mod hf_outputs;
 mod hostile;
 mod large;

@@ -88,6 +88,21 @@ pub struct Moments {
     pub step: BTreeMap<String, f64>,
 }
 
+impl Moments {
+    /// No moments yet, held as `dtype`.
+    pub fn empty(dtype: DType) -> Moments {
+        let none = Params {
+            tensors: BTreeMap::new(),
+            dtype,
+        };
+        Moments {
+            avg: none.clone(),
+            sq: none,
+            step: BTreeMap::new(),
+        }
+    }
+}
+
 /// Where a step reads the teacher's moments.
 pub trait MomentSource: Sync {
     fn avg(&self) -> &dyn Teacher;
@@ -227,17 +242,7 @@ impl State {
     /// Every moment in memory, by r2rc names.
     pub fn load(&self) -> Result<Moments> {
         let dtype = self.dtype();
-        let mut m = Moments {
-            avg: Params {
-                tensors: BTreeMap::new(),
-                dtype,
-            },
-            sq: Params {
-                tensors: BTreeMap::new(),
-                dtype,
-            },
-            step: BTreeMap::new(),
-        };
+        let mut m = Moments::empty(dtype);
         for s in &self.stored {
             for (suffix, p) in [(AVG, &mut m.avg), (SQ, &mut m.sq)] {
                 let key = format!("{}.{suffix}", s.name);
@@ -369,17 +374,7 @@ pub fn student_tensor(
 
 /// The student's moments in memory, rounded to `dtype`.
 pub fn student_moments(patch: &Patch, src: &dyn MomentSource, dtype: DType) -> Result<Moments> {
-    let mut out = Moments {
-        avg: Params {
-            tensors: BTreeMap::new(),
-            dtype,
-        },
-        sq: Params {
-            tensors: BTreeMap::new(),
-            dtype,
-        },
-        step: BTreeMap::new(),
-    };
+    let mut out = Moments::empty(dtype);
     for s in patch.student.param_specs() {
         if !s.slot.kind.trainable() {
             continue;

@@ -248,8 +248,7 @@ impl Graph {
     pub fn embedding(&self) -> Option<NodeIndex> {
         self.g
             .node_indices()
-            .filter(|&n| matches!(self.g[n].op, Op::Embedding(_)))
-            .next_back()
+            .rfind(|&n| matches!(self.g[n].op, Op::Embedding(_)))
     }
 
     /// Every parameter tensor, in topological order; a tied head's weight is the

@@ -404,7 +404,7 @@ fn local_proofs_cover_every_family() {
 #[test]
 fn hf_and_timm_module_names_are_targets() {
     let dir = tempfile::tempdir().unwrap();
-    let mut summary = |src: &str, args: &[&str]| -> String {
+    let summary = |src: &str, args: &[&str]| -> String {
         let arch = dir.path().join("net.arch");
         std::fs::write(&arch, src).unwrap();
         let mut all = vec![args[0], arch.to_str().unwrap()];

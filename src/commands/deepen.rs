@@ -1,6 +1,7 @@
-//! `r2rc deepen FILE --after NAME [--method r2r|net2net|netmorph|netmorph-dense|random]
+//! `r2rc deepen FILE --after NAME [--method r2r|net2net|netmorph|netmorph-dense|copy|random]
 //! [--width M] [--weights W] [-o DIR] [--force] [--seed S] [--no-prove] [--dtype f32|f64]
-//! [--inputs N] [--json] [--names r2rc|torchvision] [--shard-size SIZE] [--prove local]`.
+//! [--inputs N] [--json] [--names r2rc|torchvision|hf|timm] [--shard-size SIZE]
+//! [--prove local] [--optimizer-state ADAM.safetensors]`.
 //!
 //! With `--weights`, `-o` and `--no-prove` or `--prove local` the teacher is streamed
 //! ([`r2rc::stream::step`]): only the tensors the method reads are decoded, and a local
@@ -19,10 +20,12 @@ use super::step::Common;
 pub struct Args {
     /// The teacher architecture (.arch).
     file: PathBuf,
-    /// The block (`conv2_1`) or row (`conv1`, `conv2_x`) after which to insert.
+    /// The block (`conv2_1`) or row (`conv1`, `conv2_x`) after which to insert; in a
+    /// transformer a layer (`layers_6`, or `model.layers.5` under --names hf).
     #[arg(long, value_name = "NAME")]
     after: String,
-    /// r2r, net2net, netmorph, netmorph-dense or random.
+    /// r2r, net2net, netmorph, netmorph-dense, copy (transformers: a copy of the site layer
+    /// with zeroed output projections) or random.
     #[arg(long, default_value = "r2r")]
     method: String,
     /// Hidden width of an inserted r2r or random block (even for r2r).

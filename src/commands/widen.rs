@@ -18,7 +18,10 @@ pub struct Args {
     /// The teacher architecture (.arch).
     file: PathBuf,
     /// A layer (its output channels), block (its hidden widths), single-layer row or stage
-    /// (its residual stream only).
+    /// (its residual stream only); in a transformer `layers_x` (the residual stream),
+    /// `layers_3.mlp` or `layers_x.mlp` (MLP features), `layers_3.attention` or
+    /// `layers_x.attention` (heads, in kv groups), or the file's module names under
+    /// --names hf|timm (`model.layers.0.mlp`).
     #[arg(long, value_name = "NAME")]
     layer: Option<String>,
     /// A stage or row whole: its residual stream and the hidden widths of every block in it.

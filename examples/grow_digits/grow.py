@@ -4,8 +4,11 @@ The network is examples/grow_digits/digits.arch; its PyTorch module is written b
 `r2rc export --torch`. At the growth epoch the trained state dict is saved as safetensors,
 `r2rc widen --all --by 2` and `r2rc deepen --after conv2_1` / `--after conv3_1` rewrite
 it (same method for both), the student's module is exported and loaded with its weights
-(strict), and training continues with the same learning-rate schedule. Baselines: the
-small net trained throughout, and the grown architecture trained from scratch.
+(strict), and training continues with the same learning-rate schedule. Each method runs
+twice: with a fresh SGD, and with the teacher's momentum buffers carried over
+(`--optimizer-state` on every r2rc step; the buffers travel as the file's exp_avg, the
+format of scripts/optim_state.py). Baselines: the small net trained throughout (one SGD,
+its momentum kept), and the grown architecture trained from scratch.
 
 Data: scikit-learn's bundled 8x8 digits (1797 images, nothing downloaded).
 Output: accuracy_vs_flops.png, results.json and results.md in --out (default
@@ -36,11 +39,17 @@ OUTPUTS = ["accuracy_vs_flops.png", "results.json", "results.md"]
 # Settings that decide the numbers; a reference is comparable only when they all match.
 SETTINGS = ["epochs", "grow_at", "seeds", "batch", "lr", "warmup", "wd", "threads"]
 METHODS = ["r2r", "net2net", "netmorph", "random"]
+# Each method once with a fresh SGD and once with the teacher's momentum buffers mapped by
+# r2rc's --optimizer-state ("_momentum").
+RUNS = [*METHODS, *(f"{m}_momentum" for m in METHODS)]
 TITLES = {
     "r2r": "R2R",
     "net2net": "Net2Net",
     "netmorph": "NetMorph",
     "random": "random pad",
+    **{f"{m}_momentum": f"{n}, momentum moved" for m, n in
+       [("r2r", "R2R"), ("net2net", "Net2Net"), ("netmorph", "NetMorph"),
+        ("random", "random pad")]},
     "small": "teacher only (small)",
     "large": "grown net from scratch",
 }
@@ -120,15 +129,41 @@ def lr_at(epoch, args):
     return 0.5 * args.lr * (1 + math.cos(math.pi * epoch / args.epochs))
 
 
-def train_epochs(model, train, val, epochs, macs, state, args, gen, warmup=0):
-    """Trains `epochs` epochs from state['epoch'], appending (flops, val acc) points.
+def make_opt(model, args):
+    return torch.optim.SGD(
+        model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd, nesterov=True
+    )
+
+
+def save_momentum(model, opt, path):
+    """Writes SGD's momentum buffers as r2rc's optimizer-state file (scripts/optim_state.py's
+    format): the buffer, a running sum of gradients like Adam's first moment, as
+    `NAME.exp_avg`, which r2rc maps by the same linear edit; `exp_avg_sq` (its square) and
+    `step` only fill the format's other places."""
+    t = {}
+    for name, p in model.named_parameters():
+        buf = opt.state[p]["momentum_buffer"].detach().contiguous()
+        t[f"{name}.exp_avg"] = buf
+        t[f"{name}.exp_avg_sq"] = buf * buf
+        t[f"{name}.step"] = torch.tensor(1, dtype=torch.int64)
+    save_file(t, path)
+
+
+def load_momentum(model, opt, path):
+    """Sets SGD's momentum buffers from a mapped file's `NAME.exp_avg` (every parameter)."""
+    t = load_file(path)
+    for name, p in model.named_parameters():
+        opt.state[p]["momentum_buffer"] = t[f"{name}.exp_avg"].clone()
+
+
+def train_epochs(model, train, val, epochs, macs, state, args, gen, warmup=0, opt=None):
+    """Trains `epochs` epochs from state['epoch'], appending (flops, val acc) points, and
+    returns the optimizer (a fresh SGD unless `opt` is given).
 
     `warmup` epochs ramp the learning rate up linearly: a grown student starts with a fresh
     optimizer (no momentum), and full steps at once can throw the preserved function away.
     """
-    opt = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd, nesterov=True
-    )
+    opt = opt or make_opt(model, args)
     xs, ys = train
     n = len(xs)
     steps_per_epoch = math.ceil(n / args.batch)
@@ -150,10 +185,13 @@ def train_epochs(model, train, val, epochs, macs, state, args, gen, warmup=0):
         state["flops"] += 6 * macs * n
         state["epoch"] += 1
         state["curve"].append((state["flops"], evaluate(model, *val)[1]))
+    return opt
 
 
-def grow(r2rc_bin, method, model, workdir, seed):
-    """Saves the trained state dict, widens and deepens it with r2rc, returns the student."""
+def grow(r2rc_bin, method, model, workdir, seed, momentum=None):
+    """Saves the trained state dict, widens and deepens it with r2rc, returns the student
+    (and, given the teacher's momentum file, the student's: `--optimizer-state` on each
+    step)."""
     os.makedirs(workdir, exist_ok=True)
     teacher_w = os.path.join(workdir, "teacher.safetensors")
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -167,16 +205,18 @@ def grow(r2rc_bin, method, model, workdir, seed):
     arch, weights = ARCH, teacher_w
     for k, (cmd, extra) in enumerate(steps):
         out = os.path.join(workdir, f"{k}_{cmd}")
+        state = ["--optimizer-state", momentum] if momentum else []
         r2rc(
             r2rc_bin, cmd, arch, *extra, "--method", method, "--weights", weights,
-            "--seed", s, "-o", out, "--force",
+            "--seed", s, *state, "-o", out, "--force",
         )
         arch = os.path.join(out, "digits.arch")
         weights = os.path.join(out, "digits.safetensors")
+        momentum = momentum and os.path.join(out, "digits.optimizer.safetensors")
     cls, macs = load_module(r2rc_bin, arch, workdir)
     student = cls()
     student.load_state_dict(load_file(weights), strict=True)
-    return student, macs, arch
+    return student, macs, arch, momentum
 
 
 def run(args, seed, r2rc_bin, log):
@@ -191,28 +231,39 @@ def run(args, seed, r2rc_bin, log):
     gen = torch.Generator().manual_seed(seed)
     teacher = small_cls()
     st = {"epoch": 0, "flops": 0.0, "curve": []}
-    train_epochs(teacher, train, val, args.grow_at, small_macs, st, args, gen)
+    opt = train_epochs(teacher, train, val, args.grow_at, small_macs, st, args, gen)
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    teacher_momentum = os.path.join(work, "teacher_momentum.safetensors")
+    save_momentum(teacher, opt, teacher_momentum)
     teacher_st = (st["epoch"], st["flops"], list(st["curve"]))
     gen_state = gen.get_state()
 
     # Small net to the end.
-    train_epochs(teacher, train, val, args.epochs - args.grow_at, small_macs, st, args, gen)
+    train_epochs(
+        teacher, train, val, args.epochs - args.grow_at, small_macs, st, args, gen, opt=opt
+    )
     curves["small"], finals["small"] = st["curve"], st["curve"][-1][1]
     log(f"seed {seed} small: final val acc {finals['small']:.4f}")
 
     large_arch = None
-    for method in METHODS:
+    for run_name in RUNS:
+        method, moved = run_name.removesuffix("_momentum"), run_name.endswith("_momentum")
         t = small_cls()
         t.load_state_dict(teacher_state)
-        student, macs, large_arch = grow(r2rc_bin, method, t, os.path.join(work, method), seed)
+        student, macs, large_arch, momentum = grow(
+            r2rc_bin, method, t, os.path.join(work, run_name), seed,
+            teacher_momentum if moved else None,
+        )
+        opt = make_opt(student, args)
+        if moved:
+            load_momentum(student, opt, momentum)
         # Eval-mode loss on the training set, teacher and student, before any step.
         t_loss, t_acc = evaluate(t, *train)
         s_loss, s_acc = evaluate(student, *train)
         diff = abs(s_loss - t_loss)
-        checks[method] = {"teacher_loss": t_loss, "student_loss": s_loss, "abs_diff": diff}
+        checks[run_name] = {"teacher_loss": t_loss, "student_loss": s_loss, "abs_diff": diff}
         log(
-            f"seed {seed} {method:8s} grown at epoch {args.grow_at}: teacher loss {t_loss:.8f}"
+            f"seed {seed} {run_name:8s} grown at epoch {args.grow_at}: teacher loss {t_loss:.8f}"
             f" student loss {s_loss:.8f} |diff| {diff:.2e} (MACs {small_macs} -> {macs})"
         )
         if method in PRESERVING:
@@ -222,10 +273,11 @@ def run(args, seed, r2rc_bin, log):
         gen.set_state(gen_state)
         st = {"epoch": teacher_st[0], "flops": teacher_st[1], "curve": list(teacher_st[2])}
         train_epochs(
-            student, train, val, args.epochs - args.grow_at, macs, st, args, gen, args.warmup
+            student, train, val, args.epochs - args.grow_at, macs, st, args, gen, args.warmup,
+            opt=opt,
         )
-        curves[method], finals[method] = st["curve"], st["curve"][-1][1]
-        log(f"seed {seed} {method}: final val acc {finals[method]:.4f}")
+        curves[run_name], finals[run_name] = st["curve"], st["curve"][-1][1]
+        log(f"seed {seed} {run_name}: final val acc {finals[run_name]:.4f}")
 
     # The grown architecture from scratch, for the whole schedule, with its own batch order.
     large_cls, large_macs = load_module(r2rc_bin, large_arch, os.path.join(work, "random"))
@@ -424,7 +476,7 @@ def main():
 
     log(f"writing {rel(args.out)} (scratch {rel(args.work)}), r2rc {args.r2rc}")
     runs = [run(args, s, args.r2rc, log) for s in range(args.seeds)]
-    names = ["small", *METHODS, "large"]
+    names = ["small", *RUNS, "large"]
     table = {}
     for name in names:
         accs = np.array([r[1][name] for r in runs])
@@ -437,7 +489,7 @@ def main():
             "per_seed": accs.tolist(),
             "train_flops": flops,
         }
-    checks = {m: [r[2][m] for r in runs] for m in METHODS}
+    checks = {m: [r[2][m] for r in runs] for m in RUNS}
 
     import matplotlib
 
@@ -451,7 +503,9 @@ def main():
         # Mean over seeds at each epoch; FLOPs are the same for every seed.
         xs = np.array([p[0] for p in runs[0][0][name]])
         ys = np.mean([[p[1] for p in r[0][name]] for r in runs], axis=0)
-        c, ls = styles.get(name, (colors.get(name), "-"))
+        c, ls = styles.get(
+            name, (colors.get(name.removesuffix("_momentum")), "-." if "_mom" in name else "-")
+        )
         ax.plot(xs, ys, color=c, linestyle=ls, label=TITLES[name], linewidth=1.5)
     grow_flops = runs[0][0]["small"][args.grow_at - 1][0]
     ax.axvline(grow_flops, color="k", linewidth=0.8, alpha=0.4)
@@ -499,7 +553,7 @@ def main():
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     print(md)
-    for m in METHODS:
+    for m in RUNS:
         worst = max(c["abs_diff"] for c in checks[m])
         print(f"{m}: largest |student - teacher| start loss over seeds {worst:.2e}")
     log(f"wrote {', '.join(rel(os.path.join(args.out, f)) for f in OUTPUTS)}")

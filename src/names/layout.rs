@@ -83,15 +83,25 @@ impl Stored {
         }
         let joined = ndarray::concatenate(Axis(self.axis), &views)
             .map_err(|e| Error::weights(format!("cannot join `{}`: {e}", self.name)))?;
-        let flat: Vec<f64> = joined.iter().copied().collect();
-        Ok(ArrayD::from_shape_vec(IxDyn(&self.shape), flat).expect("sizes add up"))
+        // In standard layout (as concatenate makes it), the reshape to the file's shape
+        // moves nothing.
+        let joined = if joined.is_standard_layout() {
+            joined
+        } else {
+            joined.as_standard_layout().into_owned()
+        };
+        Ok(joined
+            .into_shape_with_order(IxDyn(&self.shape))
+            .expect("sizes add up"))
     }
 
     /// The r2rc tensors the file's tensor `t` (of shape `self.shape`) holds.
     pub fn split(&self, t: &ArrayD<f64>) -> Vec<(String, ArrayD<f64>)> {
-        let flat: Vec<f64> = t.iter().copied().collect();
-        let joined =
-            ArrayD::from_shape_vec(IxDyn(&self.joined_shape()), flat).expect("sizes add up");
+        let t = t.as_standard_layout();
+        let joined = t
+            .view()
+            .into_shape_with_order(IxDyn(&self.joined_shape()))
+            .expect("sizes add up");
         let mut out = Vec::with_capacity(self.parts.len());
         let mut at = 0;
         for (name, shape) in &self.parts {

@@ -81,7 +81,12 @@ impl Decoder {
         } else {
             ""
         };
-        let tied = if self.tied { ", tied" } else { "" };
+        // An untied `lm_head` never has a bias, whatever the header says of the linears.
+        let tied = match (self.tied, self.bias) {
+            (true, _) => ", tied",
+            (false, true) => ", no bias",
+            (false, false) => "",
+        };
         let (t, d, v) = (self.positions, self.width, self.vocab);
         let rows = [
             (

@@ -82,7 +82,8 @@ fn defaults_of_absent_fields_are_transformers_ones() {
         "{text}"
     );
     assert!(text.contains("norm, 32000-d fc\n"), "{text}");
-    // GPT-2: n_inner null is 4 x n_embd; an untied head says so by leaving out `tied`.
+    // GPT-2: n_inner null is 4 x n_embd; an untied head says so by leaving out `tied`, and
+    // has no bias (lm_head has none).
     let c = with(
         config("gpt2"),
         json!({"n_inner": null, "n_embd": 64, "n_head": 4, "tie_word_embeddings": false}),
@@ -92,7 +93,7 @@ fn defaults_of_absent_fields_are_transformers_ones() {
         text.contains("[attention 4 heads, causal; mlp 256] x 12"),
         "{text}"
     );
-    assert!(text.ends_with("norm, 50257-d fc\n"), "{text}");
+    assert!(text.ends_with("norm, 50257-d fc, no bias\n"), "{text}");
     // Tied Llama heads say `tied`; gelu spells GPT-2's erf GELU.
     let c = with(config("tinyllama"), json!({"tie_word_embeddings": true}));
     assert!(arch_text(&c, None)
@@ -272,4 +273,24 @@ fn check_of_an_8b_config_allocates_no_weights() {
     );
     assert!(stdout.contains("8,030,261,248"), "{stdout}");
     assert!(took.as_secs_f64() < 5.0, "check took {took:?}");
+}
+
+/// An untied `lm_head` has no bias in transformers, whatever the linears have: an untied
+/// GPT-2 gets a head fc without one (Llama's linears have none; `attention_bias` is refused).
+#[test]
+fn an_untied_head_never_has_a_bias() {
+    use r2rc::ir::Op;
+    for (name, change, width) in [("gpt2", json!({"tie_word_embeddings": false}), 768)] {
+        let text = arch_text(&with(config(name), change), None).unwrap();
+        assert!(text.contains("-d fc, no bias"), "{name}:\n{text}");
+        let g = r2rc::lower::compile(&text, &[]).unwrap();
+        let fc = g.find("head.fc").unwrap();
+        match &g.g[fc].op {
+            Op::Linear(l) => assert!(!l.bias && l.in_features == width, "{name}: {l:?}"),
+            op => panic!("{name}: head.fc is {op:?}"),
+        }
+        // The linears keep their biases.
+        let q = g.find("layers_1.attention.q").unwrap();
+        assert!(matches!(&g.g[q].op, Op::Linear(l) if l.bias), "{name}");
+    }
 }

@@ -551,6 +551,35 @@ def main():
         f.write(md)
     print(md)
     log(f"wrote {', '.join(rel(os.path.join(args.out, f)) for f in OUTPUTS)}")
+    compare_with_reference(result, args.out, log)
+
+
+def compare_with_reference(result, out, log):
+    """Says whether this run reproduced the committed reference (README's table)."""
+    path = os.path.join(HERE, "results.json")
+    if os.path.realpath(path) == os.path.realpath(os.path.join(out, "results.json")):
+        return
+    try:
+        with open(path) as f:
+            ref = json.load(f)
+    except (OSError, ValueError):
+        return
+    differ = [k for k in SETTINGS if ref.get("settings", {}).get(k) != result["settings"][k]]
+    if differ:
+        log(f"not compared with {rel(path)}: its settings differ ({', '.join(differ)})")
+        return
+    mine, theirs = result["table"], ref.get("table", {})
+    changed = [n for n in mine
+               if mine[n]["final"]["per_seed"] != theirs.get(n, {}).get("final", {}).get("per_seed")]
+    if not changed:
+        log(f"every final loss equals the reference {rel(path)} (README's table)")
+        return
+    env = {k: (v, ref.get("environment", {}).get(k))
+           for k, v in result["environment"].items() if ref.get("environment", {}).get(k) != v}
+    log(f"differs from the reference {rel(path)} in {', '.join(changed)}"
+        + (": environments differ: " + "; ".join(f"{k} {a} here, {b} there"
+                                                  for k, (a, b) in env.items()) if env else "")
+        + " (compare with the seed spread)")
 
 
 if __name__ == "__main__":

@@ -60,21 +60,7 @@ pub fn stored(graph: &Graph, naming: Naming) -> Result<Vec<Stored>> {
         .into_iter()
         .map(|s| (s.name, s.slot.kind.trainable()))
         .collect();
-    let all = match names::layout(graph, naming)? {
-        Some(l) => l.stored,
-        None => {
-            let shapes: HashMap<String, Vec<usize>> = graph
-                .param_specs()
-                .into_iter()
-                .map(|s| (s.name, s.slot.shape))
-                .collect();
-            names::tensor_renames(graph, naming)?
-                .into_iter()
-                .map(|(ours, theirs)| Stored::renamed(theirs, &ours, &shapes[&ours]))
-                .collect()
-        }
-    };
-    Ok(all
+    Ok(names::stored(graph, naming)?
         .into_iter()
         .filter(|s| s.parts.iter().all(|(p, _)| trainable[p]))
         .collect())

@@ -118,6 +118,56 @@ def check_example(binary, arch, work, seed, batch, stem=None, dtype="f32"):
     }
 
 
+def ort_run(model_path, x):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+    return sess.run(["output"], {"input": x})[0]
+
+
+def check_noisy_net2net(binary, arch, work, seed, batch):
+    """Net2Net with cancelling noise (`--noise 0.1`, issue 15): the student's weights differ
+    from the noiseless student's (the replicas' outgoing columns got noise), yet ONNX
+    Runtime finds the student's outputs equal to the teacher's."""
+    stem = "noisy_net2net"
+    w = os.path.join(work, f"{stem}.teacher.safetensors")
+    r2rc(binary, "init", arch, "-o", w, "--seed", str(seed), "--random-stats")
+    outs = {}
+    for name, extra in [("noisy", ["--noise", "0.1"]), ("plain", [])]:
+        d = os.path.join(work, f"{stem}.{name}")
+        r2rc(binary, "widen", arch, "--all", "--by", "1.5", "--method", "net2net",
+             "--weights", w, "-o", d, "--force", *extra)
+        outs[name] = d
+    base = os.path.splitext(os.path.basename(arch))[0]
+    noisy = load_file(os.path.join(outs["noisy"], f"{base}.safetensors"))
+    plain = load_file(os.path.join(outs["plain"], f"{base}.safetensors"))
+    changed = [n for n in plain if plain[n].shape == noisy[n].shape
+               and not np.array_equal(plain[n], noisy[n])]
+    if not changed:
+        raise AssertionError("--noise changed no tensor of the Net2Net student")
+    t_onnx = os.path.join(work, f"{stem}.teacher.onnx")
+    s_onnx = os.path.join(work, f"{stem}.student.onnx")
+    r2rc(binary, "export", arch, "--weights", w, "--onnx", t_onnx)
+    r2rc(binary, "export", os.path.join(outs["noisy"], f"{base}.arch"), "--weights",
+         os.path.join(outs["noisy"], f"{base}.safetensors"), "--onnx", s_onnx)
+    shape = onnx.load(t_onnx).graph.input[0].type.tensor_type.shape.dim
+    x = np.random.default_rng(seed).standard_normal(
+        (batch, *[d.dim_value for d in shape[1:]])).astype(np.float32)
+    teacher, student = ort_run(t_onnx, x), ort_run(s_onnx, x)
+    scale = float(np.max(np.abs(teacher)))
+    err = float(np.max(np.abs(teacher - student)))
+    return {
+        "example": f"{stem} ({len(changed)} tensors noised)",
+        "last_op": "",
+        "tensors": len(noisy),
+        "max_abs_out": scale,
+        "max_abs_err": err,
+        "rel": err / scale if scale > 0 else err,
+        "passed": err <= TOLERANCE * scale,
+        "r2rc_s": 0.0,
+    }
+
+
 def is_transformer(arch):
     """Whether the .arch file has a transformer row (attention sublayers)."""
     with open(arch) as f:
@@ -183,6 +233,18 @@ def main():
         print(f"{r['example']:<22} {r['tensors']:>7} {r['max_abs_out']:>10.3e} "
               f"{r['max_abs_err']:>10.3e} {r['rel']:>9.2e} {r['r2rc_s']:>7.2f}  "
               f"{'ok' if r['passed'] else 'FAILED (tolerance %.0e)' % TOLERANCE}")
+    # A noisy Net2Net student (exact, issue 15) against its teacher, both in ONNX Runtime.
+    cases.append(None)
+    try:
+        r = check_noisy_net2net(args.r2rc, by_stem.get("resnet_cifar10", arches[0]), work,
+                                args.seed, args.batch)
+        failed += 0 if r["passed"] else 1
+        print(f"{r['example']:<22} {r['tensors']:>7} {r['max_abs_out']:>10.3e} "
+              f"{r['max_abs_err']:>10.3e} {r['rel']:>9.2e} {'-':>7}  "
+              f"{'ok' if r['passed'] else 'FAILED (tolerance %.0e)' % TOLERANCE}")
+    except Exception as e:
+        failed += 1
+        print(f"noisy_net2net          FAILED: {e}")
     passed = len(cases) - failed
     print(f"interop: {passed} passed, {failed} failed")
     return 1 if failed else 0

@@ -415,7 +415,8 @@ fn heads_tile(facts: &[Fact], width: usize, field: &str, ctx: &Ctx) -> Result<()
     if heads * head_dim != width {
         return Err(ctx.refuse(format!(
             "layer `{}` has {heads} heads of {head_dim} ({} features) but the model is \
-             {width} wide; {} takes each head's size as {field} / heads",
+             {width} wide; {} takes each head's size as {field} / heads (widen the heads by \
+             the stream's factor too: --all, or the stream and `layers_x.attention` alike)",
             value(facts, "head_dim").layer,
             heads * head_dim,
             ctx.class

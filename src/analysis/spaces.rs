@@ -88,6 +88,8 @@ pub enum Unit {
     Features,
     /// Key-value groups of attention, each with its query heads.
     KvGroups,
+    /// Positions of a token-id input (not features: the data fixes them).
+    Tokens,
 }
 
 impl Unit {
@@ -96,6 +98,7 @@ impl Unit {
             Unit::Channels => "channels",
             Unit::Features => "features",
             Unit::KvGroups => "kv groups",
+            Unit::Tokens => "token positions",
         }
     }
 }
@@ -268,6 +271,8 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                 tied: false,
                 unit: if node.shape.len() == 2 {
                     Unit::Features
+                } else if n == graph.input && graph.defaults.vocab.is_some() {
+                    Unit::Tokens
                 } else {
                     Unit::Channels
                 },
@@ -297,8 +302,9 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
         match &node.op {
             Op::Attention(_) => s.unit = Unit::KvGroups,
             Op::Input => s.blockers.push(format!(
-                "it holds the network input `{}`, whose channels come from the data",
-                node.name
+                "it holds the network input `{}`, whose {} come from the data",
+                node.name,
+                s.unit.word()
             )),
             Op::Conv2d(c) => {
                 if c.groups > 1 {

@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -173,6 +174,13 @@ def main():
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="r2rc-bench-")
+    try:
+        return bench(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # weights and exports: ~1.5 GB at the peak
+
+
+def bench(args, work):
     t_start = time.perf_counter()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{os.cpu_count()} cores, {cpu_model()}"

@@ -188,12 +188,7 @@ impl State {
                 )));
             }
         }
-        let mut parts = HashMap::new();
-        for (i, s) in stored.iter().enumerate() {
-            for (k, (p, _)) in s.parts.iter().enumerate() {
-                parts.insert(p.clone(), (i, k));
-            }
-        }
+        let parts = names::part_index(&stored);
         Ok(State {
             src,
             naming,

@@ -234,6 +234,17 @@ pub fn stored(graph: &Graph, naming: Naming) -> Result<Vec<layout::Stored>> {
         .collect())
 }
 
+/// Where each r2rc tensor lies among `stored`: (file tensor, part) by r2rc name.
+pub fn part_index(stored: &[layout::Stored]) -> std::collections::HashMap<String, (usize, usize)> {
+    let mut index = std::collections::HashMap::new();
+    for (i, s) in stored.iter().enumerate() {
+        for (k, (p, _)) in s.parts.iter().enumerate() {
+            index.insert(p.clone(), (i, k));
+        }
+    }
+    index
+}
+
 /// The entries (name, shape, whether a batch counter) of a file of `graph`'s weights
 /// under `naming`, in file order ([`stored`]): what a writer lays out.
 pub fn file_entries(graph: &Graph, naming: Naming) -> Result<Vec<crate::shards::Entry>> {

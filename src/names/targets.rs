@@ -91,6 +91,7 @@ fn unknown_target(
     ours: &[String],
 ) -> Error {
     let mut hints = Vec::new();
+    let modules = module_targets(graph, naming);
     // Written in the other naming: say which flag (or which name) fits.
     if naming == Naming::R2rc {
         if let Some(r) = tv.get(target) {
@@ -126,7 +127,6 @@ fn unknown_target(
         if naming == Naming::Torchvision {
             candidates.extend(tv.keys().map(|s| s.as_str()));
         }
-        let modules = module_targets(graph, naming);
         candidates.extend(modules.keys().map(|s| s.as_str()));
         if let Some(c) = crate::lower::closest(target, &candidates) {
             match tv.get(c) {
@@ -150,8 +150,7 @@ fn unknown_target(
         Naming::R2rc => r2rc_listing(graph),
         // Their modules are named as they stand in the file, blocks included.
         Naming::Hf | Naming::Timm => {
-            let theirs = module_targets(graph, naming);
-            let some: Vec<&str> = theirs.keys().map(|k| k.as_str()).take(6).collect();
+            let some: Vec<&str> = modules.keys().map(|k| k.as_str()).take(6).collect();
             format!(
                 "under --names {} a target is one of the file's modules ({}, ...) or an r2rc name; {}",
                 naming.keyword(),

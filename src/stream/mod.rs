@@ -79,12 +79,7 @@ impl<'a> Mapped<'a> {
     pub fn new(src: &'a Source, graph: &Graph, naming: Naming) -> Result<Mapped<'a>> {
         names::check_source(src, graph, naming)?;
         let stored = names::stored(graph, naming)?;
-        let mut part = HashMap::new();
-        for (i, s) in stored.iter().enumerate() {
-            for (k, (p, _)) in s.parts.iter().enumerate() {
-                part.insert(p.clone(), (i, k));
-            }
-        }
+        let part = names::part_index(&stored);
         Ok(Mapped {
             src,
             stored,

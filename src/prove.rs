@@ -241,6 +241,9 @@ fn run_mode<T: Float>(
     };
     let by_name: std::collections::HashMap<&str, &ArrayD<T>> =
         sv.iter().map(|v| (v.name.as_str(), &v.data)).collect();
+    // Values where the student keeps the teacher's channels elsewhere than the leading
+    // block (grouped, pad-shortcut and concatenated spaces widen inside).
+    let kept = crate::analysis::kept_channels(teacher, student);
     // The scale of each teacher value: its largest magnitude and its inputs' scales.
     let nodes: std::collections::HashMap<&str, crate::ir::NodeIndex> = teacher
         .g
@@ -262,6 +265,14 @@ fn run_mode<T: Float>(
     for v in &tv {
         let Some(s) = by_name.get(v.name.as_str()) else {
             continue;
+        };
+        let picked;
+        let s = match kept.get(v.name.as_str()) {
+            Some(idx) if s.ndim() >= 2 && idx.iter().all(|&i| i < s.shape()[1]) => {
+                picked = s.select(ndarray::Axis(1), idx);
+                &picked
+            }
+            _ => *s,
         };
         ev.values += 1;
         let floor = scales.get(v.name.as_str()).copied().unwrap_or(0.0);

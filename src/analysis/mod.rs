@@ -4,4 +4,4 @@
 pub mod sign;
 pub mod spaces;
 
-pub use spaces::{channel_spaces, Consumer, Space, Spaces, Unit};
+pub use spaces::{channel_spaces, kept_channels, Consumer, Space, Spaces, Unit};

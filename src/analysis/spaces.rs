@@ -76,6 +76,24 @@ pub struct Space {
     pub tied: bool,
     /// What one unit of `width` is.
     pub unit: Unit,
+    /// Equal groups its own channels split into: the least common multiple of the groups
+    /// of the grouped convolutions writing or reading it (1 without any). Each group
+    /// widens by the same number of channels, at its end.
+    pub groups: usize,
+    /// The grouped convolution that set `groups`, for messages.
+    #[serde(skip)]
+    pub grouped_by: Option<String>,
+    /// Channels of its own: all of them, less those another space owns (the input
+    /// channels an option-A shortcut keeps, the parts of a concatenation).
+    pub own: usize,
+    /// Its channels as runs, in order, each named by the space owning it: a plain space is
+    /// `groups` runs of its own; a pad shortcut's output is its input's runs then its own
+    /// (the zero channels); a concatenation is its inputs' runs. Widening space X inserts
+    /// new channels at the end of every run of X, in every space holding one.
+    pub layout: Vec<usize>,
+    /// The pad shortcut or concatenation whose inputs' spaces lie in it, for messages.
+    #[serde(skip)]
+    pub derived_by: Option<String>,
 }
 
 /// What a space's width counts.
@@ -105,7 +123,24 @@ impl Unit {
 
 impl Space {
     pub fn widenable(&self) -> bool {
-        self.blockers.is_empty()
+        self.blockers.is_empty() && self.own > 0
+    }
+
+    /// Why it cannot be widened (empty when it can).
+    pub fn why_fixed(&self) -> Vec<String> {
+        let mut v = self.blockers.clone();
+        if self.own == 0 {
+            v.push(format!(
+                "all its channels belong to other spaces (through `{}`), which widen on their own: widen a layer writing one of them",
+                self.derived_by.as_deref().unwrap_or("?")
+            ));
+        }
+        v
+    }
+
+    /// Width of each of its own runs.
+    pub fn run_width(&self) -> usize {
+        self.own / self.groups.max(1)
     }
 
     pub fn member(&self, node: NodeIndex) -> Option<&Member> {
@@ -269,6 +304,11 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                 blockers: vec![],
                 norm: None,
                 tied: false,
+                groups: 1,
+                grouped_by: None,
+                own: 0,
+                layout: vec![],
+                derived_by: None,
                 unit: if node.shape.len() == 2 {
                     Unit::Features
                 } else if n == graph.input && graph.defaults.vocab.is_some() {
@@ -307,12 +347,7 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                 s.unit.word()
             )),
             Op::Conv2d(c) => {
-                if c.groups > 1 {
-                    s.blockers.push(format!(
-                        "grouped convolution `{}` (groups {}) writes into it, and widening a grouped convolution is not supported",
-                        node.name, c.groups
-                    ));
-                }
+                s.group(c.groups, &node.name);
                 s.producers.push(named);
             }
             Op::Linear(_) | Op::Embedding(_) | Op::Positions(_) | Op::ClassToken(_) => {
@@ -328,10 +363,6 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
             }
             Op::Softmax => s.blockers.push(format!(
                 "softmax `{}` normalises across channels, which is not a channel-wise op: new channels would change the original outputs",
-                node.name
-            )),
-            Op::ShortcutPad(_) => s.blockers.push(format!(
-                "option-A shortcut `{}` appends zero channels after its input's channels, which is not a channel-wise op",
                 node.name
             )),
             _ => {}
@@ -350,23 +381,10 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
             let cnode = &graph.g[c];
             let s = &mut spaces[id];
             match &cnode.op {
-                Op::Conv2d(conv) => {
-                    if conv.groups > 1 {
-                        s.blockers.push(format!(
-                            "grouped convolution `{}` (groups {}) reads it, and widening a grouped convolution is not supported",
-                            cnode.name, conv.groups
-                        ));
-                    }
-                }
+                Op::Conv2d(conv) => s.group(conv.groups, &cnode.name),
                 Op::Linear(_) => {}
                 Op::TiedLinear(_) => s.tied = true,
-                Op::ShortcutPad(_) => {
-                    s.blockers.push(format!(
-                        "option-A shortcut `{}` reads it and would place new channels before its zero padding, which is not a channel-wise op",
-                        cnode.name
-                    ));
-                    continue;
-                }
+                // A pad shortcut's output holds its input's channels: see `layouts`.
                 _ => continue,
             }
             s.consumers.push(Consumer {
@@ -411,7 +429,206 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
         }
         s.norm = Some(kind);
     }
+    layouts(graph, &mut spaces, &of);
     Spaces { spaces, of }
+}
+
+impl Space {
+    /// Notes that a convolution with `groups` groups writes or reads the space.
+    fn group(&mut self, groups: usize, name: &str) {
+        if groups > 1 {
+            let l = lcm(self.groups, groups);
+            if l != self.groups {
+                self.groups = l;
+                self.grouped_by = Some(name.to_string());
+            }
+        }
+    }
+}
+
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    a / gcd(a, b) * b
+}
+
+/// The runs of every space ([`Space::layout`]), its own channels, and the blockers that
+/// follow: a grouped or normalised space holding other spaces' channels, and a fixed
+/// space fixing the spaces whose channels it holds.
+fn layouts(graph: &Graph, spaces: &mut [Space], of: &HashMap<NodeIndex, usize>) {
+    let n = spaces.len();
+    let mut done: Vec<Option<Vec<usize>>> = vec![None; n];
+    let mut visiting = vec![false; n];
+    for id in 0..n {
+        layout_of(graph, spaces, of, id, &mut done, &mut visiting);
+    }
+    for (id, l) in done.into_iter().enumerate() {
+        spaces[id].layout = l.expect("every layout is resolved");
+    }
+    let mut fixes: Vec<(usize, String)> = Vec::new();
+    for s in spaces.iter() {
+        let foreign: Vec<usize> = {
+            let mut v: Vec<usize> = s.layout.iter().copied().filter(|&o| o != s.id).collect();
+            v.dedup();
+            v
+        };
+        if foreign.is_empty() {
+            continue;
+        }
+        if !s.blockers.is_empty() {
+            for &o in &foreign {
+                fixes.push((
+                    o,
+                    format!(
+                        "its channels are also channels of {} (through `{}`), which cannot be widened because {}",
+                        s.describe(),
+                        s.derived_by.as_deref().unwrap_or("?"),
+                        s.blockers.join("; and ")
+                    ),
+                ));
+            }
+        }
+    }
+    for (o, m) in fixes {
+        if !spaces[o].blockers.contains(&m) {
+            spaces[o].blockers.push(m);
+        }
+    }
+    for s in spaces.iter_mut() {
+        let mixed = s.layout.iter().any(|&o| o != s.id);
+        if mixed && s.groups > 1 {
+            s.blockers.push(format!(
+                "grouped convolution `{}` (groups {}) touches it, and its channels include other spaces' (through `{}`), so new channels would not split equally among the groups",
+                s.grouped_by.as_deref().unwrap_or("?"),
+                s.groups,
+                s.derived_by.as_deref().unwrap_or("?")
+            ));
+        }
+        if s.norm.is_some() && (mixed || s.groups > 1) {
+            s.blockers.push(
+                "it is normalised and grouped or concatenated, and no norm-aware fill keeps its statistics".into(),
+            );
+        }
+    }
+}
+
+/// Resolves `spaces[id].layout` (and `own`) after the layouts of the spaces it holds.
+fn layout_of(
+    graph: &Graph,
+    spaces: &mut [Space],
+    of: &HashMap<NodeIndex, usize>,
+    id: usize,
+    done: &mut Vec<Option<Vec<usize>>>,
+    visiting: &mut Vec<bool>,
+) -> Vec<usize> {
+    if let Some(l) = &done[id] {
+        return l.clone();
+    }
+    let defs: Vec<NodeIndex> = spaces[id]
+        .members
+        .iter()
+        .map(|m| m.node)
+        .filter(|&m| matches!(graph.g[m].op, Op::ShortcutPad(_)))
+        .collect();
+    if defs.is_empty() || visiting[id] {
+        if visiting[id] {
+            spaces[id].blockers.push(
+                "its channels would hold its own channels through a shortcut or concatenation"
+                    .into(),
+            );
+        }
+        let s = &mut spaces[id];
+        s.own = s.width;
+        let l = vec![id; s.groups.max(1)];
+        done[id] = Some(l.clone());
+        return l;
+    }
+    visiting[id] = true;
+    let mut found: Option<(Vec<usize>, usize, String)> = None;
+    for d in defs {
+        let mut runs = Vec::new();
+        let mut held = 0;
+        for src in graph.inputs(d) {
+            let sid = of[&src];
+            for o in layout_of(graph, spaces, of, sid, done, visiting) {
+                held += spaces[o].run_width();
+                runs.push(o);
+            }
+        }
+        let width = spaces[id].width;
+        let own = width.saturating_sub(held);
+        if own > 0 {
+            runs.push(id);
+        }
+        let name = graph.g[d].name.clone();
+        match &found {
+            None => found = Some((runs, own, name)),
+            Some((r, _, first)) if *r != runs => {
+                let m =
+                    format!("`{first}` and `{name}` lie in it but hold different spaces' channels");
+                spaces[id].blockers.push(m);
+            }
+            Some(_) => {}
+        }
+    }
+    visiting[id] = false;
+    let (runs, own, name) = found.expect("a derived space has a defining value");
+    let s = &mut spaces[id];
+    s.own = own;
+    s.derived_by = Some(name);
+    done[id] = Some(runs.clone());
+    runs
+}
+
+/// Where a widened student keeps its teacher's channels, for the values where that is not
+/// the leading block (a grouped space widens at the end of each group; a pad shortcut's
+/// stream or a concatenation takes its parts' new channels at the end of each part): node
+/// name to the student's feature indices (`cols` per channel after a flatten) holding the
+/// teacher's features, in order. Values whose spaces do not match are left out (compared
+/// on the leading block).
+pub fn kept_channels(teacher: &Graph, student: &Graph) -> HashMap<String, Vec<usize>> {
+    let (ts, ss) = (channel_spaces(teacher), channel_spaces(student));
+    let by_label: HashMap<&str, usize> =
+        ss.spaces.iter().map(|s| (s.label.as_str(), s.id)).collect();
+    let mut out = HashMap::new();
+    for t in &ts.spaces {
+        if t.layout.len() <= 1 {
+            continue;
+        }
+        let Some(&sid) = by_label.get(t.label.as_str()) else {
+            continue;
+        };
+        let s = &ss.spaces[sid];
+        if s.layout.len() != t.layout.len() {
+            continue;
+        }
+        let mut keep = Vec::with_capacity(t.width);
+        let mut off = 0;
+        let mut same = true;
+        for (&to, &so) in t.layout.iter().zip(&s.layout) {
+            let (tw, sw) = (ts.spaces[to].run_width(), ss.spaces[so].run_width());
+            same &= ts.spaces[to].label == ss.spaces[so].label && tw <= sw;
+            keep.extend(off..off + tw.min(sw));
+            off += sw;
+        }
+        if !same || keep.iter().enumerate().all(|(i, &k)| i == k) {
+            continue;
+        }
+        for m in &t.members {
+            let cols = m.cols.max(1);
+            out.insert(
+                m.name.clone(),
+                keep.iter()
+                    .flat_map(|&c| c * cols..(c + 1) * cols)
+                    .collect(),
+            );
+        }
+    }
+    out
 }
 
 /// The text listing of `r2rc spaces`.
@@ -431,9 +648,31 @@ pub fn table(spaces: &Spaces) -> String {
         let state = if s.widenable() {
             "widenable".to_string()
         } else {
-            format!("fixed: {}", s.blockers.join("; "))
+            format!("fixed: {}", s.why_fixed().join("; "))
         };
         out.push_str(&format!("{}: {state}\n", s.describe()));
+        if s.layout.iter().any(|&o| o != s.id) || s.groups > 1 {
+            // Its runs, owner by owner: `conv1 (8), own (8)`, `own (4 groups of 8)`.
+            let mut runs: Vec<String> = Vec::new();
+            let mut i = 0;
+            while i < s.layout.len() {
+                let o = s.layout[i];
+                let n = s.layout[i..].iter().take_while(|&&x| x == o).count();
+                let os = &spaces.spaces[o];
+                let who = if o == s.id {
+                    "own".to_string()
+                } else {
+                    format!("`{}`", os.label)
+                };
+                runs.push(if n > 1 {
+                    format!("{who} ({n} groups of {})", os.run_width())
+                } else {
+                    format!("{who} ({})", os.run_width())
+                });
+                i += n;
+            }
+            out.push_str(&format!("  channels:  {}\n", runs.join(", ")));
+        }
         let members: Vec<&str> = s.members.iter().map(|m| m.name.as_str()).collect();
         out.push_str(&format!("  members:   {}\n", members.join(", ")));
         out.push_str(&format!("  producers: {}\n", list(&s.producers)));

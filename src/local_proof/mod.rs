@@ -308,7 +308,8 @@ pub fn prove_widening(
     use crate::transform::graph_after;
     let mut all = Vec::new();
     for k in 0..w.plan.steps.len() {
-        let space = &w.plan.spaces.spaces[w.plan.steps[k].0];
+        // The step's region: every space its channels land in (a pad shortcut's stream).
+        let space = &w.plan.footprints[k];
         let g0 = graph_after(w.graph, &w.plan, k)?;
         let g1 = graph_after(w.graph, &w.plan, k + 1)?;
         // Widening renames nothing: the region's tensors have the same names before and

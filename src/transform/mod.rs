@@ -238,6 +238,13 @@ fn widen_space_graph(graph: &mut Graph, space: &Space, e: usize, rule: Option<St
             _ => unreachable!("channel-wise parameters are batch norms, PReLUs and norms"),
         }
     }
+    for m in &space.members {
+        // An option-A shortcut's output holds its input's channels, then its zeros: it
+        // gains the channels its value gains.
+        if let Op::ShortcutPad(p) = &mut graph.g[m.node].op {
+            p.out_channels += e;
+        }
+    }
     for c in &space.consumers {
         match &mut graph.g[c.node].op {
             Op::Conv2d(conv) => conv.in_channels += e * c.cols,
@@ -254,6 +261,18 @@ fn widen_space_graph(graph: &mut Graph, space: &Space, e: usize, rule: Option<St
         }
     }
 }
+/// Where one step's new channels land in one space holding the widened space's channels
+/// (the space itself, a pad shortcut's stream, a concatenation).
+#[derive(Debug, Clone)]
+pub struct Landing {
+    pub space: usize,
+    /// The widened space's runs in this space, `(offset, width)` in channels, at the
+    /// widths before the step: each gets [`Plan::ctxs`]'s `e` new channels at its end.
+    pub runs: Vec<(usize, usize)>,
+    /// This space's channels before the step.
+    pub width: usize,
+}
+
 /// A widening decided before any weight is read: the spaces, the channels each gets, the
 /// student graph (shapes inferred, unprintable shortcuts refused) and the report's parts.
 #[derive(Debug, Clone)]
@@ -261,6 +280,13 @@ pub struct Plan {
     pub spaces: Spaces,
     /// The widened spaces' ids with the channels each gets, in the order they are widened.
     pub steps: Vec<(usize, usize)>,
+    /// For each step, the spaces its channels land in.
+    pub landings: Vec<Vec<Landing>>,
+    /// For each step, the fill's sizes: channels of one run before, channels each run
+    /// gains (a grouped space widens each group; a plain one is one run).
+    pub ctxs: Vec<(usize, usize)>,
+    /// For each step, one space listing every layer it touches (for local proofs' regions).
+    pub footprints: Vec<Space>,
     /// For each step of a normalised space, how its norms keep their statistics.
     pub rules: Vec<Option<StreamRule>>,
     pub student: Graph,
@@ -275,9 +301,9 @@ pub struct Plan {
 impl Plan {
     /// The fill of step `k`.
     fn fill(&self, k: usize, args: &WidenArgs, seed: u64) -> Box<dyn Fill> {
-        let (id, e) = self.steps[k];
+        let (c, e) = self.ctxs[k];
         let ctx = FillCtx {
-            c: self.spaces.spaces[id].width,
+            c,
             e,
             init: args.init,
         };
@@ -315,10 +341,23 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
     let mut changes = Vec::new();
     let mut notes = Vec::new();
     let mut rounds = info.rounds;
+    let mut landings = Vec::new();
+    let mut ctxs = Vec::new();
+    let mut footprints = Vec::new();
+    // Widths as the steps go: each space's channels, and its own channels.
+    let mut cur: Vec<usize> = spaces.spaces.iter().map(|s| s.width).collect();
+    let mut own: Vec<usize> = spaces.spaces.iter().map(|s| s.own).collect();
     for &id in &ids {
         let space = &spaces.spaces[id];
-        let (e, note) = added(space.width, args.amount, args.method, &space.label)?;
+        let grown = cur[id] - space.width;
+        let (e, note) = added(space.width, grown, args.amount, args.method, &space.label)?;
+        target::check_groups(space, grown, e, args.method)?;
         notes.extend(note);
+        let groups = space.groups.max(1);
+        let e_run = e / groups;
+        ctxs.push((own[id] / groups, e_run));
+        let land = landing(&spaces, id, &cur, &own);
+        footprints.push(footprint(&spaces, &land));
         let rule = match space.norm {
             Some(_) => {
                 let r = norms::rule(args.method, space, e)?;
@@ -330,7 +369,14 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
         };
         steps.push((id, e));
         rules.push(rule);
-        widen_space_graph(&mut g, space, e, rule);
+        for l in &land {
+            let added = l.runs.len() * e_run;
+            let r = if l.space == id { rule } else { None };
+            widen_space_graph(&mut g, &spaces.spaces[l.space], added, r);
+            cur[l.space] += added;
+        }
+        own[id] += e;
+        landings.push(land);
         if let Target::Name(name) = &args.target {
             let adds: Vec<&str> = space
                 .members
@@ -371,6 +417,9 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
     Ok(Plan {
         spaces,
         steps,
+        landings,
+        ctxs,
+        footprints,
         rules,
         student: g,
         changes,
@@ -384,11 +433,58 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
 /// step-by-step proof compares step `k` against.
 pub fn graph_after(graph: &Graph, plan: &Plan, k: usize) -> Result<Graph> {
     let mut g = graph.clone();
-    for (&(id, e), &rule) in plan.steps[..k].iter().zip(&plan.rules) {
-        widen_space_graph(&mut g, &plan.spaces.spaces[id], e, rule);
+    for (i, (&(id, _), &rule)) in plan.steps[..k].iter().zip(&plan.rules).enumerate() {
+        for l in &plan.landings[i] {
+            let r = if l.space == id { rule } else { None };
+            let added = l.runs.len() * plan.ctxs[i].1;
+            widen_space_graph(&mut g, &plan.spaces.spaces[l.space], added, r);
+        }
     }
     reinfer_shapes(&mut g)?;
     Ok(g)
+}
+
+/// Where widening space `id` lands: every space holding a run of it, with the runs'
+/// offsets at the current widths (`cur` channels, `own` own channels per space).
+fn landing(spaces: &Spaces, id: usize, cur: &[usize], own: &[usize]) -> Vec<Landing> {
+    let mut v = Vec::new();
+    for t in &spaces.spaces {
+        if !t.layout.contains(&id) {
+            continue;
+        }
+        let mut runs = Vec::new();
+        let mut off = 0;
+        for &o in &t.layout {
+            let w = own[o] / spaces.spaces[o].groups.max(1);
+            if o == id {
+                runs.push((off, w));
+            }
+            off += w;
+        }
+        debug_assert_eq!(off, cur[t.id], "runs cover space `{}`", t.label);
+        v.push(Landing {
+            space: t.id,
+            runs,
+            width: cur[t.id],
+        });
+    }
+    v
+}
+
+/// One space listing every value and layer of the spaces in `land` (the widened one
+/// first): a step's region for a local proof.
+fn footprint(spaces: &Spaces, land: &[Landing]) -> Space {
+    let mut ids: Vec<usize> = land.iter().map(|l| l.space).collect();
+    ids.sort_by_key(|&i| !spaces.spaces[i].layout.iter().all(|&o| o == i));
+    let mut f = spaces.spaces[ids[0]].clone();
+    for &i in &ids[1..] {
+        let s = &spaces.spaces[i];
+        f.members.extend(s.members.iter().cloned());
+        f.producers.extend(s.producers.iter().cloned());
+        f.params.extend(s.params.iter().cloned());
+        f.consumers.extend(s.consumers.iter().cloned());
+    }
+    f
 }
 
 /// One call a widening step makes on a tensor.
@@ -402,6 +498,13 @@ pub struct Touch {
     /// Rows, entries or columns per channel (a producer's rows per kv group, entries after
     /// a flatten, consumer columns).
     pub cols: usize,
+    /// Where the new channels go: the widened space's runs `(offset, width)` in the
+    /// tensor's space, in channels ([`Landing::runs`]).
+    pub runs: Vec<(usize, usize)>,
+    /// The tensor's space's channels before the step.
+    pub width: usize,
+    /// A grouped consumer's groups: each group of rows reads its own slice of channels.
+    pub row_groups: usize,
 }
 
 /// Every tensor that widening as `plan` touches, with its touches in step order; `has`
@@ -414,58 +517,111 @@ pub fn tensor_touches(
 ) -> Vec<(String, Vec<Touch>)> {
     let mut out: Vec<(String, Vec<Touch>)> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
-    for (k, &(id, _)) in plan.steps.iter().enumerate() {
-        let space = &plan.spaces.spaces[id];
-        let mut touch = |name: String, part: Part, kind: Option<ParamKind>, cols: usize| {
-            if !has(&name) {
-                return;
-            }
-            let t = Touch {
-                step: k,
-                part,
-                kind,
-                cols,
-            };
-            let i = *at.entry(name.clone()).or_insert_with(|| {
-                out.push((name, Vec::new()));
-                out.len() - 1
-            });
-            out[i].1.push(t);
-        };
-        for p in &space.producers {
-            let name = &graph.g[p.node].name;
-            match graph.g[p.node].op {
-                Op::Conv2d(_) | Op::Linear(_) => {
-                    touch(format!("{name}.weight"), Part::Rows, None, p.per);
-                    touch(format!("{name}.bias"), Part::Bias, None, p.per);
+    for (k, land) in plan.landings.iter().enumerate() {
+        for l in land {
+            let space = &plan.spaces.spaces[l.space];
+            let mut touch = |name: String,
+                             part: Part,
+                             kind: Option<ParamKind>,
+                             cols: usize,
+                             row_groups: usize| {
+                if !has(&name) {
+                    return;
                 }
-                _ => touch(format!("{name}.weight"), Part::Features, None, 1),
-            }
-        }
-        for p in &space.params {
-            let cols = space.member(p.node).map_or(1, |m| m.cols);
-            let name = &graph.g[p.node].name;
-            let part = match graph.g[p.node].op {
-                Op::Norm(_) => Part::Norm,
-                _ => Part::Entries,
+                let t = Touch {
+                    step: k,
+                    part,
+                    kind,
+                    cols,
+                    runs: l.runs.clone(),
+                    width: l.width,
+                    row_groups,
+                };
+                let i = *at.entry(name.clone()).or_insert_with(|| {
+                    out.push((name, Vec::new()));
+                    out.len() - 1
+                });
+                out[i].1.push(t);
             };
-            for slot in graph.g[p.node].op.param_slots() {
-                if slot.kind != ParamKind::NumBatchesTracked {
-                    touch(
-                        format!("{name}.{}", slot.suffix),
-                        part,
-                        Some(slot.kind),
-                        cols,
-                    );
+            for p in &space.producers {
+                let name = &graph.g[p.node].name;
+                match graph.g[p.node].op {
+                    Op::Conv2d(_) | Op::Linear(_) => {
+                        touch(format!("{name}.weight"), Part::Rows, None, p.per, 1);
+                        touch(format!("{name}.bias"), Part::Bias, None, p.per, 1);
+                    }
+                    _ => touch(format!("{name}.weight"), Part::Features, None, 1, 1),
                 }
             }
-        }
-        for c in &space.consumers {
-            let name = &graph.g[c.node].name;
-            touch(format!("{name}.weight"), Part::Columns, None, c.cols);
+            for p in &space.params {
+                let cols = space.member(p.node).map_or(1, |m| m.cols);
+                let name = &graph.g[p.node].name;
+                let part = match graph.g[p.node].op {
+                    Op::Norm(_) => Part::Norm,
+                    _ => Part::Entries,
+                };
+                for slot in graph.g[p.node].op.param_slots() {
+                    if slot.kind != ParamKind::NumBatchesTracked {
+                        touch(
+                            format!("{name}.{}", slot.suffix),
+                            part,
+                            Some(slot.kind),
+                            cols,
+                            1,
+                        );
+                    }
+                }
+            }
+            for c in &space.consumers {
+                let name = &graph.g[c.node].name;
+                let groups = match &graph.g[c.node].op {
+                    Op::Conv2d(conv) => conv.groups.max(1),
+                    _ => 1,
+                };
+                touch(
+                    format!("{name}.weight"),
+                    Part::Columns,
+                    None,
+                    c.cols,
+                    groups,
+                );
+            }
         }
     }
     out
+}
+
+/// `t` with each run `(offset, width)` (in channels of `unit` entries along `axis`)
+/// replaced by `f` of its slice, the rest kept.
+fn splice(
+    t: &ArrayD<f64>,
+    axis: usize,
+    runs: &[(usize, usize)],
+    unit: usize,
+    f: &mut dyn FnMut(&ArrayD<f64>) -> ArrayD<f64>,
+) -> ArrayD<f64> {
+    let mut parts: Vec<ArrayD<f64>> = Vec::new();
+    let mut at = 0;
+    let ax = ndarray::Axis(axis);
+    for &(off, w) in runs {
+        let (a, b) = (off * unit, (off + w) * unit);
+        if a > at {
+            parts.push(t.slice_axis(ax, (at..a).into()).to_owned());
+        }
+        parts.push(f(&t.slice_axis(ax, (a..b).into()).to_owned()));
+        at = b;
+    }
+    if at < t.shape()[axis] {
+        parts.push(t.slice_axis(ax, (at..).into()).to_owned());
+    }
+    let refs: Vec<&ArrayD<f64>> = parts.iter().collect();
+    cat(axis, &refs)
+}
+
+/// A touch's new channels go after one run covering the whole tensor (a plain space): the
+/// fill applies to the whole tensor.
+fn whole(tc: &Touch) -> bool {
+    tc.row_groups <= 1 && tc.runs.len() == 1 && tc.runs[0] == (0, tc.width)
 }
 
 /// Tensor `name` (teacher value `t`) after `touches` (from [`tensor_touches`]).
@@ -479,9 +635,13 @@ pub fn apply_touches(
 ) -> Result<ArrayD<f64>> {
     let layer = name.rsplit_once('.').map_or(name, |(l, _)| l);
     for tc in touches {
-        let (_, e) = plan.steps[tc.step];
         let fill = plan.fill(tc.step, args, seed);
         let rng = &mut keyed_rng(seed, tc.step, name, tc.part);
+        if !whole(tc) {
+            t = apply_runs(&*fill, tc, name, t, rng)?;
+            continue;
+        }
+        let e = plan.ctxs[tc.step].1;
         t = match tc.part {
             Part::Step => unreachable!("tensors are not touched by step draws"),
             Part::Rows => {
@@ -524,6 +684,77 @@ pub fn apply_touches(
         };
     }
     Ok(t)
+}
+
+/// Tensor `name` after touch `tc`, whose new channels go after several runs (the groups of
+/// a grouped space, a space's channels inside a pad shortcut's stream or a
+/// concatenation): the fill applies to each run's slice on its own, in order.
+fn apply_runs(
+    fill: &dyn Fill,
+    tc: &Touch,
+    name: &str,
+    t: ArrayD<f64>,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<ArrayD<f64>> {
+    let layer = name.rsplit_once('.').map_or(name, |(l, _)| l);
+    let e = fill.added();
+    let want = e * tc.runs.len() * tc.cols;
+    let before = t.shape().to_vec();
+    let out = match tc.part {
+        Part::Rows => splice(&t, 0, &tc.runs, tc.cols, &mut |s| {
+            cat(0, &[s, &fill.rows(s, tc.cols, rng)])
+        }),
+        Part::Bias => splice(&t, 0, &tc.runs, tc.cols, &mut |s| {
+            cat(0, &[s, &fill.bias(s, tc.cols, rng)])
+        }),
+        Part::Entries => {
+            let kind = tc.kind.expect("entries touches carry their kind");
+            splice(&t, 0, &tc.runs, tc.cols, &mut |s| {
+                cat(0, &[s, &fill.entries(kind, s, tc.cols, rng)])
+            })
+        }
+        Part::Columns => {
+            let g = tc.row_groups.max(1);
+            let per = tc.width / g;
+            let rows = t.shape()[0] / g;
+            let mut blocks = Vec::with_capacity(g);
+            for r in 0..g {
+                let block = t
+                    .slice_axis(ndarray::Axis(0), (r * rows..(r + 1) * rows).into())
+                    .to_owned();
+                let runs: Vec<(usize, usize)> = tc
+                    .runs
+                    .iter()
+                    .filter(|(o, _)| (r * per..(r + 1) * per).contains(o))
+                    .map(|&(o, w)| (o - r * per, w))
+                    .collect();
+                blocks.push(splice(&block, 1, &runs, tc.cols, &mut |s| {
+                    fill.columns(s, tc.cols, rng)
+                }));
+            }
+            let refs: Vec<&ArrayD<f64>> = blocks.iter().collect();
+            let out = cat(0, &refs);
+            grew(
+                "input columns",
+                layer,
+                (out.shape()[1] - before[1]) * g,
+                want,
+            )?;
+            return Ok(out);
+        }
+        Part::Features | Part::Norm | Part::Step => {
+            return Err(Error::weights(format!(
+                "`{name}` lies in a grouped or concatenated space, which widens only convolutions, linears and batch norms"
+            )))
+        }
+    };
+    let what = if tc.part == Part::Entries {
+        "entries"
+    } else {
+        "output rows"
+    };
+    grew(what, layer, out.shape()[0] - before[0], want)?;
+    Ok(out)
 }
 
 /// A planned widening with its per-tensor touches: everything needed to compute any

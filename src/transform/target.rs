@@ -2,7 +2,7 @@
 //! and how many channels each space gets.
 
 use super::{Amount, Method, Target};
-use crate::analysis::Spaces;
+use crate::analysis::{Space, Spaces};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeIndex, Op};
 
@@ -84,7 +84,7 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
                     format!(
                         "cannot widen `{name}` ({what}): {} cannot be widened because {}",
                         s.describe(),
-                        s.blockers.join("; and ")
+                        s.why_fixed().join("; and ")
                     ),
                     Some("`r2rc spaces FILE` lists the spaces that can be widened".into()),
                 ));
@@ -207,9 +207,12 @@ fn hidden_widths(graph: &Graph, spaces: &Spaces, nodes: &[NodeIndex]) -> Vec<usi
     ids
 }
 
-/// Channels to add to a space of width `c`, and a note when R2R rounded it up.
+/// Channels to add to a space of width `c` that earlier steps already grew by `grown`
+/// (the channels of another space it holds, through a pad shortcut or concatenation, so
+/// `--by` and `--to` name its whole width), and a note when R2R rounded it up.
 pub(crate) fn added(
     c: usize,
+    grown: usize,
     amount: Amount,
     method: Method,
     label: &str,
@@ -224,9 +227,10 @@ pub(crate) fn added(
             }
             // The language's floor, forgiving rounding error like 8 * 1.5.
             let to = (c as f64 * f + 1e-9 * (c as f64 * f)).floor() as usize;
-            to.saturating_sub(c)
+            to.saturating_sub(c + grown)
         }
         Amount::To(t) => {
+            let c = c + grown;
             if t <= c {
                 return Err(Error::usage(
                     format!(
@@ -266,6 +270,43 @@ pub(crate) fn added(
         ));
     }
     Ok((e, None))
+}
+
+/// A grouped space widens every group by the same number of channels (R2R: pairs inside
+/// each group), so it must grow by a multiple of its groups (twice that for R2R): refuses
+/// other amounts, naming the widths that work.
+pub(crate) fn check_groups(space: &Space, grown: usize, e: usize, method: Method) -> Result<()> {
+    let g = space.groups.max(1);
+    if g == 1 {
+        return Ok(());
+    }
+    let pairs = method.info().pairs;
+    let step = if pairs { 2 * g } else { g };
+    if e.is_multiple_of(step) {
+        return Ok(());
+    }
+    let c = space.width + grown;
+    let below = e / step * step;
+    let works = if below > 0 {
+        format!(
+            "--to {} or --to {} (--add {below} or --add {})",
+            c + below,
+            c + below + step,
+            below + step
+        )
+    } else {
+        format!("--to {} (--add {step})", c + step)
+    };
+    Err(Error::usage(
+        format!(
+            "{} is split into {g} groups by grouped convolution `{}`, and every group widens by the same number of channels{}: it must grow by a multiple of {step} channels, not {e} (to {})",
+            space.describe(),
+            space.grouped_by.as_deref().unwrap_or("?"),
+            if pairs { " in pairs (R2WiderR's U/U rows inside each group)" } else { "" },
+            c + e
+        ),
+        Some(format!("widths that work are {c} + a multiple of {step}: {works}")),
+    ))
 }
 
 /// The .arch language gives a block whose input and output shapes match an identity

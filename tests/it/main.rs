@@ -15,6 +15,7 @@ mod deepen_snapshots;
 mod errors;
 mod examples;
 mod exec;
+mod family_growth;
 mod from_hf;
 mod fused_streaming;
 mod hf_outputs;

@@ -315,12 +315,14 @@ fn refusals_say_why() {
         "{m}"
     );
 
-    // Grouped convolutions.
+    // Grouped convolutions widen every group equally (tests/it/family_growth.rs): R2R's
+    // pairs inside each of 2 groups need a multiple of 4.
     let src = "arch G\ninput 3x8x8\nconv1 3x3, 8\nconv2 3x3, 8, groups 2\nhead avg pool, 4-d fc\n";
     let gg = r2rc::lower::compile(src, &[]).unwrap();
     let m = refusal(&gg, "conv1", Amount::Add(2), Method::R2r);
     assert!(
-        m.contains("grouped convolution `conv2` (groups 2) reads it"),
+        m.contains("split into 2 groups by grouped convolution `conv2`")
+            && m.contains("must grow by a multiple of 4 channels, not 2"),
         "{m}"
     );
 }

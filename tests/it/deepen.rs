@@ -258,9 +258,20 @@ fn refusals_say_why() {
         e.contains("need a CxHxW feature map") && e.contains("vector of 10"),
         "{e}"
     );
+    // Inside a block's branch only the methods whose layer starts as the identity on its
+    // own fit (tests/it/family_growth.rs); a projection shortcut is no site.
     let e = refusal("resnet_cifar10", args("conv2_1.conv1", DeepenMethod::R2r));
     assert!(
-        e.contains("is a layer inside block `conv2_1`") && e.contains("--after conv2_1"),
+        e.contains("cannot insert R2DeeperR inside block `conv2_1`")
+            && e.contains("--after conv2_1"),
+        "{e}"
+    );
+    let e = refusal(
+        "resnet_cifar10",
+        args("conv3_1.downsample.0", DeepenMethod::Netmorph),
+    );
+    assert!(
+        e.contains("is a layer inside block `conv3_1`") && e.contains("--after conv3_1"),
         "{e}"
     );
     let e = refusal("resnet_cifar10", args("conv2_7", DeepenMethod::R2r));

@@ -300,3 +300,95 @@ fn grouped_and_pad_widenings_stream_to_the_in_memory_bytes() {
         }
     }
 }
+
+/// `deepen --after conv2_1.conv1`: a layer between two layers of a block's branch, for
+/// each method that has an exact construction there, proved whole (teacher renamed) and
+/// locally; R2DeeperR and the random block are refused, as is the block's last layer.
+#[test]
+fn layers_inside_a_block_prove_and_refusals_say_why() {
+    use r2rc::exec::Mode;
+    use r2rc::transform::deepen::{deepen, rename, resolve_site, DeepenArgs, DeepenMethod};
+    use r2rc::transform::Exactness;
+    let resnet = crate::common::example_with("resnet_cifar10", &[("r", "1/8")]);
+    let cases: Vec<(&str, Graph, &str)> = vec![
+        ("option A", compile(PAD), "conv3_1.conv1"),
+        ("resnext", compile(RESNEXT), "conv2_2.conv2"),
+        ("resnext", compile(RESNEXT), "conv3_1.bn1"),
+        ("resnet_cifar10", resnet, "conv2_2.act1"),
+    ];
+    let opts = ProveOptions::default();
+    for (name, g, after) in &cases {
+        let tp = teacher(g, 9);
+        for method in [
+            DeepenMethod::Net2net,
+            DeepenMethod::Netmorph,
+            DeepenMethod::NetmorphDense,
+        ] {
+            let what = format!("{name} --after {after} {method:?}");
+            let args = DeepenArgs {
+                after: after.to_string(),
+                method,
+                width: None,
+            };
+            if method == DeepenMethod::NetmorphDense && *after == "conv3_1.bn1" {
+                // Its reader is the grouped conv, which cannot absorb a dense mix.
+                let e = deepen(g, &tp, &args, 4).unwrap_err().to_string();
+                assert!(e.contains("`conv3_1.conv2` is a grouped convolution"), "{e}");
+                continue;
+            }
+            let d = deepen(g, &tp, &args, 4).unwrap_or_else(|e| panic!("{what}: {e}"));
+            // The block keeps its number and gets one more layer.
+            let block = after.split_once('.').unwrap().0;
+            assert!(
+                d.site.contains(&format!("new layer `{block}.")),
+                "{what}: {}",
+                d.site
+            );
+            assert_eq!(d.graph.order().len(), g.order().len() + d.inserted.len());
+            let (rt, rp) = rename(g, &tp, &d.name_map);
+            let full = check_equivalence(&rt, &rp, &d.graph, &d.params, &opts).unwrap();
+            let site = resolve_site(g, after).unwrap();
+            let local = r2rc::local_proof::deepen::prove(g, &tp, &d, &site, &opts).unwrap();
+            for e in full.iter().chain(&local) {
+                let required =
+                    d.exactness == Exactness::Exact || Mode::parse(&e.mode).unwrap() == Mode::Eval;
+                if required {
+                    assert!(
+                        e.passed && e.max_rel_err <= 1e-9,
+                        "{what}: {} ({:?})",
+                        e.summary(),
+                        e.first_divergence
+                    );
+                }
+            }
+        }
+    }
+    let g = compile(RESNEXT);
+    let tp = teacher(&g, 1);
+    let refuse = |after: &str, method| {
+        let args = DeepenArgs {
+            after: after.into(),
+            method,
+            width: None,
+        };
+        let e = deepen(&g, &tp, &args, 0).unwrap_err();
+        format!("{e} | {}", e.hint_text().unwrap_or(""))
+    };
+    let m = refuse("conv2_1.conv1", DeepenMethod::R2r);
+    assert!(
+        m.contains("cannot insert R2DeeperR inside block `conv2_1`")
+            && m.contains("no shortcut")
+            && m.contains("--after conv2_1"),
+        "{m}"
+    );
+    let m = refuse("conv2_1.conv2", DeepenMethod::Random);
+    assert!(m.contains("inside block `conv2_1`"), "{m}");
+    let m = refuse("conv2_1.conv3", DeepenMethod::Netmorph);
+    assert!(
+        m.contains("part of the last layer of block `conv2_1`")
+            && m.contains("--after conv2_1.conv2"),
+        "{m}"
+    );
+    let m = refuse("conv2_1.downsample.0", DeepenMethod::Netmorph);
+    assert!(m.contains("is a layer inside block `conv2_1`"), "{m}");
+}

@@ -298,8 +298,43 @@ pub fn deepen_partial(
             )),
         ));
     }
+    if site.inside {
+        refuse_inside(&site, args)?;
+    }
     let ins = (args.method.info().insertion)(&info, args.width, &mut rng)?;
     apply_insertion(graph, params, &site, ins)
+}
+
+/// Inside a block's branch the new layer is one item of the block, which starts as the
+/// identity on its own (Net2DeeperNet, NetMorph, NetMorph-dense): refuses the methods
+/// whose construction needs a shortcut of its own.
+fn refuse_inside(site: &Site, args: &DeepenArgs) -> Result<()> {
+    let block = site.label.split_once('.').map_or("", |(b, _)| b);
+    let why = match args.method {
+        DeepenMethod::R2r => "R2DeeperR's exact construction is a residual block whose branch is zero (cancelling pairs), and inside a block's branch there is no shortcut for it: no layer without one starts as the identity from R2R's pairs",
+        DeepenMethod::Random => "the random baseline inserts a residual block, which has no place inside a block's branch",
+        DeepenMethod::Copy => "copying applies to transformer layers",
+        _ => {
+            if args.width.is_some() {
+                return Err(usage(
+                    "--width sets the hidden width of an inserted block; a layer inside a block is as wide as its input".into(),
+                    Some("drop --width".into()),
+                ));
+            }
+            return Ok(());
+        }
+    };
+    Err(usage(
+        format!(
+            "cannot insert {} inside block `{block}` (after `{}`): {why}",
+            args.method.title(),
+            site.label
+        ),
+        Some(format!(
+            "inside a block use --method net2net, netmorph or netmorph-dense; for {} insert a new block with --after {block}",
+            args.method.title()
+        )),
+    ))
 }
 
 /// A row name not used yet: `{base}_x`, else `{base}_x2`, ...
@@ -334,6 +369,8 @@ pub fn apply_insertion(
     // Where the new block lives: the site's row (it gets the next number, later blocks of
     // the row move up) or a new row after a single-layer row.
     let (row, block, shift) = match site.block {
+        // Inside a block: one more item of it, no block moves.
+        Some(b) if site.inside => (site.row.clone(), Some(b), None),
         Some(b) => (site.row.clone(), Some(b + 1), Some(b)),
         None => (fresh_row(graph, &site.row), Some(1), None),
     };
@@ -478,6 +515,7 @@ pub fn apply_insertion(
         }
     }
     let where_ = match site.block {
+        Some(_) if site.inside => format!("new layer `{}`", g.g[new_ix[0]].name),
         Some(_) => format!(
             "new block `{}`",
             block_of(&g, new_ix[0]).unwrap_or_default()

@@ -21,6 +21,9 @@ pub struct Site {
     pub block: Option<usize>,
     /// `[C, H, W]` of the value.
     pub shape: Vec<usize>,
+    /// Inside a block's branch (`--after conv2_1.conv1`): the new layer is an item of the
+    /// block, between the named layer and the next (the block keeps its number).
+    pub inside: bool,
 }
 
 impl Site {
@@ -67,6 +70,7 @@ pub fn resolve_site(graph: &Graph, name: &str) -> Result<Site> {
             row: node.row.clone(),
             block: node.block,
             shape: node.shape.clone(),
+            inside: false,
         }
     };
     let found = if let Some(&last) = order.iter().rev().find(|&&n| graph.g[n].row == name) {
@@ -80,6 +84,13 @@ pub fn resolve_site(graph: &Graph, name: &str) -> Result<Site> {
         Some(site(last))
     } else {
         None
+    };
+    let found = match found {
+        Some(s) => Some(s),
+        None => inside_site(graph, name)?.map(|value| Site {
+            inside: true,
+            ..site(value)
+        }),
     };
     let Some(s) = found else {
         if let Some(n) = graph.find(name) {
@@ -151,6 +162,48 @@ pub fn resolve_site(graph: &Graph, name: &str) -> Result<Site> {
         }
     }
     Ok(s)
+}
+
+/// The value after which a layer goes inside a block's branch, when `name` is a layer of
+/// one of its items (`conv2_1.conv1`, `conv2_1.bn1`, `conv2_1.act1`) other than the last
+/// (whose output the shortcut joins); `None` when `name` is no such layer.
+fn inside_site(graph: &Graph, name: &str) -> Result<Option<NodeIndex>> {
+    let Some(n) = graph.find(name) else {
+        return Ok(None);
+    };
+    let Some(b) = block_of(graph, n) else {
+        return Ok(None);
+    };
+    let rest = &graph.g[n].name[b.len() + 1..];
+    let Some(i) = ["conv", "bn", "act"]
+        .iter()
+        .find_map(|p| rest.strip_prefix(p)?.parse::<usize>().ok())
+    else {
+        return Ok(None);
+    };
+    let items = block_template(graph, &b).len();
+    if i >= items {
+        return Err(usage(
+            format!(
+                "`{name}` is part of the last layer of block `{b}`, whose output the shortcut joins; a layer inserted inside a block goes between two of its layers ({})",
+                (1..items)
+                    .map(|k| format!("`{b}.conv{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(if items > 1 {
+                format!("use --after {b}.conv{} (before the last layer) or --after {b} (a new block)", items - 1)
+            } else {
+                format!("use --after {b} (a new block after it)")
+            }),
+        ));
+    }
+    // The item's last value: its activation, else its batch norm, else its conv.
+    let value = ["act", "bn", "conv"]
+        .iter()
+        .find_map(|p| graph.find(&format!("{b}.{p}{i}")))
+        .expect("the item has its conv");
+    Ok(Some(value))
 }
 
 /// The transformer layers of `graph` (`layers_1`, ...), in order.

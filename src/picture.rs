@@ -180,6 +180,7 @@ fn op_text(op: &Op) -> String {
         Op::Flatten => "flatten".into(),
         Op::Linear(l) => format!("{}-d fc", l.out_features),
         Op::Add => "add".into(),
+        Op::Concat => "concat".into(),
         Op::Softmax => "softmax".into(),
         Op::ShortcutPad(p) => format!("pad shortcut, stride {}", p.stride),
         Op::Input => "input".into(),

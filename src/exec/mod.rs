@@ -11,6 +11,7 @@
 
 mod act;
 mod attention;
+mod concat;
 mod conv;
 mod embed;
 mod float;
@@ -564,5 +565,6 @@ fn eval<T: Float>(
             shape::add(first, &rest, relu)
         }
         Op::ShortcutPad(p) => shape::shortcut_pad(&args[0], p),
+        Op::Concat => concat::concat(&args.iter().map(|a| a.as_ref()).collect::<Vec<_>>())?,
     })
 }

@@ -118,6 +118,11 @@ pub enum Op {
     /// Softmax over the feature dimension.
     Softmax,
     ShortcutPad(ShortcutPad),
+    /// Its inputs' feature maps stacked along the channel axis, in port order
+    /// (`torch.cat(xs, 1)`): `[C0, H, W]`, `[C1, H, W]`... to `[C0 + C1 + ..., H, W]`.
+    /// A DenseNet layer's output is the concatenation of its input (port 0) and its new
+    /// features (port 1).
+    Concat,
     // ---- transformer rows (see `seq.rs` for each op's exact semantics) ----
     /// Token ids `[T]` to `[T, dim]`.
     Embedding(Embedding),
@@ -216,6 +221,7 @@ impl Op {
             Op::Add => "add",
             Op::Softmax => "softmax",
             Op::ShortcutPad(_) => "shortcut_pad",
+            Op::Concat => "concat",
             Op::Embedding(_) => "embedding",
             Op::Positions(_) => "positions",
             Op::ClassToken(_) => "class_token",
@@ -441,9 +447,38 @@ impl Op {
                 let ow = window_out(w, 1, p.stride, 0, 1)?;
                 Ok(vec![p.out_channels, oh, ow])
             }
+            Op::Concat => concat_shape(inputs),
             _ => super::seq::infer_shape(self, inputs),
         }
     }
+}
+
+/// `[C0 + C1 + ..., H, W]` from feature maps of one size.
+fn concat_shape(inputs: &[&Shape]) -> Result<Shape, String> {
+    if inputs.len() < 2 {
+        return Err(format!(
+            "a concatenation joins at least two values, got {}",
+            inputs.len()
+        ));
+    }
+    let mut channels = 0usize;
+    for s in inputs {
+        let [c, h, w] = s.as_slice() else {
+            return Err(format!(
+                "a concatenation joins CxHxW feature maps, but one input is {}",
+                show_shape(s)
+            ));
+        };
+        if [*h, *w] != inputs[0][1..] {
+            return Err(format!(
+                "a concatenation joins feature maps of one size, got {} and {}",
+                show_shape(inputs[0]),
+                show_shape(s)
+            ));
+        }
+        channels = channels.checked_add(*c).ok_or("too many channels")?;
+    }
+    Ok(vec![channels, inputs[0][1], inputs[0][2]])
 }
 
 /// PyTorch's output size of a sliding window.

@@ -8,6 +8,7 @@ mod block_act;
 mod chains;
 mod checkpoints;
 mod cli_front;
+mod concat;
 mod deepen;
 mod deepen_bn_scale;
 mod deepen_local;

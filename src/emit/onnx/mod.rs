@@ -226,6 +226,7 @@ impl Builder<'_> {
                 self.push(op_type, name, inputs, &out, vec![]);
             }
             Op::Softmax => self.push("Softmax", name, inputs, &out, vec![int("axis", -1)]),
+            Op::Concat => self.push("Concat", name, inputs, &out, vec![int("axis", 1)]),
             Op::ShortcutPad(p) => {
                 let [c, h, w] = match in_shape.as_slice() {
                     [c, h, w] => [*c, *h, *w],

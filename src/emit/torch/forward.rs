@@ -183,6 +183,7 @@ fn expression(
         Op::GlobalAvgPool => (format!("F.adaptive_avg_pool2d({a}, 1)"), true),
         Op::Flatten => (format!("torch.flatten({a}, 1)"), true),
         Op::Add => (args.join(" + "), true),
+        Op::Concat => (format!("torch.cat([{}], 1)", args.join(", ")), true),
         // Over the features: dim 1 of a vector batch, the last of a sequence's.
         Op::Softmax if node.shape.len() == 1 => (format!("F.softmax({a}, dim=1)"), true),
         Op::Softmax => (format!("F.softmax({a}, dim=-1)"), true),

@@ -592,33 +592,33 @@ fn layout_of(
 /// on the leading block).
 pub fn kept_channels(teacher: &Graph, student: &Graph) -> HashMap<String, Vec<usize>> {
     let (ts, ss) = (channel_spaces(teacher), channel_spaces(student));
-    let by_label: HashMap<&str, usize> =
-        ss.spaces.iter().map(|s| (s.label.as_str(), s.id)).collect();
     let mut out = HashMap::new();
     for t in &ts.spaces {
         if t.layout.len() <= 1 {
             continue;
         }
-        let Some(&sid) = by_label.get(t.label.as_str()) else {
-            continue;
-        };
-        let s = &ss.spaces[sid];
-        if s.layout.len() != t.layout.len() {
-            continue;
-        }
-        let mut keep = Vec::with_capacity(t.width);
-        let mut off = 0;
-        let mut same = true;
-        for (&to, &so) in t.layout.iter().zip(&s.layout) {
-            let (tw, sw) = (ts.spaces[to].run_width(), ss.spaces[so].run_width());
-            same &= ts.spaces[to].label == ss.spaces[so].label && tw <= sw;
-            keep.extend(off..off + tw.min(sw));
-            off += sw;
-        }
-        if !same || keep.iter().enumerate().all(|(i, &k)| i == k) {
-            continue;
-        }
         for m in &t.members {
+            // The student's space of the same value (rewrites may insert layers between
+            // a space and the spaces it holds, so runs are matched by position).
+            let Some(n) = student.find(&m.name) else {
+                continue;
+            };
+            let s = &ss.spaces[ss.of[&n]];
+            if s.layout.len() != t.layout.len() {
+                continue;
+            }
+            let mut keep = Vec::with_capacity(t.width);
+            let mut off = 0;
+            let mut fits = true;
+            for (&to, &so) in t.layout.iter().zip(&s.layout) {
+                let (tw, sw) = (ts.spaces[to].run_width(), ss.spaces[so].run_width());
+                fits &= (to == t.id) == (so == s.id) && tw <= sw;
+                keep.extend(off..off + tw.min(sw));
+                off += sw;
+            }
+            if !fits || keep.iter().enumerate().all(|(i, &k)| i == k) {
+                continue;
+            }
             let cols = m.cols.max(1);
             out.insert(
                 m.name.clone(),

@@ -182,6 +182,12 @@ fn inside_site(graph: &Graph, name: &str) -> Result<Option<NodeIndex>> {
         return Ok(None);
     };
     let items = block_template(graph, &b).len();
+    if i >= items && items == 1 {
+        return Err(usage(
+            format!("block `{b}` has one layer (`{name}` is part of it), whose output the shortcut joins, so there is no place between two of its layers"),
+            Some(format!("use --after {b} (a new block after it)")),
+        ));
+    }
     if i >= items {
         return Err(usage(
             format!(

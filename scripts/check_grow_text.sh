@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Cheap checks of examples/grow_text/run.sh (no training, no torch, no cargo build, ~2 s):
-# --help works; an output folder in the tracked tree is refused before any build;
-# target/ and folders outside the repository are accepted; r2rc is built only when the
-# binary is missing or older than the sources (a copy of run.sh with stand-in cargo and
-# python records what it calls).
+# Cheap checks of examples/grow_text/run.sh (no training, no torch, no build, ~2 s):
+# --help works; an output folder in the tracked tree is refused before anything is
+# installed or run; target/ and folders outside the repository are accepted; r2rc's Python
+# package is installed into target/demo-venv only when missing or older than the sources,
+# and grow.py runs under that venv's interpreter (a copy of run.sh with a stand-in python
+# records what it calls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run=examples/grow_text/run.sh
@@ -25,62 +26,70 @@ export PYTHON="${PYTHON:-python3}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/bin"
-printf '#!/bin/sh\necho "cargo $*" >> "%s/cargo.log"\nexit 1\n' "$tmp" >"$tmp/bin/cargo"
-chmod +x "$tmp/bin/cargo"
+# A stand-in interpreter: logs how it was called (its own path first); `-m venv ... DIR`
+# makes DIR/bin/python a copy of itself.
+printf '%s\n' '#!/bin/sh' \
+    "echo \"\$0 \$*\" >> \"$tmp/py.log\"" \
+    'if [ "$1" = -m ] && [ "$2" = venv ]; then' \
+    '    for d in "$@"; do :; done' \
+    '    mkdir -p "$d/bin" && cp "$0" "$d/bin/python"' \
+    'fi' \
+    'exit 0' >"$tmp/bin/python"
+chmod +x "$tmp/bin/python"
+logged() { if [ -e "$tmp/py.log" ]; then wc -l <"$tmp/py.log"; else echo 0; fi; }
+installs_logged() { grep -c -- "-m pip install" "$tmp/py.log" 2>/dev/null || true; }
 
 set +e
 out="$("$run" --help 2>&1)"
 check "--help" 0 $? "$out" "OUT_DIR"
+# Refusals come from grow.py --check-only (real python); R2RC_PYTHON would log a later run.
+export R2RC_PYTHON="$tmp/bin/python"
 for dir in examples/grow_text examples .; do
-    out="$(PATH="$tmp/bin:$PATH" "$run" "$dir" 2>&1)"
+    out="$("$run" "$dir" 2>&1)"
     check "OUT_DIR $dir refused" 2 $? "$out" "refusing to write"
 done
-out="$(PATH="$tmp/bin:$PATH" "$run" --out examples/grow_text 2>&1)"
+out="$("$run" --out examples/grow_text 2>&1)"
 check "--out examples/grow_text refused" 2 $? "$out" "refusing to write"
-out="$(PATH="$tmp/bin:$PATH" "$run" --work src/scratch 2>&1)"
+out="$("$run" --work src/scratch 2>&1)"
 check "--work src/scratch refused" 2 $? "$out" "not ignored by git"
 out="$("$run" --reference "$tmp/o" 2>&1)"
 check "--reference with OUT_DIR refused" 2 $? "$out" "not both"
 out="$("$run" --check-only --grow-at 300 2>&1)"
 check "--grow-at past --steps refused" 2 $? "$out" "grow-at"
+unset R2RC_PYTHON
+check "nothing installed or run before a refusal" 0 "$(logged)" "$(cat "$tmp/py.log" 2>/dev/null)"
 out="$("$run" --check-only 2>&1)"
 check "default folder (target/grow_text) accepted" 0 $? "$out"
 out="$("$run" --check-only "$tmp/o" 2>&1)"
 check "folder outside the repository accepted" 0 $? "$out"
-set -e
-calls() { if [ -e "$tmp/cargo.log" ]; then wc -l <"$tmp/cargo.log"; else echo 0; fi; }
-check "no cargo call before a refusal" 0 "$(calls)" "$(cat "$tmp/cargo.log" 2>/dev/null)"
 
-# Build logic, on a copy of run.sh in a stand-in repository.
+# Install logic, on a copy of run.sh in a stand-in repository.
 fake="$tmp/repo"
-mkdir -p "$fake/examples/grow_text" "$fake/src" "$fake/target/release"
+mkdir -p "$fake/examples/grow_text" "$fake/src" "$fake/crates"
 cp "$run" "$fake/examples/grow_text/"
-touch "$fake/Cargo.toml" "$fake/Cargo.lock" "$fake/src/lib.rs"
-cat >"$tmp/bin/cargo" <<EOF
-#!/bin/sh
-echo "cargo \$*" >> "$tmp/cargo.log"
-printf '#!/bin/sh\n' > "$fake/target/release/r2rc"
-chmod +x "$fake/target/release/r2rc"
-EOF
-printf '#!/bin/sh\necho "python $*" >> "%s/py.log"\n' "$tmp" >"$tmp/bin/python"
-chmod +x "$tmp/bin/cargo" "$tmp/bin/python"
-builds() { # builds NAME EXPECTED_CARGO_CALLS [run.sh args]
+touch "$fake/Cargo.toml" "$fake/Cargo.lock" "$fake/pyproject.toml" "$fake/src/lib.rs"
+venv="$fake/target/demo-venv"
+installs() { # installs NAME EXPECTED_INSTALLS [run.sh args]
     local name="$1" want="$2"
     shift 2
-    rm -f "$tmp/cargo.log"
-    PATH="$tmp/bin:$PATH" PYTHON="$tmp/bin/python" "$fake/examples/grow_text/run.sh" "$@" \
-        >/dev/null 2>&1
-    check "$name: $want cargo build(s)" "$want" "$(calls)" ""
+    rm -f "$tmp/py.log"
+    PYTHON="$tmp/bin/python" "$fake/examples/grow_text/run.sh" "$@" >/dev/null 2>&1
+    check "$name: $want install(s)" "$want" "$(installs_logged)" ""
 }
-builds "binary missing" 1
-builds "binary fresh" 0
-touch -d '1 minute ago' "$fake/target/release/r2rc"
-builds "binary older than src/" 1
-touch -d '1 minute ago' "$fake/target/release/r2rc"
-builds "--r2rc given" 0 --r2rc /bin/true
-R2RC=/bin/true builds "R2RC given" 0
-grep -q -- "--r2rc $fake/target/release/r2rc" "$tmp/py.log"
-check "target/release/r2rc passed to grow.py" 0 $? "$(cat "$tmp/py.log")"
+installs "package missing" 1
+grep -q "^$venv/bin/python .*grow.py" "$tmp/py.log"
+check "grow.py runs under target/demo-venv's python" 0 $? "$(cat "$tmp/py.log")"
+installs "package fresh" 0
+touch -d '1 minute ago' "$venv/.r2rc-installed"
+installs "sources newer than the install" 1
+touch -d '1 minute ago' "$venv/.r2rc-installed"
+rm -f "$tmp/py.log"
+R2RC_PYTHON="$tmp/bin/python" PYTHON="$tmp/bin/python" "$fake/examples/grow_text/run.sh" \
+    >/dev/null 2>&1
+check "R2RC_PYTHON given: 0 installs" 0 "$(installs_logged)" ""
+grep -q "^$tmp/bin/python .*grow.py" "$tmp/py.log"
+check "R2RC_PYTHON runs grow.py" 0 $? "$(cat "$tmp/py.log")"
+set -e
 
 # Not the "N passed, N failed" form: CI reads that form as the whole run's count.
 echo "check_grow_text.sh: $passes checks passed, $fails failed"

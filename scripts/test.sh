@@ -13,3 +13,4 @@ cargo test --release --all-targets
 scripts/ci_python.sh target/release/r2rc
 scripts/ci_torch.sh target/release/r2rc
 scripts/ci_transformers.sh target/release/r2rc
+scripts/ci_pyapi.sh target/release/r2rc

@@ -9,6 +9,7 @@
 
 pub mod alloc;
 pub mod analysis;
+pub mod api;
 pub mod direct;
 pub mod emit;
 pub mod error;

@@ -1,14 +1,15 @@
 """Grow a small residual net mid-training with r2rc and keep training (R2R paper, Figure 8).
 
-The network is examples/grow_digits/digits.arch; its PyTorch module is written by
-`r2rc export --torch`. At the growth epoch the trained state dict is saved as safetensors,
-`r2rc widen --all --by 2` and `r2rc deepen --after conv2_1` / `--after conv3_1` rewrite
-it (same method for both), the student's module is exported and loaded with its weights
-(strict), and training continues with the same learning-rate schedule. Each method runs
-twice: with a fresh SGD, and with the teacher's momentum buffers carried over
-(`--optimizer-state` on every r2rc step; the buffers travel as the file's exp_avg, the
-format of scripts/optim_state.py). Baselines: the small net trained throughout (one SGD,
-its momentum kept), and the grown architecture trained from scratch.
+The network is examples/grow_digits/digits.arch; its PyTorch module is r2rc's export
+(`r2rc.Arch.torch_source`, what `r2rc export --torch` writes). At the growth epoch the
+trained state dict is grown in memory by r2rc's Python API (docs/python.md):
+`r2rc.widen(all=True, by=2)`, then `r2rc.deepen(after="conv2_1")` and
+`(after="conv3_1")` (same method for both), each proved as the CLI proves it; the
+student's module is loaded with its weights (strict), and training continues with the same
+learning-rate schedule. Each method runs twice: with a fresh SGD, and with the teacher's
+momentum buffers carried over (`optimizer_state=` on every step; the buffers travel as
+exp_avg, the layout of scripts/optim_state.py). Baselines: the small net trained
+throughout (one SGD, its momentum kept), and the grown architecture trained from scratch.
 
 Data: scikit-learn's bundled 8x8 digits (1797 images, nothing downloaded).
 Output: accuracy_vs_flops.png, results.json and results.md in --out (default
@@ -22,7 +23,6 @@ size of the spread between seeds.
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -40,7 +40,7 @@ OUTPUTS = ["accuracy_vs_flops.png", "results.json", "results.md"]
 SETTINGS = ["epochs", "grow_at", "seeds", "batch", "lr", "warmup", "wd", "threads"]
 METHODS = ["r2r", "net2net", "netmorph", "random"]
 # Each method once with a fresh SGD and once with the teacher's momentum buffers mapped by
-# r2rc's --optimizer-state ("_momentum").
+# r2rc's optimizer_state ("_momentum").
 RUNS = [*METHODS, *(f"{m}_momentum" for m in METHODS)]
 TITLES = {
     "r2r": "R2R",
@@ -59,48 +59,37 @@ PRESERVING = {"r2r", "net2net", "netmorph"}
 
 def import_deps():
     """Imports the heavy packages after argument checks, so --help needs none of them."""
-    global np, torch, nn, F, load_file, save_file, load_digits, train_test_split
+    global np, torch, nn, F, r2rc, load_digits, train_test_split
     try:
         import numpy as np
         import torch
         import torch.nn as nn
         import torch.nn.functional as F
-        from safetensors.torch import load_file, save_file
+        import r2rc
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as e:
         sys.stderr.write(
             f"error: {sys.executable} cannot import {e.name}\n"
             "  help: apt-get install python3-torch python3-sklearn python3-matplotlib;"
-            " pip install safetensors (or set PYTHON=... for run.sh)\n"
+            " r2rc is the repository's Python package (`pip install .` in its root; run.sh"
+            " installs it into target/demo-venv)\n"
         )
         sys.exit(2)
 
 
-def r2rc(r2rc_bin, *args):
-    p = subprocess.run([r2rc_bin, *args], capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"r2rc {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
-    return p.stdout
-
-
-def load_module(r2rc_bin, arch, workdir):
-    """The exported torch.nn.Module class of an .arch and its forward MACs per example."""
-    py = os.path.join(workdir, "model.py")
-    r2rc(r2rc_bin, "export", arch, "--torch", py, "--force")
+def load_module(arch):
+    """The exported torch.nn.Module class of an r2rc.Arch and its forward MACs per example."""
     load_module.count += 1
-    spec = importlib.util.spec_from_file_location(f"digits_model{load_module.count}", py)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    ns = {"__name__": f"digits_model{load_module.count}"}
+    exec(compile(arch.torch_source(), f"<r2rc export {arch.name}>", "exec"), ns)
     cls = [
         v
-        for v in vars(mod).values()
-        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == mod.__name__
+        for v in ns.values()
+        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == ns["__name__"]
     ]
     assert len(cls) == 1, cls
-    macs = json.loads(r2rc(r2rc_bin, "check", arch, "--json"))["totals"]
-    macs = next(v for k, v in macs.items() if "mac" in k.lower())
-    return cls[0], int(macs)
+    return cls[0], int(arch.check()["totals"]["macs"])
 
 
 load_module.count = 0
@@ -135,25 +124,24 @@ def make_opt(model, args):
     )
 
 
-def save_momentum(model, opt, path):
-    """Writes SGD's momentum buffers as r2rc's optimizer-state file (scripts/optim_state.py's
-    format): the buffer, a running sum of gradients like Adam's first moment, as
-    `NAME.exp_avg`, which r2rc maps by the same linear edit; `exp_avg_sq` (its square) and
-    `step` only fill the format's other places."""
+def momentum_state(model, opt):
+    """SGD's momentum buffers as r2rc's optimizer state (scripts/optim_state.py's layout):
+    the buffer, a running sum of gradients like Adam's first moment, as `NAME.exp_avg`,
+    which r2rc maps by the same linear edit; `exp_avg_sq` (its square) and `step` only
+    fill the layout's other places."""
     t = {}
     for name, p in model.named_parameters():
         buf = opt.state[p]["momentum_buffer"].detach().contiguous()
         t[f"{name}.exp_avg"] = buf
         t[f"{name}.exp_avg_sq"] = buf * buf
         t[f"{name}.step"] = torch.tensor(1, dtype=torch.int64)
-    save_file(t, path)
+    return t
 
 
-def load_momentum(model, opt, path):
-    """Sets SGD's momentum buffers from a mapped file's `NAME.exp_avg` (every parameter)."""
-    t = load_file(path)
+def load_momentum(model, opt, state):
+    """Sets SGD's momentum buffers from a mapped state's `NAME.exp_avg` (every parameter)."""
     for name, p in model.named_parameters():
-        opt.state[p]["momentum_buffer"] = t[f"{name}.exp_avg"].clone()
+        opt.state[p]["momentum_buffer"] = state[f"{name}.exp_avg"].clone()
 
 
 def train_epochs(model, train, val, epochs, macs, state, args, gen, warmup=0, opt=None):
@@ -188,43 +176,32 @@ def train_epochs(model, train, val, epochs, macs, state, args, gen, warmup=0, op
     return opt
 
 
-def grow(r2rc_bin, method, model, workdir, seed, momentum=None):
-    """Saves the trained state dict, widens and deepens it with r2rc, returns the student
-    (and, given the teacher's momentum file, the student's: `--optimizer-state` on each
+def grow(method, model, seed, momentum=None):
+    """Widens and deepens the trained state dict with r2rc in memory, returns the student
+    (and, given the teacher's momentum state, the student's: `optimizer_state=` on each
     step)."""
-    os.makedirs(workdir, exist_ok=True)
-    teacher_w = os.path.join(workdir, "teacher.safetensors")
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, teacher_w)
-    s = str(seed)
     steps = [
-        ("widen", ["--all", "--by", "2"]),
-        ("deepen", ["--after", "conv2_1"]),
-        ("deepen", ["--after", "conv3_1"]),
+        (r2rc.widen, dict(all=True, by=2)),
+        (r2rc.deepen, dict(after="conv2_1")),
+        (r2rc.deepen, dict(after="conv3_1")),
     ]
-    arch, weights = ARCH, teacher_w
-    for k, (cmd, extra) in enumerate(steps):
-        out = os.path.join(workdir, f"{k}_{cmd}")
-        state = ["--optimizer-state", momentum] if momentum else []
-        r2rc(
-            r2rc_bin, cmd, arch, *extra, "--method", method, "--weights", weights,
-            "--seed", s, *state, "-o", out, "--force",
-        )
-        arch = os.path.join(out, "digits.arch")
-        weights = os.path.join(out, "digits.safetensors")
-        momentum = momentum and os.path.join(out, "digits.optimizer.safetensors")
-    cls, macs = load_module(r2rc_bin, arch, workdir)
+    arch = r2rc.Arch.load(ARCH)
+    for step, extra in steps:
+        g = step(arch, sd, method=method, seed=seed, optimizer_state=momentum, **extra)
+        arch, sd, momentum = g.arch, g.state_dict, g.optimizer_state
+    cls, macs = load_module(arch)
     student = cls()
-    student.load_state_dict(load_file(weights), strict=True)
+    student.load_state_dict(sd, strict=True)
     return student, macs, arch, momentum
 
 
-def run(args, seed, r2rc_bin, log):
+def run(args, seed, log):
     torch.manual_seed(seed)
     train, val = data(seed)
     work = os.path.join(args.work, f"seed{seed}")
     os.makedirs(work, exist_ok=True)
-    small_cls, small_macs = load_module(r2rc_bin, ARCH, work)
+    small_cls, small_macs = load_module(r2rc.Arch.load(ARCH))
     curves, finals, checks = {}, {}, {}
 
     # The teacher: trained to the growth epoch once, shared by every method.
@@ -233,8 +210,7 @@ def run(args, seed, r2rc_bin, log):
     st = {"epoch": 0, "flops": 0.0, "curve": []}
     opt = train_epochs(teacher, train, val, args.grow_at, small_macs, st, args, gen)
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    teacher_momentum = os.path.join(work, "teacher_momentum.safetensors")
-    save_momentum(teacher, opt, teacher_momentum)
+    teacher_momentum = momentum_state(teacher, opt)
     teacher_st = (st["epoch"], st["flops"], list(st["curve"]))
     gen_state = gen.get_state()
 
@@ -251,8 +227,7 @@ def run(args, seed, r2rc_bin, log):
         t = small_cls()
         t.load_state_dict(teacher_state)
         student, macs, large_arch, momentum = grow(
-            r2rc_bin, method, t, os.path.join(work, run_name), seed,
-            teacher_momentum if moved else None,
+            method, t, seed, teacher_momentum if moved else None,
         )
         opt = make_opt(student, args)
         if moved:
@@ -280,7 +255,7 @@ def run(args, seed, r2rc_bin, log):
         log(f"seed {seed} {run_name}: final val acc {finals[run_name]:.4f}")
 
     # The grown architecture from scratch, for the whole schedule, with its own batch order.
-    large_cls, large_macs = load_module(r2rc_bin, large_arch, os.path.join(work, "random"))
+    large_cls, large_macs = load_module(large_arch)
     torch.manual_seed(seed + 1000)
     large = large_cls()
     st = {"epoch": 0, "flops": 0.0, "curve": []}
@@ -357,10 +332,8 @@ def parse_args(argv=None):
     ap.add_argument(
         "--check-only", action="store_true",
         help="check the arguments and output folders, then exit (run.sh does this before"
-        " building r2rc)",
+        " installing r2rc)",
     )
-    ap.add_argument("--r2rc", default=os.environ.get("R2RC", "r2rc"), metavar="PATH",
-                    help="the r2rc binary (default $R2RC, else r2rc on PATH)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--grow-at", type=int, default=6)
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
@@ -398,7 +371,7 @@ def parse_args(argv=None):
     return args
 
 
-def environment(r2rc_bin):
+def environment():
     """What the numbers depend on besides the settings."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -415,7 +388,7 @@ def environment(r2rc_bin):
         "sklearn": sklearn.__version__,
         "python": platform.python_version(),
         "cpu": cpu,
-        "r2rc": r2rc(r2rc_bin, "--version").strip(),
+        "r2rc": f"r2rc {r2rc.__version__} (Python API)",
     }
 
 
@@ -474,8 +447,8 @@ def main():
     def log(msg):
         print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
-    log(f"writing {rel(args.out)} (scratch {rel(args.work)}), r2rc {args.r2rc}")
-    runs = [run(args, s, args.r2rc, log) for s in range(args.seeds)]
+    log(f"writing {rel(args.out)} (scratch {rel(args.work)}), r2rc {r2rc.__file__}")
+    runs = [run(args, s, log) for s in range(args.seeds)]
     names = ["small", *RUNS, "large"]
     table = {}
     for name in names:
@@ -527,7 +500,7 @@ def main():
     # No timings either, so two runs' results.json compare with cmp.
     result = {
         "settings": {k: getattr(args, k) for k in SETTINGS},
-        "environment": environment(args.r2rc),
+        "environment": environment(),
         "macs_small": runs[0][3],
         "macs_large": runs[0][4],
         "final_val_acc": table,

@@ -2,15 +2,17 @@
 teacher's AdamW state (issue 15's transformer experiment).
 
 The network is examples/grow_text/gpt.arch (width 64, 4 heads, 2 layers, 64 tokens,
-vocab 256); its PyTorch module is written by `r2rc export --torch`. After --grow-at AdamW
-steps the state dict and the optimizer state (scripts/optim_state.py) are saved as
-safetensors and r2rc grows the net:
+vocab 256); its PyTorch module is r2rc's export (`r2rc.Arch.torch_source`, what
+`r2rc export --torch` writes). After --grow-at AdamW steps the state dict and the optimizer
+state (scripts/optim_state.py's layout) are saved as safetensors for the worker processes,
+and r2rc's Python API (docs/python.md) grows the net in memory, each step proved as the CLI
+proves it:
 
-  widen --all --by 1.5  --method r2r | netmorph           (width 96, 6 heads, MLP 384)
-  widen --all --by 2    --method net2net [--noise 0.1]    (width 128, 8 heads, MLP 512)
-  deepen --after layers_2 --method r2r | copy             (3 layers)
+  r2rc.widen(all=True, by=1.5, method="r2r" | "netmorph")        (width 96, 6 heads, MLP 384)
+  r2rc.widen(all=True, by=2, method="net2net", [noise=0.1])      (width 128, 8 heads, MLP 512)
+  r2rc.deepen(after="layers_2", method="r2r" | "copy")           (3 layers)
 
-each once with a fresh AdamW and once with `--optimizer-state` (the teacher's moments
+each once with a fresh AdamW and once with `optimizer_state=` (the teacher's moments
 mapped onto the student). The student module is loaded (strict) and trained for the
 remaining steps on the same batches with the same learning-rate schedule. Every student
 must start at the teacher's validation loss (|difference| <= 1e-4, asserted). Baselines:
@@ -29,13 +31,11 @@ copies in examples/grow_text that README.md shows.
 import argparse
 import concurrent.futures as cf
 import glob
-import importlib.util
 import json
 import math
 import multiprocessing
 import os
 import platform
-import re
 import subprocess
 import sys
 import sysconfig
@@ -48,15 +48,15 @@ DEFAULT_OUT = os.path.join(REPO, "target", "grow_text")
 OUTPUTS = ["loss_vs_flops.png", "results.json", "results.md"]
 SETTINGS = ["steps", "grow_at", "seeds", "batch", "lr", "wd", "noise", "val_seqs"]
 TOKENS, VOCAB = 64, 256
-# (name, r2rc command and flags, final size). Every one of these is function preserving.
+# (name, (r2rc step, its keywords), final size). Every one of these is function preserving;
+# noise=True takes --noise.
 GROWTHS = [
-    ("widen_r2r", ["widen", "--all", "--by", "1.5", "--method", "r2r"], "wide"),
-    ("widen_netmorph", ["widen", "--all", "--by", "1.5", "--method", "netmorph"], "wide"),
-    ("net2net", ["widen", "--all", "--by", "2", "--method", "net2net"], "wide2"),
-    ("net2net_noise", ["widen", "--all", "--by", "2", "--method", "net2net", "--noise"],
-     "wide2"),
-    ("deepen_r2r", ["deepen", "--after", "layers_2", "--method", "r2r"], "deep"),
-    ("deepen_copy", ["deepen", "--after", "layers_2", "--method", "copy"], "deep"),
+    ("widen_r2r", ("widen", dict(all=True, by=1.5, method="r2r")), "wide"),
+    ("widen_netmorph", ("widen", dict(all=True, by=1.5, method="netmorph")), "wide"),
+    ("net2net", ("widen", dict(all=True, by=2, method="net2net")), "wide2"),
+    ("net2net_noise", ("widen", dict(all=True, by=2, method="net2net", noise=True)), "wide2"),
+    ("deepen_r2r", ("deepen", dict(after="layers_2", method="r2r")), "deep"),
+    ("deepen_copy", ("deepen", dict(after="layers_2", method="copy")), "deep"),
 ]
 SIZES = {
     "wide": "width 96 (x1.5), from scratch",
@@ -79,19 +79,21 @@ SPIKE_WINDOW = 20
 
 def import_deps():
     """Imports the heavy packages after argument checks, so --help needs none of them."""
-    global np, torch, F, load_file, save_file, optim_state
+    global np, torch, F, load_file, save_file, optim_state, r2rc
     if "optim_state" in globals():
         return
     try:
         import numpy as np
         import torch
         import torch.nn.functional as F
+        import r2rc
         from safetensors.torch import load_file, save_file
     except ImportError as e:
         sys.stderr.write(
             f"error: {sys.executable} cannot import {e.name}\n"
             "  help: apt-get install python3-torch python3-matplotlib; pip install"
-            " safetensors (or set PYTHON=... for run.sh)\n"
+            " safetensors; r2rc is the repository's Python package (`pip install .` in its"
+            " root; run.sh installs it into target/demo-venv)\n"
         )
         sys.exit(2)
     sys.path.insert(0, os.path.join(REPO, "scripts"))
@@ -102,32 +104,39 @@ def import_deps():
     torch.use_deterministic_algorithms(True)
 
 
-def r2rc(r2rc_bin, *args):
-    p = subprocess.run([r2rc_bin, *args], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"r2rc {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
-    return p.stdout
-
-
 _loaded = {}
 
 
-def load_module(r2rc_bin, arch, workdir):
-    """The exported torch.nn.Module class of an .arch and its forward MACs per sequence."""
-    os.makedirs(workdir, exist_ok=True)
-    py = os.path.join(workdir, "model.py")
-    r2rc(r2rc_bin, "export", arch, "--torch", py, "--force")
+def load_module(arch):
+    """The exported torch.nn.Module class of an r2rc.Arch and its forward MACs per
+    sequence."""
     name = f"gpt_model{len(_loaded)}"
-    spec = importlib.util.spec_from_file_location(name, py)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    _loaded[name] = mod
-    with open(arch) as f:
-        arch_name = re.search(r"^arch\s+(\w+)", f.read(), re.M).group(1)
-    cls = getattr(mod, arch_name)
-    totals = json.loads(r2rc(r2rc_bin, "check", arch, "--json"))["totals"]
-    macs = next(v for k, v in totals.items() if "mac" in k.lower())
-    return cls, int(macs)
+    ns = {"__name__": name}
+    exec(compile(arch.torch_source(), f"<r2rc export {arch.name}>", "exec"), ns)
+    _loaded[name] = ns
+    return ns[arch.name], int(arch.check()["totals"]["macs"])
+
+
+def load_moments(model, opt, tensors):
+    """Sets AdamW's state from r2rc's (scripts/optim_state.py's layout, in memory): every
+    parameter's moments by name; step as a float tensor, as torch keeps it."""
+    by_name = dict(model.named_parameters())
+    for name, p in by_name.items():
+        opt.state[p] = {
+            "step": torch.tensor(float(tensors[f"{name}.step"].item()), dtype=torch.float32),
+            "exp_avg": tensors[f"{name}.exp_avg"].to(dtype=p.dtype, device=p.device),
+            "exp_avg_sq": tensors[f"{name}.exp_avg_sq"].to(dtype=p.dtype, device=p.device),
+        }
+    assert len(tensors) == 3 * len(by_name), "r2rc's state names every parameter once"
+
+
+def grow_step(cmd, args, arch, state, **kw):
+    """Runs growth `cmd` ((step, keywords) of GROWTHS) on `state` with r2rc's API."""
+    step, kwargs = cmd
+    kwargs = dict(kwargs)
+    if kwargs.get("noise"):
+        kwargs["noise"] = args.noise
+    return getattr(r2rc, step)(arch, state, **kwargs, **kw)
 
 
 def corpus():
@@ -204,14 +213,14 @@ def train(model, opt, data, val, start, stop, macs, st, args, gen, dense_from=No
             st["curve"].append((st["flops"], done, val_loss(model, val)))
 
 
-def task_teacher(args, seed, r2rc_bin):
+def task_teacher(args, seed):
     """Trains the small net to --grow-at, saves it (weights, AdamW state, batch RNG), then
     trains it on to the end: the 'small net only' baseline."""
     import_deps()
     _, _, data, valb = corpus()
     data, val = to_tensor(data), validation(valb, args)
     work = os.path.join(args.work, f"seed{seed}")
-    cls, macs = load_module(r2rc_bin, ARCH, os.path.join(work, "small"))
+    cls, macs = load_module(r2rc.Arch.load(ARCH))
     gen = torch.Generator().manual_seed(seed)
     model = cls()
     init_weights(model, gen)
@@ -237,7 +246,7 @@ def validation(valb, args):
     return torch.stack([v[s : s + TOKENS + 1] for s in starts])
 
 
-def task_grow(args, seed, r2rc_bin, name, cmd, transfer):
+def task_grow(args, seed, name, cmd, transfer):
     """Grows seed's teacher with r2rc and trains the student to the end."""
     import_deps()
     _, _, data, valb = corpus()
@@ -245,20 +254,15 @@ def task_grow(args, seed, r2rc_bin, name, cmd, transfer):
     work = os.path.join(args.work, f"seed{seed}")
     teacher = os.path.join(work, "teacher")
     tag = f"{name}_{'state' if transfer else 'fresh'}"
-    out = os.path.join(work, tag)
-    flags = list(cmd)
-    if flags[-1] == "--noise":
-        flags.append(str(args.noise))
-    extra = ["--optimizer-state", os.path.join(teacher, "adam.safetensors")] if transfer else []
-    r2rc(r2rc_bin, flags[0], ARCH, *flags[1:], "--weights",
-         os.path.join(teacher, "gpt.safetensors"), "--seed", str(seed), *extra,
-         "-o", out, "--force")
-    cls, macs = load_module(r2rc_bin, os.path.join(out, "gpt.arch"), out)
+    moments = load_file(os.path.join(teacher, "adam.safetensors")) if transfer else None
+    g = grow_step(cmd, args, r2rc.Arch.load(ARCH), load_file(os.path.join(teacher, "gpt.safetensors")),
+                  seed=seed, optimizer_state=moments)
+    cls, macs = load_module(g.arch)
     model = cls()
-    model.load_state_dict(load_file(os.path.join(out, "gpt.safetensors")), strict=True)
+    model.load_state_dict(g.state_dict, strict=True)
     opt = make_opt(model, args)
     if transfer:
-        optim_state.load_state(model, opt, os.path.join(out, "gpt.optimizer.safetensors"))
+        load_moments(model, opt, g.optimizer_state)
     saved = torch.load(os.path.join(teacher, "state.pt"))
     gen = torch.Generator()
     gen.set_state(saved["gen"])
@@ -276,18 +280,15 @@ def task_grow(args, seed, r2rc_bin, name, cmd, transfer):
             "teacher_loss": teacher_loss, "start_loss": start_loss, "abs_diff": diff}
 
 
-def task_scratch(args, seed, r2rc_bin, size, cmd):
+def task_scratch(args, seed, size, cmd):
     """The grown size trained from scratch for every step (arch from an r2rc growth of a
-    fresh small net: the same file the students use)."""
+    random small net: the architecture the students have)."""
     import_deps()
     _, _, data, valb = corpus()
     data, val = to_tensor(data), validation(valb, args)
-    work = os.path.join(args.work, f"seed{seed}", f"scratch_{size}")
-    flags = list(cmd)
-    if flags[-1] == "--noise":
-        flags.append(str(args.noise))
-    r2rc(r2rc_bin, flags[0], ARCH, *flags[1:], "-o", work, "--force")
-    cls, macs = load_module(r2rc_bin, os.path.join(work, "gpt.arch"), work)
+    arch = r2rc.Arch.load(ARCH)
+    g = grow_step(cmd, args, arch, arch.init(), prove=None)
+    cls, macs = load_module(g.arch)
     gen = torch.Generator().manual_seed(seed + 1000)
     model = cls()
     init_weights(model, gen)
@@ -353,9 +354,7 @@ def parse_args(argv=None):
                     help="scratch folder for r2rc's outputs (default OUT_DIR/work)")
     ap.add_argument("--check-only", action="store_true",
                     help="check the arguments and output folders, then exit (run.sh does"
-                    " this before building r2rc)")
-    ap.add_argument("--r2rc", default=os.environ.get("R2RC", "r2rc"), metavar="PATH",
-                    help="the r2rc binary (default $R2RC, else r2rc on PATH)")
+                    " this before installing r2rc)")
     ap.add_argument("--steps", type=int, default=200, help="AdamW steps in all (default 200)")
     ap.add_argument("--grow-at", type=int, default=100, help="growth step (default 100)")
     ap.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (default 2)")
@@ -420,23 +419,23 @@ def main():
 
     stdlib, nfiles, tr, va = corpus()
     log(f"data: {nfiles} files of {stdlib}: {len(tr)} training bytes, {len(va)} validation"
-        f" bytes; writing {rel(args.out)} (scratch {rel(args.work)}), r2rc {args.r2rc}")
+        f" bytes; writing {rel(args.out)} (scratch {rel(args.work)}), r2rc's Python API")
     results = []
     ctx = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-        teachers = {s: pool.submit(task_teacher, args, s, args.r2rc) for s in range(args.seeds)}
+        teachers = {s: pool.submit(task_teacher, args, s) for s in range(args.seeds)}
         jobs = []
         for s in range(args.seeds):
             for size in SIZES:
                 cmd = next(c for _, c, z in GROWTHS if z == size)
-                jobs.append(pool.submit(task_scratch, args, s, args.r2rc, size, cmd))
+                jobs.append(pool.submit(task_scratch, args, s, size, cmd))
         for s, fut in teachers.items():
             results.append(fut.result())
             log(f"seed {s} teacher grown at step {args.grow_at}; small net final val loss"
                 f" {results[-1]['curve'][-1][2]:.4f}")
             for name, cmd, _ in GROWTHS:
                 for transfer in (False, True):
-                    jobs.append(pool.submit(task_grow, args, s, args.r2rc, name, cmd, transfer))
+                    jobs.append(pool.submit(task_grow, args, s, name, cmd, transfer))
         for fut in cf.as_completed(jobs):
             r = fut.result()
             results.append(r)
@@ -516,7 +515,7 @@ def main():
         "environment": {
             "torch": torch.__version__, "python": platform.python_version(),
             "stdlib": stdlib, "stdlib_files": nfiles, "train_bytes": len(tr),
-            "val_bytes": len(va), "r2rc": r2rc(args.r2rc, "--version").strip(),
+            "val_bytes": len(va), "r2rc": f"r2rc {r2rc.__version__} (Python API)",
         },
         "table": table,
         "curves": {n: [r["curve"] for r in by[n]] for n in names},

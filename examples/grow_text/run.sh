@@ -4,31 +4,28 @@
 # deepen r2r/copy), each with and without the teacher's AdamW state, and plots validation
 # loss against training FLOPs (grow.py; `run.sh --help` lists its options).
 #
-# Usage: examples/grow_text/run.sh [OUT_DIR] [--r2rc PATH] [grow.py options...]
+# Usage: examples/grow_text/run.sh [OUT_DIR] [grow.py options...]
 #   OUT_DIR       where the plot and results go (default target/grow_text); a folder in
 #                 the repository's tracked tree is refused. --reference instead rewrites
 #                 the committed copies in examples/grow_text that README.md shows.
-#   --r2rc PATH   the r2rc binary to use (or R2RC=PATH); nothing is built then. Otherwise
-#                 target/release/r2rc is used, and built with `cargo build --release` only
-#                 when it is missing or older than src/, Cargo.toml or Cargo.lock.
-# Needs python3 with torch, matplotlib, safetensors and numpy (Debian: python3-torch
-# python3-matplotlib; pip: safetensors); PYTHON=... picks the interpreter, else the first
-# of python3 and /usr/bin/python3 that has them.
+# r2rc runs in process through its Python package (docs/python.md): run.sh installs it
+# (with safetensors) by `pip install .` into target/demo-venv, a venv beside the system's
+# torch, again only when that is missing or older than src/, crates/, Cargo.toml,
+# Cargo.lock or pyproject.toml. R2RC_PYTHON=PATH names an interpreter that has r2rc and
+# safetensors: nothing is installed then. Needs python3 with torch, matplotlib and numpy
+# (Debian: python3-torch python3-matplotlib python3-venv); PYTHON=... picks the
+# interpreter, else the first of python3 and /usr/bin/python3 that has them.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
-r2rc_bin="${R2RC:-}"
-args=("$@")
-for ((i = 0; i < ${#args[@]}; i++)); do
-    case "${args[i]}" in
+for a in "$@"; do
+    case "$a" in
         -h | --help)
-            sed -n '2,16s/^# \{0,1\}//p' "$0"
+            sed -n '2,17s/^# \{0,1\}//p' "$0"
             echo
             exec "${PYTHON:-python3}" "$here/grow.py" --help
             ;;
-        --r2rc) r2rc_bin="${args[i + 1]:-}" ;;
-        --r2rc=*) r2rc_bin="${args[i]#--r2rc=}" ;;
     esac
 done
 
@@ -37,7 +34,7 @@ if [ -n "${PYTHON:-}" ]; then
 else
     py=python3
     for cand in python3 /usr/bin/python3; do
-        if "$cand" -c 'import torch, matplotlib, safetensors, numpy' 2>/dev/null; then
+        if "$cand" -c 'import torch, matplotlib, numpy' 2>/dev/null; then
             py="$cand"
             break
         fi
@@ -50,25 +47,29 @@ for a in "$@"; do
     [ "$a" = --check-only ] && exit 0
 done
 
-if [ -z "$r2rc_bin" ]; then
-    r2rc_bin="$root/target/release/r2rc"
+# r2rc's Python package: R2RC_PYTHON as given, else target/demo-venv, (re)installed when
+# missing or older than the sources.
+if [ -n "${R2RC_PYTHON:-}" ]; then
+    py="$R2RC_PYTHON"
+else
+    venv="$root/target/demo-venv"
+    stamp="$venv/.r2rc-installed"
     stale=""
-    if [ -x "$r2rc_bin" ]; then
-        stale="$(cd "$root" &&
-            find src Cargo.toml Cargo.lock -newer "$r2rc_bin" -print -quit 2>/dev/null)"
+    if [ -e "$stamp" ]; then
+        stale="$(cd "$root" && find src crates Cargo.toml Cargo.lock pyproject.toml \
+            -newer "$stamp" -print -quit 2>/dev/null)"
     fi
-    if [ ! -x "$r2rc_bin" ]; then
-        echo "building r2rc: target/release/r2rc is missing" >&2
+    if [ ! -e "$stamp" ]; then
+        echo "installing r2rc's Python package into target/demo-venv" >&2
     elif [ -n "$stale" ]; then
-        echo "building r2rc: $stale is newer than target/release/r2rc" >&2
+        echo "installing r2rc's Python package: $stale is newer than the install" >&2
     fi
-    if [ ! -x "$r2rc_bin" ] || [ -n "$stale" ]; then
-        (cd "$root" && cargo build --release --quiet)
+    if [ ! -e "$stamp" ] || [ -n "$stale" ]; then
+        [ -x "$venv/bin/python" ] || "$py" -m venv --system-site-packages "$venv"
+        (cd "$root" && CARGO_TARGET_DIR="$root/target" "$venv/bin/python" -m pip install \
+            --quiet --disable-pip-version-check . safetensors)
+        touch "$stamp"
     fi
+    py="$venv/bin/python"
 fi
-if ! [ -x "$r2rc_bin" ] && ! command -v "$r2rc_bin" >/dev/null; then
-    echo "error: no r2rc binary at $r2rc_bin" >&2
-    exit 2
-fi
-
-exec "$py" "$here/grow.py" --r2rc "$r2rc_bin" "$@"
+exec "$py" "$here/grow.py" "$@"

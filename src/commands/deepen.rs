@@ -9,9 +9,7 @@
 
 use std::path::PathBuf;
 
-use r2rc::names::{self, Naming};
-use r2rc::patch::Step;
-use r2rc::transform::deepen::{DeepenArgs, DeepenMethod};
+use r2rc::names::Naming;
 use r2rc::Result;
 
 use super::step::Common;
@@ -39,11 +37,7 @@ pub fn run(args: Args) -> Result<()> {
     let c = &args.common;
     let graph = super::load_named(&args.file, &c.sets, c.name.as_deref())?;
     let naming = Naming::parse(&c.names)?;
-    let step = Step::Deepen(DeepenArgs {
-        // A module name of the weights' scheme (`layer3.1`) names r2rc's block.
-        after: names::target_to_r2rc(&graph, naming, &args.after)?,
-        method: DeepenMethod::parse(&args.method)?,
-        width: args.width,
-    });
+    // A module name of the weights' scheme (`layer3.1`) names r2rc's block.
+    let step = r2rc::api::deepen_step(&graph, naming, &args.after, &args.method, args.width)?;
     super::step::run_one(&args.file, c, &graph, &step)
 }

@@ -78,15 +78,7 @@ pub fn load_named(
 ) -> Result<r2rc::ir::Graph, Error> {
     let mut graph = load_arch(path, sets)?;
     if let Some(n) = name {
-        let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            return Err(Error::usage(
-                format!("--name {n}: an architecture name is a letter then letters, digits or `_`"),
-                Some("for example --name ResNetCifar18 or --name resnet_cifar18".into()),
-            ));
-        }
-        graph.name = n.to_string();
+        r2rc::api::set_name(&mut graph, n)?;
     }
     Ok(graph)
 }

@@ -6,8 +6,6 @@
 use std::path::PathBuf;
 
 use r2rc::names::Naming;
-use r2rc::patch::Step;
-use r2rc::transform::morph_kernel::MorphArgs;
 use r2rc::Result;
 
 use super::step::Common;
@@ -29,10 +27,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let c = &args.common;
     let graph = super::load_named(&args.file, &c.sets, c.name.as_deref())?;
-    let step = Step::Morph(MorphArgs {
-        // A module name of the weights' scheme (`layer1.0.conv1`) names r2rc's layer.
-        layer: r2rc::names::target_to_r2rc(&graph, Naming::parse(&c.names)?, &args.layer)?,
-        kernel: args.kernel,
-    });
+    // A module name of the weights' scheme (`layer1.0.conv1`) names r2rc's layer.
+    let naming = Naming::parse(&c.names)?;
+    let step = r2rc::api::morph_step(&graph, naming, &args.layer, args.kernel)?;
     super::step::run_one(&args.file, c, &graph, &step)
 }

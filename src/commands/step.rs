@@ -10,9 +10,8 @@ use r2rc::ir::Graph;
 use r2rc::names::{self, Naming};
 use r2rc::optim::{self, Moments};
 use r2rc::params::{self, Params};
-use r2rc::patch::{Patch, Step};
-use r2rc::pipeline::Proof;
-use r2rc::prove::{Precision, ProveOptions};
+use r2rc::patch::Step;
+use r2rc::prove::ProveOptions;
 use r2rc::report::{write_outputs, StepReport};
 use r2rc::stream::{Job, Streamed};
 use r2rc::{Error, Result};
@@ -31,22 +30,22 @@ pub fn run_one(file: &Path, c: &Common, graph: &Graph, step: &Step) -> Result<()
         });
     }
     let (teacher, source, read_notes) = c.teacher(graph)?;
-    let opts = c.prove_options()?;
-    let proof = Proof::new(opts.as_ref(), local);
-    let mut s = r2rc::pipeline::run(graph, &teacher, step, c.seed, proof, &source)?;
-    s.report.torchvision_names = names::report_names(&[graph, &s.graph], Naming::parse(&c.names)?);
-    s.report.notes.extend(read_notes);
-    // The same patch again (planning is deterministic) maps the moments.
-    let moments = match &state {
-        Some(st) => {
-            let patch = Patch::plan(graph, step, c.seed, &teacher, &source)?;
-            let src = optim::Mapped::new(st);
-            Some(optim::student_moments(&patch, &src, st.dtype())?)
-        }
-        None => None,
+    // The same in-memory run as the Python package's (r2rc::api).
+    let o = r2rc::api::Options {
+        naming: Naming::parse(&c.names)?,
+        seed: c.seed,
+        prove: c.prove_options()?,
+        local,
     };
+    let src = state.as_ref().map(optim::Mapped::new);
+    let given = src
+        .as_ref()
+        .zip(state.as_ref())
+        .map(|(m, st)| (m as &dyn optim::MomentSource, st.dtype()));
+    let mut s = r2rc::api::step(graph, &teacher, step, &o, &source, given)?;
+    s.report.notes.extend(read_notes);
     let mut student = Student::of(&s.graph, &s.params, &s.report);
-    student.moments = moments.as_ref();
+    student.moments = s.moments.as_ref();
     emit(file, c, student)
 }
 
@@ -181,16 +180,7 @@ impl Common {
     }
 
     pub fn prove_options(&self) -> Result<Option<ProveOptions>> {
-        if self.inputs == 0 {
-            return Err(Error::usage("--inputs must be at least 1", None));
-        }
-        let opts = ProveOptions {
-            precision: Precision::parse(&self.dtype)?,
-            inputs: self.inputs,
-            seed: self.seed,
-            ..ProveOptions::default()
-        };
-        Ok((!self.no_prove).then_some(opts))
+        r2rc::api::prove_options(&self.dtype, self.inputs, self.seed, !self.no_prove)
     }
 }
 

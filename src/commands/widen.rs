@@ -4,9 +4,8 @@
 
 use std::path::PathBuf;
 
-use r2rc::names::{self, Naming};
-use r2rc::patch::Step;
-use r2rc::transform::{Amount, Init, Method, Noise, Target, WidenArgs};
+use r2rc::api::WidenRequest;
+use r2rc::names::Naming;
 use r2rc::Result;
 
 use super::step::Common;
@@ -58,47 +57,22 @@ pub struct Args {
     pub common: Common,
 }
 
-/// The widening the flags ask for, with layer names of the weights' scheme (`layer2.0.conv1`,
-/// `layer2`) resolved to r2rc's by `ours`.
-pub fn widen_args(
-    (layer, stage): (Option<String>, Option<String>),
-    (by, to, add): (Option<f64>, Option<usize>, Option<usize>),
-    (method, init, noise): (&str, &str, Option<f64>),
-    ours: impl Fn(String) -> Result<String>,
-) -> Result<WidenArgs> {
-    let amount = match (by, to, add) {
-        (Some(f), _, _) => Amount::By(f),
-        (_, Some(c), _) => Amount::To(c),
-        (_, _, Some(e)) => Amount::Add(e),
-        _ => unreachable!("clap requires one amount"),
-    };
-    let target = match (layer, stage) {
-        (Some(n), _) => Target::Name(ours(n)?),
-        (_, Some(n)) => Target::Stage(ours(n)?),
-        _ => Target::All,
-    };
-    Ok(WidenArgs {
-        target,
-        amount,
-        method: Method::parse(method)?,
-        init: Init::parse(init)?,
-        noise: noise.map(Noise::Cancelling),
-    })
-}
-
 pub fn run(args: Args) -> Result<()> {
     let c = &args.common;
     let naming = Naming::parse(&c.names)?;
     let graph = super::load_named(&args.file, &c.sets, c.name.as_deref())?;
-    let wargs = widen_args(
-        (args.layer, args.stage),
-        (args.by, args.to, args.add),
-        (&args.method, &args.init, args.noise),
-        |n| names::target_to_r2rc(&graph, naming, &n),
-    )?;
-    let wargs = WidenArgs {
-        noise: args.noise_approx.map(Noise::Approx).or(wargs.noise),
-        ..wargs
+    let req = WidenRequest {
+        layer: args.layer,
+        stage: args.stage,
+        all: args.all,
+        by: args.by,
+        to: args.to,
+        add: args.add,
+        method: args.method,
+        init: args.init,
+        noise: args.noise,
+        noise_approx: args.noise_approx,
     };
-    super::step::run_one(&args.file, c, &graph, &Step::Widen(wargs))
+    let step = r2rc::api::widen_step(&graph, naming, &req)?;
+    super::step::run_one(&args.file, c, &graph, &step)
 }

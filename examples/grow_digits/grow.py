@@ -131,7 +131,8 @@ def momentum_state(model, opt):
     fill the layout's other places."""
     t = {}
     for name, p in model.named_parameters():
-        buf = opt.state[p]["momentum_buffer"].detach().contiguous()
+        # A copy: training the small net on updates the buffers in place.
+        buf = opt.state[p]["momentum_buffer"].detach().clone(memory_format=torch.contiguous_format)
         t[f"{name}.exp_avg"] = buf
         t[f"{name}.exp_avg_sq"] = buf * buf
         t[f"{name}.step"] = torch.tensor(1, dtype=torch.int64)

@@ -456,7 +456,8 @@ fn lcm(a: usize, b: usize) -> usize {
     a / gcd(a, b) * b
 }
 
-/// The runs of every space ([`Space::layout`]), its own channels, and the blockers that
+/// The runs of every space ([`Space::layout`]): a pad shortcut's output holds its
+/// input's runs then its own zeros, a concatenation its inputs' runs in port order, its own channels, and the blockers that
 /// follow: a grouped or normalised space holding other spaces' channels, and a fixed
 /// space fixing the spaces whose channels it holds.
 fn layouts(graph: &Graph, spaces: &mut [Space], of: &HashMap<NodeIndex, usize>) {
@@ -532,7 +533,7 @@ fn layout_of(
         .members
         .iter()
         .map(|m| m.node)
-        .filter(|&m| matches!(graph.g[m].op, Op::ShortcutPad(_)))
+        .filter(|&m| matches!(graph.g[m].op, Op::ShortcutPad(_) | Op::Concat))
         .collect();
     if defs.is_empty() || visiting[id] {
         if visiting[id] {

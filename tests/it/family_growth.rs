@@ -333,7 +333,10 @@ fn layers_inside_a_block_prove_and_refusals_say_why() {
             if method == DeepenMethod::NetmorphDense && *after == "conv3_1.bn1" {
                 // Its reader is the grouped conv, which cannot absorb a dense mix.
                 let e = deepen(g, &tp, &args, 4).unwrap_err().to_string();
-                assert!(e.contains("`conv3_1.conv2` is a grouped convolution"), "{e}");
+                assert!(
+                    e.contains("`conv3_1.conv2` is a grouped convolution"),
+                    "{e}"
+                );
                 continue;
             }
             let d = deepen(g, &tp, &args, 4).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -391,4 +394,161 @@ fn layers_inside_a_block_prove_and_refusals_say_why() {
     );
     let m = refuse("conv2_1.downsample.0", DeepenMethod::Netmorph);
     assert!(m.contains("is a layer inside block `conv2_1`"), "{m}");
+}
+
+/// A small DenseNet built with `Graph::add`: a stem (conv, BN, ReLU), a dense block of
+/// three BN-ReLU-conv(1x1)-BN-ReLU-conv(3x3) layers (growth 4; the 3x3 of the second
+/// grouped) each concatenated to its input, a transition (BN-ReLU-conv 1x1-avg pool), a
+/// second dense layer, and a BN-ReLU-pool-fc head.
+pub fn densenet() -> Graph {
+    use r2rc::ir::{Activation, BatchNorm, Conv2d, Defaults, Linear, NodeIndex, Op, Pool};
+    fn add(g: &mut Graph, name: &str, op: Op, inputs: &[NodeIndex]) -> NodeIndex {
+        let row = name.split('.').next().unwrap().to_string();
+        let n = g
+            .add(name.into(), op, inputs, (&row, None), None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        g.output = n;
+        n
+    }
+    let conv = |cin: usize, cout: usize, k: usize, groups: usize| {
+        Op::Conv2d(Conv2d {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: [k, k],
+            stride: 1,
+            padding: k / 2,
+            dilation: 1,
+            groups,
+            bias: false,
+        })
+    };
+    let bn = |c: usize| {
+        Op::BatchNorm(BatchNorm {
+            channels: c,
+            eps: 1e-5,
+        })
+    };
+    let relu = || Op::Activation(Activation::Relu);
+    let mut g = Graph::new("dense", Defaults::default(), vec![3, 8, 8]);
+    let input = g.input;
+    let c0 = add(&mut g, "conv0", conv(3, 6, 3, 1), &[input]);
+    let b0 = add(&mut g, "conv0.bn", bn(6), &[c0]);
+    let mut x = add(&mut g, "conv0.act", relu(), &[b0]);
+    let mut c = 6;
+    let layer = |g: &mut Graph, p: &str, x: NodeIndex, c: usize, groups: usize| {
+        let b1 = add(g, &format!("{p}.bn1"), bn(c), &[x]);
+        let a1 = add(g, &format!("{p}.act1"), relu(), &[b1]);
+        let c1 = add(g, &format!("{p}.conv1"), conv(c, 8, 1, 1), &[a1]);
+        let b2 = add(g, &format!("{p}.bn2"), bn(8), &[c1]);
+        let a2 = add(g, &format!("{p}.act2"), relu(), &[b2]);
+        let c2 = add(g, &format!("{p}.conv2"), conv(8, 4, 3, groups), &[a2]);
+        add(g, &format!("{p}.cat"), Op::Concat, &[x, c2])
+    };
+    for (i, groups) in [1, 2, 1].into_iter().enumerate() {
+        x = layer(&mut g, &format!("dense1_{}", i + 1), x, c, groups);
+        c += 4;
+    }
+    let b = add(&mut g, "trans1.bn", bn(c), &[x]);
+    let a = add(&mut g, "trans1.act", relu(), &[b]);
+    let t = add(&mut g, "trans1.conv", conv(c, 8, 1, 1), &[a]);
+    let pool = Pool {
+        kernel: [2, 2],
+        stride: 2,
+        padding: 0,
+    };
+    x = add(&mut g, "trans1.pool", Op::AvgPool(pool), &[t]);
+    x = layer(&mut g, "dense2_1", x, 8, 1);
+    let b = add(&mut g, "head.bn", bn(12), &[x]);
+    let a = add(&mut g, "head.act", relu(), &[b]);
+    let p = add(&mut g, "head.pool", Op::GlobalAvgPool, &[a]);
+    let f = add(&mut g, "head.fc.flatten", Op::Flatten, &[p]);
+    add(
+        &mut g,
+        "head.fc",
+        Op::Linear(Linear {
+            in_features: 12,
+            out_features: 5,
+            bias: true,
+        }),
+        &[f],
+    );
+    g
+}
+
+#[test]
+fn concatenated_spaces_take_their_parts_new_channels_and_prove() {
+    let g = densenet();
+    let spaces = channel_spaces(&g);
+    // The last concatenation of the first block holds the stem's 6 channels and each
+    // layer's 4, in order; it has none of its own, so it widens through its parts.
+    let cat = spaces.space_of(g.find("dense1_3.cat").unwrap());
+    let owners: Vec<&str> = cat
+        .layout
+        .iter()
+        .map(|&o| spaces.spaces[o].label.as_str())
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            "conv0",
+            "dense1_1.conv2",
+            "dense1_2.conv2",
+            "dense1_2.conv2",
+            "dense1_3.conv2"
+        ]
+    );
+    assert_eq!((cat.width, cat.own), (18, 0));
+    assert!(!cat.widenable());
+    assert!(cat.why_fixed()[0].contains("all its channels belong to other spaces"));
+    // The grouped 3x3's output: 2 groups of 2, inside every concatenation after it.
+    assert_eq!(spaces.space_of(g.find("dense1_2.conv2").unwrap()).groups, 2);
+    // The growth of a layer, the stem and every hidden width widen, by every method.
+    let worst = prove_every_space("densenet", &g, Amount::Add(4));
+    assert!(worst <= 1e-9);
+    // Widening the stem: every reader of a concatenation gets new columns right after the
+    // stem's 6 (dense1_2.conv1 reads [stem 6 + 2 new, layer 1's 4]).
+    let tp = teacher(&g, 3);
+    let args = widen_args(
+        Target::Name("conv0".into()),
+        Amount::Add(2),
+        Method::Netmorph,
+    );
+    let w = widen(&g, &tp, &args, 0).unwrap();
+    let (t, s) = (
+        &tp.tensors["dense1_2.conv1.weight"],
+        &w.params.tensors["dense1_2.conv1.weight"],
+    );
+    assert_eq!(s.shape(), &[8, 12, 1, 1]);
+    for o in 0..8 {
+        for i in 0..6 {
+            assert_eq!(t[[o, i, 0, 0]], s[[o, i, 0, 0]]);
+        }
+        assert_eq!((s[[o, 6, 0, 0]], s[[o, 7, 0, 0]]), (0.0, 0.0));
+        for i in 6..10 {
+            assert_eq!(t[[o, i, 0, 0]], s[[o, i + 2, 0, 0]]);
+        }
+    }
+    // Each tensor rewritten on its own, in reverse file order (as the streamed writer
+    // and local proofs do), gives the in-memory student's bits, for every method.
+    for method in [
+        Method::R2r,
+        Method::Net2net,
+        Method::Netmorph,
+        Method::Random,
+    ] {
+        let args = widen_args(Target::All, Amount::Add(4), method);
+        let mem = widen(&g, &tp, &args, 8).unwrap();
+        let wd = Widening::new(&g, &args, 8, &|n| tp.tensors.contains_key(n)).unwrap();
+        let mut grown = 0;
+        for (name, t) in tp.tensors.iter().rev() {
+            let one = wd.tensor(name, t.clone(), Widening::ALL).unwrap();
+            assert_eq!(one, mem.params.tensors[name], "{method:?} {name}");
+            grown += usize::from(one.shape() != t.shape());
+        }
+        assert!(grown > 20, "{method:?}: {grown}");
+    }
+    let bn = &w.params.tensors["dense1_3.bn1.running_mean"];
+    assert_eq!(bn.len(), 16);
+    assert_eq!(bn[6], 0.0);
+    assert_eq!(bn[8], tp.tensors["dense1_3.bn1.running_mean"][6]);
 }

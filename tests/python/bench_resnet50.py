@@ -54,7 +54,8 @@ def main():
             grow_times.append(t2 - t1)
         cli = load_file(out / "resnet50.safetensors")
         same = sorted(cli) == sorted(g.state_dict) and all(
-            np.array_equal(cli[k].view(np.uint8), np.ascontiguousarray(g.state_dict[k]).view(np.uint8))
+            cli[k].dtype == g.state_dict[k].dtype and cli[k].shape == g.state_dict[k].shape
+            and cli[k].tobytes() == np.ascontiguousarray(g.state_dict[k]).tobytes()
             for k in cli)
         n = sum(v.size for v in g.state_dict.values())
         print(f"ResNet-50 widen --layer layer3 --by 1.5 --names torchvision, proof {a.prove}, "

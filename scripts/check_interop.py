@@ -174,6 +174,70 @@ def is_transformer(arch):
         return any(re.search(r"\battention\b", line.split("#")[0]) for line in f)
 
 
+# Small networks of the other families of the ResNet tables (issue 17): ResNeXt's grouped
+# 3x3 and option-A pad shortcuts, whose widening puts new channels inside each group and
+# before the zero padding.
+FAMILY_ARCHES = {
+    "resnext_small": """arch RX
+input 3x12x12
+conv1    3x3, 16
+conv2_x  [1x1, 16; 3x3, 16, groups 4; 1x1, 32] x 2
+conv3_x  [1x1, 32; 3x3, 32, groups 4; 1x1, 48] x 1, stride 2
+head     avg pool, 10-d fc
+""",
+    "option_a_small": """arch PA
+input 3x12x12
+conv1    3x3, 8
+conv2_x  [3x3, 8; 3x3, 8] x 2
+conv3_x  [3x3, 16; 3x3, 16] x 2, stride 2
+shortcut pad
+head     avg pool, 10-d fc
+""",
+}
+
+
+def check_family_growth(binary, work, seed, batch):
+    """Grown students of the other families (grouped convs, pad shortcuts; a layer inside
+    a block) in ONNX Runtime give the teacher's outputs, also in ONNX Runtime."""
+    results = []
+    for stem, src in FAMILY_ARCHES.items():
+        arch = os.path.join(work, f"{stem}.arch")
+        with open(arch, "w") as f:
+            f.write(src)
+        w = os.path.join(work, f"{stem}.teacher.safetensors")
+        r2rc(binary, "init", arch, "-o", w, "--seed", str(seed), "--random-stats")
+        t_onnx = os.path.join(work, f"{stem}.teacher.onnx")
+        r2rc(binary, "export", arch, "--weights", w, "--onnx", t_onnx)
+        shape = onnx.load(t_onnx).graph.input[0].type.tensor_type.shape.dim
+        x = np.random.default_rng(seed).standard_normal(
+            (batch, *[d.dim_value for d in shape[1:]])).astype(np.float32)
+        teacher = ort_run(t_onnx, x)
+        grows = [(m, ["widen", arch, "--all", "--add", "8", "--method", m])
+                 for m in ["r2r", "net2net", "netmorph"]]
+        grows.append(("deepen-inside", ["deepen", arch, "--after", "conv2_1.conv1",
+                                        "--method", "netmorph"]))
+        for name, cmd in grows:
+            d = os.path.join(work, f"{stem}.{name}")
+            r2rc(binary, *cmd, "--weights", w, "-o", d, "--force")
+            s_onnx = os.path.join(work, f"{stem}.{name}.onnx")
+            r2rc(binary, "export", os.path.join(d, f"{stem}.arch"), "--weights",
+                 os.path.join(d, f"{stem}.safetensors"), "--onnx", s_onnx)
+            student = ort_run(s_onnx, x)
+            scale = float(np.max(np.abs(teacher)))
+            err = float(np.max(np.abs(teacher - student)))
+            results.append({
+                "example": f"{stem} {name}",
+                "last_op": "",
+                "tensors": len(load_file(os.path.join(d, f"{stem}.safetensors"))),
+                "max_abs_out": scale,
+                "max_abs_err": err,
+                "rel": err / scale if scale > 0 else err,
+                "passed": err <= TOLERANCE * scale,
+                "r2rc_s": 0.0,
+            })
+    return results
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--r2rc", default="target/release/r2rc", help="path to the r2rc binary")
@@ -245,6 +309,18 @@ def main():
     except Exception as e:
         failed += 1
         print(f"noisy_net2net          FAILED: {e}")
+    # Grown students of grouped and option-A networks against their teachers (issue 17).
+    try:
+        for r in check_family_growth(args.r2rc, work, args.seed, args.batch):
+            cases.append(None)
+            failed += 0 if r["passed"] else 1
+            print(f"{r['example']:<22} {r['tensors']:>7} {r['max_abs_out']:>10.3e} "
+                  f"{r['max_abs_err']:>10.3e} {r['rel']:>9.2e} {'-':>7}  "
+                  f"{'ok' if r['passed'] else 'FAILED (tolerance %.0e)' % TOLERANCE}")
+    except Exception as e:
+        cases.append(None)
+        failed += 1
+        print(f"family_growth          FAILED: {e}")
     passed = len(cases) - failed
     print(f"interop: {passed} passed, {failed} failed")
     return 1 if failed else 0

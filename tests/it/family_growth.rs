@@ -552,3 +552,126 @@ fn concatenated_spaces_take_their_parts_new_channels_and_prove() {
     assert_eq!(bn[6], 0.0);
     assert_eq!(bn[8], tp.tensors["dense1_3.bn1.running_mean"][6]);
 }
+
+/// A small pre-activation ResNet by `Graph::add` (He et al. 2016b): each block is
+/// BN-ReLU-conv, BN-ReLU-conv, added to the shortcut (a 1x1 projection of the first
+/// BN-ReLU when the width changes), then a final BN-ReLU, pooling and fc.
+pub fn preact(widths: &[usize], groups: usize, c0: usize) -> Graph {
+    use r2rc::ir::{Activation, BatchNorm, Conv2d, Defaults, Linear, NodeIndex, Op};
+    fn add(g: &mut Graph, name: &str, op: Op, inputs: &[NodeIndex]) -> NodeIndex {
+        let row = name.split('.').next().unwrap().to_string();
+        let n = g
+            .add(name.into(), op, inputs, (&row, None), None)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        g.output = n;
+        n
+    }
+    let conv = |cin: usize, cout: usize, k: usize, groups: usize| {
+        Op::Conv2d(Conv2d {
+            in_channels: cin,
+            out_channels: cout,
+            kernel: [k, k],
+            stride: 1,
+            padding: k / 2,
+            dilation: 1,
+            groups,
+            bias: false,
+        })
+    };
+    let bn = |c: usize| {
+        Op::BatchNorm(BatchNorm {
+            channels: c,
+            eps: 1e-5,
+        })
+    };
+    let relu = || Op::Activation(Activation::Relu);
+    let mut g = Graph::new("preact", Defaults::default(), vec![3, 6, 6]);
+    let input = g.input;
+    let mut x = add(&mut g, "conv1", conv(3, c0, 3, 1), &[input]);
+    let mut c = c0;
+    for (i, &w) in widths.iter().enumerate() {
+        let p = format!("conv2_{}", i + 1);
+        let b1 = add(&mut g, &format!("{p}.bn1"), bn(c), &[x]);
+        let a1 = add(&mut g, &format!("{p}.act1"), relu(), &[b1]);
+        let c1 = add(&mut g, &format!("{p}.conv1"), conv(c, w, 3, 1), &[a1]);
+        let b2 = add(&mut g, &format!("{p}.bn2"), bn(w), &[c1]);
+        let a2 = add(&mut g, &format!("{p}.act2"), relu(), &[b2]);
+        let gr = if w % groups == 0 { groups } else { 1 };
+        let c2 = add(&mut g, &format!("{p}.conv2"), conv(w, w, 3, gr), &[a2]);
+        let short = if w == c {
+            x
+        } else {
+            add(&mut g, &format!("{p}.downsample"), conv(c, w, 1, 1), &[a1])
+        };
+        x = add(&mut g, &format!("{p}.add"), Op::Add, &[c2, short]);
+        c = w;
+    }
+    let b = add(&mut g, "head.bn", bn(c), &[x]);
+    let a = add(&mut g, "head.act", relu(), &[b]);
+    let p = add(&mut g, "head.pool", Op::GlobalAvgPool, &[a]);
+    let f = add(&mut g, "head.fc.flatten", Op::Flatten, &[p]);
+    add(
+        &mut g,
+        "head.fc",
+        Op::Linear(Linear {
+            in_features: c,
+            out_features: 3,
+            bias: true,
+        }),
+        &[f],
+    );
+    g
+}
+
+/// Random pre-activation ResNets (grouped second convs) and random DenseNets: every
+/// widenable space, widened by a random amount its groups allow with a random exact
+/// method, proves to 1e-9 in both batch-norm modes, and an amount they do not allow is
+/// refused naming the groups.
+#[test]
+fn random_preactivation_and_dense_networks_prove() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+    let mut proved = 0;
+    for case in 0..24 {
+        let g = if case % 2 == 0 {
+            let blocks = rng.random_range(1..4);
+            let widths: Vec<usize> = (0..blocks).map(|_| 2 * rng.random_range(1..4)).collect();
+            preact(
+                &widths,
+                *[1, 2].get(rng.random_range(0..2)).unwrap(),
+                rng.random_range(2..6),
+            )
+        } else {
+            densenet()
+        };
+        let tp = teacher(&g, case);
+        let spaces = channel_spaces(&g);
+        let open: Vec<_> = spaces.spaces.iter().filter(|s| s.widenable()).collect();
+        let s = open[rng.random_range(0..open.len())];
+        let method = EXACT[rng.random_range(0..3)];
+        let step = s.groups.max(1) * if method == Method::R2r { 2 } else { 1 };
+        let e = step * rng.random_range(1..3);
+        let what = format!("case {case} `{}` +{e} {method:?}", s.label);
+        let args = widen_args(Target::Name(s.label.clone()), Amount::Add(e), method);
+        let w = match widen(&g, &tp, &args, case) {
+            Ok(w) => w,
+            // A projection widened to its input's shape could not be printed.
+            Err(er) if er.to_string().contains("no shape-preserving projection") => continue,
+            Err(er) => panic!("{what}: {er}"),
+        };
+        assert_exact(&what, &prove(&g, &tp, &w.graph, &w.params));
+        proved += 1;
+        if s.groups > 1 {
+            // Even for R2R (its pairs are checked first), yet no multiple of `step`.
+            let off = if method == Method::R2r {
+                step + 2
+            } else {
+                step + 1
+            };
+            let bad = widen_args(Target::Name(s.label.clone()), Amount::Add(off), method);
+            let m = widen(&g, &tp, &bad, 0).unwrap_err().to_string();
+            assert!(m.contains("groups by grouped convolution"), "{what}: {m}");
+        }
+    }
+    assert!(proved >= 18, "only {proved} of 24 cases widened");
+}

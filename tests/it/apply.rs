@@ -98,7 +98,8 @@ fn a_bad_plan_line_names_its_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("bad.plan:2:") && err.contains("is a layer inside block"),
+        err.contains("bad.plan:2:")
+            && err.contains("cannot insert R2DeeperR inside block `conv2_1`"),
         "{err}"
     );
     assert!(

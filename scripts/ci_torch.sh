@@ -25,3 +25,4 @@ fi
 "$PY" scripts/check_torch.py --r2rc "$R2RC" --examples examples
 "$PY" scripts/check_optim_state.py --r2rc "$R2RC"
 "$PY" scripts/check_family_growth.py --r2rc "$R2RC"
+"$PY" scripts/check_conv_families.py --r2rc "$R2RC" --examples examples

@@ -2,6 +2,7 @@
 //! options only where they differ from the defaults, identical consecutive blocks merged
 //! into `x N`. `compile(&print(g)) == g` for every graph lowering can produce.
 
+mod families;
 mod seq;
 
 use std::fmt::Write;
@@ -41,6 +42,9 @@ pub fn print(graph: &Graph) -> String {
     }
     if d.eps != 1e-5 {
         writeln!(out, "eps {}", d.eps).unwrap();
+    }
+    if d.preact {
+        out.push_str("preact\n");
     }
     seq::headers(d, &mut out);
     out.push('\n');
@@ -142,6 +146,12 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
         }
         flush_blocks(graph, &mut blocks, &mut items);
         flush_layers(&mut layers, &mut items);
+        // Transitions, pre-activated convs and the implied final BN-act of `preact`.
+        if let Some((k, text)) = families::pre_activated_item(graph, &nodes[i..]) {
+            items.extend(text);
+            i += k;
+            continue;
+        }
         let node = &graph.g[n];
         let at = i;
         let next = |k: usize| nodes.get(at + k).map(|m| &graph.g[*m].op);
@@ -160,7 +170,7 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
                 // A patch embedding (its output becomes tokens) has no activation by default.
                 let patches = matches!(next(k), Some(Op::ToTokens));
                 i += k;
-                items.push(layer.text(&graph.defaults, !patches));
+                items.push(layer.text(&graph.defaults, !patches, false));
             }
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 let mut s = pool_text(&node.op, p);
@@ -268,8 +278,9 @@ impl LayerSpec {
         }
     }
 
-    /// `3x3, 64, stride 2, ...`; `act_by_default` is false for a block's last layer.
-    fn text(&self, d: &Defaults, act_by_default: bool) -> String {
+    /// `3x3, 64, stride 2, ...`; `act_by_default` is false for a block's last layer;
+    /// `in_block` writes groups as ResNeXt's cardinality `C=G`.
+    fn text(&self, d: &Defaults, act_by_default: bool, in_block: bool) -> String {
         let mut s = format!("{}x{}, {}", self.kernel, self.kernel, self.width);
         if self.stride != 1 {
             write!(s, ", stride {}", self.stride).unwrap();
@@ -280,7 +291,9 @@ impl LayerSpec {
         if self.dilation != 1 {
             write!(s, ", dilation {}", self.dilation).unwrap();
         }
-        if self.groups != 1 {
+        if self.groups != 1 && in_block {
+            write!(s, ", C={}", self.groups).unwrap();
+        } else if self.groups != 1 {
             write!(s, ", groups {}", self.groups).unwrap();
         }
         if self.norm != d.norm {
@@ -309,6 +322,8 @@ struct BlockSpec {
     shortcut: Shortcut,
     /// The activation ending the block (after the add, or after the last layer).
     post: Option<Activation>,
+    /// DenseNet's block: the last layer's output concatenated to the block's input.
+    dense: bool,
 }
 
 impl BlockSpec {
@@ -325,9 +340,11 @@ impl BlockSpec {
 /// what the shortcut (port 1) is.
 fn block_spec(graph: &Graph, nodes: &[NodeIndex]) -> BlockSpec {
     let add = nodes.iter().copied().find(|n| graph.g[*n].op == Op::Add);
+    let cat = nodes.iter().copied().find(|n| graph.g[*n].op == Op::Concat);
     let post = *nodes.last().expect("blocks are not empty");
-    let (branch_end, shortcut) = match add {
-        Some(add) => {
+    let (branch_end, shortcut) = match (add, cat) {
+        (_, Some(cat)) => (graph.inputs(cat)[1], Shortcut::None),
+        (Some(add), None) => {
             let ins = graph.inputs(add);
             let short = match &graph.g[ins[1]].op {
                 _ if !nodes.contains(&ins[1]) => Shortcut::Identity,
@@ -336,7 +353,7 @@ fn block_spec(graph: &Graph, nodes: &[NodeIndex]) -> BlockSpec {
             };
             (ins[0], short)
         }
-        None => (graph.inputs(post)[0], Shortcut::None),
+        (None, None) => (graph.inputs(post)[0], Shortcut::None),
     };
     // Walk back from the end of the branch to the block input.
     let mut chain = vec![branch_end];
@@ -348,31 +365,37 @@ fn block_spec(graph: &Graph, nodes: &[NodeIndex]) -> BlockSpec {
         }
     }
     chain.reverse();
-    let mut layers: Vec<LayerSpec> = Vec::new();
-    for n in chain {
-        match &graph.g[n].op {
-            Op::Conv2d(c) => layers.push(LayerSpec::from_conv(c)),
-            Op::BatchNorm(_) => {
-                if let Some(l) = layers.last_mut() {
-                    l.norm = true;
+    let layers = if graph.defaults.preact {
+        families::preact_layers(graph, &chain)
+    } else {
+        let mut layers: Vec<LayerSpec> = Vec::new();
+        for n in chain {
+            match &graph.g[n].op {
+                Op::Conv2d(c) => layers.push(LayerSpec::from_conv(c)),
+                Op::BatchNorm(_) => {
+                    if let Some(l) = layers.last_mut() {
+                        l.norm = true;
+                    }
                 }
-            }
-            Op::Activation(a) => {
-                if let Some(l) = layers.last_mut() {
-                    l.act = Some(a.clone());
+                Op::Activation(a) => {
+                    if let Some(l) = layers.last_mut() {
+                        l.act = Some(a.clone());
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
-    }
+        layers
+    };
     let post = match &graph.g[post].op {
-        Op::Activation(a) => Some(a.clone()),
+        Op::Activation(a) if cat.is_none() => Some(a.clone()),
         _ => None,
     };
     BlockSpec {
         layers,
         shortcut,
         post,
+        dense: cat.is_some(),
     }
 }
 
@@ -394,14 +417,17 @@ fn flush_blocks(graph: &Graph, blocks: &mut Vec<BlockSpec>, items: &mut Vec<Stri
             count += 1;
         }
         let n = first.layers.len();
+        // Pre-activated layers and a dense block's layers all have their activation.
+        let every_act = d.preact || first.dense;
         let layers: Vec<String> = first
             .layers
             .iter()
             .enumerate()
-            .map(|(k, l)| l.text(d, k + 1 < n))
+            .map(|(k, l)| l.text(d, k + 1 < n || every_act, true))
             .collect();
         let mut s = format!("[{}] x {count}", layers.join("; "));
         let option = match (first.shortcut, d.shortcut) {
+            _ if first.dense => None,
             (Shortcut::None, ShortcutKind::None) => None,
             (Shortcut::None, _) => Some("none"),
             (Shortcut::Identity, ShortcutKind::None) => Some("projection"),
@@ -413,6 +439,9 @@ fn flush_blocks(graph: &Graph, blocks: &mut Vec<BlockSpec>, items: &mut Vec<Stri
         };
         if let Some(o) = option {
             write!(s, ", shortcut {o}").unwrap();
+        }
+        if first.dense {
+            s.push_str(", dense");
         }
         match &first.post {
             Some(a) if !same_act(a, &d.act) => write!(s, ", act {}", act_text(a)).unwrap(),

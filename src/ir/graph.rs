@@ -33,7 +33,7 @@ impl ShortcutKind {
 }
 
 /// File-wide defaults set by header lines (`norm`, `act`, `shortcut`, `eps`, `bias`,
-/// `postnorm`) and the token input's vocabulary.
+/// `postnorm`, `preact`) and the token input's vocabulary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Defaults {
     /// Whether convolutions are followed by batch norm.
@@ -48,6 +48,9 @@ pub struct Defaults {
     pub bias: bool,
     /// Transformer sublayers are `Norm(x + F(x))` (BERT) instead of `x + F(Norm(x))`.
     pub postnorm: bool,
+    /// `preact`: the layers of residual and dense blocks and of transitions are
+    /// BN-act-conv (He et al. 2016 "Identity Mappings", DenseNet) instead of conv-BN-act.
+    pub preact: bool,
     /// `input T tokens, vocab V`: the input is `[T]` token ids below V.
     pub vocab: Option<usize>,
 }
@@ -62,6 +65,7 @@ impl Default for Defaults {
             seq_norm: NormKind::Layer,
             bias: true,
             postnorm: false,
+            preact: false,
             vocab: None,
         }
     }

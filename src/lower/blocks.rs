@@ -1,5 +1,7 @@
 //! A residual block: its layers, the shortcut (identity, zero-padded or projection), the
-//! add and the activation after it.
+//! add and the activation after it. Under `preact` its layers are BN-act-conv, a shortcut
+//! that is not the identity reads the first layer's pre-activation, and nothing follows
+//! the add (He et al. 2016, "Identity Mappings"); dense blocks are in `dense.rs`.
 
 use super::{err, Lowering};
 use crate::error::{SourceError, SourceErrorKind, Span};
@@ -17,6 +19,8 @@ pub(super) struct Block<'a> {
     /// The activation ending every repetition (`act NAME` after `x N`; the header's
     /// activation by default).
     pub(super) post_act: Activation,
+    /// `dense`: DenseNet's block (its output concatenated to its input).
+    pub(super) dense: bool,
     /// The item's span, for the shortcut, add and activation nodes.
     pub(super) span: Span,
 }
@@ -31,6 +35,9 @@ impl Lowering {
         number: usize,
         first: bool,
     ) -> Result<(), SourceError> {
+        if block.dense {
+            return self.dense_block(block, block_name, number);
+        }
         let &Block {
             row,
             layers,
@@ -38,13 +45,18 @@ impl Lowering {
             shortcut,
             ref post_act,
             span,
+            ..
         } = block;
+        let preact = self.graph.defaults.preact;
+        // What a shortcut other than the identity reads (under `preact`, the first layer's
+        // pre-activation).
+        let mut pre = self.cursor();
         let place = (row.name.text.as_str(), Some(number));
         let block_input = self.cursor();
         let mut total_stride = 1;
         for (i, spec) in layers.iter().enumerate() {
             let last = i + 1 == layers.len();
-            let mut opts = self.conv_options(&spec.options, spec, !last)?;
+            let mut opts = self.conv_options(&spec.options, spec, !last || preact)?;
             if !first {
                 opts.stride = 1;
             } else if i == 0 {
@@ -62,7 +74,7 @@ impl Lowering {
             }
             total_stride *= opts.stride;
             let n = i + 1;
-            self.conv_act(
+            self.layer(
                 spec,
                 &opts,
                 [
@@ -72,6 +84,10 @@ impl Lowering {
                 ],
                 place,
             )?;
+            if preact && i == 0 {
+                let conv = self.graph.find(&format!("{block_name}.conv1"));
+                pre = conv.map_or(pre, |c| self.graph.inputs(c)[0]);
+            }
         }
         let branch = self.cursor();
         let in_shape = self.graph.g[block_input].shape.clone();
@@ -85,15 +101,11 @@ impl Lowering {
                     stride: total_stride,
                     out_channels: out_shape[0],
                 });
-                self.add(
-                    format!("{block_name}.downsample"),
-                    op,
-                    &[block_input],
-                    place,
-                    span,
-                )?
+                self.add(format!("{block_name}.downsample"), op, &[pre], place, span)?
             } else {
-                let norm = self.graph.defaults.norm;
+                // A pre-activated projection is a bare 1x1 convolution.
+                let norm = self.graph.defaults.norm && !preact;
+                let bias = !self.graph.defaults.norm;
                 let op = Op::Conv2d(Conv2d {
                     in_channels: in_shape[0],
                     out_channels: out_shape[0],
@@ -102,12 +114,12 @@ impl Lowering {
                     padding: 0,
                     dilation: 1,
                     groups: 1,
-                    bias: !norm,
+                    bias,
                 });
                 let mut s = self.add(
                     format!("{block_name}.downsample.0"),
                     op,
-                    &[block_input],
+                    &[pre],
                     place,
                     span,
                 )?;
@@ -129,6 +141,10 @@ impl Lowering {
             )?;
         }
         self.cursor = Some(joined);
+        if preact {
+            self.raw = true;
+            return Ok(());
+        }
         let act = self.with_channels(post_act.clone());
         self.cursor = Some(self.add(
             format!("{block_name}.act"),

@@ -73,7 +73,8 @@ impl Lowering {
                 | OptionKind::HeadDim(_)
                 | OptionKind::Rope(_)
                 | OptionKind::Causal
-                | OptionKind::Tied => {
+                | OptionKind::Tied
+                | OptionKind::Dense => {
                     return Err(not_for(
                         opt,
                         "a convolution",

@@ -58,6 +58,7 @@ pub(super) fn read_headers(file: &ast::File) -> Result<(Defaults, Shape), Source
             }
             Header::Bias(b, _) => defaults.bias = *b,
             Header::Postnorm(_) => defaults.postnorm = true,
+            Header::Preact(_) => defaults.preact = true,
             Header::Norm(id) => {
                 match id.text.to_ascii_lowercase().as_str() {
                     "batch" => defaults.norm = true,

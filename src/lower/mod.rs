@@ -4,10 +4,12 @@
 //! The parts: `expr.rs` evaluates the architecture's parameters and width expressions,
 //! `headers.rs` reads the header lines (input, norm, act, shortcut, eps), `rows.rs` turns
 //! a row's items into nodes, `blocks.rs` expands a residual block, `conv.rs` adds a
-//! convolution with its options, and `suggest.rs` finds the "did you mean" spelling.
+//! convolution with its options, `dense.rs` pre-activated layers, DenseNet's dense blocks
+//! and transitions, and `suggest.rs` finds the "did you mean" spelling.
 
 mod blocks;
 mod conv;
+mod dense;
 mod expr;
 mod headers;
 mod rows;
@@ -42,6 +44,7 @@ pub fn lower(file: &ast::File, sets: &[(String, String)]) -> Result<Graph, Sourc
         env,
         cursor: None,
         last_fc: last_fc(file),
+        raw: false,
     };
     lowering.cursor = Some(lowering.graph.input);
     let mut seen: BTreeMap<&str, Span> = BTreeMap::new();
@@ -121,6 +124,10 @@ struct Lowering {
     env: BTreeMap<String, f64>,
     cursor: Option<NodeIndex>,
     last_fc: Option<(usize, usize)>,
+    /// Under `preact`: the cursor is the un-normalised output of a pre-activated block or
+    /// transition, so an item that is not pre-activated gets batch norm and the activation
+    /// first (the final BN-ReLU of pre-activation ResNets and DenseNet).
+    raw: bool,
 }
 
 fn square(d: &ast::Dims, what: &str) -> Result<usize, SourceError> {

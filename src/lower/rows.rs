@@ -12,8 +12,7 @@ use crate::ir::*;
 use crate::syntax::ast::{self, ItemKind, OptionKind};
 
 /// What may follow `x N`, for refusals.
-const BLOCK_OPTIONS: &str =
-    "stride S, shortcut projection|pad|none, act NAME (layer options go inside the brackets)";
+const BLOCK_OPTIONS: &str = "stride S, shortcut projection|pad|none, act NAME, dense (layer options go inside the brackets)";
 
 /// A row being lowered, as its items see it.
 struct RowState<'a> {
@@ -83,6 +82,7 @@ impl Lowering {
                 ItemKind::Pool { .. } | ItemKind::GlobalAvgPool => "pool",
                 ItemKind::Fc { .. } => "fc",
                 ItemKind::Softmax => "softmax",
+                ItemKind::Transition { .. } => "transition",
                 ItemKind::Block { .. } | ItemKind::Transformer { .. } => "block",
                 ItemKind::TokenEmbedding { .. } => "token",
                 ItemKind::Positions => "position",
@@ -164,11 +164,32 @@ impl Lowering {
             block: None,
             span: item.span,
         };
+        let pre_activated = matches!(
+            item.kind,
+            ItemKind::Conv(_) | ItemKind::Block { .. } | ItemKind::Transition { .. }
+        );
+        if !pre_activated {
+            self.finish_raw(&row.name.text, item.span)?;
+        }
         match &item.kind {
             ItemKind::Conv(spec) => {
                 let opts = self.conv_options(&item.options, spec, !state.patches)?;
                 let (bn, act) = (format!("{name}.bn"), format!("{name}.act"));
-                self.conv_act(spec, &opts, [name, &bn, &act], place)?;
+                // Under `preact` a conv reading a pre-activated block's output is
+                // pre-activated too (and its output stays un-normalised).
+                if self.raw {
+                    self.layer(spec, &opts, [name, &bn, &act], place)?;
+                } else {
+                    self.conv_act(spec, &opts, [name, &bn, &act], place)?;
+                }
+            }
+            ItemKind::Transition { compression } => {
+                if let Some(o) = item.options.first() {
+                    return Err(not_for(o, "a transition", "none").hint(
+                        "a transition is `transition THETA`: BN, the activation, a 1x1 conv to floor(THETA C) channels and a 2x2 average pool, stride 2",
+                    ));
+                }
+                self.transition(compression, name, place, item.span)?;
             }
             ItemKind::Pool { kernel, max } => {
                 let k = square(kernel, "a pooling window")?;
@@ -298,7 +319,17 @@ impl Lowering {
                 let mut outer_stride = None;
                 let mut shortcut = self.graph.defaults.shortcut;
                 let mut post_act = self.graph.defaults.act.clone();
+                let mut dense = false;
                 for o in &item.options {
+                    let preact = self.graph.defaults.preact;
+                    if dense || o.kind == OptionKind::Dense {
+                        dense_option(o, &item.options)?;
+                    }
+                    if preact && matches!(o.kind, OptionKind::Act(_)) {
+                        return Err(not_for(o, "a pre-activated block", BLOCK_OPTIONS).hint(
+                            "under `preact` a block ends at its add; its layers' activations are written inside the brackets (`act NAME` after a layer)",
+                        ));
+                    }
                     match &o.kind {
                         OptionKind::Stride(s) => outer_stride = Some(positive(*s, o.span, "stride")?),
                         OptionKind::Shortcut(id) => {
@@ -307,6 +338,7 @@ impl Lowering {
                         // The activation that ends each block (after the add, or after the
                         // last layer without a shortcut).
                         OptionKind::Act(a) => post_act = activation(a, 0)?,
+                        OptionKind::Dense => dense = true,
                         OptionKind::No(w) if w.text.eq_ignore_ascii_case("act") => {
                             return Err(not_for(o, "a residual block", BLOCK_OPTIONS).hint(
                                 "a block always ends in an activation; write `act identity` for none",
@@ -322,6 +354,7 @@ impl Lowering {
                     outer_stride,
                     shortcut,
                     post_act,
+                    dense,
                     span: item.span,
                 };
                 for rep in 0..*count {
@@ -343,6 +376,25 @@ impl Lowering {
             a => a,
         }
     }
+}
+
+/// With `dense`, the block options that do not fit a dense block (a stride, a shortcut, an
+/// activation after the concatenation), refused at the first of them.
+fn dense_option(o: &ast::ItemOption, all: &[ast::ItemOption]) -> Result<(), SourceError> {
+    let bad = all
+        .iter()
+        .find(|x| x.kind != OptionKind::Dense)
+        .unwrap_or(o);
+    if bad.kind == OptionKind::Dense {
+        return Ok(());
+    }
+    Err(err(
+        SourceErrorKind::Syntax,
+        bad.span,
+        "a dense block takes no other option: its input is concatenated to its output",
+    )
+    .label("not with `dense`")
+    .hint("a dense block's layers keep the size (no stride), have no shortcut and end in their own activation; write layer options inside the brackets"))
 }
 
 /// A block's count `x N`, refused when zero.

@@ -1,5 +1,8 @@
-//! torchvision's ResNet naming: its name for each r2rc layer and back, and the module
-//! names (stages, blocks, the modules of a block, stem and head) a target may use.
+//! torchvision's ResNet naming (ResNeXt's too): its name for each r2rc layer and back,
+//! and the module names (stages, blocks, the modules of a block, stem and head) a target
+//! may use; and its DenseNet naming, for a network whose rows are named after
+//! torchvision's modules (`conv0`, `denseK_x`, `transK`, `classifier`, as
+//! examples/densenet121.arch).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +13,9 @@ use crate::ir::{Graph, Op};
 /// `conv1` -> `conv1`, `conv1.bn` -> `bn1`, `conv1.act` -> `relu` (a PReLU stem),
 /// `convK_N.rest` -> `layer{K-1}.{N-1}.rest` for K >= 2, `head.fc` -> `fc`.
 pub fn torchvision_layer(name: &str, row: &str, block: Option<usize>) -> Option<String> {
+    if let Some(dense) = densenet_layer(name, row, block) {
+        return Some(dense);
+    }
     match (name, block) {
         ("conv1", None) => return Some("conv1".into()),
         ("conv1.bn", None) => return Some("bn1".into()),
@@ -28,6 +34,9 @@ pub fn torchvision_layer(name: &str, row: &str, block: Option<usize>) -> Option<
 
 /// r2rc's name for a layer torchvision names `tv` (the inverse of [`torchvision_layer`]).
 pub fn from_torchvision_layer(tv: &str) -> Option<String> {
+    if let Some(ours) = from_densenet_layer(tv) {
+        return Some(ours);
+    }
     match tv {
         "conv1" => return Some("conv1".into()),
         "bn1" => return Some("conv1.bn".into()),
@@ -45,6 +54,73 @@ pub fn from_torchvision_layer(tv: &str) -> Option<String> {
         return None;
     }
     Some(format!("conv{}_{}.{rest}", stage + 1, block + 1))
+}
+
+/// torchvision's DenseNet name of a parameter-owning layer: `conv0` -> `features.conv0`,
+/// `conv0.bn` -> `features.norm0`, `denseK_N.bnI` / `.convI` ->
+/// `features.denseblockK.denselayerN.normI` / `.convI`, `transK.bn` / `.conv` ->
+/// `features.transitionK.norm` / `.conv`, `classifier.bn` -> `features.norm5` (the BN-ReLU
+/// before the head, always `norm5` in torchvision), `classifier.fc` -> `classifier`.
+fn densenet_layer(name: &str, row: &str, block: Option<usize>) -> Option<String> {
+    match (name, block) {
+        ("conv0", None) => return Some("features.conv0".into()),
+        ("conv0.bn", None) => return Some("features.norm0".into()),
+        ("classifier.bn", None) => return Some("features.norm5".into()),
+        ("classifier.fc", None) => return Some("classifier".into()),
+        _ => {}
+    }
+    if let Some(b) = block {
+        let k = numbered(row.strip_prefix("dense")?.strip_suffix("_x")?)?;
+        let rest = name.strip_prefix(&format!("dense{k}_{b}."))?;
+        let rest = match rest.strip_prefix("bn") {
+            Some(i) => format!("norm{}", numbered(i)?),
+            None => format!("conv{}", numbered(rest.strip_prefix("conv")?)?),
+        };
+        return (b >= 1).then(|| format!("features.denseblock{k}.denselayer{b}.{rest}"));
+    }
+    let k = numbered(row.strip_prefix("trans")?)?;
+    let part = match name.strip_prefix(row)? {
+        ".bn" => "norm",
+        ".conv" => "conv",
+        _ => return None,
+    };
+    Some(format!("features.transition{k}.{part}"))
+}
+
+/// The inverse of [`densenet_layer`].
+fn from_densenet_layer(tv: &str) -> Option<String> {
+    match tv {
+        "features.conv0" => return Some("conv0".into()),
+        "features.norm0" => return Some("conv0.bn".into()),
+        "features.norm5" => return Some("classifier.bn".into()),
+        "classifier" => return Some("classifier.fc".into()),
+        _ => {}
+    }
+    let rest = tv.strip_prefix("features.")?;
+    if let Some(t) = rest.strip_prefix("transition") {
+        let (k, part) = t.split_once('.')?;
+        let k = numbered(k)?;
+        let part = match part {
+            "norm" => "bn",
+            "conv" => "conv",
+            _ => return None,
+        };
+        return Some(format!("trans{k}.{part}"));
+    }
+    let (k, rest) = rest.strip_prefix("denseblock")?.split_once('.')?;
+    let (n, module) = rest.strip_prefix("denselayer")?.split_once('.')?;
+    let (k, n) = (numbered(k)?, numbered(n)?);
+    let module = match module.strip_prefix("norm") {
+        Some(i) => format!("bn{}", numbered(i)?),
+        None => format!("conv{}", numbered(module.strip_prefix("conv")?)?),
+    };
+    (n >= 1).then(|| format!("dense{k}_{n}.{module}"))
+}
+
+/// A positive number written canonically (`3`, not `03` or `0`).
+fn numbered(s: &str) -> Option<usize> {
+    let v: usize = s.parse().ok()?;
+    (v >= 1 && s == v.to_string()).then_some(v)
 }
 
 /// `K` of a stage row `convK_x` with K >= 2 (torchvision's `layer{K-1}`).

@@ -75,6 +75,8 @@ pub enum Header {
     /// `bias` (true) or `no bias` (false).
     Bias(bool, Span),
     Postnorm(Span),
+    /// `preact`: blocks and transitions are BN-act-conv (pre-activation).
+    Preact(Span),
     Norm(Ident),
     Act(ActSpec),
     Shortcut(Ident),
@@ -102,6 +104,8 @@ pub enum OptionKind {
     Rope(f64),
     Causal,
     Tied,
+    /// `dense` after `x N`: DenseNet's concatenating block.
+    Dense,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +138,10 @@ pub enum ItemKind {
         features: usize,
     },
     Softmax,
+    /// `transition THETA`: DenseNet's transition with compression THETA.
+    Transition {
+        compression: Expr,
+    },
     /// `[L1; L2; ...] x N`.
     Block {
         layers: Vec<ConvSpec>,

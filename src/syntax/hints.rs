@@ -147,13 +147,14 @@ const OPTIONS: [(&str, &str); 9] = [
     ("shortcut", "shortcut KIND"),
 ];
 
-/// The options of transformer rows, for "did you mean" only (the listed options above are
-/// the ones most rows take).
-const SEQ_OPTIONS: [(&str, &str); 4] = [
+/// The options of transformer rows and of dense blocks, for "did you mean" only (the
+/// listed options above are the ones most rows take).
+const SEQ_OPTIONS: [(&str, &str); 5] = [
     ("head", "head dim D"),
     ("rope", "rope THETA"),
     ("causal", "causal"),
     ("tied", "tied"),
+    ("dense", "dense"),
 ];
 
 fn options_list() -> String {
@@ -178,6 +179,14 @@ fn misspelt_option(
         return None;
     }
     let lower = word.to_ascii_lowercase();
+    // ResNeXt's cardinality written another way: `C 32`, `C:32`, `cardinality 32`.
+    if (lower == "c" || lower == "cardinality") && expected.contains(&OPTION) {
+        return Some((
+            format!("`{token}` is not how cardinality is written"),
+            "not an option",
+            "cardinality is `C=G` after a layer's width (ResNeXt's `[1x1, 128; 3x3, 128, C=32; 1x1, 256] x 3`), the same as `groups G`".into(),
+        ));
+    }
     let keyword = OPTIONS
         .iter()
         .chain(&SEQ_OPTIONS)

@@ -148,6 +148,7 @@ fn build_file(file: Pair<Rule>) -> Result<File, SourceError> {
             Rule::bias_decl => headers.push(Header::Bias(true, span(&p))),
             Rule::no_bias_decl => headers.push(Header::Bias(false, span(&p))),
             Rule::postnorm_decl => headers.push(Header::Postnorm(span(&p))),
+            Rule::preact_decl => headers.push(Header::Preact(span(&p))),
             Rule::norm_decl => headers.push(Header::Norm(ident(first(p)))),
             Rule::act_decl => headers.push(Header::Act(act_spec(first(p))?)),
             Rule::shortcut_decl => headers.push(Header::Shortcut(ident(first(p)))),
@@ -316,6 +317,13 @@ fn build_elements(p: Pair<Rule>, items: &mut Vec<Item>) -> Result<(), SourceErro
                 features: int(&first(e))?,
             },
             Rule::softmax => ItemKind::Softmax,
+            Rule::transition => ItemKind::Transition {
+                compression: build_expr(
+                    e.into_inner()
+                        .find(|q| q.as_rule() == Rule::expr)
+                        .expect("a transition holds its compression"),
+                )?,
+            },
             Rule::block => build_block(e)?,
             Rule::embedding => ItemKind::TokenEmbedding {
                 dim: int(&first(e))?,
@@ -414,7 +422,8 @@ fn build_option(p: Pair<Rule>) -> Result<ItemOption, SourceError> {
         Rule::opt_stride => OptionKind::Stride(int(&first(o))?),
         Rule::opt_pad => OptionKind::Pad(int(&first(o))?),
         Rule::opt_dilation => OptionKind::Dilation(int(&first(o))?),
-        Rule::opt_groups => OptionKind::Groups(int(&first(o))?),
+        Rule::opt_groups | Rule::opt_card => OptionKind::Groups(int(&first(o))?),
+        Rule::opt_dense => OptionKind::Dense,
         Rule::opt_bias => OptionKind::Bias,
         Rule::opt_norm => OptionKind::Norm,
         Rule::opt_no => OptionKind::No(ident(first(o))),

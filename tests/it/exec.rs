@@ -7,7 +7,7 @@ use r2rc::ir::{
 };
 use r2rc::params::{self, Params};
 
-use crate::common::{arch_files, example, is_transformer};
+use crate::common::{arch_files, example, is_transformer, too_heavy_to_run};
 
 fn graph(input: &[usize]) -> Graph {
     Graph::new("t", Defaults::default(), input.to_vec())
@@ -558,7 +558,7 @@ fn every_example_runs() {
     for path in dir {
         let src = std::fs::read_to_string(&path).unwrap();
         let g = r2rc::lower::compile(&src, &[]).unwrap();
-        if is_transformer(&g) {
+        if is_transformer(&g) || too_heavy_to_run(&g) {
             continue;
         }
         ran += 1;

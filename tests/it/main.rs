@@ -16,6 +16,7 @@ mod deepen_snapshots;
 mod errors;
 mod examples;
 mod exec;
+mod families;
 mod family_growth;
 mod from_hf;
 mod fused_streaming;

@@ -15,6 +15,7 @@ use tract_onnx::prelude::*;
 
 use crate::common::{
     arch_files, example, example_path, init_weights, is_transformer, listing, r2rc, s,
+    too_heavy_to_run,
 };
 
 /// Max abs difference allowed, relative to the largest |output|.
@@ -207,7 +208,7 @@ fn examples() -> Vec<Graph> {
             r2rc::lower::compile(&src, &[])
                 .unwrap_or_else(|e| panic!("{}: {}", p.display(), e.message))
         })
-        .filter(|g| !is_transformer(g))
+        .filter(|g| !is_transformer(g) && !too_heavy_to_run(g))
         .collect();
     assert!(graphs.len() >= 8, "{} convolutional graphs", graphs.len());
     graphs

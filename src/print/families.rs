@@ -96,7 +96,7 @@ fn transition(graph: &Graph, nodes: &[NodeIndex]) -> Option<(usize, Vec<String>)
         && c.padding == 0
         && c.dilation == 1
         && c.groups == 1
-        && c.bias == !d.norm;
+        && c.bias != d.norm;
     let pool = Pool {
         kernel: [2, 2],
         stride: 2,

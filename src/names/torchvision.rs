@@ -158,6 +158,24 @@ pub fn torchvision_targets(graph: &Graph) -> BTreeMap<String, String> {
             continue;
         }
         let node = &graph.g[n];
+        // DenseNet's blocks, layers and transitions (`features.denseblock1`,
+        // `features.denseblock1.denselayer2`, `features.transition1`).
+        let dense = node
+            .row
+            .strip_prefix("dense")
+            .and_then(|r| r.strip_suffix("_x"));
+        if let (Some(k), Some(b)) = (dense.and_then(numbered), node.block) {
+            map.entry(format!("features.denseblock{k}"))
+                .or_insert_with(|| node.row.clone());
+            map.entry(format!("features.denseblock{k}.denselayer{b}"))
+                .or_insert_with(|| format!("dense{k}_{b}"));
+            continue;
+        }
+        if let Some(k) = node.row.strip_prefix("trans").and_then(numbered) {
+            map.entry(format!("features.transition{k}"))
+                .or_insert_with(|| node.row.clone());
+            continue;
+        }
         if let (Some(k), Some(b)) = (stage_number(&node.row), node.block) {
             let block = format!("conv{k}_{b}");
             let Some(rest) = node.name.strip_prefix(&format!("{block}.")) else {

@@ -185,6 +185,14 @@ fn densenet_torchvision_names_round_trip() {
     ] {
         assert!(seen.contains(tv), "{tv}");
     }
+    let modules = r2rc::names::torchvision_targets(&g);
+    for (tv, ours) in [
+        ("features.denseblock2", "dense2_x"),
+        ("features.denseblock2.denselayer12", "dense2_12"),
+        ("features.transition3", "trans3"),
+    ] {
+        assert_eq!(modules.get(tv).map(String::as_str), Some(ours), "{tv}");
+    }
     assert_eq!(
         from_torchvision_layer("features.denseblock01.denselayer1.conv1"),
         None

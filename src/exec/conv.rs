@@ -47,25 +47,7 @@ pub fn conv2d<T: Float>(
         ow,
     };
     let mut out = T::zeros(n * co * ohw);
-    // Bias, then the fused batch norm and ReLU, on one image's `[O, HW]` output.
-    let finish = |y: &mut [T]| {
-        for (o, plane) in y.chunks_mut(ohw).enumerate() {
-            if let Some(b) = bias {
-                let bv = b[o];
-                plane.iter_mut().for_each(|v| *v += bv);
-            }
-            if let Some(e) = epilogue {
-                let (a, b) = (e.scale[o], e.shift[o]);
-                if e.relu {
-                    plane
-                        .iter_mut()
-                        .for_each(|v| *v = super::act::relu(*v * a + b));
-                } else {
-                    plane.iter_mut().for_each(|v| *v = *v * a + b);
-                }
-            }
-        }
-    };
+    let finish = |y: &mut [T]| finish(y, ohw, bias, epilogue);
     let threads = rayon::current_num_threads().max(1);
     // Images per GEMM: small feature maps share one product so the weights are packed
     // once per group rather than once per image, keeping enough groups for the threads.
@@ -149,8 +131,32 @@ pub fn conv2d<T: Float>(
     }
 }
 
-/// Columns one GEMM should have at least before images are grouped (matrixmultiply's
-/// sgemm column block is 1024).
+/// Bias, then the fused batch norm and ReLU, on one image's `[O, HW]` output.
+pub(super) fn finish<T: Float>(
+    y: &mut [T],
+    ohw: usize,
+    bias: Option<&[T]>,
+    epilogue: Option<&Epilogue<T>>,
+) {
+    for (o, plane) in y.chunks_mut(ohw).enumerate() {
+        if let Some(b) = bias {
+            let bv = b[o];
+            plane.iter_mut().for_each(|v| *v += bv);
+        }
+        if let Some(e) = epilogue {
+            let (a, b) = (e.scale[o], e.shift[o]);
+            if e.relu {
+                plane
+                    .iter_mut()
+                    .for_each(|v| *v = super::act::relu(*v * a + b));
+            } else {
+                plane.iter_mut().for_each(|v| *v = *v * a + b);
+            }
+        }
+    }
+}
+
+/// Columns one GEMM should have at least before images are grouped.
 const GROUP_COLUMNS: usize = 1024;
 
 /// The sliding-window geometry of one group of one image.
@@ -192,27 +198,18 @@ fn im2col<T: Float>(x: &[T], g: &Geometry, dst: &mut [T], ld: usize) {
                 }
                 .max(lo.min(g.ow));
                 let lo = lo.min(hi);
-                // One fill for the whole tap when it touches padding, instead of short
-                // fills per output row (tiny maps made those calls a third of the time).
-                let rows_out = (0..g.oh).any(|oy| {
-                    let ih = (oy * g.s + ki * g.d) as isize - g.p as isize;
-                    ih < 0 || ih >= g.h as isize
-                });
-                if lo > 0 || hi < g.ow || rows_out {
-                    dst.fill(T::zero());
-                }
+                // Only the padding is zeroed (the rest is copied over), row by row: a
+                // whole-tap fill then copy wrote most of the matrix twice.
                 for oy in 0..g.oh {
                     let ih = (oy * g.s + ki * g.d) as isize - g.p as isize;
                     let drow = &mut dst[oy * g.ow..(oy + 1) * g.ow];
-                    if ih < 0 || ih >= g.h as isize {
+                    if ih < 0 || ih >= g.h as isize || hi <= lo {
+                        zero(drow);
                         continue;
                     }
+                    zero(&mut drow[..lo]);
+                    zero(&mut drow[hi..]);
                     let srow = &src[ih as usize * g.w..(ih as usize + 1) * g.w];
-                    // A tap that only ever reads padding (a kernel wider than the input
-                    // plus its padding) copies nothing.
-                    if hi <= lo {
-                        continue;
-                    }
                     if g.s == 1 {
                         let start = (lo as isize + off) as usize;
                         drow[lo..hi].copy_from_slice(&srow[start..start + hi - lo]);
@@ -224,5 +221,14 @@ fn im2col<T: Float>(x: &[T], g: &Geometry, dst: &mut [T], ld: usize) {
                 }
             }
         }
+    }
+}
+
+/// Zeroes a short run in place (padding columns are usually one or two elements, where a
+/// `memset` call costs more than the stores).
+#[inline(always)]
+fn zero<T: Float>(v: &mut [T]) {
+    for x in v {
+        *x = T::zero();
     }
 }

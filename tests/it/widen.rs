@@ -49,9 +49,13 @@ fn exact_methods_prove_on_every_space_of_every_example() {
         let tp = teacher(&g, 7);
         let spaces = channel_spaces(&g);
         let small = g.order().len() < 60;
+        // A grouped space widens every group equally (ResNeXt's 32): the amounts are
+        // multiples of the largest group count (2 and 4 channels without groups).
+        let groups = spaces.spaces.iter().map(|s| s.groups).max().unwrap_or(1);
         for method in EXACT {
             // All spaces at once, on every example.
-            let w = widen(&g, &tp, &widen_args(Target::All, Amount::Add(2), method), 3).unwrap();
+            let all = Amount::Add(2 * groups);
+            let w = widen(&g, &tp, &widen_args(Target::All, all, method), 3).unwrap();
             assert!(w.exact);
             assert_exact(
                 &format!("{name} --all {method:?}"),
@@ -62,7 +66,11 @@ fn exact_methods_prove_on_every_space_of_every_example() {
             }
             // Each widenable space on its own, named by its first member.
             for s in spaces.spaces.iter().filter(|s| s.widenable()) {
-                let a = widen_args(Target::Name(s.label.clone()), Amount::Add(4), method);
+                let a = widen_args(
+                    Target::Name(s.label.clone()),
+                    Amount::Add(4 * s.groups),
+                    method,
+                );
                 let w = widen(&g, &tp, &a, 1).unwrap();
                 assert_eq!(w.changes.len(), 1);
                 assert_exact(

@@ -198,17 +198,23 @@ fn im2col<T: Float>(x: &[T], g: &Geometry, dst: &mut [T], ld: usize) {
                 }
                 .max(lo.min(g.ow));
                 let lo = lo.min(hi);
-                // Only the padding is zeroed (the rest is copied over), row by row: a
-                // whole-tap fill then copy wrote most of the matrix twice.
+                // One fill for the whole tap when it touches padding, instead of short
+                // fills per output row (tiny maps made those calls a third of the time;
+                // zeroing only the padding, row by row, measured 1.3x slower on
+                // ResNetCifar-18 at width 1/8).
+                let rows_out = (0..g.oh).any(|oy| {
+                    let ih = (oy * g.s + ki * g.d) as isize - g.p as isize;
+                    ih < 0 || ih >= g.h as isize
+                });
+                if lo > 0 || hi < g.ow || rows_out {
+                    dst.fill(T::zero());
+                }
                 for oy in 0..g.oh {
                     let ih = (oy * g.s + ki * g.d) as isize - g.p as isize;
                     let drow = &mut dst[oy * g.ow..(oy + 1) * g.ow];
                     if ih < 0 || ih >= g.h as isize || hi <= lo {
-                        zero(drow);
                         continue;
                     }
-                    zero(&mut drow[..lo]);
-                    zero(&mut drow[hi..]);
                     let srow = &src[ih as usize * g.w..(ih as usize + 1) * g.w];
                     if g.s == 1 {
                         let start = (lo as isize + off) as usize;
@@ -221,14 +227,5 @@ fn im2col<T: Float>(x: &[T], g: &Geometry, dst: &mut [T], ld: usize) {
                 }
             }
         }
-    }
-}
-
-/// Zeroes a short run in place (padding columns are usually one or two elements, where a
-/// `memset` call costs more than the stores).
-#[inline(always)]
-fn zero<T: Float>(v: &mut [T]) {
-    for x in v {
-        *x = T::zero();
     }
 }

@@ -81,7 +81,6 @@ pub fn run(args: Args) -> Result<()> {
     };
     let batch = input.shape().first().copied().unwrap_or(1);
     params::check_memory(&graph, batch, false, "this run")?;
-    set_gemm_threads(args.threads, batch);
     match args.dtype.as_str() {
         "f32" => go::<f32>(&args, &graph, &p, input, mode),
         "f64" => go::<f64>(&args, &graph, &p, input, mode),
@@ -101,18 +100,6 @@ fn start_pool(threads: Option<usize>) -> Result<()> {
             .map_err(|e| Error::usage(format!("cannot start {t} threads: {e}"), None))?;
     }
     Ok(())
-}
-
-/// Sizes matrixmultiply's threads (it reads `MATMUL_NUM_THREADS` once, at its first
-/// product). With at least one image per thread the executor runs images in parallel, so
-/// each product gets one thread (nested threading measured 25% slower); with fewer images
-/// the products get the threads. A `MATMUL_NUM_THREADS` already set wins.
-fn set_gemm_threads(threads: Option<usize>, batch: usize) {
-    let t = threads.unwrap_or_else(rayon::current_num_threads);
-    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-        let gemm = if batch >= t { 1 } else { t };
-        std::env::set_var("MATMUL_NUM_THREADS", gemm.to_string());
-    }
 }
 
 /// Reads an f32 or f64 `.npy` into f64; for a token input, int64 (or int32) token ids,

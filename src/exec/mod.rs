@@ -159,11 +159,9 @@ impl<T: Float> Tensor<T> {
 static CONV_PARALLELISM: AtomicU8 = AtomicU8::new(0);
 
 /// Chooses how convolutions use threads: `Some(true)` runs images (or groups of small
-/// images) in parallel, one GEMM each; `Some(false)` runs them in turn and leaves the
-/// threads to matrixmultiply; `None` (the default) runs in parallel when there are at
-/// least as many tasks as rayon threads. Parallel images are fastest with
-/// `MATMUL_NUM_THREADS=1` (nested threading measured about 25% slower), which
-/// `r2rc run` sets.
+/// images) in parallel, one single-threaded GEMM each; `Some(false)` runs them in turn
+/// and gives each GEMM the whole pool; `None` (the default) runs in parallel when there
+/// are at least as many tasks as rayon threads (nested threading measured slower).
 pub fn set_image_parallel(choice: Option<bool>) {
     let v = match choice {
         None => 0,

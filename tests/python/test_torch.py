@@ -85,13 +85,43 @@ def test_torchvision_needs_its_arch():
         r2rc.torch.widen(model, layer="layer2", by=1.5)
 
 
-def test_sgd_momentum_is_refused_or_reset():
+def test_sgd_momentum_follows_the_weights_or_is_reset():
+    torch.manual_seed(1)
     arch = r2rc.Arch.load(EXAMPLES / "smallconv.arch")
     model = r2rc.torch.module(arch)
+    model.load_state_dict(arch.init(seed=3, torch=True))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(2, 3, 32, 32)
+    trained(model, opt, x, steps=2)
+    teacher_buf = {n: opt.state[p]["momentum_buffer"] for n, p in model.named_parameters()}
+    s, opt2, _ = r2rc.torch.widen(model, opt, layer="conv1", by=1.5)
+    assert isinstance(opt2, torch.optim.SGD) and opt2.param_groups[0]["momentum"] == 0.9
+    named = dict(s.named_parameters())
+    # R2R keeps every teacher entry, so its momentum is the teacher's on the old entries,
+    # and new entries start at zero.
+    w = "conv1.weight"
+    old = teacher_buf[w].shape[0]
+    got = opt2.state[named[w]]["momentum_buffer"]
+    assert torch.equal(got[:old], teacher_buf[w])
+    assert got[old:].abs().max().item() == 0.0
+    assert got[old:].shape[0] > 0
+    for n, p in named.items():
+        assert opt2.state[p]["momentum_buffer"].shape == p.shape, n
+    before = named[w].detach().clone()
+    opt2.zero_grad()
+    s.train()
+    s(x).square().mean().backward()
+    opt2.step()
+    assert not torch.equal(before, named[w].detach())
+    s2, opt3, _ = r2rc.torch.widen(model, opt, layer="conv1", by=1.5, keep_state=False)
+    assert isinstance(opt3, torch.optim.SGD) and not opt3.state
+    assert opt3.param_groups[0]["momentum"] == 0.9
+
+
+def test_other_optimizer_state_is_refused():
+    arch = r2rc.Arch.load(EXAMPLES / "smallconv.arch")
+    model = r2rc.torch.module(arch)
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
     trained(model, opt, torch.randn(2, 3, 32, 32), steps=1)
-    with pytest.raises(ValueError, match="momentum_buffer"):
+    with pytest.raises(ValueError, match="sum"):
         r2rc.torch.widen(model, opt, layer="conv1", by=1.5)
-    s, opt2, _ = r2rc.torch.widen(model, opt, layer="conv1", by=1.5, keep_state=False)
-    assert isinstance(opt2, torch.optim.SGD) and not opt2.state
-    assert opt2.param_groups[0]["momentum"] == 0.9

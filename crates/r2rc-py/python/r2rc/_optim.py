@@ -22,7 +22,8 @@ def _named(model, optimizer):
 
 def flat_state(model, optimizer):
     """Adam's (or AdamW's) state as r2rc reads it, or None when the optimizer has no
-    state yet. Other optimizers' state (SGD's momentum_buffer) has no mapping in r2rc."""
+    state yet. SGD's ``momentum_buffer`` travels as ``exp_avg``: like Adam's first moment
+    it is a running sum of gradients, so an entry copied with scale c gets c times it."""
     if not optimizer.state:
         return None
     out = {}
@@ -30,11 +31,15 @@ def flat_state(model, optimizer):
         s = optimizer.state.get(p, {})
         if optimizer.param_groups[gi].get("amsgrad"):
             raise ValueError("amsgrad keeps max_exp_avg_sq, which r2rc has no mapping for")
+        if "momentum_buffer" in s and set(s) == {"momentum_buffer"}:
+            # r2rc maps the first moment; the second (zeros here) is dropped again in rebuild.
+            s = {"exp_avg": s["momentum_buffer"]}
         unknown = set(s) - {"exp_avg", "exp_avg_sq", "step"}
         if unknown:
             raise ValueError(
                 f"the optimizer's state of `{name}` holds {sorted(unknown)}: r2rc maps Adam's "
-                "state (exp_avg, exp_avg_sq, step) only; pass keep_state=False to start the "
+                "state (exp_avg, exp_avg_sq, step) and SGD's momentum_buffer only; pass "
+                "keep_state=False to start the "
                 "student's optimizer afresh with the same hyperparameters"
             )
         zeros = torch.zeros_like(p, memory_format=torch.contiguous_format).detach()
@@ -80,6 +85,10 @@ def rebuild(optimizer, teacher, student, state):
             for name, p in members:
                 key = f"{name}.exp_avg"
                 if key not in state:
+                    continue
+                if isinstance(opt, torch.optim.SGD):
+                    buf = torch.as_tensor(state[key]).to(p.device, p.dtype).clone()
+                    opt.state[p] = {"momentum_buffer": buf}
                     continue
                 step = state[f"{name}.step"]
                 step = float(step.item() if torch.is_tensor(step) else step)

@@ -43,6 +43,16 @@ pub const AVG: &str = "exp_avg";
 pub const SQ: &str = "exp_avg_sq";
 pub const STEP: &str = "step";
 
+/// What an optimizer entry of `shape` should have been, when it does not fit its
+/// parameter's shape (`step` is a scalar, the moments have the parameter's shape).
+pub fn misfit(suffix: &str, shape: &[usize], param: &[usize]) -> Option<String> {
+    if suffix == STEP {
+        (shape.iter().product::<usize>() != 1).then(|| "a scalar".to_string())
+    } else {
+        (shape != param).then(|| format!("{param:?}, the parameter's shape"))
+    }
+}
+
 /// The optimizer file's name beside the weights: `optimizer.safetensors` beside
 /// `model.safetensors` (`--names hf`), else `<stem>.optimizer.safetensors`.
 pub fn file_name(stem: &str, naming: Naming) -> String {
@@ -155,17 +165,7 @@ impl State {
                         hint,
                     });
                 };
-                let n: usize = info.shape.iter().product();
-                let fits = match suffix {
-                    STEP => n == 1,
-                    _ => info.shape == s.shape,
-                };
-                if !fits {
-                    let want = if suffix == STEP {
-                        "a scalar".to_string()
-                    } else {
-                        format!("{:?}, the parameter's shape", s.shape)
-                    };
+                if let Some(want) = misfit(suffix, &info.shape, &s.shape) {
                     return Err(Error::weights(format!(
                         "`{key}` in the optimizer state {place} has shape {:?} but should have {want}",
                         info.shape

@@ -160,16 +160,7 @@ pub fn read_moments(
                     s.name, s.shape
                 )));
             };
-            let fits = match suffix {
-                STEP => t.len() == 1,
-                _ => t.shape() == s.shape.as_slice(),
-            };
-            if !fits {
-                let want = if suffix == STEP {
-                    "a scalar".to_string()
-                } else {
-                    format!("{:?}, the parameter's shape", s.shape)
-                };
+            if let Some(want) = optim::misfit(suffix, t.shape(), &s.shape) {
                 return Err(Error::weights(format!(
                     "`{key}` in {shown} has shape {:?} but should have {want}",
                     t.shape()

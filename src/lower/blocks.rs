@@ -73,17 +73,7 @@ impl Lowering {
                 }
             }
             total_stride *= opts.stride;
-            let n = i + 1;
-            self.layer(
-                spec,
-                &opts,
-                [
-                    &format!("{block_name}.conv{n}"),
-                    &format!("{block_name}.bn{n}"),
-                    &format!("{block_name}.act{n}"),
-                ],
-                place,
-            )?;
+            self.block_layer(spec, &opts, block_name, i + 1, place)?;
             if preact && i == 0 {
                 let conv = self.graph.find(&format!("{block_name}.conv1"));
                 pre = conv.map_or(pre, |c| self.graph.inputs(c)[0]);

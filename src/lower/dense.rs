@@ -14,6 +14,19 @@ use crate::syntax::ast::{ConvSpec, Expr};
 impl Lowering {
     /// One layer of a block in the network's order: conv-BN-act, or under `preact`
     /// BN-act-conv (the conv keeps the bias rule of a conv followed by its norm).
+    /// Layer `n` of a block: `BLOCK.convN`, `BLOCK.bnN`, `BLOCK.actN`.
+    pub(super) fn block_layer(
+        &mut self,
+        spec: &ConvSpec,
+        o: &ConvOptions,
+        block_name: &str,
+        n: usize,
+        place: (&str, Option<usize>),
+    ) -> Result<(), SourceError> {
+        let names = ["conv", "bn", "act"].map(|k| format!("{block_name}.{k}{n}"));
+        self.layer(spec, o, [&names[0], &names[1], &names[2]], place)
+    }
+
     pub(super) fn layer(
         &mut self,
         spec: &ConvSpec,
@@ -103,17 +116,7 @@ impl Lowering {
                 .label("a stride in a dense block")
                 .hint("downsample between dense blocks with a `transition` (a 1x1 conv and a 2x2 average pool, stride 2)"));
             }
-            let n = i + 1;
-            self.layer(
-                spec,
-                &opts,
-                [
-                    &format!("{block_name}.conv{n}"),
-                    &format!("{block_name}.bn{n}"),
-                    &format!("{block_name}.act{n}"),
-                ],
-                place,
-            )?;
+            self.block_layer(spec, &opts, block_name, i + 1, place)?;
         }
         let new = self.cursor();
         self.cursor = Some(self.add(

@@ -396,39 +396,53 @@ fn layers_inside_a_block_prove_and_refusals_say_why() {
     assert!(m.contains("is a layer inside block `conv2_1`"), "{m}");
 }
 
+/// Adds a node in the row its name starts with and makes it the output (the hand-built
+/// nets below end at their last node).
+fn add(
+    g: &mut Graph,
+    name: &str,
+    op: r2rc::ir::Op,
+    inputs: &[r2rc::ir::NodeIndex],
+) -> r2rc::ir::NodeIndex {
+    let row = name.split('.').next().unwrap().to_string();
+    let n = g
+        .add(name.into(), op, inputs, (&row, None), None)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    g.output = n;
+    n
+}
+
+/// A bias-free KxK conv with same padding, stride 1.
+fn conv(cin: usize, cout: usize, k: usize, groups: usize) -> r2rc::ir::Op {
+    r2rc::ir::Op::Conv2d(r2rc::ir::Conv2d {
+        in_channels: cin,
+        out_channels: cout,
+        kernel: [k, k],
+        stride: 1,
+        padding: k / 2,
+        dilation: 1,
+        groups,
+        bias: false,
+    })
+}
+
+fn bn(c: usize) -> r2rc::ir::Op {
+    r2rc::ir::Op::BatchNorm(r2rc::ir::BatchNorm {
+        channels: c,
+        eps: 1e-5,
+    })
+}
+
+fn relu() -> r2rc::ir::Op {
+    r2rc::ir::Op::Activation(r2rc::ir::Activation::Relu)
+}
+
 /// A small DenseNet built with `Graph::add`: a stem (conv, BN, ReLU), a dense block of
 /// three BN-ReLU-conv(1x1)-BN-ReLU-conv(3x3) layers (growth 4; the 3x3 of the second
 /// grouped) each concatenated to its input, a transition (BN-ReLU-conv 1x1-avg pool), a
 /// second dense layer, and a BN-ReLU-pool-fc head.
 pub fn densenet() -> Graph {
-    use r2rc::ir::{Activation, BatchNorm, Conv2d, Defaults, Linear, NodeIndex, Op, Pool};
-    fn add(g: &mut Graph, name: &str, op: Op, inputs: &[NodeIndex]) -> NodeIndex {
-        let row = name.split('.').next().unwrap().to_string();
-        let n = g
-            .add(name.into(), op, inputs, (&row, None), None)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        g.output = n;
-        n
-    }
-    let conv = |cin: usize, cout: usize, k: usize, groups: usize| {
-        Op::Conv2d(Conv2d {
-            in_channels: cin,
-            out_channels: cout,
-            kernel: [k, k],
-            stride: 1,
-            padding: k / 2,
-            dilation: 1,
-            groups,
-            bias: false,
-        })
-    };
-    let bn = |c: usize| {
-        Op::BatchNorm(BatchNorm {
-            channels: c,
-            eps: 1e-5,
-        })
-    };
-    let relu = || Op::Activation(Activation::Relu);
+    use r2rc::ir::{Defaults, Linear, NodeIndex, Op, Pool};
     let mut g = Graph::new("dense", Defaults::default(), vec![3, 8, 8]);
     let input = g.input;
     let c0 = add(&mut g, "conv0", conv(3, 6, 3, 1), &[input]);
@@ -557,34 +571,7 @@ fn concatenated_spaces_take_their_parts_new_channels_and_prove() {
 /// BN-ReLU-conv, BN-ReLU-conv, added to the shortcut (a 1x1 projection of the first
 /// BN-ReLU when the width changes), then a final BN-ReLU, pooling and fc.
 pub fn preact(widths: &[usize], groups: usize, c0: usize) -> Graph {
-    use r2rc::ir::{Activation, BatchNorm, Conv2d, Defaults, Linear, NodeIndex, Op};
-    fn add(g: &mut Graph, name: &str, op: Op, inputs: &[NodeIndex]) -> NodeIndex {
-        let row = name.split('.').next().unwrap().to_string();
-        let n = g
-            .add(name.into(), op, inputs, (&row, None), None)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        g.output = n;
-        n
-    }
-    let conv = |cin: usize, cout: usize, k: usize, groups: usize| {
-        Op::Conv2d(Conv2d {
-            in_channels: cin,
-            out_channels: cout,
-            kernel: [k, k],
-            stride: 1,
-            padding: k / 2,
-            dilation: 1,
-            groups,
-            bias: false,
-        })
-    };
-    let bn = |c: usize| {
-        Op::BatchNorm(BatchNorm {
-            channels: c,
-            eps: 1e-5,
-        })
-    };
-    let relu = || Op::Activation(Activation::Relu);
+    use r2rc::ir::{Defaults, Linear, Op};
     let mut g = Graph::new("preact", Defaults::default(), vec![3, 6, 6]);
     let input = g.input;
     let mut x = add(&mut g, "conv1", conv(3, c0, 3, 1), &[input]);

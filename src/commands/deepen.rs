@@ -9,7 +9,6 @@
 
 use std::path::PathBuf;
 
-use r2rc::names::Naming;
 use r2rc::Result;
 
 use super::step::Common;
@@ -34,10 +33,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let c = &args.common;
-    let graph = super::load_named(&args.file, &c.sets, c.name.as_deref())?;
-    let naming = Naming::parse(&c.names)?;
     // A module name of the weights' scheme (`layer3.1`) names r2rc's block.
-    let step = r2rc::api::deepen_step(&graph, naming, &args.after, &args.method, args.width)?;
-    super::step::run_one(&args.file, c, &graph, &step)
+    super::step::load_and_run(&args.file, &args.common, |graph, naming| {
+        r2rc::api::deepen_step(graph, naming, &args.after, &args.method, args.width)
+    })
 }

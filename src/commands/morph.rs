@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use r2rc::names::Naming;
 use r2rc::Result;
 
 use super::step::Common;
@@ -25,10 +24,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let c = &args.common;
-    let graph = super::load_named(&args.file, &c.sets, c.name.as_deref())?;
     // A module name of the weights' scheme (`layer1.0.conv1`) names r2rc's layer.
-    let naming = Naming::parse(&c.names)?;
-    let step = r2rc::api::morph_step(&graph, naming, &args.layer, args.kernel)?;
-    super::step::run_one(&args.file, c, &graph, &step)
+    super::step::load_and_run(&args.file, &args.common, |graph, naming| {
+        r2rc::api::morph_step(graph, naming, &args.layer, args.kernel)
+    })
 }

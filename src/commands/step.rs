@@ -16,6 +16,19 @@ use r2rc::report::{write_outputs, StepReport};
 use r2rc::stream::{Job, Streamed};
 use r2rc::{Error, Result};
 
+/// Loads `file` under the common flags, builds its step with `build` (given the graph and
+/// the naming of `--names`, whose module names name r2rc's layers) and runs it.
+pub fn load_and_run(
+    file: &Path,
+    c: &Common,
+    build: impl FnOnce(&Graph, Naming) -> Result<Step>,
+) -> Result<()> {
+    let graph = super::load_named(file, &c.sets, c.name.as_deref())?;
+    let naming = Naming::parse(&c.names)?;
+    let step = build(&graph, naming)?;
+    run_one(file, c, &graph, &step)
+}
+
 /// Runs `step` on the teacher of `file` (`graph`) as a command does: streamed when the
 /// weights and -o are given and the proof is local or skipped, else in memory; then
 /// writes the student.

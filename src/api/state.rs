@@ -33,6 +33,19 @@ pub fn read(
     shown: &str,
 ) -> Result<(Params, Vec<String>)> {
     let stored = names::stored(graph, naming)?;
+    // A state dict under another naming (torchvision's, say, passed without `names=`)
+    // is the commonest mistake: say which `names=` fits rather than the generic hint.
+    let shapes = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape().to_vec()))
+        .collect();
+    let hint = match names::suggested_naming_of(graph, &shapes, naming) {
+        Some(other) => format!(
+            "{shown} names its tensors the {0} way: pass names=\"{0}\"",
+            other.keyword()
+        ),
+        None => HINT.into(),
+    };
     let keys: Vec<&str> = tensors.keys().map(String::as_str).collect();
     let variants = Variants::of(&keys);
     let notes = variants.notes(shown);
@@ -53,7 +66,7 @@ pub fn read(
                     s.shape,
                     holds(s)
                 ),
-                hint: Some(HINT.into()),
+                hint: Some(hint.clone()),
             });
         };
         if t.shape() != s.shape.as_slice() {
@@ -65,7 +78,7 @@ pub fn read(
                     s.shape,
                     holds(s)
                 ),
-                hint: Some(HINT.into()),
+                hint: Some(hint.clone()),
             });
         }
         if let Some((pos, x)) = t.iter().enumerate().find(|(_, x)| !x.is_finite()) {
@@ -89,7 +102,7 @@ pub fn read(
                 "{shown} holds tensor `{extra}`, which has no place in network `{}` under {scheme}",
                 graph.name
             ),
-            hint: Some(HINT.into()),
+            hint: Some(hint.clone()),
         });
     }
     Ok((

@@ -526,6 +526,16 @@ fn other_fits(
         .map(|(n, _)| n)
 }
 
+/// The naming a state dict's tensors (`names` with their shapes) use for `graph` when it
+/// is not `naming`: for the Python API's `names=` hint.
+pub fn suggested_naming_of(
+    graph: &Graph,
+    names: &BTreeMap<String, Vec<usize>>,
+    naming: Naming,
+) -> Option<Naming> {
+    other_fits(graph, naming, names)
+}
+
 /// The naming the weights at `path` (a file or sharded set) use for `graph` when it is
 /// not `naming`: for a command with its own flag to suggest (`prove --student-names`).
 pub fn suggested_naming(graph: &Graph, path: &Path, naming: Naming) -> Option<Naming> {

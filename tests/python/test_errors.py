@@ -105,6 +105,19 @@ def test_state_dict_refusals_name_the_tensor(small):
         r2rc.widen(arch, sd, layer="conv1", by=1.5, names="torchvision")
 
 
+def test_a_state_dict_under_another_naming_gets_a_names_hint():
+    # torchvision's names passed without names=: the hint says which names= fits.
+    arch = r2rc.Arch.load(EXAMPLES / "resnet_cifar10.arch")
+    tv = arch.init(seed=2, names="torchvision")
+    assert "layer1.0.conv1.weight" in tv
+    with pytest.raises(r2rc.R2rcError) as e:
+        r2rc.widen(arch, tv, layer="conv2_1", by=1.5)
+    assert e.value.hint == 'the state dict names its tensors the torchvision way: pass names="torchvision"'
+    # Under names="torchvision" the same dict grows.
+    g = r2rc.widen(arch, tv, layer="conv2_1", by=1.5, names="torchvision")
+    assert g.state_dict["layer1.0.conv1.weight"].shape[0] > tv["layer1.0.conv1.weight"].shape[0]
+
+
 def test_wrapper_prefix_is_read_through_with_a_note(small):
     arch, sd = small
     wrapped = {f"module.{k}": v for k, v in sd.items()}

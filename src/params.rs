@@ -197,11 +197,23 @@ fn extra_tensor(name: &str, graph: &Graph, place: &str) -> Error {
     }
 }
 
-/// Draws from N(0, 1) (Box-Muller; rand 0.9 has no normal distribution without rand_distr).
+/// Draws from N(0, 1) (Box-Muller's cosine output; rand 0.9 has no normal distribution
+/// without rand_distr). Takes exactly four words: rewrites' parallel draws rely on it.
 pub(crate) fn normal(rng: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln stays finite
     let u2: f64 = rng.random::<f64>();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Two independent draws from N(0, 1): both outputs of one Box-Muller transform, in f32
+/// arithmetic (init's values are f32; f32's log and sin_cos are about twice as fast). The
+/// uniforms are f64 draws, so the tails reach 8.5 standard deviations.
+pub(crate) fn normal_pair(rng: &mut ChaCha8Rng) -> (f32, f32) {
+    let u1 = (1.0 - rng.random::<f64>()) as f32; // (0, 1]: ln stays finite
+    let u2 = rng.random::<f64>() as f32;
+    let r = (-2.0 * u1.ln()).sqrt();
+    let (s, c) = (2.0 * std::f32::consts::PI * u2).sin_cos();
+    (r * c, r * s)
 }
 
 fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
@@ -272,62 +284,147 @@ pub fn check_memory(graph: &Graph, batch: usize, keep_all: bool, what: &str) -> 
 /// PReLU: 0.25. With `random_stats` biases, BN affine parameters, running statistics
 /// (var in [0.5, 2)) and PReLU slopes are random too, so that proofs cannot be fooled by
 /// identity-looking statistics.
+///
+/// Each tensor draws from its own stream keyed by (seed, tensor name) ([`init_rng`]), in
+/// fixed chunks that each start at their own word: tensors and chunks fill in parallel,
+/// and a tensor's values depend on nothing else (not the thread count, not the other
+/// tensors), as rewrites' draws do.
 pub fn init(graph: &Graph, seed: u64, random_stats: bool) -> Params {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    use rayon::prelude::*;
     let specs = graph.param_specs();
-    let mut tensors = BTreeMap::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let shape = &spec.slot.shape;
-        let n: usize = shape.iter().product();
-        let owner_weight = || {
-            // The weight of the same layer, for the bias bound.
-            specs[..i]
-                .iter()
-                .rev()
-                .find(|s| s.node == spec.node && s.slot.suffix == "weight")
-                .map(|s| s.slot.shape.clone())
-                .unwrap_or_default()
-        };
-        let values: Vec<f64> = match spec.slot.kind {
-            ParamKind::ConvWeight => {
-                let std = (2.0 / fans(shape).1 as f64).sqrt();
-                (0..n).map(|_| std * normal(&mut rng)).collect()
-            }
-            ParamKind::LinearWeight => {
-                let b = 1.0 / (fans(shape).0 as f64).sqrt();
-                (0..n).map(|_| uniform(&mut rng, -b, b)).collect()
-            }
-            ParamKind::Bias => {
-                let b = 1.0 / (fans(&owner_weight()).0 as f64).sqrt();
-                let b = if random_stats { b.max(0.1) } else { b };
-                (0..n).map(|_| uniform(&mut rng, -b, b)).collect()
-            }
-            ParamKind::BnWeight if random_stats => {
-                (0..n).map(|_| uniform(&mut rng, 0.5, 1.5)).collect()
-            }
-            ParamKind::BnWeight => vec![1.0; n],
-            ParamKind::BnBias | ParamKind::RunningMean if random_stats => {
-                (0..n).map(|_| uniform(&mut rng, -0.5, 0.5)).collect()
-            }
-            ParamKind::BnBias | ParamKind::RunningMean => vec![0.0; n],
-            ParamKind::RunningVar if random_stats => {
-                (0..n).map(|_| uniform(&mut rng, 0.5, 2.0)).collect()
-            }
-            ParamKind::RunningVar => vec![1.0; n],
-            ParamKind::NumBatchesTracked => vec![0.0; n.max(1)],
-            ParamKind::PreluWeight if random_stats => {
-                (0..n).map(|_| uniform(&mut rng, 0.05, 0.5)).collect()
-            }
-            ParamKind::PreluWeight => vec![0.25; n],
-        };
-        let array = ArrayD::from_shape_vec(IxDyn(shape), values).expect("length matches shape");
-        tensors.insert(spec.name.clone(), array);
-    }
+    let rules: Vec<Rule> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let owner_weight = || {
+                // The weight of the same layer, for the bias bound.
+                specs[..i]
+                    .iter()
+                    .rev()
+                    .find(|s| s.node == spec.node && s.slot.suffix == "weight")
+                    .map(|s| s.slot.shape.clone())
+                    .unwrap_or_default()
+            };
+            init_rule(spec.slot.kind, &spec.slot.shape, owner_weight, random_stats)
+        })
+        .collect();
+    let tensors = specs
+        .par_iter()
+        .zip(rules)
+        .map(|(spec, rule)| {
+            let shape = &spec.slot.shape;
+            let n: usize = shape.iter().product();
+            let n = if spec.slot.kind == ParamKind::NumBatchesTracked {
+                n.max(1)
+            } else {
+                n
+            };
+            let values = fill(rule, n, seed, &spec.name);
+            let array =
+                ArrayD::from_shape_vec(IxDyn(shape), values).expect("length matches shape");
+            (spec.name.clone(), array)
+        })
+        .collect();
     Params {
         tensors,
-        dtype: DType::F64,
+        dtype: DType::F32,
     }
-    .with_dtype(DType::F32)
+}
+
+/// How [`init`] fills one tensor.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    /// N(0, std^2).
+    Normal(f64),
+    /// U(lo, hi).
+    Uniform(f64, f64),
+    Const(f64),
+}
+
+fn init_rule(
+    kind: ParamKind,
+    shape: &[usize],
+    owner_weight: impl Fn() -> Vec<usize>,
+    random_stats: bool,
+) -> Rule {
+    match kind {
+        ParamKind::ConvWeight => Rule::Normal((2.0 / fans(shape).1 as f64).sqrt()),
+        ParamKind::LinearWeight => {
+            let b = 1.0 / (fans(shape).0 as f64).sqrt();
+            Rule::Uniform(-b, b)
+        }
+        ParamKind::Bias => {
+            let b = 1.0 / (fans(&owner_weight()).0 as f64).sqrt();
+            let b = if random_stats { b.max(0.1) } else { b };
+            Rule::Uniform(-b, b)
+        }
+        ParamKind::BnWeight if random_stats => Rule::Uniform(0.5, 1.5),
+        ParamKind::BnWeight => Rule::Const(1.0),
+        ParamKind::BnBias | ParamKind::RunningMean if random_stats => Rule::Uniform(-0.5, 0.5),
+        ParamKind::BnBias | ParamKind::RunningMean => Rule::Const(0.0),
+        ParamKind::RunningVar if random_stats => Rule::Uniform(0.5, 2.0),
+        ParamKind::RunningVar => Rule::Const(1.0),
+        ParamKind::NumBatchesTracked => Rule::Const(0.0),
+        ParamKind::PreluWeight if random_stats => Rule::Uniform(0.05, 0.5),
+        ParamKind::PreluWeight => Rule::Const(0.25),
+    }
+}
+
+/// The stream [`init`] draws tensor `name` from: a function of (seed, name) only. The last
+/// key word tells it apart from every rewrite's keyed streams (whose last word is a small
+/// part number).
+pub(crate) fn init_rng(seed: u64, name: &str) -> ChaCha8Rng {
+    // FNV-1a: stable across Rust versions and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[16..24].copy_from_slice(&h.to_le_bytes());
+    key[24..32].copy_from_slice(b"r2rcinit");
+    ChaCha8Rng::from_seed(key)
+}
+
+/// Values per chunk of [`fill`]: each chunk starts the tensor's stream at its own word,
+/// so chunks fill in parallel to the same bits as one after another.
+const INIT_CHUNK: usize = 1 << 14;
+
+/// `n` values of `rule` from tensor `name`'s stream, rounded to f32. Every value takes two
+/// words (one f64); normals come in Box-Muller pairs (four words, both outputs used).
+fn fill(rule: Rule, n: usize, seed: u64, name: &str) -> Vec<f64> {
+    use rayon::prelude::*;
+    if let Rule::Const(c) = rule {
+        return vec![c as f32 as f64; n];
+    }
+    let base = init_rng(seed, name);
+    let mut v = vec![0.0; n];
+    v.par_chunks_mut(INIT_CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng = base.clone();
+            rng.set_word_pos((i * INIT_CHUNK) as u128 * 2);
+            match rule {
+                Rule::Normal(std) => {
+                    let mut pairs = chunk.chunks_exact_mut(2);
+                    for p in &mut pairs {
+                        let (a, b) = normal_pair(&mut rng);
+                        p[0] = (std * a as f64) as f32 as f64;
+                        p[1] = (std * b as f64) as f32 as f64;
+                    }
+                    if let [x] = pairs.into_remainder() {
+                        *x = (std * normal_pair(&mut rng).0 as f64) as f32 as f64;
+                    }
+                }
+                Rule::Uniform(lo, hi) => {
+                    for x in chunk {
+                        *x = uniform(&mut rng, lo, hi) as f32 as f64;
+                    }
+                }
+                Rule::Const(_) => unreachable!("filled above"),
+            }
+        });
+    v
 }
 
 /// The bytes of a safetensors file holding `params` (in `params.dtype`, counters as I64),
@@ -339,50 +436,48 @@ pub fn to_bytes(
 ) -> Result<Vec<u8>> {
     params.check(graph)?;
     let dtype = params.dtype;
+    let specs = graph.param_specs();
+    // The header first (offsets follow from the lengths), then every tensor encoded
+    // straight into the one output buffer.
     let mut header = String::from("{");
-    let mut data: Vec<u8> = Vec::new();
     if let Some(meta) = metadata {
         let meta = serde_json::to_string(meta).map_err(|e| Error::weights(e.to_string()))?;
         header.push_str(&format!("\"__metadata__\":{meta}"));
     }
-    for spec in graph.param_specs() {
+    let mut at = 0;
+    for spec in &specs {
         let t = &params.tensors[&spec.name];
-        let start = data.len();
-        let name = if spec.slot.kind == ParamKind::NumBatchesTracked {
-            for &x in t.iter() {
-                data.extend_from_slice(&(x.round() as i64).to_le_bytes());
-            }
-            "I64"
+        let (name, size) = if spec.slot.kind == ParamKind::NumBatchesTracked {
+            ("I64", 8)
         } else {
-            for &x in t.iter() {
-                match dtype {
-                    DType::F16 => data.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
-                    DType::BF16 => data.extend_from_slice(&half::bf16::from_f64(x).to_le_bytes()),
-                    DType::F32 => data.extend_from_slice(&(x as f32).to_le_bytes()),
-                    DType::F64 => data.extend_from_slice(&x.to_le_bytes()),
-                }
-            }
-            dtype.safetensors_name()
+            (dtype.safetensors_name(), dtype.size())
         };
+        let end = at + t.len() * size;
         if header.len() > 1 {
             header.push(',');
         }
         let key = serde_json::to_string(&spec.name).expect("a string serialises");
         header.push_str(&format!(
-            "{key}:{{\"dtype\":\"{name}\",\"shape\":{:?},\"data_offsets\":[{start},{}]}}",
-            spec.slot.shape,
-            data.len()
+            "{key}:{{\"dtype\":\"{name}\",\"shape\":{:?},\"data_offsets\":[{at},{end}]}}",
+            spec.slot.shape
         ));
+        at = end;
     }
     header.push('}');
     // The data starts 8-byte aligned, as the reference writer does.
     while (header.len() + 8) % 8 != 0 {
         header.push(' ');
     }
-    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    let mut out = Vec::with_capacity(8 + header.len() + at);
     out.extend_from_slice(&(header.len() as u64).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&data);
+    for spec in &specs {
+        let t = params.tensors[&spec.name].as_standard_layout();
+        let counter = spec.slot.kind == ParamKind::NumBatchesTracked;
+        let values = t.as_slice().expect("standard layout");
+        crate::shards::encode_append(values, dtype, counter, &mut out);
+    }
+    debug_assert_eq!(out.len(), 8 + header.len() + at);
     Ok(out)
 }
 
@@ -547,8 +642,13 @@ pub fn from_bytes_with_notes(
             let dt =
                 float_dtype(view.dtype()).ok_or_else(|| wrong_dtype(spec, view.dtype(), &place))?;
             *dtypes.entry(dt).or_default() += raw.len();
-            let v = decode(raw, dt);
-            if let Some(pos) = v.iter().position(|x| !x.is_finite()) {
+            let (v, finite) = decode_checked(raw, dt);
+            let bad = if finite {
+                None
+            } else {
+                v.iter().position(|x| !x.is_finite())
+            };
+            if let Some(pos) = bad {
                 return Err(Error::Weights {
                     message: format!(
                         "tensor `{}` in {place} holds a non-finite value ({}) at flat index {pos}",
@@ -589,10 +689,15 @@ fn wrong_dtype(spec: &ParamSpec, found: Dtype, place: &str) -> Error {
     }
 }
 
-/// Little-endian floats of `dt` as f64 (f32, the common case, decoded in parallel).
-pub(crate) fn decode(raw: &[u8], dt: DType) -> Vec<f64> {
+/// Values per parallel chunk when decoding f32.
+const DECODE_CHUNK: usize = 1 << 16;
+
+/// Little-endian floats of `dt` as f64, and whether every value is finite. f32 is decoded and checked in one
+/// parallel pass straight into the new vector's memory (no zero fill, no second pass over
+/// the f64 values: a large widening decodes gigabytes).
+pub(crate) fn decode_checked(raw: &[u8], dt: DType) -> (Vec<f64>, bool) {
     use rayon::prelude::*;
-    match dt {
+    let v: Vec<f64> = match dt {
         DType::F16 => raw
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
@@ -602,22 +707,34 @@ pub(crate) fn decode(raw: &[u8], dt: DType) -> Vec<f64> {
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
             .collect(),
         DType::F32 => {
-            const CHUNK: usize = 1 << 16;
-            let mut v = vec![0.0; raw.len() / 4];
-            v.par_chunks_mut(CHUNK)
-                .zip(raw.par_chunks(CHUNK * 4))
-                .for_each(|(out, raw)| {
+            let n = raw.len() / 4;
+            let mut v: Vec<f64> = Vec::with_capacity(n);
+            let finite = v.spare_capacity_mut()[..n]
+                .par_chunks_mut(DECODE_CHUNK)
+                .zip(raw[..n * 4].par_chunks(DECODE_CHUNK * 4))
+                .map(|(out, raw)| {
+                    // Exponent bits all ones: infinite or NaN. Or-ed without an early exit
+                    // so the loop vectorises.
+                    let mut bad = false;
                     for (x, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
-                        *x = f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64;
+                        let bits = u32::from_le_bytes(c.try_into().expect("4 bytes"));
+                        bad |= bits & 0x7f80_0000 == 0x7f80_0000;
+                        x.write(f32::from_bits(bits) as f64);
                     }
-                });
-            v
+                    !bad
+                })
+                .reduce(|| true, |a, b| a & b);
+            // SAFETY: the zip covered all `n` slots (raw holds n * 4 bytes) and wrote each.
+            unsafe { v.set_len(n) };
+            return (v, finite);
         }
         DType::F64 => raw
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect(),
-    }
+    };
+    let finite = v.iter().fold(true, |ok, x| ok & x.is_finite());
+    (v, finite)
 }
 
 /// The first top-level key the header of a safetensors file repeats (JSON parsers keep
@@ -676,6 +793,80 @@ mod tests {
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
         assert!(mean.abs() < 0.03, "mean {mean}");
         assert!((var - 1.0).abs() < 0.05, "var {var}");
+    }
+
+    #[test]
+    fn normal_pairs_have_unit_variance_and_no_correlation() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let v: Vec<(f64, f64)> = (0..20000)
+            .map(|_| {
+                let (a, b) = normal_pair(&mut rng);
+                (a as f64, b as f64)
+            })
+            .collect();
+        let n = v.len() as f64;
+        for x in [
+            v.iter().map(|p| p.0).collect::<Vec<_>>(),
+            v.iter().map(|p| p.1).collect(),
+        ] {
+            let mean = x.iter().sum::<f64>() / n;
+            let var = x.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+            assert!(mean.abs() < 0.03, "mean {mean}");
+            assert!((var - 1.0).abs() < 0.05, "var {var}");
+        }
+        // The sine and cosine outputs of one transform are independent draws.
+        let corr = v.iter().map(|p| p.0 * p.1).sum::<f64>() / n;
+        assert!(corr.abs() < 0.03, "correlation {corr}");
+    }
+
+    /// A small network with every kind of tensor init fills, the first conv large enough
+    /// to span several chunks (and an odd count, so a lone normal ends it).
+    fn init_graph() -> Graph {
+        let src = "arch T\ninput 3x33x33\n\nconv1  33x33  5x5, 1025\nhead   1x1    avg pool, 10-d fc\n";
+        crate::lower::compile(src, &[]).expect("compiles")
+    }
+
+    #[test]
+    fn init_is_deterministic_per_seed_and_independent_of_threads() {
+        let g = init_graph();
+        let conv = &g.param_specs()[0];
+        assert!(conv.slot.shape.iter().product::<usize>() > 4 * INIT_CHUNK);
+        let on = |threads: usize, seed: u64| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a pool")
+                .install(|| init(&g, seed, true))
+        };
+        let one = on(1, 5);
+        assert_eq!(one, on(3, 5), "the thread count changed the values");
+        assert_eq!(one, init(&g, 5, true), "a second run changed the values");
+        let other = on(2, 6);
+        for (name, t) in &one.tensors {
+            let random = t.iter().any(|&x| x != t.iter().next().copied().unwrap_or(x));
+            if random {
+                assert_ne!(t, &other.tensors[name], "seed 6 repeated seed 5 for `{name}`");
+            }
+        }
+        // Every value is an f32, and the conv's draws have He's standard deviation.
+        assert!(one
+            .tensors
+            .values()
+            .all(|t| t.iter().all(|&x| x as f32 as f64 == x)));
+        let w = &one.tensors[&conv.name];
+        let n = w.len() as f64;
+        let std = (w.iter().map(|x| x * x).sum::<f64>() / n).sqrt();
+        let he = (2.0 / fans(&conv.slot.shape).1 as f64).sqrt();
+        assert!((std / he - 1.0).abs() < 0.01, "std {std} against He's {he}");
+    }
+
+    #[test]
+    fn init_streams_are_keyed_by_tensor_name() {
+        // Two tensors of one seed draw different values (not one stream restarted).
+        let a: Vec<f64> = fill(Rule::Uniform(0.0, 1.0), 64, 3, "a.weight");
+        let b: Vec<f64> = fill(Rule::Uniform(0.0, 1.0), 64, 3, "b.weight");
+        assert_ne!(a, b);
+        assert_eq!(a, fill(Rule::Uniform(0.0, 1.0), 64, 3, "a.weight"));
     }
 
     #[test]

@@ -47,7 +47,13 @@ pub fn run(args: Args) -> Result<()> {
         args.force,
     )?;
     params::check_memory(&graph, 0, false, "initialising this network")?;
-    let p = params::init(&graph, args.seed, args.random_stats).with_dtype(dtype);
+    let p = params::init(&graph, args.seed, args.random_stats);
+    // init's values are f32 already: rounding them again would be a pass for nothing.
+    let p = if dtype == p.dtype {
+        p
+    } else {
+        p.with_dtype(dtype)
+    };
     if let Some(size) = &args.shard_size {
         let size = r2rc::shards::parse_size(size)?;
         let entries = names::file_entries(&graph, naming)?;

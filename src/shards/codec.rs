@@ -19,7 +19,12 @@ pub fn decode_values(raw: &[u8], dtype: Dtype, name: &str, place: &str) -> Resul
                 .collect())
         }
         d @ (Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64) => {
-            crate::params::decode(raw, float_dtype(d).expect("a float dtype"))
+            let (v, finite) =
+                crate::params::decode_checked(raw, float_dtype(d).expect("a float dtype"));
+            if finite {
+                return Ok(v);
+            }
+            v
         }
         other => {
             return Err(weights_err(
@@ -28,8 +33,8 @@ pub fn decode_values(raw: &[u8], dtype: Dtype, name: &str, place: &str) -> Resul
             ))
         }
     };
-    // Chunked, and without an early exit inside a chunk, so the scan vectorises (a plain
-    // `position_first` over values was a third of a large widening's compute time).
+    // Only for the error: where the first non-finite value is. Chunked, and without an
+    // early exit inside a chunk, so the scan vectorises.
     let bad_chunk = v
         .par_chunks(PAR_CHUNK)
         .position_first(|c| c.iter().fold(false, |bad, x| bad | !x.is_finite()));
@@ -82,19 +87,38 @@ const PAR_CHUNK: usize = 1 << 16;
 /// `values` encoded as [`encode_into`] does, in parallel chunks for f32 (the common case
 /// for large checkpoints).
 pub fn encode(values: &[f64], dtype: DType, counter: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_append(values, dtype, counter, &mut out);
+    out
+}
+
+/// Appends `values` encoded as [`encode_into`] does to `out`; f32 is converted in
+/// parallel chunks straight into `out`'s spare memory (no zero fill first).
+pub fn encode_append(values: &[f64], dtype: DType, counter: bool, out: &mut Vec<u8>) {
     if counter || dtype != DType::F32 {
         let size = if counter { 8 } else { dtype.size() };
-        let mut out = Vec::with_capacity(values.len() * size);
-        encode_into(values.iter().copied(), dtype, counter, &mut out);
-        return out;
+        out.reserve(values.len() * size);
+        encode_into(values.iter().copied(), dtype, counter, out);
+        return;
     }
-    let mut out = vec![0u8; values.len() * 4];
-    out.par_chunks_mut(PAR_CHUNK * 4)
+    let n = values.len() * 4;
+    out.reserve(n);
+    let at = out.len();
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(PAR_CHUNK * 4)
         .zip(values.par_chunks(PAR_CHUNK))
-        .for_each(|(out, v)| {
-            for (c, &x) in out.chunks_exact_mut(4).zip(v) {
-                c.copy_from_slice(&(x as f32).to_le_bytes());
-            }
-        });
-    out
+        .for_each(|(out, v)| f32_bytes(v, out));
+    // SAFETY: the zip covered all `n` spare bytes and `f32_bytes` wrote each.
+    unsafe { out.set_len(at + n) };
+}
+
+/// Writes `v` as little-endian f32 into `out` (`4 * v.len()` bytes).
+fn f32_bytes(v: &[f64], out: &mut [std::mem::MaybeUninit<u8>]) {
+    assert_eq!(out.len(), v.len() * 4, "four bytes per value");
+    let p = out.as_mut_ptr().cast::<[u8; 4]>();
+    for (i, &x) in v.iter().enumerate() {
+        // SAFETY: `i < v.len()`, so the 4 bytes at `4 * i` lie in `out` (checked above);
+        // `[u8; 4]` has alignment 1.
+        unsafe { p.add(i).write((x as f32).to_le_bytes()) };
+    }
 }

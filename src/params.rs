@@ -320,8 +320,7 @@ pub fn init(graph: &Graph, seed: u64, random_stats: bool) -> Params {
                 n
             };
             let values = fill(rule, n, seed, &spec.name);
-            let array =
-                ArrayD::from_shape_vec(IxDyn(shape), values).expect("length matches shape");
+            let array = ArrayD::from_shape_vec(IxDyn(shape), values).expect("length matches shape");
             (spec.name.clone(), array)
         })
         .collect();
@@ -822,7 +821,8 @@ mod tests {
     /// A small network with every kind of tensor init fills, the first conv large enough
     /// to span several chunks (and an odd count, so a lone normal ends it).
     fn init_graph() -> Graph {
-        let src = "arch T\ninput 3x33x33\n\nconv1  33x33  5x5, 1025\nhead   1x1    avg pool, 10-d fc\n";
+        let src =
+            "arch T\ninput 3x33x33\n\nconv1  33x33  5x5, 1025\nhead   1x1    avg pool, 10-d fc\n";
         crate::lower::compile(src, &[]).expect("compiles")
     }
 
@@ -843,9 +843,14 @@ mod tests {
         assert_eq!(one, init(&g, 5, true), "a second run changed the values");
         let other = on(2, 6);
         for (name, t) in &one.tensors {
-            let random = t.iter().any(|&x| x != t.iter().next().copied().unwrap_or(x));
+            let random = t
+                .iter()
+                .any(|&x| x != t.iter().next().copied().unwrap_or(x));
             if random {
-                assert_ne!(t, &other.tensors[name], "seed 6 repeated seed 5 for `{name}`");
+                assert_ne!(
+                    t, &other.tensors[name],
+                    "seed 6 repeated seed 5 for `{name}`"
+                );
             }
         }
         // Every value is an f32, and the conv's draws have He's standard deviation.

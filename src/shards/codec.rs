@@ -55,6 +55,35 @@ pub fn decode_values(raw: &[u8], dtype: Dtype, name: &str, place: &str) -> Resul
     Ok(v)
 }
 
+/// Checks that `raw` (little-endian values of `dtype`) holds no infinity or NaN, as
+/// [`decode_values`] does and with its error, but from the bits alone: a tensor copied
+/// unchanged is never decoded.
+pub fn check_finite(raw: &[u8], dtype: Dtype, name: &str, place: &str) -> Result<()> {
+    // A float is infinite or NaN when its exponent bits are all ones.
+    fn scan<const N: usize>(raw: &[u8], exponent: u64) -> bool {
+        raw.par_chunks(PAR_CHUNK * N).all(|c| {
+            c.chunks_exact(N).fold(true, |ok, b| {
+                let mut w = [0u8; 8];
+                w[..N].copy_from_slice(b);
+                ok & (u64::from_le_bytes(w) & exponent != exponent)
+            })
+        })
+    }
+    let finite = match dtype {
+        Dtype::I64 => true,
+        Dtype::F16 => scan::<2>(raw, 0x7c00),
+        Dtype::BF16 => scan::<2>(raw, 0x7f80),
+        Dtype::F32 => scan::<4>(raw, 0x7f80_0000),
+        Dtype::F64 => scan::<8>(raw, 0x7ff0_0000_0000_0000),
+        _ => false,
+    };
+    if finite {
+        return Ok(());
+    }
+    // Where and what: the decoder's error.
+    decode_values(raw, dtype, name, place).map(|_| ())
+}
+
 /// Encodes `values` as `dtype` (floats) or I64 (`counter`), appending to `out`; the same
 /// encoding as [`crate::params::to_bytes`].
 pub fn encode_into(

@@ -228,3 +228,40 @@ fn shards_hold_at_most_the_size_and_big_tensors_alone() {
         .collect();
     assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d"]]);
 }
+
+/// The bit scan agrees with decoding for every float dtype: finite values pass, and a NaN
+/// or infinity far into a tensor is refused with its index in the whole tensor.
+#[test]
+fn check_finite_refuses_what_decoding_refuses() {
+    let n = 3 * (1 << 16) + 5;
+    let values: Vec<f64> = (0..n).map(|i| (i as f64 - 1e5) * 1e-3).collect();
+    for (dtype, file) in [
+        (DType::F16, Dtype::F16),
+        (DType::BF16, Dtype::BF16),
+        (DType::F32, Dtype::F32),
+        (DType::F64, Dtype::F64),
+    ] {
+        let good = encode(&values, dtype, false);
+        check_finite(&good, file, "w", "f.safetensors").unwrap();
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut v = values.clone();
+            v[n - 2] = bad;
+            let raw = encode(&v, dtype, false);
+            let e = check_finite(&raw, file, "w", "f.safetensors")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("tensor `w` in f.safetensors")
+                    && e.contains(&format!("index {}", n - 2)),
+                "{dtype:?} {bad}: {e}"
+            );
+        }
+    }
+    // Counters are integers: any bits are fine.
+    check_finite(&[0xff; 16], Dtype::I64, "c", "f").unwrap();
+    // A dtype r2rc cannot read is refused by name.
+    let e = check_finite(&[0; 4], Dtype::U8, "u", "f")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`u`") && e.contains("U8"), "{e}");
+}

@@ -307,6 +307,36 @@ impl Writer {
         Ok(())
     }
 
+    /// The bytes a buffer for [`Writer::write_padded`] reserves before tensor `name`'s
+    /// data: the data's offset within its page of the file.
+    pub fn pad(&self, name: &str) -> usize {
+        self.at
+            .get(name)
+            .map_or(0, |a| (a.1 % crate::direct::ALIGN as u64) as usize)
+    }
+
+    /// Writes tensor `name` whole from `buf[pad..]`, where `pad` is [`Writer::pad`]. In
+    /// order under [`Writer::sequential`], a page-aligned `buf` is written to the device
+    /// straight from its memory (its first `pad` bytes are overwritten): a large tensor is
+    /// not copied again on its way out.
+    pub fn write_padded(&mut self, name: &str, buf: &mut [u8], pad: usize) -> Result<()> {
+        let Some(&(k, at, n, false)) = self.at.get(name) else {
+            return self.write_part(name, 0, buf.get(pad..).unwrap_or(&[]), true);
+        };
+        let in_place = buf.len() == pad + n
+            && pad == self.pad(name)
+            && self.direct[k].as_ref().is_some_and(|d| d.position() == at);
+        if !in_place {
+            return self.write_part(name, 0, buf.get(pad..).unwrap_or(&[]), true);
+        }
+        let (f, fin) = &self.files[k];
+        let d = self.direct[k].as_mut().expect("checked above");
+        d.append_aligned(f.as_file(), buf, pad)
+            .map_err(|e| Error::io(fin.display(), e))?;
+        self.at.get_mut(name).expect("known").3 = true;
+        Ok(())
+    }
+
     /// Writes tensor `name` from f64 values (rounded to the output dtype).
     pub fn write_values(&mut self, name: &str, t: &ArrayD<f64>) -> Result<()> {
         let counter = self.counters.contains(name);

@@ -242,8 +242,9 @@ pub fn write(
     enum Job {
         /// Copy the teacher's tensor (file name) to the output (name).
         Copy(String, String),
-        /// Write these bytes as the output's tensor.
-        Bytes(String, Vec<u8>),
+        /// Write these bytes, after the first `pad` ([`Writer::pad`]), as the output's
+        /// tensor.
+        Bytes(String, Vec<u8>, usize),
     }
     let metadata = &crate::hf_config_out::file_metadata(metadata, naming);
     let src = teacher.src;
@@ -253,6 +254,7 @@ pub fn write(
     let total: u64 = entries.iter().map(|e| e.nbytes(dtype) as u64).sum();
     let mut writer = Writer::create(path, &entries, dtype, Some(metadata), shard_size, 0)?;
     writer.sequential()?;
+    let pads: Vec<usize> = entries.iter().map(|e| writer.pad(&e.name)).collect();
     let mut progress = Progress::new("writing the student", total, true);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(0);
     std::thread::scope(|s| {
@@ -262,16 +264,16 @@ pub fn write(
                     Job::Copy(file, out) => {
                         copy_tensor(src, &mut writer, &mut progress, &file, &out)?
                     }
-                    Job::Bytes(out, bytes) => {
-                        writer.write_part(&out, 0, &bytes, true)?;
-                        progress.inc(bytes.len() as u64);
+                    Job::Bytes(out, mut bytes, pad) => {
+                        writer.write_padded(&out, &mut bytes, pad)?;
+                        progress.inc((bytes.len() - pad) as u64);
                     }
                 }
             }
             Ok(writer)
         });
         let computed = || -> Result<()> {
-            for (st, entry) in stored.iter().zip(&entries) {
+            for ((st, entry), &pad) in stored.iter().zip(&entries).zip(&pads) {
                 let out = st.name.clone();
                 let job = match teacher.whole(patch, st) {
                     Some(file) => Job::Copy(file.to_string(), out),
@@ -288,7 +290,13 @@ pub fn write(
                         };
                         let t = t.as_standard_layout();
                         let values = t.as_slice().expect("standard layout");
-                        Job::Bytes(out, shards::encode(values, dtype, entry.counter))
+                        // Encoded after `pad` spare bytes, so that the writer can write
+                        // the buffer to the device in place (large buffers start on a
+                        // page: crate::alloc).
+                        let mut bytes = Vec::with_capacity(pad + entry.nbytes(dtype));
+                        bytes.resize(pad, 0);
+                        shards::encode_append(values, dtype, entry.counter, &mut bytes);
+                        Job::Bytes(out, bytes, pad)
                     }
                 };
                 if tx.send(job).is_err() {
@@ -324,12 +332,14 @@ pub(crate) fn copy_tensor(
         let t = src.decode(file)?;
         writer.write_values(out, &t)?;
     } else {
+        // Checked whole (an error gives the value's index in the tensor), then written
+        // in chunks.
+        shards::check_finite(raw, info.dtype, file, &src.shown)?;
         let size = info.dtype.bitsize() / 8;
         let chunk = (8 << 20) / size * size;
         let mut at = 0;
         while at < raw.len() {
             let end = (at + chunk).min(raw.len());
-            shards::decode_values(&raw[at..end], info.dtype, file, &src.shown)?;
             writer.write_part(out, at, &raw[at..end], end == raw.len())?;
             progress.inc((end - at) as u64);
             at = end;

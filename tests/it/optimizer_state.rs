@@ -156,23 +156,31 @@ fn r2r_and_netmorph_students_keep_the_teachers_moments_and_start_new_entries_at_
     }
 }
 
-/// Where a student entry comes from: the teacher entry whose weight times `1 / n` it is.
-fn sources(student: &ArrayD<f64>, teacher: &ArrayD<f64>) -> Vec<(usize, f64)> {
+/// Where a student entry can come from: the teacher entries whose weight times `1 / n` it
+/// is, with `n`. Random draws can repeat a value (f32 has only so many), or be another's
+/// multiple, so an entry may have several.
+fn sources(student: &ArrayD<f64>, teacher: &ArrayD<f64>) -> Vec<Vec<(usize, f64)>> {
     let mut sorted: Vec<(f64, usize)> = teacher.iter().copied().zip(0..).collect();
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
     let find = |x: f64| {
+        let near = |p: &(f64, usize)| (p.0 - x).abs() <= 1e-12 * x.abs();
         let i = sorted.partition_point(|p| p.0 < x - 1e-12 * x.abs());
-        sorted
-            .get(i)
-            .filter(|p| (p.0 - x).abs() <= 1e-12 * x.abs())
+        let all: Vec<usize> = sorted[i..]
+            .iter()
+            .take_while(|p| near(p))
             .map(|p| p.1)
+            .collect();
+        (!all.is_empty()).then_some(all)
     };
     student
         .iter()
         .map(|&x| {
-            (1..=8)
-                .find_map(|n| find(x * n as f64).map(|i| (i, n as f64)))
-                .unwrap_or_else(|| panic!("no teacher entry for {x}"))
+            let from: Vec<(usize, f64)> = (1..=8)
+                .filter_map(|n| find(x * n as f64).map(|v| (v, n as f64)))
+                .flat_map(|(v, n)| v.into_iter().map(move |i| (i, n)))
+                .collect();
+            assert!(!from.is_empty(), "no teacher entry for {x}");
+            from
         })
         .collect()
 }
@@ -202,18 +210,21 @@ fn a_net2net_students_moments_are_scaled_by_c_and_c_squared_where_its_weights_ar
         let src = sources(&sw.tensors[n], &tw.tensors[n]);
         let (tm, tv) = (&t.avg.tensors[n], &t.sq.tensors[n]);
         let (tm, tv) = (tm.as_slice().unwrap(), tv.as_slice().unwrap());
-        for ((&(i, k), &sm), &sv) in src.iter().zip(&m.avg.tensors[n]).zip(&m.sq.tensors[n]) {
-            // Stored in f32, as the division by the replica count k was.
-            assert_eq!(
-                sm,
-                ((tm[i] / k) as f32) as f64,
-                "{n}: exp_avg = c * teacher's"
-            );
-            assert_eq!(
-                sv,
-                ((tv[i] / (k * k)) as f32) as f64,
-                "{n}: c^2 * teacher's"
-            );
+        for ((from, &sm), &sv) in src.iter().zip(&m.avg.tensors[n]).zip(&m.sq.tensors[n]) {
+            // Stored in f32, as the division by the replica count k was; one of the teacher
+            // entries the weight can come from has both moments.
+            let scaled = |&(i, k): &(usize, f64)| {
+                (
+                    ((tm[i] / k) as f32) as f64,
+                    ((tv[i] / (k * k)) as f32) as f64,
+                )
+            };
+            let Some(&(_, k)) = from.iter().find(|f| scaled(f) == (sm, sv)) else {
+                panic!(
+                    "{n}: (exp_avg, exp_avg_sq) = ({sm}, {sv}), not (c, c^2) times a teacher's: {:?}",
+                    from.iter().map(scaled).collect::<Vec<_>>()
+                )
+            };
             if k > 1.0 {
                 divided += 1;
             } else {

@@ -211,3 +211,57 @@ fn streamed_rewrites_hint_at_the_other_naming() {
         assert!(!out.exists(), "{a:?} wrote something");
     }
 }
+
+/// A streamed rewrite copies the tensors it does not change without decoding them, but
+/// still refuses a non-finite value in one, at its index in the whole tensor (past the
+/// first 8 MB that a copy moves at once).
+#[test]
+fn a_streamed_copy_refuses_a_non_finite_value_by_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("teacher.safetensors");
+    init_weights(&ex("resnet18"), &w, &[]);
+    let (name, start, len) = {
+        let src = r2rc::shards::Source::open(&w).unwrap();
+        let (name, info) = src
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with("conv5_"))
+            .max_by_key(|(_, i)| i.end - i.start)
+            .unwrap();
+        (name.clone(), info.start, info.end - info.start)
+    };
+    let index = 2_300_000;
+    assert!(
+        4 * index < len && 4 * index > 8 << 20,
+        "{name}: {len} bytes"
+    );
+    let mut bytes = std::fs::read(&w).unwrap();
+    bytes[start + 4 * index..start + 4 * index + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&w, bytes).unwrap();
+    let out = dir.path().join("out");
+    let o = r2rc(&[
+        "widen",
+        "examples/resnet18.arch",
+        "--layer",
+        "conv2_1",
+        "--by",
+        "1.5",
+        "--no-prove",
+        "--weights",
+        s(&w),
+        "-o",
+        s(&out),
+    ]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("tensor `{name}`"))
+            && err.contains("non-finite value (NaN)")
+            && err.contains(&format!("flat index {index}")),
+        "{err}"
+    );
+    assert!(
+        !out.join("resnet18.safetensors").exists(),
+        "a student was written"
+    );
+}

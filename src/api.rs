@@ -213,8 +213,10 @@ pub fn step(
     moments: MomentsIn,
 ) -> Result<Grown, Failed> {
     teacher.check(graph)?;
+    let t = std::time::Instant::now();
     let patch = Patch::plan(graph, step, o.seed, teacher, source)?;
     let student = patch.student_params(teacher)?;
+    let transform = crate::report::Timings::since(t);
     let proof = Proof::new(o.prove.as_ref(), o.local);
     // The evidence is kept aside so that a failed proof can hand it over.
     let mut seen = Vec::new();
@@ -231,6 +233,7 @@ pub fn step(
         evidence: seen.clone(),
     })?;
     report.torchvision_names = names::report_names(&[graph, &patch.student], o.naming);
+    report.timings.transform = transform;
     let moments = match moments {
         Some((src, dtype)) => Some(optim::student_moments(&patch, src, dtype)?),
         None => None,

@@ -64,12 +64,15 @@ pub fn run(
     teacher: &str,
 ) -> Result<Stepped> {
     params.check(graph)?;
+    let t = std::time::Instant::now();
     let patch = Patch::plan(graph, step, seed, params, teacher)?;
     let student = patch.student_params(params)?;
-    let report = judge_patch(&patch, proof, |o| match proof {
+    let transform = crate::report::Timings::since(t);
+    let mut report = judge_patch(&patch, proof, |o| match proof {
         Proof::Local(_) => patch.prove_local(params, o),
         _ => patch.prove_full(params, &student, o),
     })?;
+    report.timings.transform = transform;
     Ok(Stepped {
         exact_everywhere: patch.exact_everywhere(),
         graph: patch.student,
@@ -119,7 +122,9 @@ pub fn judge(
     };
     let (opts, note) = crate::prove::stored_options(opts, how.dtype, how.rounds, &how.title);
     report.notes.extend(note);
+    let t = std::time::Instant::now();
     let evidence = run(&opts)?;
+    report.timings.prove = crate::report::Timings::since(t);
     if let Some(e) = required_failure(report.exactness, &evidence) {
         return Err(e);
     }

@@ -64,6 +64,41 @@ pub struct StepReport {
     /// The plan line of a step (`apply` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<String>,
+    /// Seconds each phase took (absent where not measured).
+    #[serde(skip_serializing_if = "Timings::is_empty")]
+    pub timings: Timings,
+}
+
+/// Seconds each phase of a rewrite took: reading the teacher weights (`load`), planning
+/// the step and computing every student tensor (`transform`), the proof (`prove`), and
+/// encoding and writing the student's files other than report.json (`write`). A phase
+/// not measured is absent: a streamed rewrite reads, computes and writes tensor by tensor
+/// in one pass, so it records only `prove`; a step of a plan records its own `transform`
+/// and `prove`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prove: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write: Option<f64>,
+}
+
+impl Timings {
+    pub fn is_empty(&self) -> bool {
+        self.load.is_none()
+            && self.transform.is_none()
+            && self.prove.is_none()
+            && self.write.is_none()
+    }
+
+    /// Seconds since `t`, to the microsecond.
+    pub fn since(t: std::time::Instant) -> Option<f64> {
+        Some((t.elapsed().as_secs_f64() * 1e6).round() / 1e6)
+    }
 }
 
 /// Whether a method of `exactness` must pass the proof in `e`'s mode (an unknown mode,
@@ -271,6 +306,7 @@ impl StepReport {
             torchvision_names: None,
             steps: Vec::new(),
             line: None,
+            timings: Timings::default(),
         }
     }
 }
@@ -390,9 +426,39 @@ pub fn write_outputs(
     force: bool,
     inputs: &[&Path],
 ) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
     let paths: Vec<PathBuf> = files.iter().map(|(n, _)| dir.join(n)).collect();
-    crate::outputs::check_outputs(&paths, inputs, force).map_err(|e| match e {
+    check_dir(dir, &paths, force, inputs)?;
+    for (p, (_, bytes)) in paths.iter().zip(files) {
+        crate::params::write_atomic(p, bytes)?;
+    }
+    Ok(paths)
+}
+
+/// [`write_outputs`] of `files`, then of `last` (a name and a function making its bytes
+/// once the others are written: report.json, which says how long they took). Every path
+/// is checked before anything is written.
+pub fn write_outputs_then(
+    dir: &Path,
+    files: &[(String, Vec<u8>)],
+    last: (&str, &mut dyn FnMut() -> Vec<u8>),
+    force: bool,
+    inputs: &[&Path],
+) -> Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = files.iter().map(|(n, _)| dir.join(n)).collect();
+    paths.push(dir.join(last.0));
+    check_dir(dir, &paths, force, inputs)?;
+    let mut written = write_outputs(dir, files, true, inputs)?;
+    let p = dir.join(last.0);
+    crate::params::write_atomic(&p, &(last.1)())?;
+    written.push(p);
+    Ok(written)
+}
+
+/// Makes `dir` and refuses before writing anything if one of `paths` is one of `inputs`
+/// (even with `force`) or exists and `force` is off.
+fn check_dir(dir: &Path, paths: &[PathBuf], force: bool, inputs: &[&Path]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+    crate::outputs::check_outputs(paths, inputs, force).map_err(|e| match e {
         Error::Usage { message, hint } if message.ends_with(" exists; nothing was written") => {
             Error::Usage {
                 message,
@@ -400,11 +466,7 @@ pub fn write_outputs(
             }
         }
         e => e,
-    })?;
-    for (p, (_, bytes)) in paths.iter().zip(files) {
-        crate::params::write_atomic(p, bytes)?;
-    }
-    Ok(paths)
+    })
 }
 
 /// A unified diff of the canonical prints of `a` and `b`.

@@ -12,7 +12,7 @@ use r2rc::optim::{self, Moments};
 use r2rc::params::{self, Params};
 use r2rc::patch::Step;
 use r2rc::prove::ProveOptions;
-use r2rc::report::{write_outputs, StepReport};
+use r2rc::report::{write_outputs, write_outputs_then, StepReport};
 use r2rc::stream::{Job, Streamed};
 use r2rc::{Error, Result};
 
@@ -42,7 +42,9 @@ pub fn run_one(file: &Path, c: &Common, graph: &Graph, step: &Step) -> Result<()
             r2rc::stream::step_with_state(graph, job, step, place, at)
         });
     }
+    let t = std::time::Instant::now();
     let (teacher, source, read_notes) = c.teacher(graph)?;
+    let load = r2rc::report::Timings::since(t);
     // The same in-memory run as the Python package's (r2rc::api).
     let o = r2rc::api::Options {
         naming: Naming::parse(&c.names)?,
@@ -57,6 +59,7 @@ pub fn run_one(file: &Path, c: &Common, graph: &Graph, step: &Step) -> Result<()
         .map(|(m, st)| (m as &dyn optim::MomentSource, st.dtype()));
     let mut s = r2rc::api::step(graph, &teacher, step, &o, &source, given)?;
     s.report.notes.extend(read_notes);
+    s.report.timings.load = load;
     let mut student = Student::of(&s.graph, &s.params, &s.report);
     student.moments = s.moments.as_ref();
     emit(file, c, student)
@@ -229,8 +232,16 @@ impl<'a> Student<'a> {
 /// report.json atomically (nothing if one exists without --force); else the `.arch` on
 /// stdout and the summary on stderr (or JSON with the student text on stdout).
 pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
+    let started = std::time::Instant::now();
     let arch = format!("{}\n{}", s.header, r2rc::print::print(s.graph));
-    let report_json = serde_json::to_string_pretty(&s.report).expect("the report serialises");
+    let mut report_json = serde_json::to_string_pretty(&s.report).expect("the report serialises");
+    // report.json is written last and says how long the other files took.
+    let mut report_bytes = || {
+        let mut v = s.report.clone();
+        v["timings"]["write"] = serde_json::json!(r2rc::report::Timings::since(started));
+        report_json = serde_json::to_string_pretty(&v).expect("the report serialises");
+        format!("{report_json}\n").into_bytes()
+    };
     match &common.output {
         Some(dir) => {
             let stem = super::stem_of(file, common.name.as_deref());
@@ -240,13 +251,7 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                 hf_config_out::extras(s.graph, naming, common.weights.as_deref(), s.params.dtype)?;
             let weights_name = hf_config_out::weights_name(&stem, naming);
             let metadata = hf_config_out::file_metadata(&s.metadata, naming);
-            let mut files = vec![
-                (format!("{stem}.arch"), arch.into_bytes()),
-                (
-                    "report.json".to_string(),
-                    format!("{report_json}\n").into_bytes(),
-                ),
-            ];
+            let mut files = vec![(format!("{stem}.arch"), arch.into_bytes())];
             files.extend(
                 extras
                     .config
@@ -263,7 +268,11 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                 None => {
                     let st = names::to_bytes(s.params, s.graph, Some(&metadata), naming)?;
                     files.insert(1, (weights_name, st));
-                    write_outputs(dir, &files, common.force, &inputs)?
+                    let last = (
+                        "report.json",
+                        &mut report_bytes as &mut dyn FnMut() -> Vec<u8>,
+                    );
+                    write_outputs_then(dir, &files, last, common.force, &inputs)?
                 }
                 Some(size) => {
                     let path = dir.join(weights_name);
@@ -271,6 +280,7 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                     let dtype = s.params.dtype;
                     let mut outs = r2rc::shards::output_paths(&path, &entries, dtype, Some(size));
                     outs.extend(files.iter().map(|(n, _)| dir.join(n)));
+                    outs.push(dir.join("report.json"));
                     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
                     r2rc::outputs::check_outputs(&outs, &inputs, common.force)?;
                     let mut written = names::save_sharded(
@@ -281,7 +291,11 @@ pub fn emit(file: &Path, common: &Common, s: Student) -> Result<()> {
                         naming,
                         Some(size),
                     )?;
-                    written.extend(write_outputs(dir, &files, true, &inputs)?);
+                    let last = (
+                        "report.json",
+                        &mut report_bytes as &mut dyn FnMut() -> Vec<u8>,
+                    );
+                    written.extend(write_outputs_then(dir, &files, last, true, &inputs)?);
                     written
                 }
             };

@@ -17,14 +17,15 @@
 //! error at that value (and never less than the tolerance): the student must agree with
 //! the teacher as closely as f32 arithmetic agrees with itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use ndarray::{ArrayD, Slice};
+use ndarray::{ArrayD, ArrayViewD, IxDyn, Slice};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::exec::{random_input, Executor, Float, Mode};
-use crate::ir::Graph;
+use crate::exec::{random_input, Executor, Float, Mode, Stepper, Tensor};
+use crate::ir::{Graph, NodeIndex, Op};
 use crate::params::Params;
 
 /// Arithmetic of a proof run.
@@ -165,7 +166,7 @@ impl Evidence {
 
 /// Max abs and relative error of `s` against `t` on `t`'s extent (leading block of each
 /// axis), or `None` when `s` does not contain `t`'s shape.
-fn compare<T: Float>(t: &ArrayD<T>, s: &ArrayD<T>, floor: f64) -> Option<(f64, f64)> {
+fn compare<T: Float>(t: &ArrayViewD<T>, s: &ArrayViewD<T>, floor: f64) -> Option<(f64, f64)> {
     if t.ndim() != s.ndim() || t.shape().iter().zip(s.shape()).any(|(a, b)| a > b) {
         return None;
     }
@@ -251,16 +252,120 @@ fn block_runs<'a>(
     })
 }
 
-/// The largest magnitude in `a` (0 for an empty array).
-fn largest<T: Float>(a: &ArrayD<T>) -> f64 {
-    match a.as_slice_memory_order() {
-        Some(v) => v.iter().fold(0f64, |m, x| m.max(x.to_f64().abs())),
-        None => a.iter().fold(0f64, |m, x| m.max(x.to_f64().abs())),
+/// The largest magnitude in `a` (0 for an empty array; NaN ignored), in independent lanes so
+/// that it vectorises.
+fn largest<T: Float>(a: &[T]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = a.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, x) in lanes.iter_mut().zip(c) {
+            let v = x.to_f64().abs();
+            *m = if v > *m { v } else { *m };
+        }
     }
+    rest.iter()
+        .map(|x| x.to_f64().abs())
+        .chain(lanes)
+        .fold(0f64, |m, v| if v > m { v } else { m })
 }
 
 /// Per value name, the student channels holding the teacher's, in order.
-type Kept = std::collections::HashMap<String, Vec<usize>>;
+type Kept = HashMap<String, Vec<usize>>;
+
+/// A value of a run as an array view.
+fn view<T: Float>(t: &Tensor<T>) -> ArrayViewD<'_, T> {
+    ArrayViewD::from_shape(IxDyn(&t.shape), &t.data).expect("a value's shape fits its data")
+}
+
+/// How the teacher's values pair with the student's (by name), and which student values
+/// need not be computed.
+struct Pairing {
+    /// Per teacher position: the student position of the value of the same name.
+    student_of: Vec<Option<usize>>,
+    /// Per student position: the value is computed from identical inputs by the same op
+    /// with bit-identical weights as the teacher's value of that name (everything upstream
+    /// of the first rewritten layer), so it equals the teacher's by construction: the
+    /// student does not run it and takes the teacher's value where it reads it.
+    same: Vec<bool>,
+    /// Per student position: whether the teacher has a value of that name.
+    shared: Vec<bool>,
+    /// The teacher's value names, by position.
+    names: Vec<String>,
+}
+
+impl Pairing {
+    fn new<T: Float>(
+        (teacher, tp, te): (&Graph, &Params, &Executor<T>),
+        (student, sp, se): (&Graph, &Params, &Executor<T>),
+    ) -> Pairing {
+        let same = same_values(teacher, tp, student, sp);
+        let spos: HashMap<&str, usize> = se.steps().enumerate().map(|(k, (_, n))| (n, k)).collect();
+        let tnames: std::collections::HashSet<&str> = te.steps().map(|(_, n)| n).collect();
+        Pairing {
+            student_of: te.steps().map(|(_, n)| spos.get(n).copied()).collect(),
+            same: se.steps().map(|(s, _)| same.contains(&s)).collect(),
+            shared: se.steps().map(|(_, n)| tnames.contains(n)).collect(),
+            names: te.steps().map(|(_, n)| n.to_string()).collect(),
+        }
+    }
+}
+
+/// The student nodes whose values equal the teacher's of the same name by construction:
+/// the input, and each node with the same op and shape, bit-identical weights and inputs of
+/// the same names that are themselves such nodes. (A tied head reads another layer's
+/// weights, so it is always computed.)
+fn same_values(
+    teacher: &Graph,
+    tp: &Params,
+    student: &Graph,
+    sp: &Params,
+) -> std::collections::HashSet<NodeIndex> {
+    let by_name: HashMap<&str, NodeIndex> = teacher
+        .g
+        .node_indices()
+        .map(|n| (teacher.g[n].name.as_str(), n))
+        .collect();
+    let equal = |a: Option<&ArrayD<f64>>, b: Option<&ArrayD<f64>>| match (a, b) {
+        (Some(a), Some(b)) => {
+            a.shape() == b.shape()
+                && match (a.as_slice(), b.as_slice()) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => a == b,
+                }
+        }
+        _ => false,
+    };
+    let mut same = std::collections::HashSet::new();
+    for s in student.order() {
+        let node = &student.g[s];
+        let Some(&t) = by_name.get(node.name.as_str()) else {
+            continue;
+        };
+        let tn = &teacher.g[t];
+        let ok = if s == student.input || t == teacher.input {
+            s == student.input && t == teacher.input
+        } else {
+            let (si, ti) = (student.inputs(s), teacher.inputs(t));
+            tn.op == node.op
+                && tn.shape == node.shape
+                && !matches!(node.op, Op::TiedLinear(_))
+                && si.len() == ti.len()
+                && si
+                    .iter()
+                    .zip(&ti)
+                    .all(|(&a, &b)| same.contains(&a) && student.g[a].name == teacher.g[b].name)
+                && node.op.param_slots().iter().all(|slot| {
+                    let n = format!("{}.{}", node.name, slot.suffix);
+                    equal(tp.tensors.get(&n), sp.tensors.get(&n))
+                })
+        };
+        if ok {
+            same.insert(s);
+        }
+    }
+    same
+}
 
 /// Every mode of `opts` in precision `T`: the executors (and the seeded input) are built
 /// once for all modes.
@@ -271,8 +376,6 @@ fn run_modes<T: Float>(
     sp: &Params,
     opts: &ProveOptions,
 ) -> Result<Vec<Evidence>> {
-    let te = Executor::<T>::new(teacher, tp)?;
-    let se = Executor::<T>::new(student, sp)?;
     if teacher.input_shape() != student.input_shape() {
         return Err(Error::usage(
             format!(
@@ -283,6 +386,8 @@ fn run_modes<T: Float>(
             None,
         ));
     }
+    let te = Executor::<T>::new(teacher, tp)?;
+    let se = Executor::<T>::new(student, sp)?;
     let exact = match opts.precision {
         Precision::F32 => Some(Executor::<f64>::new(teacher, tp)?),
         Precision::F64 => None,
@@ -291,11 +396,12 @@ fn run_modes<T: Float>(
     // Values where the student keeps the teacher's channels elsewhere than the leading
     // block (grouped, pad-shortcut and concatenated spaces widen inside).
     let kept = crate::analysis::kept_channels(teacher, student);
+    let pairing = Pairing::new((teacher, tp, &te), (student, sp, &se));
     opts.modes
         .iter()
         .map(|&mode| {
             run_mode(
-                teacher,
+                &pairing,
                 (&te, &se, exact.as_ref()),
                 (&x64, &kept),
                 mode,
@@ -305,30 +411,102 @@ fn run_modes<T: Float>(
         .collect()
 }
 
+/// One mode: teacher and student run step by step in lockstep, each value compared as soon
+/// as both networks have it and then freed (so a proof holds a few values at a time, and
+/// element-wise layers reuse their input's memory). The student does not recompute what
+/// equals the teacher's by construction ([`Pairing::same`]): those values count as compared
+/// with no error. The verdict is folded in the teacher's order, so the first divergence is
+/// the first in topological order.
 fn run_mode<T: Float>(
-    teacher: &Graph,
+    pair: &Pairing,
     (te, se, exact): (&Executor<T>, &Executor<T>, Option<&Executor<f64>>),
     (x64, kept): (&ArrayD<f64>, &Kept),
     mode: Mode,
     opts: &ProveOptions,
 ) -> Result<Evidence> {
     let x = x64.mapv(T::from_f64);
-    // Teacher and student are independent: they run side by side on the pool's threads.
-    let (tv, sv) = rayon::join(
-        || te.forward_all(x.clone(), mode),
-        || se.forward_all(x.clone(), mode),
-    );
-    let (tv, sv) = (tv?, sv?);
-    let reference: Option<std::collections::HashMap<String, ArrayD<f64>>> = match exact {
-        Some(e) => Some(
-            e.forward_all(x64.clone(), mode)?
-                .into_iter()
-                .map(|v| (v.name, v.data))
-                .collect(),
-        ),
+    let nt = pair.names.len();
+    let tol = opts.tolerance.unwrap_or(opts.precision.tolerance());
+    let mut ts = Stepper::new(te, x.clone(), mode, vec![false; nt])?;
+    let mut ss = Stepper::new(se, x, mode, pair.same.clone())?;
+    let mut rs = match exact {
+        Some(e) => Some(Stepper::new(e, x64.clone(), mode, vec![false; nt])?),
         None => None,
     };
-    let tol = opts.tolerance.unwrap_or(opts.precision.tolerance());
+    // The scale of each teacher value: its largest magnitude and its inputs' scales.
+    let mut scales = vec![0f64; nt];
+    // Per teacher position: (max abs, relative) error once compared, and what it may be.
+    let mut results: Vec<Option<(f64, f64)>> = vec![None; nt];
+    let mut allowed = vec![tol; nt];
+    let mut f32_noise = exact.map(|_| 0.0);
+    let judge = |ti: usize, tv: &Tensor<T>, sv: &Tensor<T>, scale: f64| {
+        let s = view(sv);
+        let picked;
+        let s = match kept.get(pair.names[ti].as_str()) {
+            Some(idx) if s.ndim() >= 2 && idx.iter().all(|&i| i < s.shape()[1]) => {
+                picked = s.select(ndarray::Axis(1), idx);
+                picked.view()
+            }
+            _ => s,
+        };
+        compare(&view(tv), &s, scale).unwrap_or((f64::INFINITY, f64::INFINITY))
+    };
+    // Values one network has computed that the other has not yet (by student position).
+    let mut waiting_t: HashMap<usize, (usize, Arc<Tensor<T>>)> = HashMap::new();
+    let mut waiting_s: HashMap<usize, Arc<Tensor<T>>> = HashMap::new();
+    while let Some((i, tv)) = ts.step()? {
+        let up = te
+            .step_inputs(i)
+            .iter()
+            .fold(0f64, |m, &j| m.max(scales[j]));
+        scales[i] = largest(&tv.data).max(up);
+        // The f64 teacher runs the same steps in the same order.
+        let reference = match rs.as_mut() {
+            Some(r) => r.step()?.map(|(_, v)| v),
+            None => None,
+        };
+        let Some(j) = pair.student_of[i] else {
+            continue;
+        };
+        if let Some(r) = reference {
+            let own = view(&tv).mapv(|x| x.to_f64());
+            let (_, noise) = compare(&view(&r), &own.view(), scales[i]).unwrap_or((0.0, 0.0));
+            f32_noise = f32_noise.map(|n: f64| n.max(noise));
+            allowed[i] = tol.max(F32_NOISE_FACTOR * noise);
+        }
+        if pair.same[j] {
+            results[i] = Some((0.0, 0.0));
+            ss.give(j, tv);
+            continue;
+        }
+        if let Some(sv) = waiting_s.remove(&j) {
+            results[i] = Some(judge(i, &tv, &sv, scales[i]));
+            continue;
+        }
+        waiting_t.insert(j, (i, tv));
+        // The student catches up to this value (or until it needs one the teacher has not
+        // computed yet).
+        while waiting_t.contains_key(&j) && ss.ready() {
+            let (k, sv) = ss.step()?.expect("a ready step runs");
+            if let Some((ti, tv)) = waiting_t.remove(&k) {
+                results[ti] = Some(judge(ti, &tv, &sv, scales[ti]));
+            } else if pair.shared[k] {
+                waiting_s.insert(k, sv);
+            }
+        }
+    }
+    while !ss.done() {
+        if !ss.ready() {
+            return Err(Error::usage(
+                "the student reads a value the teacher never computed, so the proof cannot run it",
+                None,
+            ));
+        }
+        let (k, sv) = ss.step()?.expect("a ready step runs");
+        if let Some((ti, tv)) = waiting_t.remove(&k) {
+            results[ti] = Some(judge(ti, &tv, &sv, scales[ti]));
+        }
+    }
     let mut ev = Evidence {
         mode: mode.name().into(),
         dtype: opts.precision.name().into(),
@@ -341,59 +519,22 @@ fn run_mode<T: Float>(
         values: 0,
         worst: None,
         first_divergence: None,
-        f32_noise: reference.as_ref().map(|_| 0.0),
+        f32_noise,
     };
-    let by_name: std::collections::HashMap<&str, &ArrayD<T>> =
-        sv.iter().map(|v| (v.name.as_str(), &v.data)).collect();
-    // The scale of each teacher value: its largest magnitude and its inputs' scales.
-    let nodes: std::collections::HashMap<&str, crate::ir::NodeIndex> = teacher
-        .g
-        .node_indices()
-        .map(|n| (teacher.g[n].name.as_str(), n))
-        .collect();
-    let mut scales: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
-    for v in &tv {
-        let own = largest(&v.data);
-        let up = nodes.get(v.name.as_str()).map_or(0.0, |&n| {
-            teacher
-                .inputs(n)
-                .iter()
-                .filter_map(|&i| scales.get(teacher.g[i].name.as_str()))
-                .fold(0f64, |m, &x| m.max(x))
-        });
-        scales.insert(v.name.as_str(), own.max(up));
-    }
-    for v in &tv {
-        let Some(s) = by_name.get(v.name.as_str()) else {
+    for (i, r) in results.iter().enumerate() {
+        let Some((abs, rel)) = *r else {
             continue;
         };
-        let picked;
-        let s = match kept.get(v.name.as_str()) {
-            Some(idx) if s.ndim() >= 2 && idx.iter().all(|&i| i < s.shape()[1]) => {
-                picked = s.select(ndarray::Axis(1), idx);
-                &picked
-            }
-            _ => *s,
-        };
         ev.values += 1;
-        let floor = scales.get(v.name.as_str()).copied().unwrap_or(0.0);
-        let (abs, rel) = compare(&v.data, s, floor).unwrap_or((f64::INFINITY, f64::INFINITY));
         if rel > ev.max_rel_err || ev.worst.is_none() && rel > 0.0 {
-            ev.worst = Some(v.name.clone());
+            ev.worst = Some(pair.names[i].clone());
         }
         ev.max_abs_err = ev.max_abs_err.max(abs);
         ev.max_rel_err = ev.max_rel_err.max(rel);
-        let mut allowed = tol;
-        if let Some(exact) = reference.as_ref().and_then(|r| r.get(v.name.as_str())) {
-            let own = v.data.mapv(|x| x.to_f64());
-            let (_, noise) = compare(exact, &own, floor).unwrap_or((0.0, 0.0));
-            ev.f32_noise = ev.f32_noise.map(|n| n.max(noise));
-            allowed = allowed.max(F32_NOISE_FACTOR * noise);
-        }
         // NaN counts as parting: `rel <= allowed` is false for it.
-        let within = rel <= allowed;
+        let within = rel <= allowed[i];
         if !within && ev.first_divergence.is_none() {
-            ev.first_divergence = Some(v.name.clone());
+            ev.first_divergence = Some(pair.names[i].clone());
         }
     }
     ev.passed = ev.first_divergence.is_none();
@@ -527,7 +668,7 @@ mod tests {
             } else {
                 (naive.0, naive.0 / naive.1)
             };
-            assert_eq!(compare(&t, &s, 0.0), Some(want), "{ts:?}");
+            assert_eq!(compare(&t.view(), &s.view(), 0.0), Some(want), "{ts:?}");
             let runs: usize = block_runs(&ts, &ss).map(|r| r.2).sum();
             assert_eq!(runs, t.len(), "{ts:?}");
         }
@@ -537,9 +678,12 @@ mod tests {
         let mut bad = s.clone();
         let kept = bad[[2, 1, 3, 5]];
         bad[[2, 1, 3, 5]] = f64::NAN;
-        assert_eq!(compare(&t, &bad, 0.0), Some((f64::INFINITY, f64::INFINITY)));
+        assert_eq!(
+            compare(&t.view(), &bad.view(), 0.0),
+            Some((f64::INFINITY, f64::INFINITY))
+        );
         bad[[2, 1, 3, 5]] = kept;
         bad[[2, 4, 3, 5]] = f64::NAN; // outside the teacher's block: not compared
-        assert_eq!(compare(&t, &bad, 0.0), Some((0.0, 0.0)));
+        assert_eq!(compare(&t.view(), &bad.view(), 0.0), Some((0.0, 0.0)));
     }
 }

@@ -19,6 +19,7 @@ mod linear;
 mod norm;
 mod pool;
 mod shape;
+mod stepper;
 #[cfg(test)]
 mod testutil;
 mod tnorm;
@@ -34,6 +35,7 @@ use conv::Epilogue;
 pub use embed::check_tokens;
 pub use float::{gemm, Float, GemmDims};
 pub use norm::BnParams;
+pub use stepper::Stepper;
 
 use crate::error::{Error, Result};
 use crate::ir::{show_shape, Activation, Graph, NodeIndex, NormKind, Op, Shape};

@@ -445,7 +445,7 @@ impl<'a> Patch<'a> {
     /// The note a local proof adds to the report.
     pub fn local_note(&self) -> String {
         match &self.rewrite {
-            Rewrite::Widen(w) => crate::local_proof::widening_note(w.plan.steps.len()),
+            Rewrite::Widen(w) => crate::local_proof::widening_note(w),
             _ => crate::local_proof::LOCAL_NOTE.into(),
         }
     }

@@ -142,11 +142,18 @@ fn region_graph(graph: &Graph, space: &Space, inputs_like: &Graph) -> Result<Gra
             [f] => (f, 1, 1),
             _ => return Err(bad(format!("input `{}` has shape {s:?}", graph.g[i].name))),
         };
+        // A smaller input than the image is reached by striding, so the kernel stays small
+        // (a stride-1 kernel as large as the size difference costs more than the region).
+        let fit = |big: usize, small: usize| (big - 1).checked_div(small - 1).unwrap_or(usize::MAX);
+        let stride = match fit(h0, h).min(fit(w0, w)) {
+            usize::MAX => 1,
+            s => s.max(1),
+        };
         let conv = Op::Conv2d(Conv2d {
             in_channels: SEED_CHANNELS,
             out_channels: c,
-            kernel: [h0 - h + 1, w0 - w + 1],
-            stride: 1,
+            kernel: [h0 - stride * (h - 1), w0 - stride * (w - 1)],
+            stride,
             padding: 0,
             dilation: 1,
             groups: 1,
@@ -290,49 +297,131 @@ pub fn combine(all: Vec<Vec<Evidence>>, regions: usize) -> Vec<Evidence> {
 pub const LOCAL_NOTE: &str = "proved locally: the inserted layers (and the layers absorbing a dense mix) on random values shaped like the site's";
 
 /// The note of a widening proved locally, region by region.
-pub fn widening_note(steps: usize) -> String {
-    format!("proved locally: each of the {steps} widened spaces on its region (its producers' inputs to its consumers' outputs), before and after its step")
+pub fn widening_note(w: &crate::transform::Widening) -> String {
+    let steps = w.plan.steps.len();
+    let regions = widening_regions(w).len();
+    format!("proved locally: each of the {steps} widened spaces on its region (its producers' inputs to its consumers' outputs), before and after its step; overlapping regions run as one ({regions} regions)")
 }
 
-/// Proves every step of widening `w` on its region and folds the evidence into one entry
-/// per mode; `teacher` gives a teacher tensor by its r2rc name. Each region's tensors
-/// before and after its step are computed from the teacher's alone
-/// ([`crate::transform::Widening::tensor`]) and rounded to `dtype`, the precision they are
-/// stored in. Judging the evidence is [`crate::pipeline::judge`]'s.
+/// The steps of widening `w` proved together, in order: consecutive steps share a region
+/// (the union of theirs) when running it costs fewer multiply-accumulates than running
+/// theirs apart (their regions overlap: a block's spaces share its middle convolutions; a
+/// dense block's spaces share every later layer, since each concatenation is read by all of
+/// them) and the union holds at most a quarter of the student's parameters (or a single
+/// step's, when larger), so a local proof stays local. Proving the union before and after
+/// its steps proves each of them: every value they change lies inside it.
+pub fn widening_regions(w: &crate::transform::Widening) -> Vec<std::ops::Range<usize>> {
+    let fp = &w.plan.footprints;
+    if fp.is_empty() {
+        return Vec::new();
+    }
+    let g = &w.plan.student;
+    let budget = crate::stats::param_count(g) / 4;
+    let cost = |s: &Space| region_graph(g, s, g).map_or(u64::MAX, |r| crate::stats::mac_count(&r));
+    let mut out = Vec::new();
+    let (mut start, mut space) = (0, fp[0].clone());
+    let mut spent = cost(&space);
+    for (k, next) in fp.iter().enumerate().skip(1) {
+        let merged = union(&space, next);
+        let (alone, together) = (cost(next), cost(&merged));
+        let size = region_size(g, &merged);
+        if together < spent.saturating_add(alone) && size <= budget {
+            (space, spent) = (merged, together);
+        } else {
+            out.push(start..k);
+            (start, space, spent) = (k, next.clone(), alone);
+        }
+    }
+    out.push(start..fp.len());
+    out
+}
+
+/// The space whose region is the union of the regions of `steps` of widening `w` (a region
+/// of [`widening_regions`]).
+pub fn steps_space(w: &crate::transform::Widening, steps: std::ops::Range<usize>) -> Space {
+    let fp = &w.plan.footprints[steps];
+    fp[1..].iter().fold(fp[0].clone(), |u, s| union(&u, s))
+}
+
+/// One space listing every value and layer of `a` and `b`: their regions' union.
+fn union(a: &Space, b: &Space) -> Space {
+    let mut u = a.clone();
+    u.members.extend(b.members.iter().cloned());
+    u.producers.extend(b.producers.iter().cloned());
+    u.params.extend(b.params.iter().cloned());
+    u.consumers.extend(b.consumers.iter().cloned());
+    u
+}
+
+/// The parameters of the region of `space` in `graph`.
+fn region_size(graph: &Graph, space: &Space) -> u64 {
+    let (nodes, _) = region(graph, space);
+    nodes
+        .iter()
+        .flat_map(|&n| graph.g[n].op.param_slots())
+        .map(|s| s.shape.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// Proves every step of widening `w` on its region ([`widening_regions`] groups steps whose
+/// regions overlap) and folds the evidence into one entry per mode; `teacher` gives a
+/// teacher tensor by its r2rc name. The graph and each tensor are carried from one region
+/// to the next (each step applied once), a tensor dropped after the last region reading it;
+/// each region's tensors before and after its steps are rounded to `dtype`, the precision
+/// they are stored in. Judging the evidence is [`crate::pipeline::judge`]'s.
 pub fn prove_widening(
     w: &crate::transform::Widening,
     teacher: &mut dyn FnMut(&str) -> Result<ArrayD<f64>>,
     dtype: DType,
     opts: &ProveOptions,
 ) -> Result<Vec<Evidence>> {
-    use crate::transform::graph_after;
+    use crate::transform::graph_steps;
+    let groups = widening_regions(w);
+    let spaces: Vec<Space> = groups.iter().map(|r| steps_space(w, r.clone())).collect();
+    // Widening renames nothing: a region's tensors have the same names before and after.
+    let names: Vec<Vec<String>> = spaces
+        .iter()
+        .map(|s| region_tensors(&w.plan.student, s))
+        .collect();
+    let mut last: std::collections::HashMap<&str, usize> = Default::default();
+    for (i, ns) in names.iter().enumerate() {
+        ns.iter().for_each(|n| {
+            last.insert(n.as_str(), i);
+        });
+    }
+    // Each tensor read so far, after the steps of the regions before the current one.
+    let mut carried: BTreeMap<String, ArrayD<f64>> = BTreeMap::new();
+    let mut g0 = w.graph.clone();
     let mut all = Vec::new();
-    for k in 0..w.plan.steps.len() {
-        // The step's region: every space its channels land in (a pad shortcut's stream).
-        let space = &w.plan.footprints[k];
-        let g0 = graph_after(w.graph, &w.plan, k)?;
-        let g1 = graph_after(w.graph, &w.plan, k + 1)?;
-        // Widening renames nothing: the region's tensors have the same names before and
-        // after; each is read once and taken through step k from its value before it.
+    for (i, steps) in groups.iter().enumerate() {
+        let g1 = graph_steps(&g0, &w.plan, steps.clone())?;
         let mut before = BTreeMap::new();
         let mut after = BTreeMap::new();
-        for n in region_tensors(&g1, space) {
-            let t0 = w.tensor(&n, teacher(&n)?, 0..k)?;
-            let t1 = w.tensor(&n, t0.clone(), k..k + 1)?;
+        for n in &names[i] {
+            // A tensor met for the first time has no earlier touches (every step touching
+            // it has it in its region), so the teacher's is its value before these steps.
+            let t0 = match carried.remove(n) {
+                Some(t) => t,
+                None => w.tensor(n, teacher(n)?, 0..steps.start)?,
+            };
+            let t1 = w.tensor(n, t0.clone(), steps.clone())?;
             before.insert(n.clone(), t0.mapv(|x| dtype.round(x)));
-            after.insert(n, t1.mapv(|x| dtype.round(x)));
+            after.insert(n.clone(), t1.mapv(|x| dtype.round(x)));
+            if last[n.as_str()] > i {
+                carried.insert(n.clone(), t1);
+            }
         }
-        let get = |m: &BTreeMap<String, ArrayD<f64>>, n: &str| {
-            m.get(n)
-                .cloned()
+        // Each tensor is looked up once: it moves into the region's weights.
+        let get = |m: &mut BTreeMap<String, ArrayD<f64>>, n: &str| {
+            m.remove(n)
                 .ok_or_else(|| Error::weights(format!("the local proof lacks tensor `{n}`")))
         };
         let ev = prove_step(
             &g0,
             &g1,
-            space,
-            &mut |n| get(&before, n),
-            &mut |n| get(&after, n),
+            &spaces[i],
+            &mut |n| get(&mut before, n),
+            &mut |n| get(&mut after, n),
             opts,
         )?;
         // An exact method stops at its first failing region (the rest cannot pass).
@@ -341,6 +430,7 @@ pub fn prove_widening(
         if failed {
             break;
         }
+        g0 = g1;
     }
     let regions = all.len();
     Ok(combine(all, regions))

@@ -432,10 +432,21 @@ pub fn plan(graph: &Graph, args: &WidenArgs) -> Result<Plan> {
 /// `graph` with the first `k` steps of `plan` applied (shapes inferred): the network a
 /// step-by-step proof compares step `k` against.
 pub fn graph_after(graph: &Graph, plan: &Plan, k: usize) -> Result<Graph> {
+    graph_steps(graph, plan, 0..k)
+}
+
+/// `graph`, the network after the steps of `plan` before `steps.start`, taken through
+/// `steps` (shapes inferred): a proof walking the steps in order applies each once.
+pub fn graph_steps(graph: &Graph, plan: &Plan, steps: std::ops::Range<usize>) -> Result<Graph> {
     let mut g = graph.clone();
-    for (i, (&(id, _), &rule)) in plan.steps[..k].iter().zip(&plan.rules).enumerate() {
+    for i in steps {
+        let (id, _) = plan.steps[i];
         for l in &plan.landings[i] {
-            let r = if l.space == id { rule } else { None };
+            let r = if l.space == id {
+                plan.rules.get(i).copied().flatten()
+            } else {
+                None
+            };
             let added = l.runs.len() * plan.ctxs[i].1;
             widen_space_graph(&mut g, &plan.spaces.spaces[l.space], added, r);
         }

@@ -23,6 +23,7 @@ mod fused_streaming;
 mod hf_outputs;
 mod hostile;
 mod large;
+mod local_regions;
 mod morph;
 mod names_hf;
 mod net2net_noise;

@@ -43,10 +43,14 @@ pub trait Float:
     /// Runs `f` with this thread's two scratch buffers (kept between calls, so large
     /// im2col matrices are not allocated, zeroed and faulted in for every image).
     fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R;
+
+    /// The slice as f32 when `Self` is f32 (the f32-only kernels), else `None`.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
 }
 
 macro_rules! float_impl {
-    ($t:ty, $name:literal) => {
+    ($t:ty, $name:literal, $as_f32:expr, $as_f32_mut:expr) => {
         impl Float for $t {
             const NAME: &'static str = $name;
             fn zero() -> Self {
@@ -95,12 +99,18 @@ macro_rules! float_impl {
                     Err(_) => f(&mut Vec::new(), &mut Vec::new()),
                 })
             }
+            fn as_f32(s: &[Self]) -> Option<&[f32]> {
+                $as_f32(s)
+            }
+            fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+                $as_f32_mut(s)
+            }
         }
     };
 }
 
-float_impl!(f32, "f32");
-float_impl!(f64, "f64");
+float_impl!(f32, "f32", Some, Some);
+float_impl!(f64, "f64", |_| None, |_| None);
 
 /// The sizes of one product `C[m x n] = A[m x k] B[k x n]` and the leading dimensions of
 /// its row-major operands. With `b_transposed`, `b` holds B^T as an `[n x k]` row-major

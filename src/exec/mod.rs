@@ -13,6 +13,7 @@ mod act;
 mod attention;
 mod concat;
 mod conv;
+mod direct_conv;
 mod embed;
 mod float;
 mod linear;

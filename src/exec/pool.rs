@@ -16,54 +16,78 @@ pub fn pool2d<T: Float>(x: &Tensor<T>, p: &Pool, max: bool) -> Tensor<T> {
     let mut out = T::zeros(n * c * oh * ow);
     // count_include_pad=True: windows never leave the padded input, so always kh*kw.
     let area = T::from_f64((kh * kw) as f64);
+    let fill = if max { T::neg_infinity() } else { T::zero() };
     out.par_chunks_mut(oh * ow)
         .zip(x.data.par_chunks(h * w))
-        .for_each(|(dst, src)| {
-            // NaN must propagate as in PyTorch; planes without one take the branch-free max.
-            let nan = max && src.iter().any(|v| v.is_nan());
+        .for_each_init(Vec::new, |band, (dst, src)| {
+            // NaN must propagate as in PyTorch: such planes take the exact per-window loop
+            // (the check has no early exit, so it vectorises).
+            if max && src.iter().fold(false, |a, v| a | v.is_nan()) {
+                max_with_nan(dst, src, p, [h, w, oh, ow]);
+                return;
+            }
+            // Separable: first each column's max (or sum) over the window's rows into a
+            // padded band, then each window's over its columns; padding is -inf for max
+            // (it never wins) and 0 for average.
+            band.clear();
+            band.resize(w + 2 * pad + s, fill);
             for (oy, orow) in dst.chunks_mut(ow).enumerate() {
-                // Padding is -inf for max (it never wins) and 0 for average.
-                orow.fill(if max { T::neg_infinity() } else { T::zero() });
+                band.fill(fill);
+                let cols = &mut band[pad..pad + w];
                 for ki in 0..kh {
                     let iy = (oy * s + ki) as isize - pad as isize;
                     if iy < 0 || iy >= h as isize {
                         continue;
                     }
                     let srow = &src[iy as usize * w..(iy as usize + 1) * w];
-                    for kj in 0..kw {
-                        // Output columns whose input column is inside the row: [lo, hi).
-                        let off = kj as isize - pad as isize;
-                        let lo = (if off < 0 { (-off) as usize } else { 0 }).div_ceil(s);
-                        let hi = ((w as isize - off).max(0) as usize).div_ceil(s).min(ow);
-                        let cols = lo..hi.max(lo);
-                        let at = |ox: usize| srow[((ox * s) as isize + off) as usize];
-                        if nan {
-                            for ox in cols {
-                                let v = at(ox);
-                                if v > orow[ox] || v.is_nan() {
-                                    orow[ox] = v;
-                                }
-                            }
-                        } else if max {
-                            for ox in cols {
-                                let (v, m) = (at(ox), orow[ox]);
-                                orow[ox] = if v > m { v } else { m };
-                            }
-                        } else {
-                            for ox in cols {
-                                orow[ox] += at(ox);
-                            }
+                    if max {
+                        for (c, &v) in cols.iter_mut().zip(srow) {
+                            *c = if v > *c { v } else { *c };
+                        }
+                    } else {
+                        for (c, &v) in cols.iter_mut().zip(srow) {
+                            *c += v;
                         }
                     }
                 }
-                if !max {
-                    orow.iter_mut().for_each(|v| *v = *v / area);
+                for (ox, o) in orow.iter_mut().enumerate() {
+                    let win = &band[ox * s..ox * s + kw];
+                    *o = if max {
+                        win.iter().fold(fill, |m, &v| if v > m { v } else { m })
+                    } else {
+                        win.iter().fold(T::zero(), |a, &v| a + v) / area
+                    };
                 }
             }
         });
     Tensor {
         shape: vec![n, c, oh, ow],
         data: out,
+    }
+}
+
+/// Max pooling of one plane that holds a NaN, window by window: a NaN wins, as in PyTorch.
+fn max_with_nan<T: Float>(dst: &mut [T], src: &[T], p: &Pool, [h, w, oh, ow]: [usize; 4]) {
+    let [kh, kw] = p.kernel;
+    let (s, pad) = (p.stride, p.padding);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let mut m = T::neg_infinity();
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    let iy = (oy * s + ki) as isize - pad as isize;
+                    let ix = (ox * s + kj) as isize - pad as isize;
+                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                        continue;
+                    }
+                    let v = src[iy as usize * w + ix as usize];
+                    if v > m || v.is_nan() {
+                        m = v;
+                    }
+                }
+            }
+            dst[oy * ow + ox] = m;
+        }
     }
 }
 

@@ -180,6 +180,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-gpt2", action="store_true")
     ap.add_argument("--no-proofs", action="store_true")
+    ap.add_argument("--no-forward", action="store_true",
+                    help="skip the executor cases (proof cost, and --stream, only)")
     ap.add_argument("--stream", action="store_true", help="also run scripts/bench_large.sh")
     args = ap.parse_args()
 
@@ -204,6 +206,8 @@ def bench(args, work):
     print(f"\n{'model':<20} {'batch':>5} {'r2rc /s':>10} {'ort /s':>10} {'r2rc/ort':>9} "
           f"{'ratio range':>12}")
     for label, name, sets, batch, tokens, big in FORWARD:
+        if args.no_forward:
+            break
         if name == "gpt2" and args.no_gpt2:
             continue
         arch = os.path.join(args.examples, f"{name}.arch")

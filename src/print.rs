@@ -159,11 +159,20 @@ fn row_items(graph: &Graph, nodes: &[NodeIndex]) -> Vec<String> {
             Op::Conv2d(c) => {
                 let mut layer = LayerSpec::from_conv(c);
                 let mut k = 1;
-                if let Some(Op::BatchNorm(_)) = next(k) {
+                // Under `preact` a BN-act after a conv without its own may be the one
+                // implied before the next item of the row (`ROW.bn`): only `X.bn` and
+                // `X.act` are conv X's.
+                let own = |k: usize, suffix: &str| {
+                    !graph.defaults.preact
+                        || nodes
+                            .get(at + k)
+                            .is_some_and(|m| graph.g[*m].name == format!("{}.{suffix}", node.name))
+                };
+                if let (Some(Op::BatchNorm(_)), true) = (next(k), own(k, "bn")) {
                     layer.norm = true;
                     k += 1;
                 }
-                if let Some(Op::Activation(a)) = next(k) {
+                if let (Some(Op::Activation(a)), true) = (next(k), own(k, "act")) {
                     layer.act = Some(a.clone());
                     k += 1;
                 }
@@ -353,6 +362,8 @@ fn block_spec(graph: &Graph, nodes: &[NodeIndex]) -> BlockSpec {
             };
             (ins[0], short)
         }
+        // A pre-activated block has no activation after its branch.
+        (None, None) if graph.defaults.preact => (post, Shortcut::None),
         (None, None) => (graph.inputs(post)[0], Shortcut::None),
     };
     // Walk back from the end of the branch to the block input.

@@ -77,7 +77,9 @@ impl Lowering {
     }
 
     /// Under `preact`, after a pre-activated block or transition: the header's batch norm
-    /// and activation (`ROW.bn`, `ROW.act`) before an item that is not pre-activated.
+    /// and activation (`ROW.bn`, `ROW.act`) before an item that is not pre-activated. A
+    /// row that needs a second one (a transition between two pools) numbers it
+    /// `ROW.bn2`, `ROW.act2`.
     pub(super) fn finish_raw(&mut self, row: &str, span: Span) -> Result<(), SourceError> {
         if !self.raw {
             return Ok(());
@@ -85,7 +87,15 @@ impl Lowering {
         self.raw = false;
         let d = &self.graph.defaults;
         let (norm, act) = (d.norm, Some(d.act.clone()));
-        let names = [format!("{row}.bn"), format!("{row}.act")];
+        let taken = |k: usize| {
+            let n = if k == 1 { String::new() } else { k.to_string() };
+            let names = [format!("{row}.bn{n}"), format!("{row}.act{n}")];
+            (names.iter().any(|x| self.graph.find(x).is_some()), names)
+        };
+        let names = (1..)
+            .map(taken)
+            .find_map(|(t, names)| (!t).then_some(names))
+            .expect("a free number");
         self.pre_activation(norm, act, [&names[0], &names[1]], (row, None), span)
     }
 

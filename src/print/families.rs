@@ -50,17 +50,18 @@ pub(super) fn pre_activated_item(
         })
         .count()
         .min(2);
-    let named = |prefix: &str| {
+    // Whether the k nodes are `PREFIX.bnN`, `PREFIX.actN`.
+    let named = |prefix: &str, number: &str| {
         (0..k).all(|j| {
             let n = node(j).expect("within k");
             let suffix = match n.op {
                 Op::BatchNorm(_) => "bn",
                 _ => "act",
             };
-            n.name == format!("{prefix}.{suffix}")
+            n.name == format!("{prefix}.{suffix}{number}")
         })
     };
-    if let Some(conv) = node(k).filter(|n| named(&n.name)) {
+    if let Some(conv) = node(k).filter(|n| named(&n.name, "")) {
         if let Op::Conv2d(c) = &conv.op {
             let mut l = LayerSpec::from_conv(c);
             for j in 0..k {
@@ -73,8 +74,17 @@ pub(super) fn pre_activated_item(
             return Some((k + 1, vec![l.text(d, true, false)]));
         }
     }
-    // The BN-act `preact` puts before an item that is not pre-activated.
-    named(&node(0)?.row).then(|| (k, vec![]))
+    // The BN-act `preact` puts before an item that is not pre-activated: `ROW.bn`, or
+    // `ROW.bn2` and on for a row's second and later ones.
+    let (row, first) = (&node(0)?.row, &node(0)?.name);
+    let number = ["bn", "act"]
+        .iter()
+        .find_map(|s| first.strip_prefix(&format!("{row}.{s}")))?;
+    let numbered = number.is_empty()
+        || number
+            .parse::<usize>()
+            .is_ok_and(|n| n >= 2 && n.to_string() == number);
+    (numbered && named(row, number)).then(|| (k, vec![]))
 }
 
 /// `transition THETA` at the start of `nodes`: `P.bn`, `P.act`, `P.conv` (1x1, no BN of

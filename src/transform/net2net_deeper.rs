@@ -11,7 +11,7 @@ use ndarray::{ArrayD, IxDyn};
 use super::deepen::transformer;
 use super::deepen::{
     block_nodes, check_post_act, default_params, identity_kernel, Exactness, Insertion, LayerSpec,
-    SiteInfo,
+    Order, SiteInfo,
 };
 use crate::error::Result;
 
@@ -34,6 +34,7 @@ pub fn insertion(info: &SiteInfo) -> Result<Insertion> {
         false,
         g.defaults.eps,
         &g.defaults.act,
+        Order::at(g, &info.site),
     );
     let mut params = default_params(&nodes);
     params.insert("conv1.weight".into(), identity_kernel(c, 3));

@@ -26,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::deepen::transformer::{self, Fill};
 use super::deepen::{
-    block_nodes, default_params, identity_kernel, Exactness, Insertion, LayerSpec, SiteInfo,
+    block_nodes, default_params, identity_kernel, Exactness, Insertion, LayerSpec, Order, SiteInfo,
 };
 use crate::error::{Error, Result};
 use crate::ir::{Activation, Graph, NodeIndex, Op};
@@ -46,6 +46,7 @@ pub fn insertion(info: &SiteInfo, rng: &mut ChaCha8Rng) -> Result<Insertion> {
         padding: 1,
         dilation: 1,
         width: c,
+        groups: 1,
         norm: false,
         bias: true,
         act: None,
@@ -57,10 +58,20 @@ pub fn insertion(info: &SiteInfo, rng: &mut ChaCha8Rng) -> Result<Insertion> {
         false,
         g.defaults.eps,
         &post,
+        Order::at(g, &info.site),
     );
     let mut params = default_params(&nodes);
     params.insert("conv1.weight".into(), identity_kernel(c, 3));
-    params.insert("act.weight".into(), ArrayD::from_elem(IxDyn(&[c]), 1.0));
+    // The PReLU ends the block, or under `preact` starts it (`act` or `act1`).
+    let prelu = nodes
+        .iter()
+        .find(|n| matches!(n.op, Op::Activation(Activation::Prelu { .. })))
+        .map(|n| n.key.clone())
+        .expect("the block has its PReLU");
+    params.insert(
+        format!("{prelu}.weight"),
+        ArrayD::from_elem(IxDyn(&[c]), 1.0),
+    );
     Ok(Insertion::block(
         nodes,
         params,
@@ -143,6 +154,7 @@ pub fn dense_insertion(info: &SiteInfo, rng: &mut ChaCha8Rng) -> Result<Insertio
         padding: 0,
         dilation: 1,
         width: c,
+        groups: 1,
         norm: false,
         bias: false,
         act: None,
@@ -155,6 +167,7 @@ pub fn dense_insertion(info: &SiteInfo, rng: &mut ChaCha8Rng) -> Result<Insertio
         false,
         g.defaults.eps,
         &Activation::Identity,
+        Order::at(g, &info.site),
     );
     let mut params = default_params(&nodes);
     let n = random_orthogonal(c, rng);

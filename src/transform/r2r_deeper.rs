@@ -9,13 +9,13 @@
 //! After a transformer layer the analogue is a new layer whose paired heads and hidden
 //! units cancel in its output projections ([`super::deepen::transformer`]).
 
+use ndarray::{ArrayD, Axis, IxDyn};
 use rand_chacha::ChaCha8Rng;
 
-use super::cat;
 use super::deepen::transformer::{self, Fill};
 use super::deepen::{
     block_nodes, check_post_act, default_params, uniform_like, Exactness, Insertion, LayerSpec,
-    SiteInfo,
+    Order, SiteInfo,
 };
 use crate::error::{Error, Result};
 use crate::ir::Activation;
@@ -38,9 +38,10 @@ pub fn residual_layers(
     let mut layers = if info.template.len() >= 2 {
         info.template.clone()
     } else {
+        // Under `preact` every layer of a block has its activation, the last too.
         vec![
             LayerSpec::plain(g, 3, c, true),
-            LayerSpec::plain(g, 3, c, false),
+            LayerSpec::plain(g, 3, c, g.defaults.preact && !info.site.inside),
         ]
     };
     let n = layers.len();
@@ -64,8 +65,9 @@ pub fn residual_layers(
             }
         } else {
             l.width = c;
-            // The branch must end at 0: drop a last activation that moves 0.
-            if matches!(l.act, Some(Activation::Sigmoid)) {
+            // The branch must end at 0: drop a last activation that moves 0 (a
+            // pre-activated layer's comes before its conv).
+            if matches!(l.act, Some(Activation::Sigmoid)) && !g.defaults.preact {
                 l.act = None;
             }
         }
@@ -87,30 +89,115 @@ pub fn residual_layers(
     Ok(layers)
 }
 
+/// How many equal-sized chunks each hidden volume of `layers` pairs inside: a grouped
+/// conv writing or reading it splits it into its groups, and R2DeeperR's two halves must
+/// then lie inside each group (ResNeXt's cardinality is kept, not dropped). Refuses widths
+/// that do not split into pairs inside every group, and two different group counts on one
+/// volume.
+fn pairing_chunks(info: &SiteInfo, layers: &[LayerSpec]) -> Result<Vec<usize>> {
+    let mut chunks = Vec::new();
+    for (i, pair) in layers.windows(2).enumerate() {
+        let (a, b) = (pair[0].groups, pair[1].groups);
+        if a > 1 && b > 1 && a != b {
+            return Err(Error::usage(
+                format!(
+                    "cannot insert an R2DeeperR block after `{}`: its hidden volume {} is written by a conv of {a} groups and read by one of {b}, and R2DeeperR's pairs must lie inside the groups of both",
+                    info.site.label,
+                    i + 1
+                ),
+                Some("insert after a block whose consecutive grouped convs have the same cardinality".into()),
+            ));
+        }
+        let g = a.max(b);
+        let w = pair[0].width;
+        if !w.is_multiple_of(2 * g) {
+            return Err(Error::usage(
+                format!(
+                    "R2DeeperR needs every group of the inserted block's hidden volume {} to split into two equal halves, but {w} channels in {g} groups do not",
+                    i + 1
+                ),
+                Some(format!(
+                    "pass --width {} (a multiple of 2 x {g} groups)",
+                    w.next_multiple_of(2 * g)
+                )),
+            ));
+        }
+        chunks.push(g);
+    }
+    Ok(chunks)
+}
+
+/// Rows of a conv writing a paired volume (`out` channels in `chunks` chunks, each the
+/// halves L and R): row `o` of each chunk's R half is row `o` of its L half, drawn once.
+fn paired_rows(rng: &mut ChaCha8Rng, shape: [usize; 4], chunks: usize, s: f64) -> ArrayD<f64> {
+    let [out, cols, k, _] = shape;
+    let u = uniform_like(rng, &[out / 2, cols, k, k], s);
+    let (size, half) = (out / chunks, out / chunks / 2);
+    let mut w = ArrayD::zeros(IxDyn(&shape));
+    for o in 0..out {
+        let q = o / size * half + o % size % half;
+        w.index_axis_mut(Axis(0), o)
+            .assign(&u.index_axis(Axis(0), q));
+    }
+    w
+}
+
+/// Columns of a conv of `groups` groups reading a paired volume: the column of an R
+/// channel is minus its L partner's (same chunk, same group), so each group's
+/// contributions cancel.
+fn cancelling_columns(
+    rng: &mut ChaCha8Rng,
+    shape: [usize; 4],
+    chunks: usize,
+    groups: usize,
+    s: f64,
+) -> ArrayD<f64> {
+    let [out, cols, k, _] = shape;
+    let v = uniform_like(rng, &[out, cols / 2, k, k], s);
+    // Chunk size of the volume, and how many chunks one group holds.
+    let size = cols * groups / chunks;
+    let half = size / 2;
+    let mut w = ArrayD::zeros(IxDyn(&shape));
+    for j in 0..cols {
+        let (p, q) = (j % size, j / size * half + j % size % half);
+        let col = v.index_axis(Axis(1), q);
+        if p < half {
+            w.index_axis_mut(Axis(1), j).assign(&col);
+        } else {
+            w.index_axis_mut(Axis(1), j).assign(&(-&col));
+        }
+    }
+    w
+}
+
 /// The R2DeeperR block for the site.
 pub fn insertion(info: &SiteInfo, width: Option<usize>, rng: &mut ChaCha8Rng) -> Result<Insertion> {
     if info.layer.is_some() {
         return transformer::insertion(info, Fill::R2r, rng);
     }
     let g = info.graph;
-    check_post_act(info, "R2DeeperR")?;
+    let order = Order::at(g, &info.site);
+    // A pre-activated block has no activation after its add: its output is the site value
+    // plus a zero branch whatever the sign.
+    if order == Order::ConvFirst {
+        check_post_act(info, "R2DeeperR")?;
+    }
     let c = info.site.channels();
     let layers = residual_layers(info, width, true, "R2DeeperR")?;
-    let nodes = block_nodes(c, &layers, true, g.defaults.eps, &g.defaults.act);
+    let chunks = pairing_chunks(info, &layers)?;
+    let nodes = block_nodes(c, &layers, true, g.defaults.eps, &g.defaults.act, order);
     let mut params = default_params(&nodes);
     let s = info.scale;
     let n = layers.len();
     let mut c_in = c;
     for (i, l) in layers.iter().enumerate() {
-        let k = l.kernel;
+        let shape = [l.width, c_in / l.groups, l.kernel, l.kernel];
         let w = if i + 1 < n {
-            // Rows [U; U]: the two halves of the hidden volume are equal.
-            let u = uniform_like(rng, &[l.width / 2, c_in, k, k], s);
-            cat(0, &[&u, &u])
+            // Rows [U; U] inside each chunk: the two halves of the hidden volume are equal.
+            paired_rows(rng, shape, chunks[i], s)
         } else {
-            // Columns [V, -V]: the halves cancel, the branch is exactly 0.
-            let v = uniform_like(rng, &[c, c_in / 2, k, k], s);
-            cat(1, &[&v, &(-&v)])
+            // Columns [V, -V] inside each chunk: the halves cancel, the branch is exactly 0.
+            cancelling_columns(rng, shape, chunks[i - 1], l.groups, s)
         };
         params.insert(format!("conv{}.weight", i + 1), w);
         c_in = l.width;
@@ -121,8 +208,12 @@ pub fn insertion(info: &SiteInfo, width: Option<usize>, rng: &mut ChaCha8Rng) ->
     // scale 1, turns the branch into unit-variance noise (measured: a grown digits net fell
     // from 92% to 38% validation accuracy after one SGD step). A small scale keeps the
     // function (the branch is 0 either way) and lets training grow the branch gradually.
+    // (Under `preact` the last BN comes before the last conv, whose output is 0 anyway.)
     let last_bn = format!("bn{n}.weight");
-    if let Some(gamma) = params.get_mut(&last_bn) {
+    if let Some(gamma) = params
+        .get_mut(&last_bn)
+        .filter(|_| order == Order::ConvFirst)
+    {
         gamma.fill(LAST_BN_SCALE);
     }
     Ok(Insertion::block(nodes, params, Exactness::Exact, vec![format!(

@@ -7,7 +7,9 @@
 use rand_chacha::ChaCha8Rng;
 
 use super::deepen::transformer::{self, Fill};
-use super::deepen::{block_nodes, default_params, uniform_like, Exactness, Insertion, SiteInfo};
+use super::deepen::{
+    block_nodes, default_params, uniform_like, Exactness, Insertion, Order, SiteInfo,
+};
 use super::r2r_deeper::residual_layers;
 use crate::error::Result;
 
@@ -19,11 +21,13 @@ pub fn insertion(info: &SiteInfo, width: Option<usize>, rng: &mut ChaCha8Rng) ->
     let g = info.graph;
     let c = info.site.channels();
     let layers = residual_layers(info, width, false, "random")?;
-    let nodes = block_nodes(c, &layers, true, g.defaults.eps, &g.defaults.act);
+    let order = Order::at(g, &info.site);
+    let nodes = block_nodes(c, &layers, true, g.defaults.eps, &g.defaults.act, order);
     let mut params = default_params(&nodes);
     let mut c_in = c;
     for (i, l) in layers.iter().enumerate() {
-        let w = uniform_like(rng, &[l.width, c_in, l.kernel, l.kernel], info.scale);
+        let shape = [l.width, c_in / l.groups, l.kernel, l.kernel];
+        let w = uniform_like(rng, &shape, info.scale);
         params.insert(format!("conv{}.weight", i + 1), w);
         c_in = l.width;
     }

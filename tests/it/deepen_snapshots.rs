@@ -17,7 +17,7 @@ fn deepen_diff_snapshots() {
     s.set_snapshot_path(root().join("snapshots/deepen"));
     s.set_prepend_module_to_snapshot(false);
     s.bind(|| {
-        for &(file, site, dense_site) in DEEPEN_SITES {
+        for &(file, site, dense_site, net2net_site) in DEEPEN_SITES {
             let g = example(file);
             let p = init(&g, 0, true);
             for method in [
@@ -27,10 +27,10 @@ fn deepen_diff_snapshots() {
                 DeepenMethod::NetmorphDense,
                 DeepenMethod::Random,
             ] {
-                let at = if method == DeepenMethod::NetmorphDense {
-                    dense_site
-                } else {
-                    site
+                let at = match method {
+                    DeepenMethod::NetmorphDense => dense_site,
+                    DeepenMethod::Net2net => net2net_site,
+                    _ => site,
                 };
                 let a = DeepenArgs {
                     after: at.into(),

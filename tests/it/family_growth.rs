@@ -34,6 +34,29 @@ shortcut pad
 head     avg pool, 10-d fc
 ";
 
+/// A small pre-activation ResNet in the language: an identity-shortcut stage and a
+/// strided one with a projection and a grouped second conv.
+const PREACT: &str = "arch PR
+input 3x8x8
+preact
+conv1    3x3, 8
+conv2_x  [3x3, 8; 3x3, 8] x 2
+conv3_x  [3x3, 16; 3x3, 16, C=2] x 1, stride 2
+head     avg pool, 5-d fc
+";
+
+/// A small DenseNet in the language: two dense blocks (the second's 3x3 grouped) and a
+/// transition.
+const DENSE: &str = "arch DN
+input 3x8x8
+preact
+conv0       3x3, 8
+dense1_x    [1x1, 8; 3x3, 4] x 2, dense
+trans1      transition 0.5
+dense2_x    [1x1, 8; 3x3, 4, C=2] x 2, dense
+classifier  avg pool, 5-d fc
+";
+
 const EXACT: [Method; 3] = [Method::R2r, Method::Netmorph, Method::Net2net];
 
 fn compile(src: &str) -> Graph {
@@ -315,6 +338,11 @@ fn layers_inside_a_block_prove_and_refusals_say_why() {
         ("resnext", compile(RESNEXT), "conv2_2.conv2"),
         ("resnext", compile(RESNEXT), "conv3_1.bn1"),
         ("resnet_cifar10", resnet, "conv2_2.act1"),
+        // Under `preact` the layer goes after the next layer's BN-act, before its conv.
+        ("preact", compile(PREACT), "conv2_1.conv1"),
+        ("preact", compile(PREACT), "conv3_1.conv1"),
+        ("dense", compile(DENSE), "dense1_2.conv1"),
+        ("dense", compile(DENSE), "dense2_1.conv1"),
     ];
     let opts = ProveOptions::default();
     for (name, g, after) in &cases {
@@ -330,18 +358,26 @@ fn layers_inside_a_block_prove_and_refusals_say_why() {
                 method,
                 width: None,
             };
-            if method == DeepenMethod::NetmorphDense && *after == "conv3_1.bn1" {
+            let block = after.split_once('.').unwrap().0;
+            let grouped_reader = matches!(
+                (*name, *after),
+                ("resnext", "conv3_1.bn1")
+                    | ("preact", "conv3_1.conv1")
+                    | ("dense", "dense2_1.conv1")
+            );
+            if method == DeepenMethod::NetmorphDense && grouped_reader {
                 // Its reader is the grouped conv, which cannot absorb a dense mix.
-                let e = deepen(g, &tp, &args, 4).unwrap_err().to_string();
+                let e = deepen(g, &tp, &args, 4).unwrap_err();
+                let m = format!("{e} | {}", e.hint_text().unwrap_or(""));
                 assert!(
-                    e.contains("`conv3_1.conv2` is a grouped convolution"),
-                    "{e}"
+                    m.contains(&format!("`{block}.conv2` is a grouped convolution"))
+                        && m.contains("use --method netmorph"),
+                    "{m}"
                 );
                 continue;
             }
             let d = deepen(g, &tp, &args, 4).unwrap_or_else(|e| panic!("{what}: {e}"));
             // The block keeps its number and gets one more layer.
-            let block = after.split_once('.').unwrap().0;
             assert!(
                 d.site.contains(&format!("new layer `{block}.")),
                 "{what}: {}",
@@ -394,6 +430,129 @@ fn layers_inside_a_block_prove_and_refusals_say_why() {
     );
     let m = refuse("conv2_1.downsample.0", DeepenMethod::Netmorph);
     assert!(m.contains("is a layer inside block `conv2_1`"), "{m}");
+}
+
+/// Deepening `g` after `after`: the student, or the refusal's message and hint.
+fn deepen_at(
+    g: &Graph,
+    tp: &Params,
+    after: &str,
+    method: r2rc::transform::deepen::DeepenMethod,
+) -> Result<r2rc::transform::deepen::Deepened, String> {
+    let args = r2rc::transform::deepen::DeepenArgs {
+        after: after.into(),
+        method,
+        width: None,
+    };
+    r2rc::transform::deepen::deepen(g, tp, &args, 6)
+        .map_err(|e| format!("{e} | {}", e.hint_text().unwrap_or("")))
+}
+
+/// Under `preact`, after a stem, a block, a dense layer or a transition: R2DeeperR and
+/// NetMorph insert a pre-activated block (BN-act-conv, nothing after the add) that proves
+/// exact in both batch-norm modes, whole and locally; Net2DeeperNet proves in eval mode
+/// after the stem's ReLU and is refused after a block's un-normalised output; a dense
+/// mix is refused before a batch norm; and a site whose normalised value feeds a layer
+/// that is not pre-activated is refused, since the new block would leave it un-normalised.
+#[test]
+fn preact_and_dense_sites_between_blocks_prove_or_refuse() {
+    use r2rc::exec::Mode;
+    use r2rc::transform::deepen::{rename, resolve_site, DeepenMethod};
+    use r2rc::transform::Exactness;
+    let opts = ProveOptions::default();
+    for (name, src, sites) in [
+        ("preact", PREACT, &["conv1", "conv2_1", "conv3_1"][..]),
+        (
+            "dense",
+            DENSE,
+            &["conv0", "dense1_1", "trans1", "dense2_2"][..],
+        ),
+    ] {
+        let g = compile(src);
+        let tp = teacher(&g, 12);
+        for &after in sites {
+            let stem = matches!(after, "conv1" | "conv0");
+            for method in [
+                DeepenMethod::R2r,
+                DeepenMethod::Netmorph,
+                DeepenMethod::Net2net,
+            ] {
+                let what = format!("{name} --after {after} {method:?}");
+                if method == DeepenMethod::Net2net && !stem {
+                    let m = deepen_at(&g, &tp, after, method).unwrap_err();
+                    assert!(
+                        m.contains("cannot insert Net2DeeperNet")
+                            && m.contains("start with batch norm and relu")
+                            && m.contains("insert inside a block"),
+                        "{what}: {m}"
+                    );
+                    continue;
+                }
+                let d = deepen_at(&g, &tp, after, method).unwrap_or_else(|e| panic!("{what}: {e}"));
+                // The new block is pre-activated: it starts with its BN or activation and
+                // has no activation after its last conv.
+                let first = &d.graph.g[d.graph.find(&d.inserted[0]).unwrap()];
+                assert!(
+                    matches!(
+                        first.op,
+                        r2rc::ir::Op::BatchNorm(_) | r2rc::ir::Op::Activation(_)
+                    ),
+                    "{what}: starts with {}",
+                    first.name
+                );
+                let (rt, rp) = rename(&g, &tp, &d.name_map);
+                let full = check_equivalence(&rt, &rp, &d.graph, &d.params, &opts).unwrap();
+                let site = resolve_site(&g, after).unwrap();
+                let local = r2rc::local_proof::deepen::prove(&g, &tp, &d, &site, &opts).unwrap();
+                assert_eq!((full.len(), local.len()), (2, 2), "{what}");
+                for e in full.iter().chain(&local) {
+                    let eval = Mode::parse(&e.mode).unwrap() == Mode::Eval;
+                    if d.exactness == Exactness::Exact || eval {
+                        assert!(
+                            e.passed && e.max_rel_err <= 1e-9,
+                            "{what}: {} ({:?})",
+                            e.summary(),
+                            e.first_divergence
+                        );
+                    }
+                }
+            }
+            let m = deepen_at(&g, &tp, after, DeepenMethod::NetmorphDense).unwrap_err();
+            assert!(
+                m.contains("(batch_norm) does not mix channels linearly")
+                    && m.contains("use --method netmorph"),
+                "{name} {after}: {m}"
+            );
+        }
+    }
+    // The stem's ReLU output feeds `conv2`, a conv-BN-act layer: a pre-activated block
+    // there would hand it an un-normalised value.
+    let g = compile(
+        "arch PS
+input 3x8x8
+preact
+conv1    3x3, 8
+conv2    3x3, 8
+conv3_x  [3x3, 8; 3x3, 8] x 1
+head     avg pool, 5-d fc
+",
+    );
+    let tp = teacher(&g, 2);
+    for method in [
+        DeepenMethod::R2r,
+        DeepenMethod::Netmorph,
+        DeepenMethod::Net2net,
+    ] {
+        let m = deepen_at(&g, &tp, "conv1", method).unwrap_err();
+        assert!(
+            m.contains("cannot deepen after `conv1` in a pre-activated network")
+                && m.contains("`conv1.act` is already normalised and read by `conv2`")
+                && m.contains("insert after a block"),
+            "{method:?}: {m}"
+        );
+    }
+    // After `conv2` the block's own BN-act follows: that site is fine.
+    assert!(deepen_at(&g, &tp, "conv2", DeepenMethod::R2r).is_ok());
 }
 
 /// Adds a node in the row its name starts with and makes it the output (the hand-built

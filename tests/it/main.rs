@@ -32,6 +32,7 @@ mod optimizer_state;
 mod params;
 mod picture;
 mod pipeline_cli;
+mod preact_print;
 mod prove;
 mod roundtrip;
 mod safe_outputs;

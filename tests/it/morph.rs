@@ -15,6 +15,9 @@ fn morphing_is_exact_on_every_example_in_both_modes() {
         ("resnet18", "conv3_1.conv1", 7),
         ("resnet34", "conv2_2.conv2", 5),
         ("resnet50", "conv2_1.conv1", 3),
+        ("resnext50_32x4d", "conv3_1.conv2", 5),
+        ("densenet121", "dense2_3.conv1", 3),
+        ("preact_resnet18", "conv4_2.conv1", 5),
     ] {
         let g = example_small(file);
         let p = teacher(&g, 4);

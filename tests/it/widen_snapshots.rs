@@ -7,8 +7,13 @@ use r2rc::transform::{widen, Amount, Method, Target};
 
 use crate::common::{conv_example_names, example, widen_args};
 
-/// A target per example: a head row, a block, a stage, a stream, a layer.
-const CASES: [(&str, &str); 6] = [
+/// A target per example: a head row, a block, a stage, a stream, a layer, a grouped conv,
+/// a transition (its space reaches into the next dense block's concatenations).
+const CASES: [(&str, &str); 10] = [
+    ("densenet121", "trans2"),
+    ("preact_resnet18", "conv3_1"),
+    ("resnext101_32x8d", "conv2_1.conv2"),
+    ("resnext50_32x4d", "conv3_2.conv2"),
     ("smallconv", "fc1"),
     ("resnet_cifar10", "conv3_1"),
     ("resnet_cifar18", "conv2_x"),

@@ -27,9 +27,9 @@ mod site;
 pub mod transformer;
 
 pub use nodes::{
-    block_nodes, default_params, identity_kernel, item_nodes, uniform_like, LayerSpec,
+    block_nodes, default_params, identity_kernel, item_nodes, uniform_like, LayerSpec, Order,
 };
-pub use site::{check_post_act, resolve_site, site_info, Site, SiteInfo};
+pub use site::{check_post_act, check_preact_site, resolve_site, site_info, Site, SiteInfo};
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -300,6 +300,9 @@ pub fn deepen_partial(
     }
     if site.inside {
         refuse_inside(&site, args)?;
+    }
+    if info.layer.is_none() {
+        check_preact_site(graph, &site)?;
     }
     let ins = (args.method.info().insertion)(&info, args.width, &mut rng)?;
     apply_insertion(graph, params, &site, ins)

@@ -17,6 +17,8 @@ pub struct LayerSpec {
     pub padding: usize,
     pub dilation: usize,
     pub width: usize,
+    /// ResNeXt's cardinality: the conv's groups (1 for a plain conv).
+    pub groups: usize,
     pub norm: bool,
     pub bias: bool,
     pub act: Option<Activation>,
@@ -30,6 +32,7 @@ impl LayerSpec {
             padding: (kernel - 1) / 2,
             dilation: 1,
             width,
+            groups: 1,
             norm: graph.defaults.norm,
             bias: !graph.defaults.norm,
             act: act.then(|| graph.defaults.act.clone()),
@@ -37,14 +40,39 @@ impl LayerSpec {
     }
 }
 
-/// Nodes of a block in lowering's order: per layer conv, BN, activation; then the add
-/// (port 0 branch, port 1 the block input) when `residual`, and the post activation.
+/// How a block's layers are ordered: conv-BN-act, or BN-act-conv (`preact`, where a
+/// block has no activation after its add).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    ConvFirst,
+    Preact,
+}
+
+impl Order {
+    /// The order of a block inserted at `site` of `graph`: the network's, except inside a
+    /// pre-activated block's branch, where the new layer goes after the next layer's
+    /// BN-act (see `site.rs`) and so is conv-BN-act there.
+    pub fn at(graph: &Graph, site: &super::Site) -> Order {
+        if graph.defaults.preact && !site.inside {
+            Order::Preact
+        } else {
+            Order::ConvFirst
+        }
+    }
+}
+
+/// Nodes of a block in lowering's order: per layer conv, BN, activation (BN, activation,
+/// conv under [`Order::Preact`], the BN over the layer's input); then the add (port 0
+/// branch, port 1 the block input) when `residual`, and the post activation, which a
+/// pre-activated block has not: there a block without shortcut starts with it instead,
+/// when its first layer has no activation of its own.
 pub fn block_nodes(
     c_in: usize,
     layers: &[LayerSpec],
     residual: bool,
     eps: f64,
     post: &Activation,
+    order: Order,
 ) -> Vec<NewNode> {
     let mut nodes: Vec<NewNode> = Vec::new();
     let mut cur = Src::Site;
@@ -53,6 +81,7 @@ pub fn block_nodes(
         nodes.push(NewNode { key, op, inputs });
         Src::New(nodes.len() - 1)
     };
+    let preact = order == Order::Preact;
     for (i, l) in layers.iter().enumerate() {
         let n = i + 1;
         let conv = Op::Conv2d(Conv2d {
@@ -62,32 +91,45 @@ pub fn block_nodes(
             stride: 1,
             padding: l.padding,
             dilation: l.dilation,
-            groups: 1,
+            groups: l.groups,
             bias: l.bias,
         });
-        cur = push(&mut nodes, format!("conv{n}"), conv, vec![cur]);
+        let act = match &l.act {
+            None if preact && !residual && i == 0 => Some(post.clone()),
+            a => a.clone(),
+        };
+        // The channels the BN and activation see: the layer's input under `preact`.
+        let norm_c = if preact { c } else { l.width };
+        if !preact {
+            cur = push(&mut nodes, format!("conv{n}"), conv.clone(), vec![cur]);
+        }
         if l.norm {
             let bn = Op::BatchNorm(BatchNorm {
-                channels: l.width,
+                channels: norm_c,
                 eps,
             });
             cur = push(&mut nodes, format!("bn{n}"), bn, vec![cur]);
         }
-        if let Some(a) = &l.act {
-            let a = with_channels(a, l.width);
+        if let Some(a) = &act {
+            let a = with_channels(a, norm_c);
             cur = push(&mut nodes, format!("act{n}"), Op::Activation(a), vec![cur]);
+        }
+        if preact {
+            cur = push(&mut nodes, format!("conv{n}"), conv, vec![cur]);
         }
         c = l.width;
     }
     if residual {
         cur = push(&mut nodes, "add".into(), Op::Add, vec![cur, Src::Site]);
     }
-    push(
-        &mut nodes,
-        "act".into(),
-        Op::Activation(with_channels(post, c)),
-        vec![cur],
-    );
+    if !preact {
+        push(
+            &mut nodes,
+            "act".into(),
+            Op::Activation(with_channels(post, c)),
+            vec![cur],
+        );
+    }
     nodes
 }
 
@@ -99,6 +141,7 @@ pub fn item_nodes(c_in: usize, l: &LayerSpec, eps: f64) -> Vec<NewNode> {
         false,
         eps,
         &Activation::Identity,
+        Order::ConvFirst,
     );
     nodes.pop(); // an item has no post activation
     for n in &mut nodes {

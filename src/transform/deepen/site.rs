@@ -182,16 +182,22 @@ fn inside_site(graph: &Graph, name: &str) -> Result<Option<NodeIndex>> {
         return Ok(None);
     };
     let items = block_template(graph, &b).len();
+    // What the block does with its last layer's output.
+    let joins = if graph.find(&format!("{b}.cat")).is_some() {
+        "the dense layer concatenates to its input"
+    } else {
+        "the shortcut joins"
+    };
     if i >= items && items == 1 {
         return Err(usage(
-            format!("block `{b}` has one layer (`{name}` is part of it), whose output the shortcut joins, so there is no place between two of its layers"),
+            format!("block `{b}` has one layer (`{name}` is part of it), whose output {joins}, so there is no place between two of its layers"),
             Some(format!("use --after {b} (a new block after it)")),
         ));
     }
     if i >= items {
         return Err(usage(
             format!(
-                "`{name}` is part of the last layer of block `{b}`, whose output the shortcut joins; a layer inserted inside a block goes between two of its layers ({})",
+                "`{name}` is part of the last layer of block `{b}`, whose output {joins}; a layer inserted inside a block goes between two of its layers ({})",
                 (1..items)
                     .map(|k| format!("`{b}.conv{k}`"))
                     .collect::<Vec<_>>()
@@ -204,10 +210,16 @@ fn inside_site(graph: &Graph, name: &str) -> Result<Option<NodeIndex>> {
             }),
         ));
     }
-    // The item's last value: its activation, else its batch norm, else its conv.
-    let value = ["act", "bn", "conv"]
+    // The item's last value: its activation, else its batch norm, else its conv. Under
+    // `preact` an item is BN-act-conv, and its conv's output may be negative; the new layer
+    // goes after the next item's BN-act instead (still between the two convs), where a
+    // conv-BN-act layer starts as the identity on the non-negative pre-activation and the
+    // printed block reads it back as one more BN-act-conv layer.
+    let item = if graph.defaults.preact { i + 1 } else { i };
+    let value = ["act", "bn"]
         .iter()
-        .find_map(|p| graph.find(&format!("{b}.{p}{i}")))
+        .find_map(|p| graph.find(&format!("{b}.{p}{item}")))
+        .or_else(|| graph.find(&format!("{b}.conv{i}")))
         .expect("the item has its conv");
     Ok(Some(value))
 }
@@ -248,6 +260,7 @@ fn block_template(graph: &Graph, b: &str) -> Vec<LayerSpec> {
             padding: conv.padding,
             dilation: conv.dilation,
             width: conv.out_channels,
+            groups: conv.groups,
             norm: graph.find(&format!("{b}.bn{i}")).is_some(),
             bias: conv.bias,
             act,
@@ -311,18 +324,25 @@ pub fn site_info<'a>(graph: &'a Graph, params: &'a Params, site: Site) -> SiteIn
 /// site value unchanged: identity always, ReLU-like ones on a non-negative value.
 pub fn check_post_act(info: &SiteInfo, title: &str) -> Result<()> {
     let act = &info.graph.defaults.act;
+    // A pre-activated block's activation comes first, right on the site value.
+    let preact = info.graph.defaults.preact && !info.site.inside;
+    let (ends, hint) = if preact {
+        ("start with batch norm and", "under `preact` every block or transition output is un-normalised and may be negative: insert inside a block (like `--after conv2_1.conv1`, after the next layer's BN-ReLU), or use --method netmorph, which is exact for any input")
+    } else {
+        ("end in", "insert after a block or row that ends in ReLU (or pooling of ReLU outputs), or use --method netmorph, which is exact for any input")
+    };
     match act {
         Activation::Identity => Ok(()),
         Activation::Relu | Activation::LeakyRelu { .. } | Activation::Prelu { .. } if info.non_negative => Ok(()),
         Activation::Relu | Activation::LeakyRelu { .. } | Activation::Prelu { .. } => Err(usage(
             format!(
-                "cannot insert {title} after `{}`: the new layers end in {}, which leaves its input unchanged only where it is non-negative, and the sign analysis cannot prove `{}` non-negative: it comes from {}",
+                "cannot insert {title} after `{}`: the new layers {ends} {}, which leaves its input unchanged only where it is non-negative, and the sign analysis cannot prove `{}` non-negative: it comes from {}",
                 info.site.label,
                 act.keyword(),
                 info.graph.g[info.site.value].name,
                 info.why_negative
             ),
-            Some("insert after a block or row that ends in ReLU (or pooling of ReLU outputs), or use --method netmorph, which is exact for any input".into()),
+            Some(hint.into()),
         )),
         _ => Err(usage(
             format!(
@@ -333,4 +353,49 @@ pub fn check_post_act(info: &SiteInfo, title: &str) -> Result<()> {
             Some("use --method netmorph, which is exact for any input".into()),
         )),
     }
+}
+
+/// Under `preact` a value is raw when it has not been normalised since its conv: a
+/// pre-activated block's add or concatenation, a transition's pooled conv. The language
+/// puts the header's BN-act before the next item that is not pre-activated only after raw
+/// values.
+fn is_raw(graph: &Graph, v: NodeIndex) -> bool {
+    match &graph.g[v].op {
+        Op::Conv2d(_) | Op::Add | Op::Concat => true,
+        Op::MaxPool(_) | Op::AvgPool(_) => {
+            graph.inputs(v).first().is_some_and(|&i| is_raw(graph, i))
+        }
+        _ => false,
+    }
+}
+
+/// Under `preact` a block inserted after a block or row is pre-activated, so its output
+/// is raw: refuses a site whose value is normalised (the stem's conv-BN-act, a pool of it)
+/// unless every reader is a BN or activation (the next layer's pre-activation) or part of
+/// a block (pre-activated, or its identity shortcut), since the item after it would
+/// otherwise get a BN-act of its own when the student is written.
+pub fn check_preact_site(graph: &Graph, site: &Site) -> Result<()> {
+    if !graph.defaults.preact || site.inside || site.shape.len() != 3 || is_raw(graph, site.value) {
+        return Ok(());
+    }
+    let readers = graph.consumers(site.value);
+    let pre = |r: &&NodeIndex| {
+        matches!(graph.g[**r].op, Op::BatchNorm(_) | Op::Activation(_))
+            || graph.g[**r].block.is_some()
+    };
+    let odd = readers.iter().find(|r| !pre(r));
+    if !readers.is_empty() && odd.is_none() {
+        return Ok(());
+    }
+    let value = &graph.g[site.value].name;
+    let reader = odd.map_or("the network output".to_string(), |&r| {
+        format!("`{}`", graph.g[r].name)
+    });
+    Err(usage(
+        format!(
+            "cannot deepen after `{}` in a pre-activated network: `{value}` is already normalised and read by {reader}, not by a pre-activation, but a block inserted under `preact` is BN-act-conv and leaves its output un-normalised, so {reader} would need a BN-act of its own",
+            site.label
+        ),
+        Some("insert after a block (like `conv2_1`), after a transition, or inside a block (like `--after conv2_1.conv1`)".into()),
+    ))
 }

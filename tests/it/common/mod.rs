@@ -83,20 +83,6 @@ pub fn is_transformer(g: &Graph) -> bool {
     g.g.node_weights().any(|n| n.op.is_sequence())
 }
 
-/// Whether G is one of issue 17's families written in the language (ResNeXt's `C=G`,
-/// DenseNet's concatenations, `preact`). Growing them in the language's examples is the
-/// growth helper's work (issue 17, second half): until it lifts this filter, they stay out
-/// of the conv growth tests that iterate over the examples (widen.rs, widen_snapshots.rs,
-/// deepen_snapshots.rs through [`conv_example_names`]).
-pub fn is_new_family(g: &Graph) -> bool {
-    g.defaults.preact
-        || g.g.node_weights().any(|n| match &n.op {
-            r2rc::ir::Op::Concat => true,
-            r2rc::ir::Op::Conv2d(c) => c.groups > 1,
-            _ => false,
-        })
-}
-
 /// Whether running G in f64 in a test costs too much CI time (ResNeXt-101 32x8d, 16.4 G
 /// multiply-accumulates a 224x224 image): its counts are checked, not its outputs.
 pub fn too_heavy_to_run(g: &Graph) -> bool {
@@ -104,15 +90,12 @@ pub fn too_heavy_to_run(g: &Graph) -> bool {
 }
 
 /// The names of the convolutional examples, `examples/*.arch` less the transformers
-/// (`gpt2`, `tinyllama`, `vit_b16`) and the new families ([`is_new_family`]), sorted: the
-/// ones widening and deepening apply to.
+/// (`gpt2`, `tinyllama`, `vit_b16`), sorted: the ones widening and deepening apply to
+/// (ResNeXt, DenseNet and pre-activation ResNets included).
 pub fn conv_example_names() -> Vec<String> {
     example_names()
         .into_iter()
-        .filter(|n| {
-            let g = example(n);
-            !is_transformer(&g) && !is_new_family(&g)
-        })
+        .filter(|n| !is_transformer(&example(n)))
         .collect()
 }
 
@@ -122,15 +105,32 @@ pub fn teacher(g: &Graph, seed: u64) -> Params {
 }
 
 /// One representative deepening site per convolutional example (deepening transformers is
-/// refused today) for the methods that fit anywhere a block does, and one whose readers are
-/// convs or fc layers for NetMorph-dense: (example, site, site for NetMorph-dense).
-pub const DEEPEN_SITES: &[(&str, &str, &str)] = &[
-    ("smallconv", "conv1", "pool1"),
-    ("resnet_cifar10", "conv2_1", "conv2_2"),
-    ("resnet_cifar18", "conv3_2", "conv3_4"),
-    ("resnet18", "conv4_1", "conv4_2"),
-    ("resnet34", "conv3_2", "conv2_3"),
-    ("resnet50", "conv3_1", "conv2_3"),
+/// refused today) for the methods that fit anywhere a block does, one whose readers are
+/// convs or fc layers for NetMorph-dense, and one on a non-negative value for
+/// Net2DeeperNet: (example, site, site for NetMorph-dense, site for Net2DeeperNet). Under
+/// `preact` every block output is un-normalised (read by BNs, maybe negative), so the last
+/// two are inside a block, after the next layer's BN-ReLU.
+pub const DEEPEN_SITES: &[(&str, &str, &str, &str)] = &[
+    (
+        "densenet121",
+        "dense1_1",
+        "dense1_1.conv1",
+        "dense2_1.conv1",
+    ),
+    (
+        "preact_resnet18",
+        "conv2_1",
+        "conv2_1.conv1",
+        "conv3_1.conv1",
+    ),
+    ("resnet18", "conv4_1", "conv4_2", "conv4_1"),
+    ("resnet34", "conv3_2", "conv2_3", "conv3_2"),
+    ("resnet50", "conv3_1", "conv2_3", "conv3_1"),
+    ("resnet_cifar10", "conv2_1", "conv2_2", "conv2_1"),
+    ("resnet_cifar18", "conv3_2", "conv3_4", "conv3_2"),
+    ("resnext101_32x8d", "conv4_1", "conv2_3", "conv4_1"),
+    ("resnext50_32x4d", "conv3_1", "conv2_3", "conv3_1"),
+    ("smallconv", "conv1", "pool1", "conv1"),
 ];
 
 /// `r2rc ARGS`, to be run from the crate root.

@@ -291,42 +291,61 @@ pub fn check_memory(graph: &Graph, batch: usize, keep_all: bool, what: &str) -> 
 /// tensors), as rewrites' draws do.
 pub fn init(graph: &Graph, seed: u64, random_stats: bool) -> Params {
     use rayon::prelude::*;
-    let specs = graph.param_specs();
-    let rules: Vec<Rule> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let owner_weight = || {
-                // The weight of the same layer, for the bias bound.
-                specs[..i]
-                    .iter()
-                    .rev()
-                    .find(|s| s.node == spec.node && s.slot.suffix == "weight")
-                    .map(|s| s.slot.shape.clone())
-                    .unwrap_or_default()
-            };
-            init_rule(spec.slot.kind, &spec.slot.shape, owner_weight, random_stats)
-        })
-        .collect();
-    let tensors = specs
+    let init = Init::new(graph, seed, random_stats);
+    let tensors = init
+        .tensors
         .par_iter()
-        .zip(rules)
-        .map(|(spec, rule)| {
-            let shape = &spec.slot.shape;
-            let n: usize = shape.iter().product();
-            let n = if spec.slot.kind == ParamKind::NumBatchesTracked {
-                n.max(1)
-            } else {
-                n
-            };
-            let values = fill(rule, n, seed, &spec.name);
-            let array = ArrayD::from_shape_vec(IxDyn(shape), values).expect("length matches shape");
-            (spec.name.clone(), array)
-        })
+        .map(|(name, _)| (name.clone(), init.tensor(name).expect("one of the graph's")))
         .collect();
     Params {
         tensors,
         dtype: DType::F32,
+    }
+}
+
+/// What [`init`] makes of each tensor of a graph, so that a writer can make them one at a
+/// time ([`Init::tensor`]) with the same values.
+pub struct Init {
+    seed: u64,
+    /// Tensor name -> (rule, shape, values).
+    tensors: BTreeMap<String, (Rule, Vec<usize>, usize)>,
+}
+
+impl Init {
+    pub fn new(graph: &Graph, seed: u64, random_stats: bool) -> Init {
+        let specs = graph.param_specs();
+        let tensors = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let owner_weight = || {
+                    // The weight of the same layer, for the bias bound.
+                    specs[..i]
+                        .iter()
+                        .rev()
+                        .find(|s| s.node == spec.node && s.slot.suffix == "weight")
+                        .map(|s| s.slot.shape.clone())
+                        .unwrap_or_default()
+                };
+                let shape = &spec.slot.shape;
+                let rule = init_rule(spec.slot.kind, shape, owner_weight, random_stats);
+                let n: usize = shape.iter().product();
+                let n = if spec.slot.kind == ParamKind::NumBatchesTracked {
+                    n.max(1)
+                } else {
+                    n
+                };
+                (spec.name.clone(), (rule, shape.clone(), n))
+            })
+            .collect();
+        Init { seed, tensors }
+    }
+
+    /// Tensor `name` (an r2rc name) as [`init`] makes it; `None` if the graph has none.
+    pub fn tensor(&self, name: &str) -> Option<ArrayD<f64>> {
+        let (rule, shape, n) = self.tensors.get(name)?;
+        let values = fill(*rule, *n, self.seed, name);
+        Some(ArrayD::from_shape_vec(IxDyn(shape), values).expect("length matches shape"))
     }
 }
 

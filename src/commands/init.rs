@@ -46,30 +46,35 @@ pub fn run(args: Args) -> Result<()> {
         &[args.arch.file.as_path()],
         args.force,
     )?;
+    // Only a tensor is held at a time now, but a network this large is still refused
+    // before any work, with the same message as everywhere.
     params::check_memory(&graph, 0, false, "initialising this network")?;
-    let p = params::init(&graph, args.seed, args.random_stats);
-    // init's values are f32 already: rounding them again would be a pass for nothing.
-    let p = if dtype == p.dtype {
-        p
-    } else {
-        p.with_dtype(dtype)
+    let shard_size = match &args.shard_size {
+        Some(size) => Some(r2rc::shards::parse_size(size)?),
+        None => None,
     };
-    if let Some(size) = &args.shard_size {
-        let size = r2rc::shards::parse_size(size)?;
-        let entries = names::file_entries(&graph, naming)?;
-        let outs = r2rc::shards::output_paths(&args.output, &entries, dtype, Some(size));
+    let entries = names::file_entries(&graph, naming)?;
+    let outs = r2rc::shards::output_paths(&args.output, &entries, dtype, shard_size);
+    if outs.len() > 1 {
         r2rc::outputs::check_outputs(&outs, &[args.arch.file.as_path()], args.force)?;
-        for f in names::save_sharded(&p, &graph, &args.output, None, naming, Some(size))? {
+    }
+    let init = params::Init::new(&graph, args.seed, args.random_stats);
+    let files = write(&init, &graph, &args.output, dtype, naming, shard_size)?;
+    if outs.len() > 1 {
+        for f in files {
             eprintln!("wrote {}", f.display());
         }
         return Ok(());
     }
-    names::save(&p, &graph, &args.output, None, naming)?;
-    let values: usize = p.tensors.values().map(|t| t.len()).sum();
+    let specs = graph.param_specs();
+    let values: usize = specs
+        .iter()
+        .map(|s| s.slot.shape.iter().product::<usize>())
+        .sum();
     eprintln!(
         "wrote {} ({} tensors, {values} values, {dtype}, seed {}{})",
         args.output.display(),
-        p.tensors.len(),
+        specs.len(),
         args.seed,
         if args.random_stats {
             ", random statistics"
@@ -78,4 +83,46 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// Writes the initialised network at `path` (sharded by `shard_size`, in `naming`'s names
+/// and layout) one file tensor at a time: each is made from its r2rc parts, encoded and
+/// written in file order, so memory holds one tensor, not the network twice over. The
+/// tensors are those `names::save` writes of `params::init`'s values (the bytes too, but
+/// for the header's tensor order under a layout).
+fn write(
+    init: &params::Init,
+    graph: &r2rc::ir::Graph,
+    path: &std::path::Path,
+    dtype: DType,
+    naming: Naming,
+    shard_size: Option<u64>,
+) -> Result<Vec<PathBuf>> {
+    let entries = names::file_entries(graph, naming)?;
+    // `format: pt` under --names hf, as every other writer of such files adds.
+    let meta = r2rc::hf_config_out::file_metadata(&Default::default(), naming);
+    let meta = (!meta.is_empty()).then_some(&meta);
+    let mut w = r2rc::shards::Writer::create(path, &entries, dtype, meta, shard_size, 0)?;
+    w.sequential()?;
+    for (s, e) in names::stored(graph, naming)?.iter().zip(&entries) {
+        let mut parts = std::collections::BTreeMap::new();
+        for (name, _) in &s.parts {
+            let t = init.tensor(name).expect("the graph's tensor");
+            parts.insert(name.clone(), t);
+        }
+        let t = if s.is_plain() {
+            parts.pop_first().expect("one part").1
+        } else {
+            s.join(&parts)?
+        };
+        let t = t.as_standard_layout();
+        // Encoded after the page offset of its place in the file: written in place.
+        let pad = w.pad(&e.name);
+        let mut buf = Vec::with_capacity(pad + e.nbytes(dtype));
+        buf.resize(pad, 0);
+        let values = t.as_slice().expect("standard layout");
+        r2rc::shards::encode_append(values, dtype, e.counter, &mut buf);
+        w.write_padded(&e.name, &mut buf, pad)?;
+    }
+    w.finish()
 }

@@ -22,6 +22,7 @@ mod from_hf;
 mod fused_streaming;
 mod hf_outputs;
 mod hostile;
+mod init_stream;
 mod large;
 mod local_regions;
 mod morph;

@@ -69,6 +69,7 @@ student=$(stat -c %s "$D/student/$STEM.safetensors")
 wall=$(grep "Elapsed (wall clock)" "$D/time.txt" | awk '{print $NF}')
 secs=$(echo "$wall" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
 rss_kb=$(grep "Maximum resident set size" "$D/time.txt" | awk '{print $NF}')
+cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {print s}' "$D/time.txt")
 
 # The floor: writing the student's bytes from /dev/zero into a new file, through the page
 # cache (then synced, as the widen syncs its output) and with O_DIRECT (as the widen writes
@@ -86,21 +87,23 @@ dd if=/dev/zero of="$D/floor.bin" bs=8M count="$student" iflag=count_bytes oflag
 f4=$(date +%s.%N)
 rm -f "$D/floor.bin"
 
-python3 - "$teacher" "$student" "$t0" "$t1" "$t2" "$secs" "$rss_kb" "$f0" "$f1" "$f2" "$f3" "$f4" <<'PY'
-import sys
+python3 - "$teacher" "$student" "$t0" "$t1" "$t2" "$secs" "$rss_kb" "$f0" "$f1" "$f2" "$f3" "$f4" "$cpu" <<'PY'
+import os, sys
 teacher, student = int(sys.argv[1]), int(sys.argv[2])
-t0, t1, t2, widen, rss, f0, f1, f2, f3, f4 = (float(x) for x in sys.argv[3:])
+t0, t1, t2, widen, rss, f0, f1, f2, f3, f4, cpu = (float(x) for x in sys.argv[3:])
 cp, cps = t1 - t0, t2 - t0
 rss *= 1024
 print(f"teacher checkpoint   {teacher / 1e9:.3f} GB")
 print(f"student checkpoint   {student / 1e9:.3f} GB")
 print(f"cp                   {cp:.2f} s   (cp + sync of the copy: {cps:.2f} s)")
-print(f"r2rc widen --all --by 1.5 --no-prove   {widen:.2f} s")
+print(f"r2rc widen --all --by 1.5 --no-prove   {widen:.2f} s   (CPU user + sys: {cpu:.2f} s)")
 print(f"ratio widen / cp     {widen / cp:.2f}   (widen / (cp + sync): {widen / cps:.2f}; target <= 2)")
 floor, floors, direct = f1 - f0, f2 - f0, f4 - f3
 print(f"write floor          {floor:.2f} s   (dd of the student's {student / 1e9:.3f} GB from /dev/zero; + sync: {floors:.2f} s)")
 print(f"direct write floor   {direct:.2f} s   (the same with oflag=direct: {direct / cp:.2f}x cp)")
 print(f"ratio widen / floor  {widen / floors:.2f} of (floor + sync), {widen / direct:.2f} of the direct floor")
+# On shared cores the wall-clock ratios follow the load; the CPU time steadies them.
+print(f"load average         {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
 print(f"peak RSS             {rss / 1e9:.3f} GB = {rss / student:.2f} x the student checkpoint (target <= 1.5)")
 PY
 if [ "${KEEP:-0}" != 1 ]; then rm -rf "$D/student" "$D/teacher.safetensors"; fi

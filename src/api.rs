@@ -217,7 +217,7 @@ pub fn step(
     let patch = Patch::plan(graph, step, o.seed, teacher, source)?;
     let student = patch.student_params(teacher)?;
     let transform = crate::report::Timings::since(t);
-    let proof = Proof::new(o.prove.as_ref(), o.local);
+    let (proof, note) = pipeline::cheaper_proof(&patch, Proof::new(o.prove.as_ref(), o.local));
     // The evidence is kept aside so that a failed proof can hand it over.
     let mut seen = Vec::new();
     let judged = pipeline::judge_patch(&patch, proof, |opts| {
@@ -232,6 +232,7 @@ pub fn step(
         error,
         evidence: seen.clone(),
     })?;
+    report.notes.extend(note);
     report.torchvision_names = names::report_names(&[graph, &patch.student], o.naming);
     report.timings.transform = transform;
     let moments = match moments {

@@ -442,6 +442,15 @@ impl<'a> Patch<'a> {
         }
     }
 
+    /// Multiply-accumulates of a local and of a full proof, where they are known to differ
+    /// much (a widening's regions; a deepening's or morph's region is always small).
+    pub fn proof_costs(&self) -> Option<(u64, u64)> {
+        match &self.rewrite {
+            Rewrite::Widen(w) => Some(crate::local_proof::widening_costs(w)),
+            _ => None,
+        }
+    }
+
     /// The note a local proof adds to the report.
     pub fn local_note(&self) -> String {
         match &self.rewrite {

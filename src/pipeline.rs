@@ -81,6 +81,24 @@ pub fn run(
     })
 }
 
+/// The proof the CLI and Python API run where the student is in memory ([`crate::api::step`];
+/// [`run`] proves as asked): a local proof whose regions cost more multiply-accumulates than
+/// teacher and student whole runs as a full proof instead (more evidence for less work),
+/// with a note saying so. A streamed rewrite has no student in memory and proves locally.
+pub fn cheaper_proof<'a>(patch: &Patch, proof: Proof<'a>) -> (Proof<'a>, Option<String>) {
+    match (proof, patch.proof_costs()) {
+        (Proof::Local(o), Some((local, full))) if local > full => (
+            Proof::Full(o),
+            Some(format!(
+                "proved in full rather than locally: the local proof's regions overlap, so running them costs {} multiply-accumulates per input and mode against {} for teacher and student whole",
+                crate::stats::thousands(local),
+                crate::stats::thousands(full)
+            )),
+        ),
+        _ => (proof, None),
+    }
+}
+
 /// The report of `patch` judged on the evidence `run` gives in `proof`'s modes, with the
 /// local proof's note.
 pub fn judge_patch(

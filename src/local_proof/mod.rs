@@ -336,6 +336,24 @@ pub fn widening_regions(w: &crate::transform::Widening) -> Vec<std::ops::Range<u
     out
 }
 
+/// Multiply-accumulates per input and mode of the local proof of widening `w` (each region
+/// run before and after its steps) and of a full proof (teacher and student whole). Regions
+/// that overlap each other's layers (a ResNet's residual streams are read by every block)
+/// can cost more in all than the whole networks: then a full proof is the cheaper one.
+pub fn widening_costs(w: &crate::transform::Widening) -> (u64, u64) {
+    use crate::stats::mac_count;
+    let student = &w.plan.student;
+    let local = widening_regions(w)
+        .into_iter()
+        .map(|r| {
+            let s = steps_space(w, r);
+            let cost = |g: &Graph| region_graph(g, &s, g).map_or(u64::MAX, |r| mac_count(&r));
+            cost(w.graph).saturating_add(cost(student))
+        })
+        .fold(0u64, u64::saturating_add);
+    (local, mac_count(w.graph).saturating_add(mac_count(student)))
+}
+
 /// The space whose region is the union of the regions of `steps` of widening `w` (a region
 /// of [`widening_regions`]).
 pub fn steps_space(w: &crate::transform::Widening, steps: std::ops::Range<usize>) -> Space {

@@ -5,7 +5,9 @@
 //! and still sees a changed weight upstream of the widening; report.json times its phases.
 
 use r2rc::ir::Graph;
-use r2rc::local_proof::{prove_step, region_tensors, steps_space, widening_regions};
+use r2rc::local_proof::{
+    prove_step, region_tensors, steps_space, widening_costs, widening_regions,
+};
 use r2rc::patch::Step;
 use r2rc::pipeline::{self, Proof};
 use r2rc::prove::{check_equivalence, ProveOptions};
@@ -201,4 +203,43 @@ fn report_json_times_each_phase() {
         let v = t[phase].as_f64().unwrap_or_else(|| panic!("{phase}: {t}"));
         assert!((0.0..600.0).contains(&v), "{phase}: {v}");
     }
+}
+
+/// On the command line (and in Python), a local proof of a widening whose regions would cost
+/// more than teacher and student whole runs in full instead and says so; one space of a
+/// ResNet stays local (its region is far cheaper).
+#[test]
+fn cli_local_proof_of_every_space_runs_in_full_when_cheaper() {
+    let g = example("resnet_cifar10");
+    let tp = teacher(&g, 2);
+    let a = widen_args(Target::All, Amount::By(1.5), Method::R2r);
+    let w = Widening::new(&g, &a, 1, &|n| tp.tensors.contains_key(n)).unwrap();
+    let (local, full) = widening_costs(&w);
+    assert!(local > full, "{local} vs {full}");
+    let arch = "examples/resnet_cifar10.arch";
+    let json = |a: &[&str]| -> serde_json::Value { serde_json::from_slice(&ok(a).stdout).unwrap() };
+    let r = json(&[
+        "widen", arch, "--all", "--by", "1.5", "--prove", "local", "--json",
+    ]);
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("proved in full rather than locally"),
+        "{notes}"
+    );
+    let ev = r["evidence"].as_array().unwrap();
+    assert_eq!(ev.len(), 2);
+    for e in ev {
+        assert!(e["passed"].as_bool().unwrap(), "{e}");
+        assert!(!e["mode"].as_str().unwrap().contains("local"), "{e}");
+    }
+    let r = json(&[
+        "widen", arch, "--layer", "conv3_x", "--by", "1.5", "--prove", "local", "--json",
+    ]);
+    assert!(!r["notes"].to_string().contains("in full"), "{r}");
+    let ev = r["evidence"].as_array().unwrap();
+    assert!(
+        ev.iter()
+            .all(|e| e["mode"].as_str().unwrap().ends_with("(local, 1 regions)")),
+        "{r}"
+    );
 }

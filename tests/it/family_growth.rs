@@ -260,6 +260,70 @@ fn pad_shortcut_streams_widen_with_their_zero_channels_and_prove() {
     }
 }
 
+/// An option-A stage that only subsamples (stride 2, same width): its pad shortcut adds
+/// no channels, so its stream holds only the previous stream's channels and has none of
+/// its own to grow. Widening it is refused, naming the shortcut, with what to do instead;
+/// widening the stream it comes from carries the new channels through the shortcut into
+/// it and past it, and proves by every exact method.
+#[test]
+fn a_subsample_only_pad_stream_is_refused_and_widens_with_its_source() {
+    let src = "arch PS
+input 3x12x12
+shortcut pad
+conv1    3x3, 8
+conv2_x  [3x3, 8; 3x3, 8] x 1
+conv3_x  [3x3, 8; 3x3, 8] x 2, stride 2
+conv4_x  [3x3, 16; 3x3, 16] x 1, stride 2
+head     avg pool, 10-d fc
+";
+    let g = compile(src);
+    let spaces = channel_spaces(&g);
+    let s3 = spaces.space_of(g.find("conv3_1.add").unwrap());
+    let owners: Vec<&str> = s3
+        .layout
+        .iter()
+        .map(|&o| spaces.spaces[o].label.as_str())
+        .collect();
+    assert_eq!((s3.width, s3.own, owners), (8, 0, vec!["conv1"]));
+    assert!(!s3.widenable());
+    let tp = teacher(&g, 6);
+    for target in ["conv3_1.conv2", "conv3_2.conv2"] {
+        let args = widen_args(Target::Name(target.into()), Amount::Add(4), Method::R2r);
+        let e = widen(&g, &tp, &args, 0).unwrap_err();
+        let m = format!("{e} | {}", e.hint_text().unwrap_or(""));
+        assert!(
+            m.contains(&format!("cannot widen `{target}`"))
+                && m.contains(
+                    "all its channels belong to other spaces (through `conv3_1.downsample`)"
+                )
+                && m.contains("widen a layer writing one of them")
+                && m.contains("r2rc spaces"),
+            "{m}"
+        );
+    }
+    // Widening conv1 widens conv2_x's stream, conv3_x's (through the pad shortcut) and
+    // conv4_x's first 8 channels.
+    for method in EXACT {
+        let args = widen_args(Target::Name("conv1".into()), Amount::Add(4), method);
+        let w = widen(&g, &tp, &args, 2).unwrap();
+        for (layer, c) in [
+            ("conv2_1.add", 12),
+            ("conv3_2.add", 12),
+            ("conv4_1.add", 20),
+        ] {
+            assert_eq!(
+                w.graph.g[w.graph.find(layer).unwrap()].shape[0],
+                c,
+                "{method:?} {layer}"
+            );
+        }
+        assert_exact(
+            &format!("subsample-only pad, conv1 {method:?}"),
+            &prove(&g, &tp, &w.graph, &w.params),
+        );
+    }
+}
+
 #[test]
 fn random_padding_of_grouped_and_pad_spaces_is_measured_not_proved() {
     for (name, src) in [("resnext", RESNEXT), ("option A", PAD)] {

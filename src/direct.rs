@@ -192,10 +192,9 @@ fn set_direct(_file: &File, on: bool) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// Bytes appended in pieces of every size land exactly, whether or not the file system
-    /// takes `O_DIRECT` (the test's folder decides which path runs).
-    #[test]
-    fn appended_bytes_land_in_order() {
+    /// A new empty file in a folder under the working directory, with the folder that
+    /// keeps it alive and its path.
+    fn scratch_file() -> (tempfile::TempDir, std::path::PathBuf, std::fs::File) {
         let dir = tempfile::tempdir_in(".").unwrap();
         let path = dir.path().join("f");
         let file = std::fs::OpenOptions::new()
@@ -205,6 +204,14 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap();
+        (dir, path, file)
+    }
+
+    /// Bytes appended in pieces of every size land exactly, whether or not the file system
+    /// takes `O_DIRECT` (the test's folder decides which path runs).
+    #[test]
+    fn appended_bytes_land_in_order() {
+        let (_dir, path, file) = scratch_file();
         let total = 2 * CHUNK + 12_345;
         let want: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
         file.set_len(total as u64).unwrap();
@@ -228,15 +235,7 @@ mod tests {
     /// mixed, land exactly; so does an unaligned buffer (copied).
     #[test]
     fn aligned_buffers_land_in_order() {
-        let dir = tempfile::tempdir_in(".").unwrap();
-        let path = dir.path().join("f");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
+        let (_dir, path, file) = scratch_file();
         // (bytes, written from a page-aligned buffer)
         let pieces = [
             (100, false),

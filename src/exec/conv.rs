@@ -1,10 +1,12 @@
 //! 2-d convolution: in f32 on AVX2 + FMA a direct kernel (direct_conv.rs), otherwise (f64,
-//! other CPUs) im2col + GEMM; one image, or a group of small images, per task.
+//! other CPUs) im2col + GEMM; one image, or a group of small images, per task. The f32
+//! forward pass runs wide 3x3 stride-1 layers as Winograd F(4x4, 3x3) (winograd.rs).
 
 use rayon::prelude::*;
 
 use super::direct_conv::{self, Geometry};
 use super::float::{gemm, Float, GemmDims};
+use super::winograd;
 use super::Tensor;
 use crate::ir::Conv2d;
 
@@ -15,6 +17,57 @@ pub struct Epilogue<T> {
     pub shift: Vec<T>,
     pub relu: bool,
 }
+
+/// [`conv2d`] for the forward pass: an f32 3x3 stride-1 layer with enough channels
+/// (`WINOGRAD_CHANNELS`) runs as Winograd F(4x4, 3x3), its filters transformed once into
+/// `cache`; anything else, and every f64 layer, as `conv2d`.
+pub fn conv2d_fast<T: Float>(
+    x: &Tensor<T>,
+    c: &Conv2d,
+    w: &[T],
+    bias: Option<&[T]>,
+    epilogue: Option<&Epilogue<T>>,
+    cache: &winograd::Cache,
+) -> Tensor<T> {
+    let [n, ci, h, wd] = x.dims4();
+    let wide = c.in_channels >= WINOGRAD_CHANNELS && c.out_channels >= WINOGRAD_CHANNELS;
+    if let (true, true, Some(xf), Some(wf)) = (
+        wide,
+        winograd::fits(c, h, wd),
+        T::as_f32(&x.data),
+        T::as_f32(w),
+    ) {
+        let s = winograd::Shape {
+            n,
+            ci,
+            co: c.out_channels,
+            h,
+            w: wd,
+            p: c.padding,
+        };
+        let (oh, ow) = (h + 2 * c.padding - 2, wd + 2 * c.padding - 2);
+        fn as32<T: Float>(v: &[T]) -> &[f32] {
+            T::as_f32(v).expect("T is f32: as_f32 answered")
+        }
+        let fin = winograd::Finish {
+            bias: bias.map(as32::<T>),
+            scale_shift: epilogue.map(|e| (as32(&e.scale), as32(&e.shift))),
+            relu: epilogue.is_some_and(|e| e.relu),
+        };
+        let mut out = T::zeros(n * c.out_channels * oh * ow);
+        let yf = T::as_f32_mut(&mut out).expect("T is f32: as_f32 answered");
+        winograd::conv(xf, &s, wf, cache, &fin, yf);
+        return Tensor {
+            shape: vec![n, c.out_channels, oh, ow],
+            data: out,
+        };
+    }
+    conv2d(x, c, w, bias, epilogue)
+}
+
+/// Input and output channels from which a 3x3 stride-1 layer runs as Winograd in the
+/// forward pass.
+const WINOGRAD_CHANNELS: usize = 64;
 
 /// PyTorch `conv2d`: cross-correlation with zero padding, stride, dilation and groups.
 /// `x` is `[N, C, H, W]`, `w` is OIHW, the result `[N, O, OH, OW]`.

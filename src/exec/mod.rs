@@ -24,6 +24,7 @@ mod stepper;
 #[cfg(test)]
 mod testutil;
 mod tnorm;
+mod winograd;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -210,6 +211,8 @@ struct Step<T> {
     /// the ReLU fused into it) run in the conv's epilogue. Holds the steps absorbed.
     fused_bn: Option<(Vec<usize>, Epilogue<T>)>,
     weights: Weights<T>,
+    /// A conv's Winograd filters, made by its first f32 `forward`.
+    winograd: winograd::Cache,
 }
 
 /// One node's value from [`Executor::forward_all`].
@@ -305,6 +308,7 @@ impl<T: Float> Executor<T> {
                 fused_relu: None,
                 fused_bn: None,
                 weights,
+                winograd: Default::default(),
             });
         }
         for i in 0..steps.len() {
@@ -460,8 +464,16 @@ impl<T: Float> Executor<T> {
                 };
                 args.push(v.expect("inputs run before their consumers"));
             }
-            let out = eval(step, args, mode, fused.is_some(), fused_bn.map(|f| &f.1))
-                .map_err(|m| Error::usage(format!("layer `{}`: {m}", step.name), None))?;
+            let fast = !keep_all;
+            let out = eval(
+                step,
+                args,
+                mode,
+                fused.is_some(),
+                fused_bn.map(|f| &f.1),
+                fast,
+            )
+            .map_err(|m| Error::usage(format!("layer `{}`: {m}", step.name), None))?;
             if let Some((absorbed, _)) = fused_bn {
                 // The BN (and its ReLU) ran in the conv's epilogue.
                 absorbed.iter().for_each(|&j| done[j] = true);
@@ -492,6 +504,7 @@ fn eval<T: Float>(
     mode: Mode,
     relu: bool,
     epilogue: Option<&Epilogue<T>>,
+    fast: bool,
 ) -> std::result::Result<Tensor<T>, String> {
     let dense = || match &step.weights {
         Weights::Dense { w, b } => (w.as_slice(), b.as_deref()),
@@ -501,7 +514,11 @@ fn eval<T: Float>(
         Op::Input => unreachable!("the input is placed before the loop"),
         Op::Conv2d(c) => {
             let (w, b) = dense();
-            conv::conv2d(&args[0], c, w, b, epilogue)
+            if fast {
+                conv::conv2d_fast(&args[0], c, w, b, epilogue, &step.winograd)
+            } else {
+                conv::conv2d(&args[0], c, w, b, epilogue)
+            }
         }
         Op::Linear(l) => {
             let (w, b) = dense();

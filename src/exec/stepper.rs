@@ -131,7 +131,7 @@ impl<'e, T: crate::exec::Float> Stepper<'e, T> {
                 )
             })?);
         }
-        let out = eval(step, args, self.mode, false, None)
+        let out = eval(step, args, self.mode, false, None, false)
             .map_err(|m| Error::usage(format!("layer `{}`: {m}", step.name), None))?;
         let out = Arc::new(out);
         if self.left[i] > 0 {

@@ -34,7 +34,11 @@ pub fn activation<T: Float>(mut x: Tensor<T>, a: &Activation, prelu: Option<&[T]
         Activation::Tanh => map(&mut x, |v| v.tanh()),
         Activation::Sigmoid => map(&mut x, |v| T::one() / (T::one() + (-v).exp())),
         Activation::Gelu => map(&mut x, |v| T::from_f64(gelu(v.to_f64()))),
-        Activation::GeluTanh => map(&mut x, gelu_tanh),
+        Activation::GeluTanh => match T::as_f32_mut(&mut x.data) {
+            // f32: the vectorised kernel (same formula to a few ulp).
+            Some(v) => v.par_chunks_mut(CHUNK).for_each(super::fastmath::gelu_tanh),
+            None => map(&mut x, gelu_tanh),
+        },
         Activation::Silu => map(&mut x, silu),
     }
     x

@@ -131,7 +131,10 @@ pub fn attention<T: Float>(
         gemm(&qk, qs, ks, scores);
         for (i, row) in scores.chunks_mut(t).enumerate() {
             let seen = if h.causal { i + 1 } else { t };
-            softmax_row(&mut row[..seen], root);
+            match T::as_f32_mut(&mut row[..seen]) {
+                Some(r) => super::fastmath::softmax_row(r, 1.0 / root.to_f64() as f32),
+                None => softmax_row(&mut row[..seen], root),
+            }
             row[seen..].fill(T::zero());
         }
         let mut out = vec![T::zero(); t * dh];

@@ -15,6 +15,7 @@ mod concat;
 mod conv;
 mod direct_conv;
 mod embed;
+mod fastmath;
 mod float;
 mod linear;
 mod norm;

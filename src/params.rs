@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::ir::{Graph, ParamKind, ParamSpec};
+use crate::ir::{Graph, Op, ParamKind, ParamSpec};
 
 /// Element type of a weights file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -278,7 +278,10 @@ pub fn check_memory(graph: &Graph, batch: usize, keep_all: bool, what: &str) -> 
 
 /// Seeded PyTorch-style initial weights in f32.
 ///
-/// Convs: kaiming normal, mode fan_out, ReLU gain (torchvision's ResNet init). Linear:
+/// Convs: kaiming normal with ReLU gain, by fan_out (torchvision's ResNet and ResNeXt
+/// init) or, in a network that concatenates (DenseNet), by fan_in as torchvision's
+/// DenseNet does: its 1x1 convs read up to 8x more channels than they write, and fan_out
+/// scaling compounds through the concatenations to logits near 1e7. Linear:
 /// PyTorch's default U(-1/sqrt(in), 1/sqrt(in)) for weight and bias. Conv bias:
 /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)). BN: gamma 1, beta 0, mean 0, var 1, counter 0.
 /// PReLU: 0.25. With `random_stats` biases, BN affine parameters, running statistics
@@ -314,6 +317,11 @@ pub struct Init {
 impl Init {
     pub fn new(graph: &Graph, seed: u64, random_stats: bool) -> Init {
         let specs = graph.param_specs();
+        let conv_fan = if graph.g.node_weights().any(|n| n.op == Op::Concat) {
+            ConvFan::In
+        } else {
+            ConvFan::Out
+        };
         let tensors = specs
             .iter()
             .enumerate()
@@ -328,7 +336,7 @@ impl Init {
                         .unwrap_or_default()
                 };
                 let shape = &spec.slot.shape;
-                let rule = init_rule(spec.slot.kind, shape, owner_weight, random_stats);
+                let rule = init_rule(spec.slot.kind, shape, owner_weight, conv_fan, random_stats);
                 let n: usize = shape.iter().product();
                 let n = if spec.slot.kind == ParamKind::NumBatchesTracked {
                     n.max(1)
@@ -359,14 +367,29 @@ enum Rule {
     Const(f64),
 }
 
+/// Which fan a conv weight's kaiming init scales by (see [`init`]).
+#[derive(Debug, Clone, Copy)]
+enum ConvFan {
+    In,
+    Out,
+}
+
 fn init_rule(
     kind: ParamKind,
     shape: &[usize],
     owner_weight: impl Fn() -> Vec<usize>,
+    conv_fan: ConvFan,
     random_stats: bool,
 ) -> Rule {
     match kind {
-        ParamKind::ConvWeight => Rule::Normal((2.0 / fans(shape).1 as f64).sqrt()),
+        ParamKind::ConvWeight => {
+            let (fan_in, fan_out) = fans(shape);
+            let fan = match conv_fan {
+                ConvFan::In => fan_in,
+                ConvFan::Out => fan_out,
+            };
+            Rule::Normal((2.0 / fan as f64).sqrt())
+        }
         ParamKind::LinearWeight => {
             let b = 1.0 / (fans(shape).0 as f64).sqrt();
             Rule::Uniform(-b, b)

@@ -72,6 +72,33 @@ fn init_follows_pytorch_conventions() {
     assert_ne!(p, params::init(&g, 4, false));
 }
 
+/// DenseNet's convs scale by fan_in, as torchvision's DenseNet does (a ResNet's by
+/// fan_out, above): by fan_out, the 1x1 convs reading 1000 concatenated channels compound
+/// to logits near 1e7 at init, where torchvision's are a few units.
+#[test]
+fn densenet_init_scales_convs_by_fan_in_and_keeps_logits_small() {
+    let g = crate::common::example("densenet121");
+    let p = params::init(&g, 0, false);
+    // dense3_24.conv1 reads 256 + 23 * 32 = 992 channels and writes 128.
+    let w = &p.tensors["dense3_24.conv1.weight"];
+    assert_eq!(w.shape(), &[128, 992, 1, 1]);
+    let want = (2.0f64 / 992.0).sqrt();
+    assert!(
+        (std_of(w) / want - 1.0).abs() < 0.05,
+        "std {} vs {want}",
+        std_of(w)
+    );
+    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 3, 224, 224]), |i| {
+        ((i[1] * 7 + i[2] * 3 + i[3]) % 11) as f32 / 5.0 - 1.0
+    });
+    let y = r2rc::exec::Executor::<f32>::new(&g, &p)
+        .unwrap()
+        .forward(x, r2rc::exec::Mode::Eval)
+        .unwrap();
+    let max = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(max > 0.1 && max < 50.0, "max |logit| {max}");
+}
+
 #[test]
 fn random_stats_randomise_every_statistic() {
     let g = tiny();

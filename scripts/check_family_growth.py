@@ -21,78 +21,13 @@ Usage: check_family_growth.py [--r2rc target/release/r2rc] [--examples examples]
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import check_torch as ct  # noqa: E402  (the shared module loader and comparisons)
 
-# The networks of check_interop.py's FAMILY_ARCHES (that script runs where onnxruntime is
-# installed, this one where torch is, so neither imports the other).
-FAMILY_ARCHES = {
-    "resnext_small": """arch RX
-input 3x12x12
-conv1    3x3, 16
-conv2_x  [1x1, 16; 3x3, 16, groups 4; 1x1, 32] x 2
-conv3_x  [1x1, 32; 3x3, 32, groups 4; 1x1, 48] x 1, stride 2
-head     avg pool, 10-d fc
-""",
-    "option_a_small": """arch PA
-input 3x12x12
-conv1    3x3, 8
-conv2_x  [3x3, 8; 3x3, 8] x 2
-conv3_x  [3x3, 16; 3x3, 16] x 2, stride 2
-shortcut pad
-head     avg pool, 10-d fc
-""",
-}
-
-GROWS = [
-    ("widen", ["--all", "--add", "8", "--method", "r2r"]),
-    ("widen", ["--all", "--add", "8", "--method", "net2net"]),
-    ("widen", ["--all", "--add", "8", "--method", "netmorph"]),
-    ("deepen", ["--after", "conv2_1.conv1", "--method", "netmorph"]),
-    ("deepen", ["--after", "conv2_1.conv1", "--method", "net2net"]),
-]
-
-
-# The examples, their input cut to 64x64, and how each is grown: one exact widening
-# method each (tests/it/widen.rs proves every method on every example), deepening between
-# blocks and inside a layer. The proofs are left to the Rust tests (--no-prove): here the
-# student's PyTorch module is compared with the teacher's.
-EXAMPLE_GROWS = {
-    "resnext50_32x4d": [
-        ("widen", ["--layer", "conv3_2.conv2", "--by", "1.5", "--method", "r2r"]),
-        ("deepen", ["--after", "conv3_1", "--method", "r2r"]),
-        ("deepen", ["--after", "conv2_1.conv2", "--method", "netmorph"]),
-    ],
-    "densenet121": [
-        ("widen", ["--layer", "trans2", "--by", "1.5", "--method", "net2net"]),
-        ("deepen", ["--after", "dense1_1", "--method", "r2r"]),
-        ("deepen", ["--after", "dense1_1.conv1", "--method", "netmorph-dense"]),
-    ],
-    "preact_resnet18": [
-        ("widen", ["--all", "--add", "8", "--method", "netmorph"]),
-        ("deepen", ["--after", "conv2_1", "--method", "r2r"]),
-        ("deepen", ["--after", "conv3_1.conv1", "--method", "net2net"]),
-    ],
-}
-
-
-def small_example(examples, net, work):
-    """examples/NET.arch with a 64x64 input, written to WORK/NET.arch."""
-    with open(os.path.join(examples, f"{net}.arch")) as f:
-        src = f.read()
-    cut = re.sub(r"^input 3x224x224$", "input 3x64x64", src, flags=re.M)
-    if cut == src:
-        raise AssertionError(f"{net}.arch has no `input 3x224x224` line to cut")
-    # The size column states 224x224 sizes: drop it (it is optional).
-    cut = re.sub(r"^(\S+)\s+\d+x\d+\s+", r"\1  ", cut, flags=re.M)
-    path = os.path.join(work, f"{net}.arch")
-    with open(path, "w") as f:
-        f.write(cut)
-    return path
+from family_cases import arch_for, cases  # noqa: E402
 
 
 def main():
@@ -107,20 +42,12 @@ def main():
     os.makedirs(work, exist_ok=True)
     failed = 0
     rows = 0
-    cases = [(stem, src, GROWS) for stem, src in FAMILY_ARCHES.items()]
-    cases += [(net, None, [(k, f + ["--no-prove"]) for k, f in grows])
-              for net, grows in EXAMPLE_GROWS.items()]
-    for stem, src, grows in cases:
+    for stem, src, grows in cases():
         for i, (kind, flags) in enumerate(grows):
             # One folder per case: check_student names its outputs by the arch's stem.
             d = os.path.join(work, f"{stem}_{i}")
             os.makedirs(d, exist_ok=True)
-            if src is None:
-                arch = small_example(args.examples, stem, d)
-            else:
-                arch = os.path.join(d, f"{stem}.arch")
-                with open(arch, "w") as f:
-                    f.write(src)
+            arch = arch_for(args.examples, stem, src, d)
             what = f"{stem} {kind} {' '.join(flags)}"
             try:
                 for r in ct.check_student(args.r2rc, arch, d, args.seed + i, args.batch,

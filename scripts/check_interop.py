@@ -16,6 +16,10 @@ with `r2rc init --dtype` (numpy has no bfloat16, so that file's package check is
 A final softmax that saturates (max near 1) hides errors in the logits, so every example
 ending in `, softmax` is checked a second time with the softmax removed from its text.
 
+The grown students of scripts/family_cases.py (ResNeXt, option-A, DenseNet and
+pre-activation networks, widened and deepened between and inside blocks) run in ONNX
+Runtime with their teachers' outputs.
+
 Prints a table of errors and exits non-zero on any failure.
 """
 
@@ -33,6 +37,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from safetensors.numpy import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import family_cases  # noqa: E402  (the grown students of issue 17, shared with check_family_growth.py)
 
 TOLERANCE = 1e-4
 
@@ -174,61 +181,40 @@ def is_transformer(arch):
         return any(re.search(r"\battention\b", line.split("#")[0]) for line in f)
 
 
-# Small networks of the other families of the ResNet tables (issue 17): ResNeXt's grouped
-# 3x3 and option-A pad shortcuts, whose widening puts new channels inside each group and
-# before the zero padding.
-FAMILY_ARCHES = {
-    "resnext_small": """arch RX
-input 3x12x12
-conv1    3x3, 16
-conv2_x  [1x1, 16; 3x3, 16, groups 4; 1x1, 32] x 2
-conv3_x  [1x1, 32; 3x3, 32, groups 4; 1x1, 48] x 1, stride 2
-head     avg pool, 10-d fc
-""",
-    "option_a_small": """arch PA
-input 3x12x12
-conv1    3x3, 8
-conv2_x  [3x3, 8; 3x3, 8] x 2
-conv3_x  [3x3, 16; 3x3, 16] x 2, stride 2
-shortcut pad
-head     avg pool, 10-d fc
-""",
-}
-
-
-def check_family_growth(binary, work, seed, batch):
-    """Grown students of the other families (grouped convs, pad shortcuts; a layer inside
-    a block) in ONNX Runtime give the teacher's outputs, also in ONNX Runtime."""
+def check_family_growth(binary, examples, work, seed, batch):
+    """Grown students of the other families (scripts/family_cases.py: grouped convs, pad
+    shortcuts, the ResNeXt, DenseNet and pre-activation examples at 64x64; every exact
+    widening, layers inserted between and inside blocks) in ONNX Runtime give the
+    teacher's outputs, also in ONNX Runtime."""
     results = []
-    for stem, src in FAMILY_ARCHES.items():
-        arch = os.path.join(work, f"{stem}.arch")
-        with open(arch, "w") as f:
-            f.write(src)
-        w = os.path.join(work, f"{stem}.teacher.safetensors")
-        r2rc(binary, "init", arch, "-o", w, "--seed", str(seed), "--random-stats")
-        t_onnx = os.path.join(work, f"{stem}.teacher.onnx")
-        r2rc(binary, "export", arch, "--weights", w, "--onnx", t_onnx)
-        shape = onnx.load(t_onnx).graph.input[0].type.tensor_type.shape.dim
-        x = np.random.default_rng(seed).standard_normal(
-            (batch, *[d.dim_value for d in shape[1:]])).astype(np.float32)
-        teacher = ort_run(t_onnx, x)
-        grows = [(m, ["widen", arch, "--all", "--add", "8", "--method", m])
-                 for m in ["r2r", "net2net", "netmorph"]]
-        grows.append(("deepen-inside", ["deepen", arch, "--after", "conv2_1.conv1",
-                                        "--method", "netmorph"]))
-        for name, cmd in grows:
-            d = os.path.join(work, f"{stem}.{name}")
-            r2rc(binary, *cmd, "--weights", w, "-o", d, "--force")
-            s_onnx = os.path.join(work, f"{stem}.{name}.onnx")
-            r2rc(binary, "export", os.path.join(d, f"{stem}.arch"), "--weights",
-                 os.path.join(d, f"{stem}.safetensors"), "--onnx", s_onnx)
+    for stem, src, grows in family_cases.cases():
+        for i, (kind, flags) in enumerate(grows):
+            d = os.path.join(work, f"{stem}.grow{i}")
+            os.makedirs(d, exist_ok=True)
+            arch = family_cases.arch_for(examples, stem, src, d)
+            w = os.path.join(d, "teacher.safetensors")
+            r2rc(binary, "init", arch, "-o", w, "--seed", str(seed + i), "--random-stats",
+                 "--force")
+            t_onnx = os.path.join(d, "teacher.onnx")
+            r2rc(binary, "export", arch, "--weights", w, "--onnx", t_onnx, "--force")
+            shape = onnx.load(t_onnx).graph.input[0].type.tensor_type.shape.dim
+            x = np.random.default_rng(seed + i).standard_normal(
+                (batch, *[dim.dim_value for dim in shape[1:]])).astype(np.float32)
+            teacher = ort_run(t_onnx, x)
+            out = os.path.join(d, "student")
+            r2rc(binary, kind, arch, *flags, "--weights", w, "-o", out, "--force")
+            s_w = os.path.join(out, f"{stem}.safetensors")
+            s_onnx = os.path.join(d, "student.onnx")
+            r2rc(binary, "export", os.path.join(out, f"{stem}.arch"), "--weights", s_w,
+                 "--onnx", s_onnx, "--force")
             student = ort_run(s_onnx, x)
             scale = float(np.max(np.abs(teacher)))
             err = float(np.max(np.abs(teacher - student)))
+            what = " ".join(f for f in flags if f not in ("--method", "--no-prove"))
             results.append({
-                "example": f"{stem} {name}",
+                "example": f"{stem} {kind} {what}",
                 "last_op": "",
-                "tensors": len(load_file(os.path.join(d, f"{stem}.safetensors"))),
+                "tensors": len(load_file(s_w)),
                 "max_abs_out": scale,
                 "max_abs_err": err,
                 "rel": err / scale if scale > 0 else err,
@@ -311,7 +297,7 @@ def main():
         print(f"noisy_net2net          FAILED: {e}")
     # Grown students of grouped and option-A networks against their teachers (issue 17).
     try:
-        for r in check_family_growth(args.r2rc, work, args.seed, args.batch):
+        for r in check_family_growth(args.r2rc, args.examples, work, args.seed, args.batch):
             cases.append(None)
             failed += 0 if r["passed"] else 1
             print(f"{r['example']:<22} {r['tensors']:>7} {r['max_abs_out']:>10.3e} "

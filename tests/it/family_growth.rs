@@ -833,28 +833,40 @@ pub fn preact(widths: &[usize], groups: usize, c0: usize) -> Graph {
     g
 }
 
-/// Random pre-activation ResNets (grouped second convs) and random DenseNets: every
-/// widenable space, widened by a random amount its groups allow with a random exact
-/// method, proves to 1e-9 in both batch-norm modes, and an amount they do not allow is
-/// refused naming the groups.
+/// Random pre-activation ResNets and DenseNets written in the language (random widths,
+/// depths, growth rates and grouped 3x3 convs), and the hand-built ones: every widenable
+/// space, widened by a random amount its groups allow with a random exact method, proves
+/// to 1e-9 in both batch-norm modes, and an amount they do not allow is refused naming
+/// the groups. Each written network is also deepened at a random site (after a block, a
+/// dense layer or a transition, or inside a layer) by a random method: it proves as its
+/// exactness promises, or is refused with a hint where no construction exists (R2DeeperR
+/// inside a layer, a dense mix before a batch norm or into a grouped conv, Net2DeeperNet
+/// after an un-normalised sum or concatenation).
 #[test]
 fn random_preactivation_and_dense_networks_prove() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
     let mut proved = 0;
-    for case in 0..24 {
-        let g = if case % 2 == 0 {
-            let blocks = rng.random_range(1..4);
-            let widths: Vec<usize> = (0..blocks).map(|_| 2 * rng.random_range(1..4)).collect();
-            preact(
-                &widths,
-                *[1, 2].get(rng.random_range(0..2)).unwrap(),
-                rng.random_range(2..6),
-            )
-        } else {
-            densenet()
+    let mut deepened = 0;
+    for case in 0..36 {
+        let g = match case % 4 {
+            0 => {
+                let blocks = rng.random_range(1..4);
+                let widths: Vec<usize> = (0..blocks).map(|_| 2 * rng.random_range(1..4)).collect();
+                preact(
+                    &widths,
+                    *[1, 2].get(rng.random_range(0..2)).unwrap(),
+                    rng.random_range(2..6),
+                )
+            }
+            1 => densenet(),
+            2 => compile(&random_preact_source(&mut rng)),
+            _ => compile(&random_dense_source(&mut rng)),
         };
         let tp = teacher(&g, case);
+        if case % 4 >= 2 {
+            deepened += deepen_randomly(&g, &tp, &mut rng, &format!("case {case}"));
+        }
         let spaces = channel_spaces(&g);
         let open: Vec<_> = spaces.spaces.iter().filter(|s| s.widenable()).collect();
         let s = open[rng.random_range(0..open.len())];
@@ -883,5 +895,119 @@ fn random_preactivation_and_dense_networks_prove() {
             assert!(m.contains("groups by grouped convolution"), "{what}: {m}");
         }
     }
-    assert!(proved >= 18, "only {proved} of 24 cases widened");
+    assert!(proved >= 27, "only {proved} of 36 cases widened");
+    assert!(deepened >= 6, "only {deepened} of 18 cases deepened");
+}
+
+/// A random pre-activation ResNet in the language: one or two stages of 1-3 basic
+/// blocks, even widths, the second conv of a block grouped at random.
+fn random_preact_source(rng: &mut rand_chacha::ChaCha8Rng) -> String {
+    use rand::Rng;
+    let mut src = format!(
+        "arch RP\ninput 3x8x8\npreact\nconv1    3x3, {}\n",
+        2 * rng.random_range(1..5)
+    );
+    for (stage, stride) in [(2, ""), (3, ", stride 2")]
+        .into_iter()
+        .take(rng.random_range(1..3))
+    {
+        let w = 2 * rng.random_range(2..5);
+        let groups = if rng.random_bool(0.5) { ", C=2" } else { "" };
+        let n = rng.random_range(1..4);
+        src += &format!("conv{stage}_x  [3x3, {w}; 3x3, {w}{groups}] x {n}{stride}\n");
+    }
+    src + "head     avg pool, 5-d fc\n"
+}
+
+/// A random DenseNet in the language: a stem, a dense block, a transition and another
+/// dense block, with random growth rates, depths and grouped 3x3 convs.
+fn random_dense_source(rng: &mut rand_chacha::ChaCha8Rng) -> String {
+    use rand::Rng;
+    let mut block = |stage: usize| {
+        let k = 2 * rng.random_range(1..4);
+        let groups = if rng.random_bool(0.5) { ", C=2" } else { "" };
+        let n = rng.random_range(1..4);
+        format!(
+            "dense{stage}_x    [1x1, {}; 3x3, {k}{groups}] x {n}, dense\n",
+            2 * k
+        )
+    };
+    let (b1, b2) = (block(1), block(2));
+    format!(
+        "arch RD\ninput 3x8x8\npreact\nconv0       3x3, {}\n{b1}trans1      transition 0.5\n{b2}classifier  avg pool, 5-d fc\n",
+        2 * rng.random_range(1..5)
+    )
+}
+
+/// Deepens a random pre-activation ResNet or DenseNet at a random site by a random method
+/// ([`random_preactivation_and_dense_networks_prove`]); 1 if it deepened and proved, 0 if
+/// it was refused as expected.
+fn deepen_randomly(g: &Graph, tp: &Params, rng: &mut rand_chacha::ChaCha8Rng, what: &str) -> usize {
+    use r2rc::exec::Mode;
+    use r2rc::ir::Op;
+    use r2rc::transform::deepen::{rename, DeepenMethod};
+    use r2rc::transform::Exactness;
+    use rand::Rng;
+    // Blocks and layers: `conv2_i` / `dense1_i`, `trans1`; inside: `<block>.conv1`.
+    let blocks: Vec<String> = g
+        .order()
+        .into_iter()
+        .map(|n| &g.g[n].name)
+        .filter(|n| n.ends_with(".conv1"))
+        .map(|n| n.trim_end_matches(".conv1").to_string())
+        .collect();
+    let block = &blocks[rng.random_range(0..blocks.len())];
+    let inside = rng.random_bool(0.5);
+    let after = if inside {
+        format!("{block}.conv1")
+    } else if rng.random_bool(0.2) && g.find("trans1").is_some() {
+        "trans1".to_string()
+    } else {
+        block.clone()
+    };
+    let methods = [
+        DeepenMethod::R2r,
+        DeepenMethod::Net2net,
+        DeepenMethod::Netmorph,
+        DeepenMethod::NetmorphDense,
+    ];
+    let method = methods[rng.random_range(0..methods.len())];
+    let what = format!("{what} deepen --after {after} {method:?}");
+    let grouped_reader = match &g.g[g.find(&format!("{block}.conv2")).unwrap()].op {
+        Op::Conv2d(c) => c.groups > 1,
+        _ => unreachable!("{block}.conv2 is a conv"),
+    };
+    let expect_ok = match (inside, method) {
+        (false, DeepenMethod::R2r | DeepenMethod::Netmorph) => true,
+        (true, DeepenMethod::Net2net | DeepenMethod::Netmorph) => true,
+        (true, DeepenMethod::NetmorphDense) => !grouped_reader,
+        _ => false,
+    };
+    match deepen_at(g, tp, &after, method) {
+        Ok(d) => {
+            assert!(expect_ok, "{what}: deepened where a refusal was expected");
+            let (rt, rp) = rename(g, tp, &d.name_map);
+            let ev = prove(&rt, &rp, &d.graph, &d.params);
+            assert_eq!(ev.len(), 2, "{what}");
+            for e in &ev {
+                if d.exactness == Exactness::Exact || Mode::parse(&e.mode).unwrap() == Mode::Eval {
+                    assert!(
+                        e.passed && e.max_rel_err <= 1e-9,
+                        "{what}: {} ({:?})",
+                        e.summary(),
+                        e.first_divergence
+                    );
+                }
+            }
+            1
+        }
+        Err(m) => {
+            assert!(!expect_ok, "{what}: refused: {m}");
+            // The refusal says why and what to do instead (`message | hint`).
+            let (msg, hint) = m.split_once(" | ").unwrap();
+            assert!(msg.contains("cannot"), "{what}: {m}");
+            assert!(hint.contains("--"), "{what}: the hint names an option: {m}");
+            0
+        }
+    }
 }

@@ -126,18 +126,6 @@ impl Space {
         self.blockers.is_empty() && self.own > 0
     }
 
-    /// Why it cannot be widened (empty when it can).
-    pub fn why_fixed(&self) -> Vec<String> {
-        let mut v = self.blockers.clone();
-        if self.own == 0 {
-            v.push(format!(
-                "all its channels belong to other spaces (through `{}`), which widen on their own: widen a layer writing one of them",
-                self.derived_by.as_deref().unwrap_or("?")
-            ));
-        }
-        v
-    }
-
     /// Width of each of its own runs.
     pub fn run_width(&self) -> usize {
         self.own / self.groups.max(1)
@@ -169,6 +157,37 @@ pub struct Spaces {
 }
 
 impl Spaces {
+    /// Why space `id` cannot be widened (empty when it can); a space made only of other
+    /// spaces' channels names them, since widening one of them is what the user wants.
+    pub fn why_fixed(&self, id: usize) -> Vec<String> {
+        let s = &self.spaces[id];
+        let mut v = s.blockers.clone();
+        if s.own == 0 {
+            let mut owners: Vec<&str> = Vec::new();
+            for &o in &s.layout {
+                let label = self.spaces[o].label.as_str();
+                if !owners.contains(&label) {
+                    owners.push(label);
+                }
+            }
+            const SHOWN: usize = 4;
+            let mut names: Vec<String> = owners
+                .iter()
+                .take(SHOWN)
+                .map(|l| format!("`{l}`"))
+                .collect();
+            if owners.len() > SHOWN {
+                names.push(format!("{} more", owners.len() - SHOWN));
+            }
+            v.push(format!(
+                "all its channels belong to other spaces (through `{}`), which widen on their own: widen a layer writing one of them ({})",
+                s.derived_by.as_deref().unwrap_or("?"),
+                names.join(", ")
+            ));
+        }
+        v
+    }
+
     /// The space holding `node`'s output.
     pub fn space_of(&self, node: NodeIndex) -> &Space {
         &self.spaces[self.of[&node]]
@@ -649,7 +668,7 @@ pub fn table(spaces: &Spaces) -> String {
         let state = if s.widenable() {
             "widenable".to_string()
         } else {
-            format!("fixed: {}", s.why_fixed().join("; "))
+            format!("fixed: {}", spaces.why_fixed(s.id).join("; "))
         };
         out.push_str(&format!("{}: {state}\n", s.describe()));
         if s.layout.iter().any(|&o| o != s.id) || s.groups > 1 {

@@ -84,7 +84,7 @@ pub fn resolve(graph: &Graph, spaces: &Spaces, target: &Target) -> Result<Vec<us
                     format!(
                         "cannot widen `{name}` ({what}): {} cannot be widened because {}",
                         s.describe(),
-                        s.why_fixed().join("; and ")
+                        spaces.why_fixed(id).join("; and ")
                     ),
                     Some("`r2rc spaces FILE` lists the spaces that can be widened".into()),
                 ));

@@ -128,7 +128,7 @@ fn grouped_spaces_widen_every_group_and_prove_with_every_exact_method() {
     for label in ["conv2_1.conv1", "conv2_1.conv2", "conv3_1.conv2"] {
         let sp = spaces.spaces.iter().find(|s| s.label == label).unwrap();
         assert_eq!(sp.groups, 4, "{label}");
-        assert!(sp.widenable(), "{label}: {:?}", sp.why_fixed());
+        assert!(sp.widenable(), "{label}: {:?}", spaces.why_fixed(sp.id));
     }
     prove_every_space("resnext", &g, Amount::Add(8));
     // --by 1.5 gives every group the same share: 16 -> 24 (8 = 4 groups x 2).
@@ -736,7 +736,11 @@ fn concatenated_spaces_take_their_parts_new_channels_and_prove() {
     );
     assert_eq!((cat.width, cat.own), (18, 0));
     assert!(!cat.widenable());
-    assert!(cat.why_fixed()[0].contains("all its channels belong to other spaces"));
+    assert!(spaces.why_fixed(cat.id)[0].contains(
+        "all its channels belong to other spaces (through `dense1_3.cat`), which widen on their \
+         own: widen a layer writing one of them (`conv0`, `dense1_1.conv2`, `dense1_2.conv2`, \
+         `dense1_3.conv2`)"
+    ));
     // The grouped 3x3's output: 2 groups of 2, inside every concatenation after it.
     assert_eq!(spaces.space_of(g.find("dense1_2.conv2").unwrap()).groups, 2);
     // The growth of a layer, the stem and every hidden width widen, by every method.

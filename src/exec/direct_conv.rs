@@ -139,7 +139,7 @@ impl Plan {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use super::{LANES, PIXELS};
     use std::arch::x86_64::*;
 
@@ -213,7 +213,7 @@ mod avx2 {
     /// 8x8 transpose: in, register p holds pixel p's 8 channels; out, register c holds
     /// channel c's 8 pixels.
     #[inline(always)]
-    unsafe fn transpose(r: [__m256; 8]) -> [__m256; 8] {
+    pub(in crate::exec) unsafe fn transpose(r: [__m256; 8]) -> [__m256; 8] {
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);

@@ -136,11 +136,18 @@ pub fn conv(x: &[f32], s: &Shape, w: &[f32], cache: &Cache, fin: &Finish, y: &mu
             (0..count * blocks).into_par_iter().for_each(|task| {
                 let (i, cb) = (task / blocks, task % blocks);
                 let img = &x[(first + i) * s.ci * s.h * s.w..][..s.ci * s.h * s.w];
+                let task = InputTask {
+                    img,
+                    cb,
+                    t0: i * per_image,
+                    tc,
+                    cip: f.cip,
+                };
                 with_pad(|pad| {
                     // SAFETY: task (i, cb) writes lanes cb*16.. of tiles i*per_image..
                     // (i+1)*per_image of each of the 36 matrices: no two tasks overlap,
                     // and `v` holds POS * tc * cip values.
-                    unsafe { input_tiles(img, s, cb, pad, vp, i * per_image, tc, f.cip) }
+                    unsafe { input_tiles(&task, s, pad, vp) }
                 });
             });
             // The 36 products, one task each.
@@ -169,7 +176,14 @@ pub fn conv(x: &[f32], s: &Shape, w: &[f32], cache: &Cache, fin: &Finish, y: &mu
                         shift: &shift_v[cb],
                         relu,
                     };
-                    output_tiles(mr, s, cb, i * per_image, tc, f.cop, &ep, blk);
+                    let task = OutputTask {
+                        m: mr,
+                        cb,
+                        t0: i * per_image,
+                        tc,
+                        cop: f.cop,
+                    };
+                    with_pad(|stage| output_tiles(&task, s, &ep, stage, blk));
                 });
         }
     });
@@ -273,67 +287,122 @@ fn at(m: &[Lanes; 6]) -> [Lanes; 4] {
     r
 }
 
-/// Transforms every tile of channels `cb*16..` of one image into `v` (`[36][tc][cip]`,
-/// tiles from `t0`). The caller guarantees that no other task writes these lanes.
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_tiles(
-    img: &[f32],
-    s: &Shape,
+/// How the transforms run: with AVX-512 (one register per vector of lanes), AVX2 + FMA
+/// (two), or plain Rust.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Plain,
+}
+
+fn isa() -> Isa {
+    #[cfg(test)]
+    if tests::PLAIN.load(std::sync::atomic::Ordering::Relaxed) {
+        return Isa::Plain;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") && super::direct_conv::available() {
+            return Isa::Avx512;
+        }
+        if super::direct_conv::available() {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Plain
+}
+
+/// One (image, vector of channels) task of the input transform.
+struct InputTask<'a> {
+    img: &'a [f32],
     cb: usize,
-    pad: &mut Vec<f32>,
-    v: SharedOut,
+    /// This image's first tile among the chunk's `tc`.
     t0: usize,
     tc: usize,
     cip: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::direct_conv::available() {
-        return input_tiles_avx2(img, s, cb, pad, v, t0, tc, cip);
+}
+
+/// Transforms every tile of channels `cb*16..` of one image into `v` (`[36][tc][cip]`).
+/// The caller guarantees that no other task writes these lanes of these tiles and that
+/// `v` holds `36 * tc * cip` values.
+unsafe fn input_tiles(t: &InputTask, s: &Shape, pad: &mut Vec<f32>, v: SharedOut) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => input_tiles_avx512(t, s, pad, v),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => input_tiles_avx2(t, s, pad, v),
+        _ => input_tiles_body::<false>(t, s, pad, v),
     }
-    input_tiles_plain(img, s, cb, pad, v, t0, tc, cip)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn input_tiles_avx512(t: &InputTask, s: &Shape, pad: &mut Vec<f32>, v: SharedOut) {
+    input_tiles_body::<true>(t, s, pad, v)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_tiles_avx2(
-    img: &[f32],
-    s: &Shape,
-    cb: usize,
-    pad: &mut Vec<f32>,
-    v: SharedOut,
-    t0: usize,
-    tc: usize,
-    cip: usize,
-) {
-    input_tiles_plain(img, s, cb, pad, v, t0, tc, cip)
+unsafe fn input_tiles_avx2(t: &InputTask, s: &Shape, pad: &mut Vec<f32>, v: SharedOut) {
+    input_tiles_body::<true>(t, s, pad, v)
 }
 
+/// With `SIMD` (only inside an AVX2 function), the channels-last copy is made by 8x8
+/// register transposes instead of one scalar store per value.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn input_tiles_plain(
-    img: &[f32],
+unsafe fn input_tiles_body<const SIMD: bool>(
+    t: &InputTask,
     s: &Shape,
-    cb: usize,
     pad: &mut Vec<f32>,
     v: SharedOut,
-    t0: usize,
-    tc: usize,
-    cip: usize,
 ) {
     let (th, tw) = s.tiles();
     // Channels-last, zero-padded copy of this vector of channels, large enough for every
     // 6x6 tile (rows and columns past the image read zero).
     let (hp, wp) = (4 * th + 2, 4 * tw + 2);
-    pad.clear();
+    let channels = LANES.min(s.ci.saturating_sub(t.cb * LANES));
     pad.resize(hp * wp * LANES, 0.0);
-    let channels = LANES.min(s.ci.saturating_sub(cb * LANES));
-    for c in 0..channels {
-        let plane = &img[(cb * LANES + c) * s.h * s.w..][..s.h * s.w];
-        for (r, row) in plane.chunks_exact(s.w).enumerate() {
-            let at = ((r + s.p) * wp + s.p) * LANES + c;
-            for (k, &val) in row.iter().enumerate() {
-                pad[at + k * LANES] = val;
+    if channels < LANES {
+        pad.fill(0.0);
+    } else {
+        // Only the border: the image overwrites the rest.
+        let (top, bottom) = (s.p * wp * LANES, (s.p + s.h) * wp * LANES);
+        pad[..top].fill(0.0);
+        pad[bottom..].fill(0.0);
+        for r in s.p..s.p + s.h {
+            pad[r * wp * LANES..(r * wp + s.p) * LANES].fill(0.0);
+            pad[(r * wp + s.p + s.w) * LANES..(r + 1) * wp * LANES].fill(0.0);
+        }
+    }
+    let planes = &t.img[t.cb * LANES * s.h * s.w..];
+    for r in 0..s.h {
+        let at = ((r + s.p) * wp + s.p) * LANES;
+        let mut k0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if SIMD && channels == LANES {
+            use std::arch::x86_64::*;
+            while k0 + 8 <= s.w {
+                for half in 0..2 {
+                    let mut rows = [_mm256_setzero_ps(); 8];
+                    for (c, row) in rows.iter_mut().enumerate() {
+                        let src = &planes[((half * 8 + c) * s.h + r) * s.w + k0..][..8];
+                        *row = _mm256_loadu_ps(src.as_ptr());
+                    }
+                    // Register k now holds pixel k0 + k's 8 channels.
+                    let px = super::direct_conv::avx2::transpose(rows);
+                    for (k, p) in px.iter().enumerate() {
+                        let dst = &mut pad[at + (k0 + k) * LANES + half * 8..][..8];
+                        _mm256_storeu_ps(dst.as_mut_ptr(), *p);
+                    }
+                }
+                k0 += 8;
+            }
+        }
+        for c in 0..channels {
+            let row = &planes[(c * s.h + r) * s.w..][..s.w];
+            for (k, &val) in row.iter().enumerate().skip(k0) {
+                pad[at + k * LANES + c] = val;
             }
         }
     }
@@ -346,18 +415,18 @@ unsafe fn input_tiles_plain(
                     e.copy_from_slice(&pad[at + j * LANES..][..LANES]);
                 }
             }
-            // Columns, then rows: t[k][j] = (B^T d)[k][j], then (B^T d B)[k][l].
-            let mut t = [[[0.0f32; LANES]; 6]; 6];
+            // Columns, then rows: q[k][j] = (B^T d)[k][j], then (B^T d B)[k][l].
+            let mut q = [[[0.0f32; LANES]; 6]; 6];
             for j in 0..6 {
                 let col = bt(&[d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]]);
                 for k in 0..6 {
-                    t[k][j] = col[k];
+                    q[k][j] = col[k];
                 }
             }
-            let tile = t0 + ty * tw + tx;
-            for (k, row) in t.iter().enumerate() {
+            let tile = t.t0 + ty * tw + tx;
+            for (k, row) in q.iter().enumerate() {
                 for (l, e) in bt(row).iter().enumerate() {
-                    let dst = v.0.add(((k * 6 + l) * tc + tile) * cip + cb * LANES);
+                    let dst = v.0.add(((k * 6 + l) * t.tc + tile) * t.cip + t.cb * LANES);
                     std::ptr::copy_nonoverlapping(e.as_ptr(), dst, LANES);
                 }
             }
@@ -365,67 +434,80 @@ unsafe fn input_tiles_plain(
     }
 }
 
-/// Transforms back the products of output channels `cb*16..` of one image's tiles (from
-/// `t0` in `m`, `[36][tc][cop]`) and writes them, with bias and epilogue, into `blk`
-/// (`[channels][OH*OW]`).
-#[allow(clippy::too_many_arguments)]
-fn output_tiles(
-    m: &[f32],
-    s: &Shape,
+/// One (image, vector of output channels) task of the output transform.
+struct OutputTask<'a> {
+    /// The products, `[36][tc][cop]`.
+    m: &'a [f32],
     cb: usize,
+    /// This image's first tile among the chunk's `tc`.
     t0: usize,
     tc: usize,
     cop: usize,
+}
+
+/// Transforms back the products of output channels `cb*16..` of one image's tiles and
+/// writes them, with bias and epilogue, into `blk` (`[channels][OH*OW]`); `stage` is
+/// scratch for one row of tiles, channels last.
+fn output_tiles(t: &OutputTask, s: &Shape, ep: &Affine, stage: &mut Vec<f32>, blk: &mut [f32]) {
+    match isa() {
+        // SAFETY: the CPU has the features (isa() checked them).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { output_tiles_avx512(t, s, ep, stage, blk) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { output_tiles_avx2(t, s, ep, stage, blk) },
+        _ => output_tiles_body::<false>(t, s, ep, stage, blk),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn output_tiles_avx512(
+    t: &OutputTask,
+    s: &Shape,
     ep: &Affine,
+    stage: &mut Vec<f32>,
     blk: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if super::direct_conv::available() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { output_tiles_avx2(m, s, cb, t0, tc, cop, ep, blk) };
-    }
-    output_tiles_plain(m, s, cb, t0, tc, cop, ep, blk)
+    output_tiles_body::<true>(t, s, ep, stage, blk)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn output_tiles_avx2(
-    m: &[f32],
+    t: &OutputTask,
     s: &Shape,
-    cb: usize,
-    t0: usize,
-    tc: usize,
-    cop: usize,
     ep: &Affine,
+    stage: &mut Vec<f32>,
     blk: &mut [f32],
 ) {
-    output_tiles_plain(m, s, cb, t0, tc, cop, ep, blk)
+    output_tiles_body::<true>(t, s, ep, stage, blk)
 }
 
+/// With `SIMD` (only inside an AVX2 function), a row of tiles goes from channels-last to
+/// the output planes by 8x8 register transposes.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn output_tiles_plain(
-    m: &[f32],
+fn output_tiles_body<const SIMD: bool>(
+    t: &OutputTask,
     s: &Shape,
-    cb: usize,
-    t0: usize,
-    tc: usize,
-    cop: usize,
     ep: &Affine,
+    stage: &mut Vec<f32>,
     blk: &mut [f32],
 ) {
     let (oh, ow) = s.out();
     let (th, tw) = s.tiles();
     let plane = oh * ow;
     let channels = blk.len() / plane;
+    // One row of tiles: [4 rows][wq pixels][16 channels], wq a whole number of 8s.
+    let wq = (4 * tw).next_multiple_of(8);
+    stage.resize(4 * wq * LANES, 0.0);
     for ty in 0..th {
         for tx in 0..tw {
-            let tile = t0 + ty * tw + tx;
+            let tile = t.t0 + ty * tw + tx;
             let mut mm = [[[0.0f32; LANES]; 6]; 6];
             for (k, row) in mm.iter_mut().enumerate() {
                 for (l, e) in row.iter_mut().enumerate() {
-                    e.copy_from_slice(&m[((k * 6 + l) * tc + tile) * cop + cb * LANES..][..LANES]);
+                    let at = ((k * 6 + l) * t.tc + tile) * t.cop + t.cb * LANES;
+                    e.copy_from_slice(&t.m[at..][..LANES]);
                 }
             }
             let mut sr = [[[0.0f32; LANES]; 6]; 4];
@@ -436,25 +518,59 @@ fn output_tiles_plain(
                 }
             }
             for (r, row) in sr.iter().enumerate() {
-                let oy = 4 * ty + r;
-                if oy >= oh {
-                    break;
-                }
-                let mut out = at(row);
-                for e in out.iter_mut() {
-                    for (l, x) in e.iter_mut().enumerate() {
-                        let v = (*x + ep.bias[l]) * ep.scale[l] + ep.shift[l];
+                for (q, e) in at(row).iter().enumerate() {
+                    let dst = &mut stage[(r * wq + 4 * tx + q) * LANES..][..LANES];
+                    for (l, x) in dst.iter_mut().enumerate() {
+                        let v = (e[l] + ep.bias[l]) * ep.scale[l] + ep.shift[l];
                         *x = if ep.relu { super::act::relu(v) } else { v };
                     }
                 }
-                for (q, e) in out.iter().enumerate() {
-                    let ox = 4 * tx + q;
-                    if ox >= ow {
-                        break;
+            }
+        }
+        for r in 0..4 {
+            let oy = 4 * ty + r;
+            if oy >= oh {
+                break;
+            }
+            let src = &stage[r * wq * LANES..][..wq * LANES];
+            let mut x0 = 0;
+            #[cfg(target_arch = "x86_64")]
+            if SIMD {
+                use std::arch::x86_64::*;
+                // SAFETY: SIMD is set only inside functions with AVX2 enabled; loads read
+                // 8 pixels of `src` (wq is a multiple of 8) and stores stay in `blk`.
+                unsafe {
+                    while x0 < ow {
+                        let n = (ow - x0).min(8);
+                        for half in 0..2 {
+                            if half * 8 >= channels {
+                                break;
+                            }
+                            let mut px = [_mm256_setzero_ps(); 8];
+                            for (k, p) in px.iter_mut().enumerate() {
+                                *p = _mm256_loadu_ps(src[(x0 + k) * LANES + half * 8..].as_ptr());
+                            }
+                            // Register c now holds channel half * 8 + c's 8 pixels.
+                            let ch = super::direct_conv::avx2::transpose(px);
+                            for (c, v) in ch.iter().enumerate().take(channels - half * 8) {
+                                let dst = &mut blk[(half * 8 + c) * plane + oy * ow + x0..][..n];
+                                if n == 8 {
+                                    _mm256_storeu_ps(dst.as_mut_ptr(), *v);
+                                } else {
+                                    let mut tmp = [0.0f32; 8];
+                                    _mm256_storeu_ps(tmp.as_mut_ptr(), *v);
+                                    dst.copy_from_slice(&tmp[..n]);
+                                }
+                            }
+                        }
+                        x0 += n;
                     }
-                    for (c, &val) in e.iter().enumerate().take(channels) {
-                        blk[c * plane + oy * ow + ox] = val;
-                    }
+                }
+            }
+            for c in 0..channels {
+                let dst = &mut blk[c * plane + oy * ow..][..ow];
+                for (x, d) in dst.iter_mut().enumerate().skip(x0) {
+                    *d = src[x * LANES + c];
                 }
             }
         }
@@ -468,6 +584,10 @@ mod tests {
     use super::super::Tensor;
     use super::{Cache, Finish, Shape};
     use crate::ir::Conv2d;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Makes the transforms take their plain-Rust path (the test of it sets this).
+    pub(super) static PLAIN: AtomicBool = AtomicBool::new(false);
 
     /// `[n, ci, co, h, w, padding]`: channel counts off the 16-lane vector (in and out),
     /// maps that are not whole 4x4 tiles, one image, a 1x1 output, padding 0-2, and more
@@ -489,6 +609,15 @@ mod tests {
     /// direct sum (Lavin & Gray, table 6): within 2e-5 of the output's scale here.
     #[test]
     fn winograd_matches_the_im2col_path() {
+        check_every_shape();
+        // Again without the SIMD transposes and wide registers (CPUs without AVX2); one
+        // test, so the flag does not change the other run's path.
+        PLAIN.store(true, Ordering::Relaxed);
+        check_every_shape();
+        PLAIN.store(false, Ordering::Relaxed);
+    }
+
+    fn check_every_shape() {
         for (seed, &[n, ci, co, h, w, p]) in SHAPES.iter().enumerate() {
             for relu in [false, true] {
                 let c = Conv2d {

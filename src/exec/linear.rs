@@ -24,6 +24,11 @@ pub fn linear<T: Float>(
 fn product<T: Float>(x: &[T], rows: usize, out: usize, w: &[T], bias: Option<&[T]>) -> Vec<T> {
     let inf = x.len().checked_div(rows).unwrap_or(0);
     let mut y = vec![T::zero(); rows * out];
+    if let (Some(x32), Some(w32), Some(y32)) = (T::as_f32(x), T::as_f32(w), T::as_f32_mut(&mut y)) {
+        let b32 = bias.map(|b| T::as_f32(b).expect("f32 like the weights"));
+        super::dense_nt::linear(x32, w32, b32, y32, rows, inf, out);
+        return y;
+    }
     gemm(&GemmDims::dense_b_transposed(rows, inf, out), x, w, &mut y);
     if let Some(b) = bias {
         for row in y.chunks_mut(out) {

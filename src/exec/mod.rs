@@ -13,6 +13,7 @@ mod act;
 mod attention;
 mod concat;
 mod conv;
+mod dense_nt;
 mod direct_conv;
 mod embed;
 mod fastmath;

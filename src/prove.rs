@@ -327,13 +327,7 @@ fn same_values(
         .map(|n| (teacher.g[n].name.as_str(), n))
         .collect();
     let equal = |a: Option<&ArrayD<f64>>, b: Option<&ArrayD<f64>>| match (a, b) {
-        (Some(a), Some(b)) => {
-            a.shape() == b.shape()
-                && match (a.as_slice(), b.as_slice()) {
-                    (Some(x), Some(y)) => x == y,
-                    _ => a == b,
-                }
-        }
+        (Some(a), Some(b)) => crate::params::same_bits(a, b),
         _ => false,
     };
     let mut same = std::collections::HashSet::new();
@@ -387,7 +381,7 @@ fn run_modes<T: Float>(
         ));
     }
     let te = Executor::<T>::new(teacher, tp)?;
-    let se = Executor::<T>::new(student, sp)?;
+    let se = Executor::<T>::sharing(student, sp, &te, tp)?;
     let exact = match opts.precision {
         Precision::F32 => Some(Executor::<f64>::new(teacher, tp)?),
         Precision::F64 => None,

@@ -185,6 +185,20 @@ fn parallel_images(batch: usize) -> bool {
     }
 }
 
+/// A parameter tensor in `T`, converted on every core for big tensors (a fresh vector's
+/// pages are faulted in as it fills, which one core alone waits for).
+fn convert<T: Float>(a: &ArrayD<f64>) -> Vec<T> {
+    use rayon::prelude::*;
+    match a.as_slice() {
+        Some(v) if v.len() >= 1 << 16 => v
+            .par_iter()
+            .with_min_len(1 << 14)
+            .map(|&x| T::from_f64(x))
+            .collect(),
+        _ => a.iter().map(|&x| T::from_f64(x)).collect(),
+    }
+}
+
 /// A node's weights in the run's precision.
 enum Weights<T> {
     None,
@@ -239,17 +253,38 @@ pub struct Executor<T> {
 impl<T: Float> Executor<T> {
     /// Checks `params` against `graph` and converts them to `T` once.
     pub fn new(graph: &Graph, params: &Params) -> Result<Executor<T>> {
+        Self::build(graph, params, None)
+    }
+
+    /// As [`Executor::new`], but a weight table bit-identical to `teacher`'s of the same
+    /// name (with `tp` the teacher's parameters) is shared, not converted again: a proof's
+    /// student keeps most of its teacher's weights, and copying ResNet-50's in f64 cost a
+    /// tenth of the proof (200 MB, each page faulted in).
+    pub fn sharing(
+        graph: &Graph,
+        params: &Params,
+        teacher: &Executor<T>,
+        tp: &Params,
+    ) -> Result<Executor<T>> {
+        Self::build(graph, params, Some((teacher, tp)))
+    }
+
+    fn build(
+        graph: &Graph,
+        params: &Params,
+        teacher: Option<(&Executor<T>, &Params)>,
+    ) -> Result<Executor<T>> {
         params.check_covers(graph)?;
         let order = graph.order();
         let position: std::collections::HashMap<NodeIndex, usize> =
             order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let conv = |name: &str, suffix: &str| -> Vec<T> {
-            params.tensors[&format!("{name}.{suffix}")]
-                .iter()
-                .map(|&v| T::from_f64(v))
-                .collect()
+            convert(&params.tensors[&format!("{name}.{suffix}")])
         };
-        let mut tables: std::collections::HashMap<String, Arc<Vec<T>>> = Default::default();
+        let mut tables: std::collections::HashMap<String, Arc<Vec<T>>> = match teacher {
+            Some((te, tp)) => te.shared_tables(tp, params),
+            None => Default::default(),
+        };
         let mut table = |name: &str| -> Arc<Vec<T>> {
             tables
                 .entry(name.to_string())
@@ -361,6 +396,29 @@ impl<T: Float> Executor<T> {
             input_shape: graph.input_shape().clone(),
             vocab: graph.defaults.vocab,
         })
+    }
+
+    /// This executor's weight tables (by layer name) whose tensors in `params` are
+    /// bit-identical to those in `own`, the parameters it was built from.
+    fn shared_tables(
+        &self,
+        own: &Params,
+        params: &Params,
+    ) -> std::collections::HashMap<String, Arc<Vec<T>>> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.weights {
+                Weights::Dense { w, .. } => {
+                    let key = format!("{}.weight", s.name);
+                    let same = match (own.tensors.get(&key), params.tensors.get(&key)) {
+                        (Some(a), Some(b)) => crate::params::same_bits(a, b),
+                        _ => false,
+                    };
+                    same.then(|| (s.name.clone(), w.clone()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// The network's output for a batch `[N, ...input shape]`.

@@ -752,3 +752,54 @@ fn inputs_in_any_memory_layout_give_the_same_output() {
     assert!(!f.is_standard_layout());
     assert_close(&run(&g, &p, &f, Mode::Eval), &want, 0.0);
 }
+
+#[test]
+fn a_student_executor_shares_only_bit_identical_weights() {
+    // Two convs in a row; the student changes the second conv's weight in one element (same
+    // shape) and the first's sign of a zero. Built sharing the teacher's tables, it must
+    // compute with its own weights: equal to a student built alone, unequal to the teacher.
+    let mut g = graph(&[3, 6, 6]);
+    let x0 = g.input;
+    let conv = Conv2d {
+        in_channels: 3,
+        out_channels: 3,
+        kernel: [3, 3],
+        stride: 1,
+        padding: 1,
+        dilation: 1,
+        groups: 1,
+        bias: true,
+    };
+    let c1 = add(&mut g, "conv1", Op::Conv2d(conv.clone()), &[x0]);
+    add(&mut g, "conv2", Op::Conv2d(conv), &[c1]);
+    let tp = params::init(&g, 5, true);
+    let mut sp = tp.clone();
+    sp.tensors.get_mut("conv2.weight").unwrap()[[1, 2, 0, 1]] += 0.25;
+    let mut zp = tp.clone();
+    zp.tensors.get_mut("conv1.weight").unwrap()[[0, 0, 0, 0]] = 0.0;
+    let mut zq = zp.clone();
+    zq.tensors.get_mut("conv1.weight").unwrap()[[0, 0, 0, 0]] = -0.0;
+    assert!(params::same_bits(
+        &tp.tensors["conv1.weight"],
+        &sp.tensors["conv1.weight"]
+    ));
+    assert!(!params::same_bits(
+        &tp.tensors["conv2.weight"],
+        &sp.tensors["conv2.weight"]
+    ));
+    assert!(!params::same_bits(
+        &zp.tensors["conv1.weight"],
+        &zq.tensors["conv1.weight"]
+    ));
+    assert!(!params::same_bits(
+        &tp.tensors["conv1.weight"],
+        &tp.tensors["conv1.bias"]
+    ));
+    let x = random(&[2, 3, 6, 6], 6);
+    let te = Executor::<f64>::new(&g, &tp).unwrap();
+    let shared = Executor::<f64>::sharing(&g, &sp, &te, &tp).unwrap();
+    let alone = Executor::<f64>::new(&g, &sp).unwrap();
+    let ys = shared.forward(x.clone(), Mode::Eval).unwrap();
+    assert_eq!(ys, alone.forward(x.clone(), Mode::Eval).unwrap());
+    assert_ne!(ys, te.forward(x, Mode::Eval).unwrap());
+}

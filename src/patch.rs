@@ -276,6 +276,21 @@ impl<'a> Patch<'a> {
         }
     }
 
+    /// Student tensor `id` computed range by range ([`crate::transform::lazy::Lazy`]),
+    /// when it is a widened tensor of R2WiderR's whose teacher values `base` gives (teacher
+    /// shape `shape`): the same bits as [`Patch::tensor`].
+    pub fn lazy(
+        &self,
+        id: &TensorId,
+        shape: &[usize],
+        base: &crate::transform::lazy::Base,
+    ) -> Result<Option<crate::transform::lazy::Lazy>> {
+        match (self.edits.get(id), &self.rewrite) {
+            (Some(Edit::Widened), Rewrite::Widen(w)) => w.lazy(&id.to_string(), shape, base),
+            _ => Ok(None),
+        }
+    }
+
     /// Adam's moments (exp_avg, exp_avg_sq) of student tensor `id` from the teacher's
     /// (`m`, `v`, by teacher names), as [`crate::optim`] says: `None` for a tensor of an
     /// inserted layer (its moments start at zero). A widened tensor's moments go through

@@ -245,6 +245,9 @@ pub fn write(
         /// Write these bytes, after the first `pad` ([`Writer::pad`]), as the output's
         /// tensor.
         Bytes(String, Vec<u8>, usize),
+        /// Write these bytes at this offset in the output's tensor (`true`: its last);
+        /// the buffer comes back for the next part.
+        Part(String, usize, Vec<u8>, bool),
     }
     let metadata = &crate::hf_config_out::file_metadata(metadata, naming);
     let src = teacher.src;
@@ -257,6 +260,7 @@ pub fn write(
     let pads: Vec<usize> = entries.iter().map(|e| writer.pad(&e.name)).collect();
     let mut progress = Progress::new("writing the student", total, true);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(0);
+    let (back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
         let handle = s.spawn(move || -> Result<Writer> {
             for job in rx {
@@ -268,13 +272,29 @@ pub fn write(
                         writer.write_padded(&out, &mut bytes, pad)?;
                         progress.inc((bytes.len() - pad) as u64);
                     }
+                    Job::Part(out, at, bytes, last) => {
+                        writer.write_part(&out, at, &bytes, last)?;
+                        progress.inc(bytes.len() as u64);
+                        // The computing side may have finished: then the buffer goes.
+                        let _ = back.send(bytes);
+                    }
                 }
             }
             Ok(writer)
         });
         let computed = || -> Result<()> {
+            // Values of the chunk being computed, reused for every lazy tensor.
+            let mut values = Vec::new();
             for ((st, entry), &pad) in stored.iter().zip(&entries).zip(&pads) {
                 let out = st.name.clone();
+                if !entry.counter {
+                    let send = &mut |at, bytes, last| {
+                        tx.send(Job::Part(out.clone(), at, bytes, last)).is_ok()
+                    };
+                    if write_lazy(patch, teacher, st, &mut values, &spare, send)? {
+                        continue;
+                    }
+                }
                 let job = match teacher.whole(patch, st) {
                     Some(file) => Job::Copy(file.to_string(), out),
                     None => {
@@ -313,6 +333,88 @@ pub fn write(
         w
     })?
     .finish()
+}
+
+/// Values per chunk of a lazily computed tensor (32 MB in f64; the chunk's bytes go to
+/// the writer while the next is computed).
+const LAZY_CHUNK: usize = 1 << 22;
+
+/// Computes student file tensor `st` chunk by chunk when it is one widened tensor that
+/// [`Patch::lazy`] computes range by range from a plain teacher tensor, handing each
+/// chunk's bytes (in a buffer from `spare` when one came back) to `send` (offset in the
+/// tensor's bytes, bytes, whether last; `false` back: the writer stopped). Returns whether
+/// it did; if not, nothing was sent.
+fn write_lazy(
+    patch: &Patch,
+    teacher: &Mapped,
+    st: &Stored,
+    values: &mut Vec<f64>,
+    spare: &std::sync::mpsc::Receiver<Vec<u8>>,
+    send: &mut dyn FnMut(usize, Vec<u8>, bool) -> bool,
+) -> Result<bool> {
+    use rayon::prelude::*;
+    if !st.is_plain() {
+        return Ok(false);
+    }
+    let name = &st.parts[0].0;
+    let id = TensorId::parse(name);
+    let Some(&(i, 0)) = teacher.part.get(name) else {
+        return Ok(false);
+    };
+    let file = &teacher.stored[i];
+    let src = teacher.src;
+    let info = &src.tensors[&file.name];
+    let Some(dt) = shards::float_dtype(info.dtype) else {
+        return Ok(false);
+    };
+    if !file.is_plain() || !patch.edits.contains_key(&id) {
+        return Ok(false);
+    }
+    let raw = src.bytes(&file.name).expect("a known tensor");
+    let size = dt.size();
+    let base = |at: usize, out: &mut [f64]| -> Result<()> {
+        let raw = &raw[at * size..(at + out.len()) * size];
+        if dt == DType::F32 {
+            for (x, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                *x = f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64;
+            }
+        } else {
+            out.copy_from_slice(&crate::params::decode_checked(raw, dt).0);
+        }
+        Ok(())
+    };
+    // Refused as the whole tensor's decoding refuses it (non-finite values), before the
+    // scales read it.
+    shards::check_finite(raw, info.dtype, &file.name, &src.shown)?;
+    let Some(lazy) = patch.lazy(&id, &info.shape, &base)? else {
+        return Ok(false);
+    };
+    if lazy.shape() != st.shape.as_slice() {
+        return Ok(false);
+    }
+    let dtype = src.dtype();
+    let n = lazy.len();
+    let mut at = 0;
+    while at < n {
+        let len = (n - at).min(LAZY_CHUNK);
+        values.resize(len, 0.0);
+        const SUB: usize = 1 << 16;
+        values
+            .par_chunks_mut(SUB)
+            .enumerate()
+            .try_for_each(|(k, c)| lazy.values(at + k * SUB, c, &base))?;
+        let mut bytes = spare.try_recv().unwrap_or_default();
+        bytes.clear();
+        shards::encode_append(values, dtype, false, &mut bytes);
+        let last = at + len == n;
+        if !send(at * dtype.size(), bytes, last) {
+            // The writer stopped on an error, which its join reports.
+            break;
+        }
+        at += len;
+    }
+    src.release(&file.name);
+    Ok(true)
 }
 
 /// Copies an untouched tensor from the teacher (file name `file`) to the output (`out`),

@@ -48,6 +48,12 @@ pub trait Fill: Sync {
     }
     /// The whole new consumer weight `[O, (C + E) * cols, ...]` from `w` (`[O, C * cols, ...]`).
     fn columns(&self, w: &ArrayD<f64>, cols: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
+    /// R2WiderR's sizes, when this fill is R2WiderR's (rows `[w; u; u]`, columns
+    /// `[w, v, -v]`, `u` and `v` from [`FillCtx::free`]): a streamed tensor can then be
+    /// computed range by range ([`super::lazy`]).
+    fn r2r(&self) -> Option<FillCtx> {
+        None
+    }
 }
 
 /// Which call of a [`Fill`] a tensor gets in a step, or the step's own draws.
@@ -84,6 +90,7 @@ pub fn keyed_rng(seed: u64, step: usize, tensor: &str, part: Part) -> ChaCha8Rng
 }
 
 /// Shared sizes of a fill and its init rule.
+#[derive(Debug, Clone, Copy)]
 pub struct FillCtx {
     /// Channels before.
     pub c: usize,
@@ -102,23 +109,59 @@ impl FillCtx {
         fan_in: usize,
     ) -> ArrayD<f64> {
         let n: usize = shape.iter().product();
-        let v: Vec<f64> = match self.init {
+        let v = match self.sampler(|| std_of(existing), fan_in) {
+            Sampler::Zero => vec![0.0; n],
+            s => draw(rng, n, s.words(), |r| s.value(r)),
+        };
+        ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
+    }
+
+    /// How [`FillCtx::free`] draws each value, given the standard deviation of the
+    /// existing weights (asked only by [`Init::Match`]) and the fan-in.
+    pub fn sampler(&self, std: impl FnOnce() -> f64, fan_in: usize) -> Sampler {
+        let he = || (2.0 / fan_in.max(1) as f64).sqrt();
+        match self.init {
             Init::Match => {
                 // U(-s*sqrt(3), s*sqrt(3)) has standard deviation s (the paper's section 6
                 // writes s/sqrt(3), which would give s/3).
-                let s = std_of(existing);
-                let s = if s > 0.0 {
-                    s
-                } else {
-                    (2.0 / fan_in.max(1) as f64).sqrt()
-                };
-                let b = s * 3f64.sqrt();
-                draw(rng, n, 2, |r| uniform(r, -b, b))
+                let s = std();
+                let s = if s > 0.0 { s } else { he() };
+                Sampler::Uniform(s * 3f64.sqrt())
             }
-            Init::He => return he(rng, shape, fan_in),
-            Init::Zero => vec![0.0; n],
-        };
-        ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape")
+            Init::He => Sampler::Normal(he()),
+            Init::Zero => Sampler::Zero,
+        }
+    }
+}
+
+/// How one free value is drawn (the same bits as [`he`] and [`FillCtx::free`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Sampler {
+    /// U(-b, b) from one f64 draw (two words).
+    Uniform(f64),
+    /// `s` times a standard normal (four words).
+    Normal(f64),
+    /// Zero, drawing nothing.
+    Zero,
+}
+
+impl Sampler {
+    /// RNG words per value.
+    pub fn words(self) -> u128 {
+        match self {
+            Sampler::Uniform(_) => 2,
+            Sampler::Normal(_) => 4,
+            Sampler::Zero => 0,
+        }
+    }
+
+    /// The next value from `rng`.
+    pub fn value(self, rng: &mut ChaCha8Rng) -> f64 {
+        match self {
+            Sampler::Uniform(b) => uniform(rng, -b, b),
+            Sampler::Normal(s) => s * crate::params::normal(rng),
+            Sampler::Zero => 0.0,
+        }
     }
 }
 
@@ -177,11 +220,42 @@ pub fn std_of(t: &ArrayD<f64>) -> f64 {
     (chunked_sum(v, |x| (x - mean) * (x - mean)) / n).sqrt()
 }
 
+/// Values `[start, start + out.len())` of a tensor computed on demand.
+pub type Values<'a> = dyn Fn(usize, &mut [f64]) -> crate::error::Result<()> + Sync + 'a;
+
+/// Values per chunk of [`chunked_sum`].
+pub(crate) const SUM_CHUNK: usize = 1 << 16;
+
 /// `sum f(x)` over `v`: fixed chunks in parallel, their sums added in order.
 fn chunked_sum(v: &[f64], f: impl Fn(f64) -> f64 + Sync) -> f64 {
-    const CHUNK: usize = 1 << 16;
-    let parts: Vec<f64> = v.par_chunks(CHUNK).map(|c| lanes_sum(c, &f)).collect();
+    let parts: Vec<f64> = v.par_chunks(SUM_CHUNK).map(|c| lanes_sum(c, &f)).collect();
     parts.iter().sum()
+}
+
+/// [`std_of`] of `n` values that `get(start, out)` computes range by range (into
+/// [`SUM_CHUNK`]-long chunks): the same bits, without the values in memory at once.
+pub(crate) fn std_by_chunks(n: usize, get: &Values) -> crate::error::Result<f64> {
+    let count = n.max(1) as f64;
+    let mean = sum_by_chunks(n, get, |x| x)? / count;
+    Ok((sum_by_chunks(n, get, |x| (x - mean) * (x - mean))? / count).sqrt())
+}
+
+/// [`chunked_sum`] of `n` values that `get` computes chunk by chunk.
+fn sum_by_chunks(
+    n: usize,
+    get: &Values,
+    f: impl Fn(f64) -> f64 + Sync,
+) -> crate::error::Result<f64> {
+    let parts: Vec<f64> = (0..n.div_ceil(SUM_CHUNK))
+        .into_par_iter()
+        .map_init(Vec::new, |buf, k| {
+            let start = k * SUM_CHUNK;
+            buf.resize((n - start).min(SUM_CHUNK), 0.0);
+            get(start, buf)?;
+            Ok(lanes_sum(buf, &f))
+        })
+        .collect::<crate::error::Result<_>>()?;
+    Ok(parts.iter().sum())
 }
 
 /// `sum f(x)` over `c` in 8 interleaved lanes, then the lanes and the remainder in order.

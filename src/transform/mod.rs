@@ -21,6 +21,7 @@
 pub mod copy_deeper;
 pub mod deepen;
 pub mod fill;
+pub mod lazy;
 pub mod methods;
 pub use methods::{net2net, netmorph, r2r, random};
 pub mod morph_kernel;
@@ -823,6 +824,30 @@ impl<'a> Widening<'a> {
 
     /// Every step.
     pub const ALL: std::ops::Range<usize> = 0..usize::MAX;
+
+    /// Tensor `name` after every step, as [`Widening::tensor`] computes it, but range by
+    /// range ([`lazy::Lazy`]) from the teacher's values `base` (shape `shape`): `None`
+    /// when a touch is not R2WiderR's rows or columns of a whole space, or none is.
+    pub fn lazy(
+        &self,
+        name: &str,
+        shape: &[usize],
+        base: &lazy::Base,
+    ) -> Result<Option<lazy::Lazy>> {
+        let Some(tc) = self.touches.get(name).filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let touches: Vec<(Touch, Option<FillCtx>)> = tc
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    self.plan.fill(t.step, self.args, self.seed).r2r(),
+                )
+            })
+            .collect();
+        lazy::Lazy::new(self.seed, name, shape, &touches, base)
+    }
 
     /// The student's tensors from the teacher's `params` (touched ones computed in
     /// parallel, the rest shared unchanged).

@@ -43,4 +43,8 @@ impl Fill for R2r {
             .free(rng, &with_dim(w, 1, half * cols), w, fan_in(w, inputs));
         cat_pair(w, &v)
     }
+
+    fn r2r(&self) -> Option<FillCtx> {
+        Some(self.ctx)
+    }
 }

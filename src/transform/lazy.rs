@@ -1,0 +1,344 @@
+//! A widened tensor computed range by range, for the streaming writer: R2WiderR's rows
+//! (`[w; u; u]`) and columns (`[w, v, -v]`) as index maps over the teacher's values and
+//! the keyed draws, so a tensor of hundreds of megabytes is written in small chunks
+//! without the f64 intermediates of [`super::apply_touches`] (whose fresh pages cost more
+//! than the arithmetic). Every value has the bits `apply_touches` gives it: draws come
+//! from the same keyed streams at the same word positions ([`super::fill::draw`]), the
+//! scales from [`std_by_chunks`], which sums as [`super::std_of`] does.
+
+use rand_chacha::ChaCha8Rng;
+
+use super::fill::{keyed_rng, std_by_chunks, Part, Sampler};
+use super::{whole, Touch};
+use crate::error::Result;
+
+/// The teacher's values `[start, start + out.len())`, in flat order.
+pub use super::fill::Values as Base;
+
+/// One touch as an index map from the tensor after it to the tensor before.
+#[derive(Debug, Clone)]
+enum Map {
+    /// `[prev; u; u]`: `prev` has `n` values, `u` has `u`.
+    Rows { n: usize, u: usize },
+    /// Per row: `[prev_row (a), v_row (b), -v_row (b)]`.
+    Columns { a: usize, b: usize },
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    map: Map,
+    /// The touch's keyed stream, at word 0.
+    rng: ChaCha8Rng,
+    sampler: Sampler,
+}
+
+/// A widened tensor whose every value can be computed on its own.
+#[derive(Debug, Clone)]
+pub struct Lazy {
+    layers: Vec<Layer>,
+    shape: Vec<usize>,
+}
+
+impl Lazy {
+    /// The tensor `name` (teacher shape `shape`, values from `base`) after `touches`,
+    /// each with its fill's R2WiderR sizes (`None`: another fill); `None` when a touch is
+    /// not one this can compute (then [`super::apply_touches`] does). Scales that depend
+    /// on the values before a touch are computed here, from `base`.
+    pub(super) fn new(
+        seed: u64,
+        name: &str,
+        shape: &[usize],
+        touches: &[(Touch, Option<super::FillCtx>)],
+        base: &Base,
+    ) -> Result<Option<Lazy>> {
+        let mut lazy = Lazy {
+            layers: Vec::new(),
+            shape: shape.to_vec(),
+        };
+        for (tc, ctx) in touches {
+            let Some(ctx) = ctx else { return Ok(None) };
+            let s = lazy.shape.clone();
+            if !whole(tc) || ctx.e % 2 != 0 || s.len() < 2 || s.contains(&0) {
+                return Ok(None);
+            }
+            let half = ctx.e / 2;
+            let rest: usize = s[2..].iter().product();
+            let level = lazy.layers.len();
+            let n = lazy.len();
+            let std = || std_by_chunks(n, &|at, out: &mut [f64]| lazy.fill(level, at, out, base));
+            let (map, fan_in, grown) = match tc.part {
+                // R2r::rows: u is `[half * per, s[1..]]`, fan-in from `s[1]`.
+                Part::Rows => {
+                    let rows = half * tc.cols;
+                    let map = Map::Rows {
+                        n,
+                        u: rows * s[1] * rest,
+                    };
+                    (map, s[1] * rest, (0, 2 * rows))
+                }
+                // R2r::columns: v is `[s[0], half * cols, s[2..]]`.
+                Part::Columns => {
+                    let map = Map::Columns {
+                        a: n / s[0],
+                        b: half * tc.cols * rest,
+                    };
+                    (
+                        map,
+                        (ctx.c + ctx.e) * tc.cols * rest,
+                        (1, 2 * half * tc.cols),
+                    )
+                }
+                _ => return Ok(None),
+            };
+            let mut scale = None;
+            let sampler = ctx.sampler(
+                || match std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        scale = Some(e);
+                        0.0
+                    }
+                },
+                fan_in,
+            );
+            if let Some(e) = scale {
+                return Err(e);
+            }
+            lazy.shape[grown.0] += grown.1;
+            lazy.layers.push(Layer {
+                map,
+                rng: keyed_rng(seed, tc.step, name, tc.part),
+                sampler,
+            });
+        }
+        Ok(Some(lazy))
+    }
+
+    /// The tensor's shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Its number of values.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether it holds no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Values `[start, start + out.len())` of the tensor, in flat order.
+    pub fn values(&self, start: usize, out: &mut [f64], base: &Base) -> Result<()> {
+        self.fill(self.layers.len(), start, out, base)
+    }
+
+    /// Values `[start, start + out.len())` of the tensor after its first `level` touches.
+    fn fill(&self, level: usize, start: usize, out: &mut [f64], base: &Base) -> Result<()> {
+        let Some(layer) = level.checked_sub(1).map(|l| &self.layers[l]) else {
+            return base(start, out);
+        };
+        let mut at = start;
+        let mut o = 0;
+        while o < out.len() {
+            let left = out.len() - o;
+            let k = match layer.map {
+                Map::Rows { n, u } => {
+                    if at < n {
+                        let k = (n - at).min(left);
+                        self.fill(level - 1, at, &mut out[o..o + k], base)?;
+                        k
+                    } else {
+                        let j = (at - n) % u;
+                        let k = (u - j).min(left);
+                        layer.draws(j, &mut out[o..o + k], false);
+                        k
+                    }
+                }
+                Map::Columns { a, b } => {
+                    let (row, j) = (at / (a + 2 * b), at % (a + 2 * b));
+                    if j < a {
+                        let k = (a - j).min(left);
+                        self.fill(level - 1, row * a + j, &mut out[o..o + k], base)?;
+                        k
+                    } else if j < a + b {
+                        let k = (a + b - j).min(left);
+                        layer.draws(row * b + j - a, &mut out[o..o + k], false);
+                        k
+                    } else {
+                        let k = (a + 2 * b - j).min(left);
+                        layer.draws(row * b + j - a - b, &mut out[o..o + k], true);
+                        k
+                    }
+                }
+            };
+            at += k;
+            o += k;
+        }
+        Ok(())
+    }
+}
+
+impl Layer {
+    /// Draws `j, j + 1, ...` of the touch's free tensor into `out`, negated if `neg`.
+    fn draws(&self, j: usize, out: &mut [f64], neg: bool) {
+        let s = self.sampler;
+        let mut r = self.rng.clone();
+        r.set_word_pos(j as u128 * s.words());
+        for x in out.iter_mut() {
+            let v = s.value(&mut r);
+            *x = if neg { -v } else { v };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::transform::fill::{append0, Fill, FillCtx};
+    use crate::transform::r2r::R2r;
+    use crate::transform::Init;
+
+    fn touch(step: usize, part: Part, cols: usize, width: usize) -> Touch {
+        Touch {
+            step,
+            part,
+            kind: None,
+            cols,
+            runs: vec![(0, width)],
+            width,
+            row_groups: 1,
+        }
+    }
+
+    /// What `apply_touches` computes for whole R2WiderR touches.
+    fn eager(seed: u64, name: &str, mut t: ArrayD<f64>, touches: &[(Touch, FillCtx)]) -> Vec<f64> {
+        for (tc, ctx) in touches {
+            let fill = R2r::new(*ctx);
+            let rng = &mut keyed_rng(seed, tc.step, name, tc.part);
+            t = match tc.part {
+                Part::Rows => {
+                    let rows = fill.rows(&t, tc.cols, rng);
+                    append0(t, &rows)
+                }
+                _ => fill.columns(&t, tc.cols, rng),
+            };
+        }
+        t.as_standard_layout().iter().copied().collect()
+    }
+
+    /// Every value of the lazy tensor, in pieces of awkward sizes, equals the eager one
+    /// bit for bit: conv and linear shapes, rows before and after columns, several
+    /// columns per channel, each init, and tensors past the parallel chunk sizes.
+    #[test]
+    fn lazy_values_match_apply_touches() {
+        // (shape, [(part, cols, channels before, added)])
+        type Case = (Vec<usize>, Vec<(Part, usize, usize, usize)>);
+        let cases: Vec<Case> = vec![
+            // (shape, [(part, cols, channels before, added)])
+            (
+                vec![5, 3, 3, 3],
+                vec![(Part::Columns, 1, 3, 2), (Part::Rows, 1, 5, 4)],
+            ),
+            (
+                vec![7, 11],
+                vec![(Part::Rows, 1, 7, 2), (Part::Columns, 1, 11, 6)],
+            ),
+            (vec![6, 13], vec![(Part::Columns, 1, 13, 2)]),
+            (vec![9, 4, 1, 1], vec![(Part::Rows, 3, 3, 2)]),
+            (
+                vec![3, 8, 5],
+                vec![(Part::Columns, 2, 4, 2), (Part::Rows, 1, 3, 2)],
+            ),
+            // Over SUM_CHUNK and draw's parallel chunk, odd counts.
+            (
+                vec![131, 67, 3, 3],
+                vec![(Part::Columns, 1, 67, 34), (Part::Rows, 1, 131, 66)],
+            ),
+            (vec![257, 301], vec![(Part::Rows, 1, 257, 128)]),
+            // Draws past draw's parallel chunk (32768 values).
+            (vec![200, 401], vec![(Part::Rows, 1, 200, 200)]),
+            (vec![100, 701], vec![(Part::Columns, 1, 701, 702)]),
+        ];
+        let mut r = ChaCha8Rng::seed_from_u64(3);
+        for init in [Init::Match, Init::He, Init::Zero] {
+            for (shape, parts) in &cases {
+                let n: usize = shape.iter().product();
+                let w: Vec<f64> = (0..n)
+                    .map(|_| (r.random::<f64>() - 0.3) * 0.7)
+                    .map(|x| x as f32 as f64)
+                    .collect();
+                let t = ArrayD::from_shape_vec(IxDyn(shape), w.clone()).unwrap();
+                let touches: Vec<(Touch, FillCtx)> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(part, cols, c, e))| {
+                        (touch(k, part, cols, c), FillCtx { c, e, init })
+                    })
+                    .collect();
+                let want = eager(11, "l.weight", t, &touches);
+                let base = |at: usize, out: &mut [f64]| -> Result<()> {
+                    out.copy_from_slice(&w[at..at + out.len()]);
+                    Ok(())
+                };
+                let lazy_touches: Vec<(Touch, Option<FillCtx>)> =
+                    touches.iter().map(|(t, c)| (t.clone(), Some(*c))).collect();
+                let lazy = Lazy::new(11, "l.weight", shape, &lazy_touches, &base)
+                    .unwrap()
+                    .expect("whole R2WiderR touches");
+                assert_eq!(lazy.len(), want.len(), "{shape:?} {init:?}");
+                let mut got = vec![f64::NAN; want.len()];
+                let mut at = 0;
+                let mut step = 1;
+                while at < got.len() {
+                    let k = step.min(got.len() - at);
+                    lazy.values(at, &mut got[at..at + k], &base).unwrap();
+                    at += k;
+                    step = step * 7 + 3;
+                }
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{shape:?} {init:?} value {i}");
+                }
+            }
+        }
+    }
+
+    /// A touch this cannot compute (another fill, a split space, an odd count) gives
+    /// `None`, and a base error comes back.
+    #[test]
+    fn lazy_declines_what_it_cannot_compute() {
+        let w = [0.5f64; 12];
+        let base = |at: usize, out: &mut [f64]| -> Result<()> {
+            out.copy_from_slice(&w[at..at + out.len()]);
+            Ok(())
+        };
+        let ctx = FillCtx {
+            c: 3,
+            e: 2,
+            init: Init::Match,
+        };
+        let t = touch(0, Part::Rows, 1, 3);
+        let lazy = |touches: &[(Touch, Option<FillCtx>)]| {
+            Lazy::new(1, "x", &[3, 4], touches, &base)
+                .unwrap()
+                .is_none()
+        };
+        assert!(lazy(&[(t.clone(), None)]));
+        let mut split = t.clone();
+        split.runs = vec![(0, 1), (2, 1)];
+        assert!(lazy(&[(split, Some(ctx))]));
+        assert!(lazy(&[(t.clone(), Some(FillCtx { e: 3, ..ctx }))]));
+        let mut bias = t.clone();
+        bias.part = Part::Bias;
+        assert!(lazy(&[(bias, Some(ctx))]));
+        assert!(!lazy(&[(t.clone(), Some(ctx))]));
+        let bad = |_: usize, _: &mut [f64]| -> Result<()> {
+            Err(crate::error::Error::weights("unreadable".to_string()))
+        };
+        assert!(Lazy::new(1, "x", &[3, 4], &[(t, Some(ctx))], &bad).is_err());
+    }
+}

@@ -242,6 +242,33 @@ const GROUP_COLUMNS: usize = 1024;
 /// least one full block of 8 output channels, and a group's weights small enough
 /// (`WEIGHTS_MAX`) to stay in L2 while every 8-pixel tile streams them. Larger layers
 /// (ResNet-18 from layer 2 on) run faster as GEMMs.
+/// Whether an f32 forward runs this conv (on `h x w` inputs) with the direct kernel, image
+/// by image, when images run in parallel: not Winograd, and within the kernel's limits.
+pub(super) fn takes_direct_kernel(c: &Conv2d, h: usize, w: usize) -> bool {
+    let wide = c.in_channels >= WINOGRAD_CHANNELS && c.out_channels >= WINOGRAD_CHANNELS;
+    if wide && winograd::fits(c, h, w) {
+        return false;
+    }
+    let [kh, kw] = c.kernel;
+    let (s, p, d) = (c.stride, c.padding, c.dilation);
+    if h + 2 * p < d * (kh - 1) + 1 || w + 2 * p < d * (kw - 1) + 1 || c.groups == 0 {
+        return false;
+    }
+    let geo = Geometry {
+        c: c.in_channels / c.groups,
+        h,
+        w,
+        kh,
+        kw,
+        s,
+        p,
+        d,
+        oh: (h + 2 * p - d * (kh - 1) - 1) / s + 1,
+        ow: (w + 2 * p - d * (kw - 1) - 1) / s + 1,
+    };
+    use_direct(&geo, c.out_channels / c.groups)
+}
+
 fn use_direct(g: &Geometry, cog: usize) -> bool {
     direct_conv::available()
         && cog >= 8

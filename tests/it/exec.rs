@@ -803,3 +803,41 @@ fn a_student_executor_shares_only_bit_identical_weights() {
     assert_eq!(ys, alone.forward(x.clone(), Mode::Eval).unwrap());
     assert_ne!(ys, te.forward(x, Mode::Eval).unwrap());
 }
+
+#[test]
+fn small_image_batches_run_in_chunks_with_the_whole_batchs_bits() {
+    let g = crate::common::example_with("resnet_cifar18", &[("r", "1/8")]);
+    let p = params::init(&g, 3, true);
+    let ex = Executor::<f32>::new(&g, &p).unwrap();
+    let x = random(&[40, 3, 32, 32], 4).mapv(|v| v as f32);
+    let pool = |t: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+    };
+    let (one, two) = (pool(1), pool(2));
+    // Chunks need the direct conv kernel (x86-64 with AVX2 and FMA).
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        assert_eq!(
+            two.install(|| ex.images_per_chunk(40, Mode::Eval)),
+            Some(20)
+        );
+    }
+    assert_eq!(two.install(|| ex.images_per_chunk(40, Mode::Train)), None);
+    assert_eq!(one.install(|| ex.images_per_chunk(40, Mode::Eval)), None);
+    let ex64 = Executor::<f64>::new(&g, &p).unwrap();
+    assert_eq!(two.install(|| ex64.images_per_chunk(40, Mode::Eval)), None);
+    let chunked = two.install(|| ex.forward(x.clone(), Mode::Eval)).unwrap();
+    let whole = one.install(|| ex.forward(x.clone(), Mode::Eval)).unwrap();
+    assert_eq!(chunked, whole);
+    let all = two
+        .install(|| ex.forward_all(x.clone(), Mode::Eval))
+        .unwrap();
+    assert_eq!(all.last().unwrap().data, chunked);
+    // A wrong image size is refused for the whole batch, not a chunk.
+    let bad = ndarray::ArrayD::<f32>::zeros(IxDyn(&[40, 3, 31, 32]));
+    let err = two.install(|| ex.forward(bad, Mode::Eval)).unwrap_err();
+    assert!(format!("{err}").contains("40x3x31x32"), "{err}");
+}

@@ -337,6 +337,44 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes `buf[pad..]` at `offset` within tensor `name`'s data (`last` marks it
+    /// complete), as [`Writer::write_part`] does; in order under [`Writer::sequential`],
+    /// with `pad` the offset's place in its page, a page-aligned `buf` goes to the device
+    /// straight from its memory (its first `pad` bytes are overwritten).
+    pub fn write_part_padded(
+        &mut self,
+        name: &str,
+        offset: usize,
+        buf: &mut [u8],
+        pad: usize,
+        last: bool,
+    ) -> Result<()> {
+        let bytes = buf.len().saturating_sub(pad);
+        let in_place = match self.at.get(name) {
+            Some(&(k, at, n, false)) => {
+                let pos = at + offset as u64;
+                pad <= buf.len()
+                    && offset + bytes <= n
+                    && (!last || offset + bytes == n)
+                    && pad as u64 == pos % crate::direct::ALIGN as u64
+                    && self.direct[k].as_ref().is_some_and(|d| d.position() == pos)
+            }
+            _ => false,
+        };
+        if !in_place {
+            return self.write_part(name, offset, buf.get(pad..).unwrap_or(&[]), last);
+        }
+        let k = self.at[name].0;
+        let (f, fin) = &self.files[k];
+        let d = self.direct[k].as_mut().expect("checked above");
+        d.append_aligned(f.as_file(), buf, pad)
+            .map_err(|e| Error::io(fin.display(), e))?;
+        if last {
+            self.at.get_mut(name).expect("known").3 = true;
+        }
+        Ok(())
+    }
+
     /// Writes tensor `name` from f64 values (rounded to the output dtype).
     pub fn write_values(&mut self, name: &str, t: &ArrayD<f64>) -> Result<()> {
         let counter = self.counters.contains(name);

@@ -245,9 +245,9 @@ pub fn write(
         /// Write these bytes, after the first `pad` ([`Writer::pad`]), as the output's
         /// tensor.
         Bytes(String, Vec<u8>, usize),
-        /// Write these bytes at this offset in the output's tensor (`true`: its last);
-        /// the buffer comes back for the next part.
-        Part(String, usize, Vec<u8>, bool),
+        /// Write these bytes, after the first `pad`, at this offset in the output's
+        /// tensor (`true`: its last); the buffer comes back for the next part.
+        Part(String, usize, Vec<u8>, usize, bool),
     }
     let metadata = &crate::hf_config_out::file_metadata(metadata, naming);
     let src = teacher.src;
@@ -272,9 +272,9 @@ pub fn write(
                         writer.write_padded(&out, &mut bytes, pad)?;
                         progress.inc((bytes.len() - pad) as u64);
                     }
-                    Job::Part(out, at, bytes, last) => {
-                        writer.write_part(&out, at, &bytes, last)?;
-                        progress.inc(bytes.len() as u64);
+                    Job::Part(out, at, mut bytes, pad, last) => {
+                        writer.write_part_padded(&out, at, &mut bytes, pad, last)?;
+                        progress.inc((bytes.len() - pad) as u64);
                         // The computing side may have finished: then the buffer goes.
                         let _ = back.send(bytes);
                     }
@@ -289,9 +289,10 @@ pub fn write(
                 let out = st.name.clone();
                 if !entry.counter {
                     let send = &mut |at, bytes, last| {
-                        tx.send(Job::Part(out.clone(), at, bytes, last)).is_ok()
+                        tx.send(Job::Part(out.clone(), at, bytes, pad, last))
+                            .is_ok()
                     };
-                    if write_lazy(patch, teacher, st, &mut values, &spare, send)? {
+                    if write_lazy(patch, teacher, st, &mut values, &spare, pad, send)? {
                         continue;
                     }
                 }
@@ -341,15 +342,18 @@ const LAZY_CHUNK: usize = 1 << 22;
 
 /// Computes student file tensor `st` chunk by chunk when it is one widened tensor that
 /// [`Patch::lazy`] computes range by range from a plain teacher tensor, handing each
-/// chunk's bytes (in a buffer from `spare` when one came back) to `send` (offset in the
-/// tensor's bytes, bytes, whether last; `false` back: the writer stopped). Returns whether
-/// it did; if not, nothing was sent.
+/// chunk's bytes (after `pad` spare bytes, in a buffer from `spare` when one came back) to
+/// `send` (offset in the tensor's bytes, buffer, whether last; `false` back: the writer
+/// stopped). Every chunk but the last is whole pages, so `pad` ([`Writer::pad`]) holds for
+/// each and the writer writes them in place. Returns whether it did; if not, nothing was
+/// sent.
 fn write_lazy(
     patch: &Patch,
     teacher: &Mapped,
     st: &Stored,
     values: &mut Vec<f64>,
     spare: &std::sync::mpsc::Receiver<Vec<u8>>,
+    pad: usize,
     send: &mut dyn FnMut(usize, Vec<u8>, bool) -> bool,
 ) -> Result<bool> {
     use rayon::prelude::*;
@@ -405,6 +409,7 @@ fn write_lazy(
             .try_for_each(|(k, c)| lazy.values(at + k * SUB, c, &base))?;
         let mut bytes = spare.try_recv().unwrap_or_default();
         bytes.clear();
+        bytes.resize(pad, 0);
         shards::encode_append(values, dtype, false, &mut bytes);
         let last = at + len == n;
         if !send(at * dtype.size(), bytes, last) {

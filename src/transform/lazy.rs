@@ -6,9 +6,7 @@
 //! from the same keyed streams at the same word positions ([`super::fill::draw`]), the
 //! scales from [`std_by_chunks`], which sums as [`super::std_of`] does.
 
-use rand_chacha::ChaCha8Rng;
-
-use super::fill::{keyed_rng, std_by_chunks, Part, Sampler};
+use super::fill::{draw_sampled, keyed_rng, std_by_chunks, Part};
 use super::{whole, Touch};
 use crate::error::Result;
 
@@ -27,9 +25,8 @@ enum Map {
 #[derive(Debug, Clone)]
 struct Layer {
     map: Map,
-    /// The touch's keyed stream, at word 0.
-    rng: ChaCha8Rng,
-    sampler: Sampler,
+    /// The touch's free tensor (`u` or `v`, a fraction of the tensor), drawn whole.
+    free: Vec<f64>,
 }
 
 /// A widened tensor whose every value can be computed on its own.
@@ -105,11 +102,13 @@ impl Lazy {
                 return Err(e);
             }
             lazy.shape[grown.0] += grown.1;
-            lazy.layers.push(Layer {
-                map,
-                rng: keyed_rng(seed, tc.step, name, tc.part),
-                sampler,
-            });
+            let count = match map {
+                Map::Rows { u, .. } => u,
+                Map::Columns { b, .. } => s[0] * b,
+            };
+            let rng = &mut keyed_rng(seed, tc.step, name, tc.part);
+            let free = draw_sampled(rng, count, sampler);
+            lazy.layers.push(Layer { map, free });
         }
         Ok(Some(lazy))
     }
@@ -181,14 +180,15 @@ impl Lazy {
 }
 
 impl Layer {
-    /// Draws `j, j + 1, ...` of the touch's free tensor into `out`, negated if `neg`.
+    /// Values `j, j + 1, ...` of the touch's free tensor into `out`, negated if `neg`.
     fn draws(&self, j: usize, out: &mut [f64], neg: bool) {
-        let s = self.sampler;
-        let mut r = self.rng.clone();
-        r.set_word_pos(j as u128 * s.words());
-        for x in out.iter_mut() {
-            let v = s.value(&mut r);
-            *x = if neg { -v } else { v };
+        let free = &self.free[j..j + out.len()];
+        if neg {
+            for (x, &v) in out.iter_mut().zip(free) {
+                *x = -v;
+            }
+        } else {
+            out.copy_from_slice(free);
         }
     }
 }
@@ -197,6 +197,7 @@ impl Layer {
 mod tests {
     use ndarray::{ArrayD, IxDyn};
     use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
 
     use super::*;
     use crate::transform::fill::{append0, Fill, FillCtx};

@@ -110,6 +110,38 @@ pub fn encode_into(
     }
 }
 
+/// Encodes float `values` as `dtype` into `out` (`values.len() * dtype.size()` bytes):
+/// the bytes [`encode_into`] appends.
+pub fn encode_to(values: &[f64], dtype: DType, out: &mut [u8]) {
+    assert_eq!(
+        out.len(),
+        values.len() * dtype.size(),
+        "the bytes of the values"
+    );
+    match dtype {
+        DType::F16 => {
+            for (o, &x) in out.chunks_exact_mut(2).zip(values) {
+                o.copy_from_slice(&half::f16::from_f64(x).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (o, &x) in out.chunks_exact_mut(2).zip(values) {
+                o.copy_from_slice(&half::bf16::from_f64(x).to_le_bytes());
+            }
+        }
+        DType::F32 => {
+            for (o, &x) in out.chunks_exact_mut(4).zip(values) {
+                o.copy_from_slice(&(x as f32).to_le_bytes());
+            }
+        }
+        DType::F64 => {
+            for (o, &x) in out.chunks_exact_mut(8).zip(values) {
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+}
+
 /// Values per parallel chunk when converting between f64 and a file's bytes.
 const PAR_CHUNK: usize = 1 << 16;
 

@@ -265,3 +265,19 @@ fn check_finite_refuses_what_decoding_refuses() {
         .to_string();
     assert!(e.contains("`u`") && e.contains("U8"), "{e}");
 }
+
+/// Encoding into a slice gives the bytes encoding by appending does, for every float
+/// dtype, on values that round (and an odd count).
+#[test]
+fn encode_to_matches_encode() {
+    let values: Vec<f64> = (0..1001)
+        .map(|i| ((i as f64) * 0.7311 - 300.0).sin() * 1e3 / 7.0)
+        .chain([0.0, -0.0, 1e-40, 65519.0])
+        .collect();
+    for dtype in [DType::F16, DType::BF16, DType::F32, DType::F64] {
+        let want = encode(&values, dtype, false);
+        let mut got = vec![0xaa; values.len() * dtype.size()];
+        encode_to(&values, dtype, &mut got);
+        assert_eq!(got, want, "{dtype:?}");
+    }
+}

@@ -283,8 +283,6 @@ pub fn write(
             Ok(writer)
         });
         let computed = || -> Result<()> {
-            // Values of the chunk being computed, reused for every lazy tensor.
-            let mut values = Vec::new();
             for ((st, entry), &pad) in stored.iter().zip(&entries).zip(&pads) {
                 let out = st.name.clone();
                 if !entry.counter {
@@ -292,7 +290,7 @@ pub fn write(
                         tx.send(Job::Part(out.clone(), at, bytes, pad, last))
                             .is_ok()
                     };
-                    if write_lazy(patch, teacher, st, &mut values, &spare, pad, send)? {
+                    if write_lazy(patch, teacher, st, &spare, pad, send)? {
                         continue;
                     }
                 }
@@ -351,7 +349,6 @@ fn write_lazy(
     patch: &Patch,
     teacher: &Mapped,
     st: &Stored,
-    values: &mut Vec<f64>,
     spare: &std::sync::mpsc::Receiver<Vec<u8>>,
     pad: usize,
     send: &mut dyn FnMut(usize, Vec<u8>, bool) -> bool,
@@ -397,20 +394,26 @@ fn write_lazy(
         return Ok(false);
     }
     let dtype = src.dtype();
+    let size = dtype.size();
     let n = lazy.len();
     let mut at = 0;
     while at < n {
         let len = (n - at).min(LAZY_CHUNK);
-        values.resize(len, 0.0);
-        const SUB: usize = 1 << 16;
-        values
-            .par_chunks_mut(SUB)
-            .enumerate()
-            .try_for_each(|(k, c)| lazy.values(at + k * SUB, c, &base))?;
         let mut bytes = spare.try_recv().unwrap_or_default();
-        bytes.clear();
-        bytes.resize(pad, 0);
-        shards::encode_append(values, dtype, false, &mut bytes);
+        // A buffer that comes back has this length already: no zero fill (every byte
+        // after `pad` is written below).
+        bytes.resize(pad + len * size, 0);
+        // Each piece's values stay in the core's cache between computing and encoding.
+        const SUB: usize = 1 << 15;
+        bytes[pad..]
+            .par_chunks_mut(SUB * size)
+            .enumerate()
+            .try_for_each_init(Vec::new, |values, (k, out)| {
+                values.resize(out.len() / size, 0.0);
+                lazy.values(at + k * SUB, values, &base)?;
+                shards::encode_to(values, dtype, out);
+                Ok::<_, crate::error::Error>(())
+            })?;
         let last = at + len == n;
         if !send(at * dtype.size(), bytes, last) {
             // The writer stopped on an error, which its join reports.

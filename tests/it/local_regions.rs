@@ -242,4 +242,26 @@ fn cli_local_proof_of_every_space_runs_in_full_when_cheaper() {
             .all(|e| e["mode"].as_str().unwrap().ends_with("(local, 1 regions)")),
         "{r}"
     );
+    // Streamed (weights and -o given) it also proves in full, and writes the student the
+    // in-memory full proof writes.
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("t.safetensors");
+    crate::common::init_weights(arch, &w, &["--random-stats"]);
+    let (a, b) = (dir.path().join("streamed"), dir.path().join("memory"));
+    let common = ["widen", arch, "--all", "--by", "1.5", "--weights", s(&w)];
+    ok(&[&common[..], &["--prove", "local", "-o", s(&a)]].concat());
+    ok(&[&common[..], &["-o", s(&b)]].concat());
+    let r = crate::common::json(&a.join("report.json"));
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("proved in full rather than locally"),
+        "{notes}"
+    );
+    assert!(notes.contains("streamed"), "{notes}");
+    for e in r["evidence"].as_array().unwrap() {
+        assert!(e["passed"].as_bool().unwrap(), "{e}");
+        assert!(!e["mode"].as_str().unwrap().contains("local"), "{e}");
+    }
+    let file = |d: &std::path::Path| std::fs::read(d.join("resnet_cifar10.safetensors")).unwrap();
+    assert_eq!(file(&a), file(&b));
 }

@@ -278,15 +278,17 @@ impl<'a> Patch<'a> {
 
     /// Student tensor `id` computed range by range ([`crate::transform::lazy::Lazy`]),
     /// when it is a widened tensor of R2WiderR's whose teacher values `base` gives (teacher
-    /// shape `shape`): the same bits as [`Patch::tensor`].
+    /// shape `shape`; `ready` runs before `base` is read): the same bits as
+    /// [`Patch::tensor`].
     pub fn lazy(
         &self,
         id: &TensorId,
         shape: &[usize],
         base: &crate::transform::lazy::Base,
+        ready: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Option<crate::transform::lazy::Lazy>> {
         match (self.edits.get(id), &self.rewrite) {
-            (Some(Edit::Widened), Rewrite::Widen(w)) => w.lazy(&id.to_string(), shape, base),
+            (Some(Edit::Widened), Rewrite::Widen(w)) => w.lazy(&id.to_string(), shape, base, ready),
             _ => Ok(None),
         }
     }

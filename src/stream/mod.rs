@@ -430,8 +430,8 @@ fn write_lazy(
     };
     // Refused as the whole tensor's decoding refuses it (non-finite values), before the
     // scales read it.
-    shards::check_finite(raw, info.dtype, &file.name, &src.shown)?;
-    let Some(lazy) = patch.lazy(&id, &info.shape, &base)? else {
+    let ready = &mut || shards::check_finite(raw, info.dtype, &file.name, &src.shown);
+    let Some(lazy) = patch.lazy(&id, &info.shape, &base, ready)? else {
         return Ok(false);
     };
     if lazy.shape() != st.shape.as_slice() {

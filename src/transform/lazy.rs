@@ -47,65 +47,62 @@ impl Lazy {
         shape: &[usize],
         touches: &[(Touch, Option<super::FillCtx>)],
         base: &Base,
+        ready: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Option<Lazy>> {
-        let mut lazy = Lazy {
-            layers: Vec::new(),
-            shape: shape.to_vec(),
-        };
+        // First the maps, from the shapes alone: a tensor this cannot compute costs
+        // nothing here.
+        let mut plan = Vec::new();
+        let mut shape = shape.to_vec();
         for (tc, ctx) in touches {
             let Some(ctx) = ctx else { return Ok(None) };
-            let s = lazy.shape.clone();
+            let s = shape.clone();
             if !whole(tc) || ctx.e % 2 != 0 || s.len() < 2 || s.contains(&0) {
                 return Ok(None);
             }
             let half = ctx.e / 2;
             let rest: usize = s[2..].iter().product();
-            let level = lazy.layers.len();
-            let n = lazy.len();
-            let std = || std_by_chunks(n, &|at, out: &mut [f64]| lazy.fill(level, at, out, base));
-            let (map, fan_in, grown) = match tc.part {
+            let n: usize = s.iter().product();
+            let (map, fan_in, count) = match tc.part {
                 // R2r::rows: u is `[half * per, s[1..]]`, fan-in from `s[1]`.
                 Part::Rows => {
                     let rows = half * tc.cols;
-                    let map = Map::Rows {
-                        n,
-                        u: rows * s[1] * rest,
-                    };
-                    (map, s[1] * rest, (0, 2 * rows))
+                    let u = rows * s[1] * rest;
+                    shape[0] += 2 * rows;
+                    (Map::Rows { n, u }, s[1] * rest, u)
                 }
                 // R2r::columns: v is `[s[0], half * cols, s[2..]]`.
                 Part::Columns => {
-                    let map = Map::Columns {
-                        a: n / s[0],
-                        b: half * tc.cols * rest,
-                    };
-                    (
-                        map,
-                        (ctx.c + ctx.e) * tc.cols * rest,
-                        (1, 2 * half * tc.cols),
-                    )
+                    let b = half * tc.cols * rest;
+                    shape[1] += 2 * half * tc.cols;
+                    let fan_in = (ctx.c + ctx.e) * tc.cols * rest;
+                    (Map::Columns { a: n / s[0], b }, fan_in, s[0] * b)
                 }
                 _ => return Ok(None),
             };
-            let mut scale = None;
+            plan.push((tc, ctx, map, n, fan_in, count));
+        }
+        ready()?;
+        // Then each touch's scale (from the values before it) and free tensor.
+        let mut lazy = Lazy {
+            layers: Vec::new(),
+            shape,
+        };
+        for (tc, ctx, map, n, fan_in, count) in plan {
+            let level = lazy.layers.len();
+            let mut failed = None;
             let sampler = ctx.sampler(
-                || match std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        scale = Some(e);
+                || {
+                    let get = |at, out: &mut [f64]| lazy.fill(level, at, out, base);
+                    std_by_chunks(n, &get).unwrap_or_else(|e| {
+                        failed = Some(e);
                         0.0
-                    }
+                    })
                 },
                 fan_in,
             );
-            if let Some(e) = scale {
+            if let Some(e) = failed {
                 return Err(e);
             }
-            lazy.shape[grown.0] += grown.1;
-            let count = match map {
-                Map::Rows { u, .. } => u,
-                Map::Columns { b, .. } => s[0] * b,
-            };
             let rng = &mut keyed_rng(seed, tc.step, name, tc.part);
             let free = draw_sampled(rng, count, sampler);
             lazy.layers.push(Layer { map, free });
@@ -288,7 +285,7 @@ mod tests {
                 };
                 let lazy_touches: Vec<(Touch, Option<FillCtx>)> =
                     touches.iter().map(|(t, c)| (t.clone(), Some(*c))).collect();
-                let lazy = Lazy::new(11, "l.weight", shape, &lazy_touches, &base)
+                let lazy = Lazy::new(11, "l.weight", shape, &lazy_touches, &base, &mut || Ok(()))
                     .unwrap()
                     .expect("whole R2WiderR touches");
                 assert_eq!(lazy.len(), want.len(), "{shape:?} {init:?}");
@@ -324,9 +321,16 @@ mod tests {
         };
         let t = touch(0, Part::Rows, 1, 3);
         let lazy = |touches: &[(Touch, Option<FillCtx>)]| {
-            Lazy::new(1, "x", &[3, 4], touches, &base)
-                .unwrap()
-                .is_none()
+            let mut asked = false;
+            let none = Lazy::new(1, "x", &[3, 4], touches, &base, &mut || {
+                asked = true;
+                Ok(())
+            })
+            .unwrap()
+            .is_none();
+            // Readiness (the caller's check of the teacher) is asked only when computable.
+            assert_eq!(asked, !none);
+            none
         };
         assert!(lazy(&[(t.clone(), None)]));
         let mut split = t.clone();
@@ -340,6 +344,9 @@ mod tests {
         let bad = |_: usize, _: &mut [f64]| -> Result<()> {
             Err(crate::error::Error::weights("unreadable".to_string()))
         };
-        assert!(Lazy::new(1, "x", &[3, 4], &[(t, Some(ctx))], &bad).is_err());
+        let ok = &mut || Ok(());
+        assert!(Lazy::new(1, "x", &[3, 4], &[(t.clone(), Some(ctx))], &bad, ok).is_err());
+        let refuse = &mut || Err(crate::error::Error::weights("not finite".to_string()));
+        assert!(Lazy::new(1, "x", &[3, 4], &[(t, Some(ctx))], &base, refuse).is_err());
     }
 }

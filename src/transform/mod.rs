@@ -833,6 +833,7 @@ impl<'a> Widening<'a> {
         name: &str,
         shape: &[usize],
         base: &lazy::Base,
+        ready: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Option<lazy::Lazy>> {
         let Some(tc) = self.touches.get(name).filter(|t| !t.is_empty()) else {
             return Ok(None);
@@ -846,7 +847,7 @@ impl<'a> Widening<'a> {
                 )
             })
             .collect();
-        lazy::Lazy::new(self.seed, name, shape, &touches, base)
+        lazy::Lazy::new(self.seed, name, shape, &touches, base, ready)
     }
 
     /// The student's tensors from the teacher's `params` (touched ones computed in

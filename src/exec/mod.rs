@@ -280,6 +280,8 @@ struct Step<T> {
     weights: Weights<T>,
     /// A conv's Winograd filters, made by its first f32 `forward`.
     winograd: winograd::Cache,
+    /// A linear layer's weight packed for the f32 kernel, made by its first f32 run.
+    packed: dense_nt::Packed,
 }
 
 /// One node's value from [`Executor::forward_all`].
@@ -402,6 +404,7 @@ impl<T: Float> Executor<T> {
                 fused_bn: None,
                 weights,
                 winograd: Default::default(),
+                packed: Default::default(),
             });
         }
         for i in 0..steps.len() {
@@ -729,9 +732,9 @@ fn eval<T: Float>(
         }
         Op::Linear(l) => {
             let (w, b) = dense();
-            linear::linear(&args[0], l.out_features, w, b)
+            linear::linear(&args[0], l.out_features, w, b, &step.packed)
         }
-        Op::TiedLinear(l) => linear::linear(&args[0], l.vocab, dense().0, None),
+        Op::TiedLinear(l) => linear::linear(&args[0], l.vocab, dense().0, None, &step.packed),
         Op::Embedding(e) => embed::embedding(&args[0], dense().0, e.dim)?,
         Op::Positions(_) => embed::add_positions(own(args.remove(0)), dense().0)?,
         Op::ClassToken(_) => embed::class_token(&args[0], dense().0),

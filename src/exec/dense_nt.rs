@@ -16,6 +16,7 @@
 //!
 //! f32 only: the f64 proofs keep today's arithmetic.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -140,20 +141,34 @@ fn pack_weight(w: &[f32], n: usize, k: usize, parallel: bool) -> PackedW {
     PackedW { data, n, k }
 }
 
-/// `x` (`m x k`) as panels of `MR` rows, `[k][MR]` each, zero past row m.
-fn pack_left(x: &[f32], m: usize, k: usize) -> Vec<f32> {
-    let panels = m.div_ceil(MR);
-    let mut xp = vec![0f32; panels * k * MR];
-    for (i, panel) in xp.chunks_mut(k * MR).enumerate() {
+/// `x` (`m x k`) as panels of `MR` rows, `[k][MR]` each, zero past row m, into `xp`
+/// (reused between calls: a fresh buffer per call cost page faults).
+fn pack_left(xp: &mut Vec<f32>, x: &[f32], m: usize, k: usize, parallel: bool) {
+    let len = m.div_ceil(MR) * k * MR;
+    if xp.len() < len {
+        xp.resize(len, 0.0);
+    }
+    let one = |(i, panel): (usize, &mut [f32])| {
         let rows = MR.min(m - i * MR);
-        for r in 0..rows {
-            let row = &x[(i * MR + r) * k..(i * MR + r + 1) * k];
+        for (r, row) in x[i * MR * k..(i * MR + rows) * k].chunks(k).enumerate() {
             for (p, &v) in row.iter().enumerate() {
                 panel[p * MR + r] = v;
             }
         }
+        for r in rows..MR {
+            (0..k).for_each(|p| panel[p * MR + r] = 0.0);
+        }
+    };
+    if parallel {
+        xp[..len].par_chunks_mut(k * MR).enumerate().for_each(one);
+    } else {
+        xp[..len].chunks_mut(k * MR).enumerate().for_each(one);
     }
-    xp
+}
+
+thread_local! {
+    /// The packed left side of the calling thread's last product.
+    static LEFT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The AVX-512 product on packed operands: tasks of `GROUP` weight panels.
@@ -168,7 +183,8 @@ fn tiled(
     n: usize,
     parallel: bool,
 ) {
-    let xp = pack_left(x, m, k);
+    let mut xp = LEFT.with(|c| c.take());
+    pack_left(&mut xp, x, m, k, parallel);
     let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
     assert!(xp.len() >= mp * k * MR && wp.len() >= np * k * NR);
     let out = Out(y.as_mut_ptr());
@@ -208,6 +224,7 @@ fn tiled(
     } else {
         starts.for_each(job);
     }
+    LEFT.with(|c| c.replace(xp));
 }
 
 /// The gemm crate's kernel on column blocks of `BLOCK`, one single-threaded product each.

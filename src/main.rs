@@ -65,6 +65,7 @@ fn one_set(
 }
 
 fn main() {
+    r2rc::alloc::keep_small_blocks();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(a) => commands::check::run(a),

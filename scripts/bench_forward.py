@@ -9,7 +9,8 @@ intra_op_num_threads=T, inter_op_num_threads=1, sequential, all graph optimisati
    (--set r=1/8) batch 128, GPT-2 small (examples/gpt2.arch) on one sequence of 256 int64
    token ids. r2rc is timed by `r2rc run --input X.npy --repeat K --threads T` (best of K
    passes, printed on stderr), ONNX Runtime by the best of K `session.run`s; rounds
-   alternate the two and the median round counts;
+   alternate the two (r2rc after a pause, while ONNX Runtime's threads stop spin-waiting)
+   and the median round counts;
 2. proof cost: `r2rc widen examples/resnet50.arch --layer conv3_2 --by 1.5 --weights T`
    (full f64 proof, the default) and the same with `--prove local`, on a teacher checkpoint
    T made once with `r2rc init` (users widen trained checkpoints; without --weights the
@@ -53,6 +54,8 @@ FORWARD = [
     ("GPT-2 small", "gpt2", [], 1, 256, True),
 ]
 PROOF_ARCH = "resnet50"
+# Seconds between an ONNX Runtime measurement and the next r2rc command.
+ORT_SPIN_PAUSE = 0.5
 PROOF_BATCH = 8
 
 
@@ -221,6 +224,11 @@ def bench(args, work):
             sess = ort_session(onnx_path, args.threads)
             ours, theirs, ratios = [], [], []
             for _ in range(rounds):
+                # ONNX Runtime's intra-op threads spin-wait after a run (and after the
+                # session's creation): r2rc's passes, in another process, would share the
+                # cores with them (ResNetCifar-18 measured 21-31k img/s right after ORT,
+                # 50k after this pause).
+                time.sleep(ORT_SPIN_PAUSE)
                 a = r2rc_rate(args.r2rc, arch, sets, w, x_path, args.threads, repeat)
                 b = batch / ort_best(sess, x, repeat)
                 ours.append(a)

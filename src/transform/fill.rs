@@ -48,11 +48,28 @@ pub trait Fill: Sync {
     }
     /// The whole new consumer weight `[O, (C + E) * cols, ...]` from `w` (`[O, C * cols, ...]`).
     fn columns(&self, w: &ArrayD<f64>, cols: usize, rng: &mut ChaCha8Rng) -> ArrayD<f64>;
-    /// R2WiderR's sizes, when this fill is R2WiderR's (rows `[w; u; u]`, columns
-    /// `[w, v, -v]`, `u` and `v` from [`FillCtx::free`]): a streamed tensor can then be
-    /// computed range by range ([`super::lazy`]).
-    fn r2r(&self) -> Option<FillCtx> {
+    /// How this fill's tensors can be computed range by range, for a streamed tensor
+    /// ([`super::lazy`]); `None`: only whole.
+    fn lazily(&self) -> Option<Lazily> {
         None
+    }
+}
+
+/// The fills whose tensors [`super::lazy`] computes range by range.
+#[derive(Debug, Clone, Copy)]
+pub enum Lazily {
+    /// R2WiderR: rows `[w; u; u]`, columns `[w, v, -v]` (`u`, `v` from [`FillCtx::free`]).
+    R2r(FillCtx),
+    /// A normalised stream's new features held at zero with R2R's readers (RMS norms):
+    /// writers' rows and features zero, readers' columns `[w, v, -v]` as R2WiderR's.
+    HeldZero(FillCtx),
+}
+
+impl Lazily {
+    pub fn ctx(self) -> FillCtx {
+        match self {
+            Lazily::R2r(c) | Lazily::HeldZero(c) => c,
+        }
     }
 }
 

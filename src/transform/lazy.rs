@@ -1,12 +1,13 @@
 //! A widened tensor computed range by range, for the streaming writer: R2WiderR's rows
-//! (`[w; u; u]`) and columns (`[w, v, -v]`) as index maps over the teacher's values and
-//! the keyed draws, so a tensor of hundreds of megabytes is written in small chunks
+//! (`[w; u; u]`) and columns (`[w, v, -v]`), and the zero rows and features of a stream
+//! held at zero under RMS norms, as index maps over the teacher's values and the keyed
+//! draws, so a tensor of hundreds of megabytes is written in small chunks
 //! without the f64 intermediates of [`super::apply_touches`] (whose fresh pages cost more
 //! than the arithmetic). Every value has the bits `apply_touches` gives it: draws come
 //! from the same keyed streams at the same word positions ([`super::fill::draw`]), the
 //! scales from [`std_by_chunks`], which sums as [`super::std_of`] does.
 
-use super::fill::{draw_sampled, keyed_rng, std_by_chunks, Part};
+use super::fill::{draw_sampled, keyed_rng, std_by_chunks, Lazily, Part};
 use super::{whole, Touch};
 use crate::error::Result;
 
@@ -20,6 +21,10 @@ enum Map {
     Rows { n: usize, u: usize },
     /// Per row: `[prev_row (a), v_row (b), -v_row (b)]`.
     Columns { a: usize, b: usize },
+    /// `[prev; 0]`: `prev` has `n` values, then `u` zeros (held rows).
+    Zeros { n: usize, u: usize },
+    /// Per row: `[prev_row (a), b zeros]` (held features).
+    ZeroColumns { a: usize, b: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -38,14 +43,14 @@ pub struct Lazy {
 
 impl Lazy {
     /// The tensor `name` (teacher shape `shape`, values from `base`) after `touches`,
-    /// each with its fill's R2WiderR sizes (`None`: another fill); `None` when a touch is
+    /// each with how its fill computes lazily (`None`: it does not); `None` when a touch is
     /// not one this can compute (then [`super::apply_touches`] does). Scales that depend
     /// on the values before a touch are computed here, from `base`.
     pub(super) fn new(
         seed: u64,
         name: &str,
         shape: &[usize],
-        touches: &[(Touch, Option<super::FillCtx>)],
+        touches: &[(Touch, Option<Lazily>)],
         base: &Base,
         ready: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Option<Lazy>> {
@@ -53,8 +58,9 @@ impl Lazy {
         // nothing here.
         let mut plan = Vec::new();
         let mut shape = shape.to_vec();
-        for (tc, ctx) in touches {
-            let Some(ctx) = ctx else { return Ok(None) };
+        for (tc, how) in touches {
+            let Some(how) = *how else { return Ok(None) };
+            let ctx = how.ctx();
             let s = shape.clone();
             if !whole(tc) || ctx.e % 2 != 0 || s.len() < 2 || s.contains(&0) {
                 return Ok(None);
@@ -62,16 +68,34 @@ impl Lazy {
             let half = ctx.e / 2;
             let rest: usize = s[2..].iter().product();
             let n: usize = s.iter().product();
-            let (map, fan_in, count) = match tc.part {
+            let (map, fan_in, count) = match (tc.part, how) {
                 // R2r::rows: u is `[half * per, s[1..]]`, fan-in from `s[1]`.
-                Part::Rows => {
+                (Part::Rows, Lazily::R2r(_)) => {
                     let rows = half * tc.cols;
                     let u = rows * s[1] * rest;
                     shape[0] += 2 * rows;
                     (Map::Rows { n, u }, s[1] * rest, u)
                 }
-                // R2r::columns: v is `[s[0], half * cols, s[2..]]`.
-                Part::Columns => {
+                // Held::rows: `e * per` zero rows, nothing drawn.
+                (Part::Rows, Lazily::HeldZero(_)) => {
+                    let rows = ctx.e * tc.cols;
+                    shape[0] += rows;
+                    (
+                        Map::Zeros {
+                            n,
+                            u: rows * s[1] * rest,
+                        },
+                        0,
+                        0,
+                    )
+                }
+                // Held::features on a 2-D table (an embedding): `e` zeros per row.
+                (Part::Features, Lazily::HeldZero(_)) if s.len() == 2 => {
+                    shape[1] += ctx.e;
+                    (Map::ZeroColumns { a: s[1], b: ctx.e }, 0, 0)
+                }
+                // R2r::columns (and Held's, the same): v is `[s[0], half * cols, s[2..]]`.
+                (Part::Columns, _) => {
                     let b = half * tc.cols * rest;
                     shape[1] += 2 * half * tc.cols;
                     let fan_in = (ctx.c + ctx.e) * tc.cols * rest;
@@ -88,6 +112,14 @@ impl Lazy {
             shape,
         };
         for (tc, ctx, map, n, fan_in, count) in plan {
+            if count == 0 {
+                // Zeros: no scale pass, no draws.
+                lazy.layers.push(Layer {
+                    map,
+                    free: Vec::new(),
+                });
+                continue;
+            }
             let level = lazy.layers.len();
             let mut failed = None;
             let sampler = ctx.sampler(
@@ -168,6 +200,29 @@ impl Lazy {
                         k
                     }
                 }
+                Map::Zeros { n, u } => {
+                    if at < n {
+                        let k = (n - at).min(left);
+                        self.fill(level - 1, at, &mut out[o..o + k], base)?;
+                        k
+                    } else {
+                        let k = (n + u - at).min(left);
+                        out[o..o + k].fill(0.0);
+                        k
+                    }
+                }
+                Map::ZeroColumns { a, b } => {
+                    let (row, j) = (at / (a + b), at % (a + b));
+                    if j < a {
+                        let k = (a - j).min(left);
+                        self.fill(level - 1, row * a + j, &mut out[o..o + k], base)?;
+                        k
+                    } else {
+                        let k = (a + b - j).min(left);
+                        out[o..o + k].fill(0.0);
+                        k
+                    }
+                }
             };
             at += k;
             o += k;
@@ -197,7 +252,8 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::transform::fill::{append0, Fill, FillCtx};
+    use crate::transform::fill::{append0, cat, Fill, FillCtx};
+    use crate::transform::norms::{self, Hold, Readers, StreamRule};
     use crate::transform::r2r::R2r;
     use crate::transform::Init;
 
@@ -213,15 +269,29 @@ mod tests {
         }
     }
 
-    /// What `apply_touches` computes for whole R2WiderR touches.
-    fn eager(seed: u64, name: &str, mut t: ArrayD<f64>, touches: &[(Touch, FillCtx)]) -> Vec<f64> {
-        for (tc, ctx) in touches {
-            let fill = R2r::new(*ctx);
+    /// What `apply_touches` computes for whole touches of these fills.
+    fn eager(seed: u64, name: &str, mut t: ArrayD<f64>, touches: &[(Touch, Lazily)]) -> Vec<f64> {
+        for (tc, how) in touches {
+            let fill: Box<dyn Fill> = match *how {
+                Lazily::R2r(ctx) => Box::new(R2r::new(ctx)),
+                Lazily::HeldZero(ctx) => {
+                    let rule = StreamRule::Held {
+                        hold: Hold::Zero,
+                        readers: Readers::Pairs,
+                        eps_scale: 0.5,
+                    };
+                    norms::fill(rule, ctx, None)
+                }
+            };
             let rng = &mut keyed_rng(seed, tc.step, name, tc.part);
             t = match tc.part {
                 Part::Rows => {
                     let rows = fill.rows(&t, tc.cols, rng);
                     append0(t, &rows)
+                }
+                Part::Features => {
+                    let nf = fill.features(&t, rng);
+                    cat(t.ndim() - 1, &[&t, &nf])
                 }
                 _ => fill.columns(&t, tc.cols, rng),
             };
@@ -231,13 +301,21 @@ mod tests {
 
     /// Every value of the lazy tensor, in pieces of awkward sizes, equals the eager one
     /// bit for bit: conv and linear shapes, rows before and after columns, several
-    /// columns per channel, each init, and tensors past the parallel chunk sizes.
+    /// columns per channel, each init, tensors past the parallel chunk sizes, and a
+    /// stream held at zero (readers, writers, an embedding) under R2WiderR's widths.
     #[test]
     fn lazy_values_match_apply_touches() {
-        // (shape, [(part, cols, channels before, added)])
-        type Case = (Vec<usize>, Vec<(Part, usize, usize, usize)>);
-        let cases: Vec<Case> = vec![
-            // (shape, [(part, cols, channels before, added)])
+        // (shape, [(part, cols, channels before, added, held at zero)])
+        type Case = (Vec<usize>, Vec<(Part, usize, usize, usize, bool)>);
+        // The same without the last field: R2WiderR's fill throughout.
+        type R2rCase = (Vec<usize>, Vec<(Part, usize, usize, usize)>);
+        let r2r = |cases: Vec<R2rCase>| {
+            cases.into_iter().map(|(s, parts)| {
+                let parts = parts.into_iter().map(|(p, k, c, e)| (p, k, c, e, false));
+                (s, parts.collect())
+            })
+        };
+        let mut cases: Vec<Case> = r2r(vec![
             (
                 vec![5, 3, 3, 3],
                 vec![(Part::Columns, 1, 3, 2), (Part::Rows, 1, 5, 4)],
@@ -261,7 +339,36 @@ mod tests {
             // Draws past draw's parallel chunk (32768 values).
             (vec![200, 401], vec![(Part::Rows, 1, 200, 200)]),
             (vec![100, 701], vec![(Part::Columns, 1, 701, 702)]),
-        ];
+        ])
+        .collect();
+        cases.extend([
+            // A query (held stream's columns, then kv groups' rows), an output projection
+            // (held rows, then R2WiderR's columns), an embedding (held features).
+            (
+                vec![8, 6],
+                vec![(Part::Columns, 1, 6, 4, true), (Part::Rows, 4, 2, 2, false)],
+            ),
+            (
+                vec![6, 8],
+                vec![(Part::Rows, 1, 6, 4, true), (Part::Columns, 4, 2, 2, false)],
+            ),
+            (vec![13, 6], vec![(Part::Features, 1, 6, 4, true)]),
+            (
+                vec![301, 257],
+                vec![
+                    (Part::Columns, 1, 257, 128, true),
+                    (Part::Rows, 1, 301, 100, false),
+                ],
+            ),
+            (
+                vec![257, 301],
+                vec![
+                    (Part::Rows, 1, 257, 200, true),
+                    (Part::Columns, 1, 301, 98, false),
+                ],
+            ),
+            (vec![1000, 67], vec![(Part::Features, 1, 67, 34, true)]),
+        ]);
         let mut r = ChaCha8Rng::seed_from_u64(3);
         for init in [Init::Match, Init::He, Init::Zero] {
             for (shape, parts) in &cases {
@@ -271,11 +378,17 @@ mod tests {
                     .map(|x| x as f32 as f64)
                     .collect();
                 let t = ArrayD::from_shape_vec(IxDyn(shape), w.clone()).unwrap();
-                let touches: Vec<(Touch, FillCtx)> = parts
+                let touches: Vec<(Touch, Lazily)> = parts
                     .iter()
                     .enumerate()
-                    .map(|(k, &(part, cols, c, e))| {
-                        (touch(k, part, cols, c), FillCtx { c, e, init })
+                    .map(|(k, &(part, cols, c, e, held))| {
+                        let ctx = FillCtx { c, e, init };
+                        let how = if held {
+                            Lazily::HeldZero(ctx)
+                        } else {
+                            Lazily::R2r(ctx)
+                        };
+                        (touch(k, part, cols, c), how)
                     })
                     .collect();
                 let want = eager(11, "l.weight", t, &touches);
@@ -283,11 +396,11 @@ mod tests {
                     out.copy_from_slice(&w[at..at + out.len()]);
                     Ok(())
                 };
-                let lazy_touches: Vec<(Touch, Option<FillCtx>)> =
+                let lazy_touches: Vec<(Touch, Option<Lazily>)> =
                     touches.iter().map(|(t, c)| (t.clone(), Some(*c))).collect();
                 let lazy = Lazy::new(11, "l.weight", shape, &lazy_touches, &base, &mut || Ok(()))
                     .unwrap()
-                    .expect("whole R2WiderR touches");
+                    .expect("whole touches of lazy fills");
                 assert_eq!(lazy.len(), want.len(), "{shape:?} {init:?}");
                 let mut got = vec![f64::NAN; want.len()];
                 let mut at = 0;
@@ -314,13 +427,13 @@ mod tests {
             out.copy_from_slice(&w[at..at + out.len()]);
             Ok(())
         };
-        let ctx = FillCtx {
+        let ctx = Lazily::R2r(FillCtx {
             c: 3,
             e: 2,
             init: Init::Match,
-        };
+        });
         let t = touch(0, Part::Rows, 1, 3);
-        let lazy = |touches: &[(Touch, Option<FillCtx>)]| {
+        let lazy = |touches: &[(Touch, Option<Lazily>)]| {
             let mut asked = false;
             let none = Lazy::new(1, "x", &[3, 4], touches, &base, &mut || {
                 asked = true;
@@ -336,10 +449,21 @@ mod tests {
         let mut split = t.clone();
         split.runs = vec![(0, 1), (2, 1)];
         assert!(lazy(&[(split, Some(ctx))]));
-        assert!(lazy(&[(t.clone(), Some(FillCtx { e: 3, ..ctx }))]));
+        let odd = FillCtx { e: 3, ..ctx.ctx() };
+        assert!(lazy(&[(t.clone(), Some(Lazily::R2r(odd)))]));
         let mut bias = t.clone();
         bias.part = Part::Bias;
         assert!(lazy(&[(bias, Some(ctx))]));
+        // R2WiderR has no features; held features only of a 2-D table.
+        let mut features = t.clone();
+        features.part = Part::Features;
+        assert!(lazy(&[(features.clone(), Some(ctx))]));
+        let held = Some(Lazily::HeldZero(ctx.ctx()));
+        assert!(!lazy(&[(features.clone(), held)]));
+        let deep = Lazy::new(1, "x", &[3, 2, 2], &[(features, held)], &base, &mut || {
+            Ok(())
+        });
+        assert!(deep.unwrap().is_none());
         assert!(!lazy(&[(t.clone(), Some(ctx))]));
         let bad = |_: usize, _: &mut [f64]| -> Result<()> {
             Err(crate::error::Error::weights("unreadable".to_string()))

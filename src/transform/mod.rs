@@ -838,12 +838,12 @@ impl<'a> Widening<'a> {
         let Some(tc) = self.touches.get(name).filter(|t| !t.is_empty()) else {
             return Ok(None);
         };
-        let touches: Vec<(Touch, Option<FillCtx>)> = tc
+        let touches: Vec<(Touch, Option<fill::Lazily>)> = tc
             .iter()
             .map(|t| {
                 (
                     t.clone(),
-                    self.plan.fill(t.step, self.args, self.seed).r2r(),
+                    self.plan.fill(t.step, self.args, self.seed).lazily(),
                 )
             })
             .collect();

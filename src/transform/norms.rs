@@ -17,7 +17,7 @@
 use ndarray::{ArrayD, Axis};
 use rand_chacha::ChaCha8Rng;
 
-use super::fill::{append0, cat, cat_pair, fan_in, with_dim, Fill, FillCtx};
+use super::fill::{append0, cat, cat_pair, fan_in, with_dim, Fill, FillCtx, Lazily};
 use super::methods::net2net::Net2Net;
 use super::methods::random::RandomPad;
 use super::methods::Noise;
@@ -273,5 +273,11 @@ impl Fill for Held {
                 cat(1, &[w, &v])
             }
         }
+    }
+
+    fn lazily(&self) -> Option<Lazily> {
+        // Columns `[w, v, -v]` are R2WiderR's (same shapes, fan-in and draws).
+        (self.hold == Hold::Zero && self.readers == Readers::Pairs)
+            .then_some(Lazily::HeldZero(self.ctx))
     }
 }

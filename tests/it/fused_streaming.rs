@@ -384,3 +384,47 @@ fn exports_under_fused_layouts_are_refused_naming_the_tensor() {
     assert!(err.contains("c_attn") && err.contains("exports"), "{err}");
     assert!(!onnx.exists());
 }
+
+/// A Llama's widened stream (new features held at zero under RMS norms, readers' columns
+/// in R2R's pairs, or NetMorph's free ones) and attention and MLP widths stream to the
+/// in-memory student's tensors bit for bit, whole and sharded: the held rows, features and
+/// columns are computed range by range (`transform::lazy`), the rest whole.
+#[test]
+fn a_streamed_llama_widening_equals_the_in_memory_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let f = Family {
+        stem: "llama",
+        src: crate::transformer_widen::LLAMA,
+        naming: "hf",
+        row: "layers",
+        weights: "model.safetensors",
+        fused: "",
+    };
+    let (arch, w) = teacher(dir, &f);
+    for (k, extra) in [
+        vec!["--all", "--by", "1.5", "--method", "r2r"],
+        vec!["--all", "--by", "2", "--method", "r2r", "--init", "he"],
+        vec!["--all", "--by", "1.5", "--method", "netmorph"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = |tag: &str| dir.join(format!("{k}_{tag}"));
+        grow("widen", &arch, &f, &w, &out("memory"), extra, &[]);
+        let memory = out("memory").join(f.weights);
+        for (tag, how) in [
+            ("none", &["--no-prove"][..]),
+            ("sharded", &["--no-prove", "--shard-size", "4KB"][..]),
+        ] {
+            grow("widen", &arch, &f, &w, &out(tag), extra, how);
+            let written = if tag == "sharded" {
+                assert!(shards(&out(tag)).len() > 2, "{extra:?}");
+                out(tag)
+            } else {
+                out(tag).join(f.weights)
+            };
+            same(&memory, &written, &format!("{extra:?} {tag}"));
+        }
+    }
+}

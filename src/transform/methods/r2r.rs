@@ -7,7 +7,7 @@
 use ndarray::ArrayD;
 use rand_chacha::ChaCha8Rng;
 
-use crate::transform::fill::{cat, cat_pair, fan_in, with_dim, Fill, FillCtx};
+use crate::transform::fill::{cat, cat_pair, fan_in, with_dim, Fill, FillCtx, Lazily};
 
 pub struct R2r {
     ctx: FillCtx,
@@ -44,7 +44,7 @@ impl Fill for R2r {
         cat_pair(w, &v)
     }
 
-    fn r2r(&self) -> Option<FillCtx> {
-        Some(self.ctx)
+    fn lazily(&self) -> Option<Lazily> {
+        Some(Lazily::R2r(self.ctx))
     }
 }

@@ -218,13 +218,17 @@ fn tiled(
             }
         }
     };
-    let starts = (0..np).step_by(GROUP);
+    tasks((0..np).step_by(GROUP), parallel, job);
+    LEFT.with(|c| c.replace(xp));
+}
+
+/// Runs `job` on every start, on the pool's threads when `parallel`.
+fn tasks(starts: impl Iterator<Item = usize>, parallel: bool, job: impl Fn(usize) + Send + Sync) {
     if parallel {
         starts.collect::<Vec<_>>().into_par_iter().for_each(job);
     } else {
         starts.for_each(job);
     }
-    LEFT.with(|c| c.replace(xp));
 }
 
 /// The gemm crate's kernel on column blocks of `BLOCK`, one single-threaded product each.
@@ -277,12 +281,7 @@ fn crate_split(
             }
         }
     };
-    let starts = (0..n).step_by(BLOCK);
-    if parallel {
-        starts.collect::<Vec<_>>().into_par_iter().for_each(job);
-    } else {
-        starts.for_each(job);
-    }
+    tasks((0..n).step_by(BLOCK), parallel, job);
 }
 
 #[cfg(target_arch = "x86_64")]

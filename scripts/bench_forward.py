@@ -18,7 +18,7 @@ intra_op_num_threads=T, inter_op_num_threads=1, sequential, all graph optimisati
    proof's own time (report.json's `timings.prove`, read from --json) over ONNX Runtime's
    f32 forward of ResNet-50 at batch 8 (seconds per batch, median of rounds); each
    command's whole wall time is printed beside it. Also `--all --by 1.5 --prove local`
-   against `--all --by 1.5` (full);
+   against `--all --by 1.5` (full), each pair alternating round by round;
 3. with --stream, the streaming ratio of scripts/bench_large.sh (widen --no-prove of a
    >1 GB checkpoint over the direct-write floor of its student; needs ~6 GB of disk).
 
@@ -26,7 +26,7 @@ Ends with a summary table: date, machine, each ratio next to issue 16's target.
 
 Usage: scripts/bench_forward.py [--r2rc target/release/r2rc] [--threads 2] [--rounds 5]
            [--repeat 5] [--big-rounds 3] [--big-repeat 3] [--proof-rounds 3]
-           [--all-rounds 1] [--no-gpt2] [--no-proofs] [--stream]
+           [--all-rounds 3] [--no-gpt2] [--no-proofs] [--stream]
 scripts/bench.sh runs it with the venv of scripts/ci_python.sh (numpy, onnxruntime).
 """
 
@@ -178,7 +178,7 @@ def main():
     ap.add_argument("--big-rounds", type=int, default=3, help="rounds for GPT-2 and ResNet-50")
     ap.add_argument("--big-repeat", type=int, default=3)
     ap.add_argument("--proof-rounds", type=int, default=3, help="rounds of the conv3_2 proofs")
-    ap.add_argument("--all-rounds", type=int, default=1,
+    ap.add_argument("--all-rounds", type=int, default=3,
                     help="rounds of the --all proofs (0 skips them)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-gpt2", action="store_true")
@@ -264,21 +264,27 @@ def bench(args, work):
             layer = ["widen", arch, "--layer", "conv3_2", "--by", "1.5"] + w
             every = ["widen", arch, "--all", "--by", "1.5"] + w
             times, totals = {}, {}
-            for key, cmd, rounds in [
-                ("full", layer, args.proof_rounds),
-                ("local", layer + ["--prove", "local"], args.proof_rounds),
-                ("all full", every, args.all_rounds),
-                ("all local", every + ["--prove", "local"], args.all_rounds),
+            local = ["--prove", "local"]
+            # Each pair alternates full and local round by round, so that drift in the
+            # machine's speed falls on both.
+            for pair, rounds in [
+                ((("full", layer), ("local", layer + local)), args.proof_rounds),
+                ((("all full", every), ("all local", every + local)), args.all_rounds),
             ]:
                 if rounds < 1:
                     continue
-                runs = [timed(args.r2rc, cmd) for _ in range(rounds)]
-                ts = [p for _, p in runs]
-                times[key] = statistics.median(ts)
-                totals[key] = statistics.median(t for t, _ in runs)
-                print(f"r2rc {' '.join(cmd)}: proof {times[key]:.2f} s "
-                      f"({spread(ts, '{:.2f}')} over {rounds}) = {times[key] / fwd:.2f}x ORT's "
-                      f"forward; whole command {totals[key]:.2f} s = {totals[key] / fwd:.1f}x")
+                runs = {key: [] for key, _ in pair}
+                for _ in range(rounds):
+                    for key, cmd in pair:
+                        runs[key].append(timed(args.r2rc, cmd))
+                for key, cmd in pair:
+                    ts = [p for _, p in runs[key]]
+                    times[key] = statistics.median(ts)
+                    totals[key] = statistics.median(t for t, _ in runs[key])
+                    print(f"r2rc {' '.join(cmd)}: proof {times[key]:.2f} s "
+                          f"({spread(ts, '{:.2f}')} over {rounds}) = {times[key] / fwd:.2f}x "
+                          f"ORT's forward; whole command {totals[key]:.2f} s = "
+                          f"{totals[key] / fwd:.1f}x")
             full, local = times["full"] / fwd, times["local"] / fwd
             summary.append(("full proof, widen conv3_2 x1.5 / ORT b8 fwd",
                             f"{full:.2f}x ({times['full']:.2f} s; command "

@@ -18,15 +18,16 @@ intra_op_num_threads=T, inter_op_num_threads=1, sequential, all graph optimisati
    proof's own time (report.json's `timings.prove`, read from --json) over ONNX Runtime's
    f32 forward of ResNet-50 at batch 8 (seconds per batch, median of rounds); each
    command's whole wall time is printed beside it. Also `--all --by 1.5 --prove local`
-   against `--all --by 1.5` (full), each pair alternating round by round;
+   against `--all --by 1.5` (full), each pair alternating round by round
+   (and which goes first);
 3. with --stream, the streaming ratio of scripts/bench_large.sh (widen --no-prove of a
    >1 GB checkpoint over the direct-write floor of its student; needs ~6 GB of disk).
 
 Ends with a summary table: date, machine, each ratio next to issue 16's target.
 
 Usage: scripts/bench_forward.py [--r2rc target/release/r2rc] [--threads 2] [--rounds 5]
-           [--repeat 5] [--big-rounds 3] [--big-repeat 3] [--proof-rounds 3]
-           [--all-rounds 3] [--no-gpt2] [--no-proofs] [--stream]
+           [--repeat 5] [--big-rounds 3] [--big-repeat 3] [--proof-rounds 4]
+           [--all-rounds 4] [--no-gpt2] [--no-proofs] [--stream]
 scripts/bench.sh runs it with the venv of scripts/ci_python.sh (numpy, onnxruntime).
 """
 
@@ -177,8 +178,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=5, help="passes per round (best counts)")
     ap.add_argument("--big-rounds", type=int, default=3, help="rounds for GPT-2 and ResNet-50")
     ap.add_argument("--big-repeat", type=int, default=3)
-    ap.add_argument("--proof-rounds", type=int, default=3, help="rounds of the conv3_2 proofs")
-    ap.add_argument("--all-rounds", type=int, default=3,
+    ap.add_argument("--proof-rounds", type=int, default=4, help="rounds of the conv3_2 proofs")
+    ap.add_argument("--all-rounds", type=int, default=4,
                     help="rounds of the --all proofs (0 skips them)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-gpt2", action="store_true")
@@ -265,8 +266,9 @@ def bench(args, work):
             every = ["widen", arch, "--all", "--by", "1.5"] + w
             times, totals = {}, {}
             local = ["--prove", "local"]
-            # Each pair alternates full and local round by round, so that drift in the
-            # machine's speed falls on both.
+            # Each pair alternates full and local round by round, each first in half the
+            # rounds, so that drift in the machine's speed (and whatever one command leaves
+            # the next) falls on both alike.
             for pair, rounds in [
                 ((("full", layer), ("local", layer + local)), args.proof_rounds),
                 ((("all full", every), ("all local", every + local)), args.all_rounds),
@@ -274,8 +276,8 @@ def bench(args, work):
                 if rounds < 1:
                     continue
                 runs = {key: [] for key, _ in pair}
-                for _ in range(rounds):
-                    for key, cmd in pair:
+                for r in range(rounds):
+                    for key, cmd in pair if r % 2 == 0 else pair[::-1]:
                         runs[key].append(timed(args.r2rc, cmd))
                 for key, cmd in pair:
                     ts = [p for _, p in runs[key]]

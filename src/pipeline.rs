@@ -84,7 +84,8 @@ pub fn run(
 /// The proof the CLI and Python API run where the student is in memory ([`crate::api::step`];
 /// [`run`] proves as asked): a local proof whose regions cost more multiply-accumulates than
 /// teacher and student whole runs as a full proof instead (more evidence for less work),
-/// with a note saying so. A streamed rewrite has no student in memory and proves locally.
+/// with a note saying so. A streamed rewrite does the same where both networks fit in
+/// memory (`stream::streamed_proof`), and proves locally otherwise.
 pub fn cheaper_proof<'a>(patch: &Patch, proof: Proof<'a>) -> (Proof<'a>, Option<String>) {
     match (proof, patch.proof_costs()) {
         (Proof::Local(o), Some((local, full))) if local > full => (

@@ -233,10 +233,6 @@ fn fans(shape: &[usize]) -> (usize, usize) {
 /// what a hostile `.arch` can make it allocate, with a clear refusal beyond.
 pub const MAX_VALUES: u64 = 1 << 30;
 
-/// Refuses a network whose weights plus, for `batch` inputs, its layer outputs would
-/// exceed [`MAX_VALUES`]: every output when `keep_all` (a proof keeps them all to compare),
-/// else a few of the largest (a forward pass frees values it no longer needs). `what`
-/// names the use.
 /// Whether two tensors have the same shape and the same bits in every element (so -0.0
 /// and 0.0 differ, and a NaN equals itself): whether a run reading either computes the
 /// same. Compared in blocks without an early exit inside a block, so that it vectorises.
@@ -255,6 +251,10 @@ pub fn same_bits(a: &ArrayD<f64>, b: &ArrayD<f64>) -> bool {
     }
 }
 
+/// Refuses a network whose weights plus, for `batch` inputs, its layer outputs would
+/// exceed [`MAX_VALUES`]: every output when `keep_all` (a proof keeps them all to compare),
+/// else a few of the largest (a forward pass frees values it no longer needs). `what`
+/// names the use.
 pub fn check_memory(graph: &Graph, batch: usize, keep_all: bool, what: &str) -> Result<()> {
     let params: u64 = graph
         .param_specs()

@@ -81,14 +81,19 @@ pub fn run(
     })
 }
 
-/// The proof the CLI and Python API run where the student is in memory ([`crate::api::step`];
-/// [`run`] proves as asked): a local proof whose regions cost more multiply-accumulates than
-/// teacher and student whole runs as a full proof instead (more evidence for less work),
-/// with a note saying so. A streamed rewrite does the same where both networks fit in
-/// memory (`stream::streamed_proof`), and proves locally otherwise.
+/// The proof the CLI and Python API run: a local proof whose regions cost more
+/// multiply-accumulates than teacher and student whole runs as a full proof instead (more
+/// evidence for less work), with a note saying so, where both networks fit in memory
+/// ([`crate::params::check_memory`]; a streamed rewrite then loads them for the proof
+/// only, and proves locally otherwise).
 pub fn cheaper_proof<'a>(patch: &Patch, proof: Proof<'a>) -> (Proof<'a>, Option<String>) {
+    let fits = |o: &ProveOptions| {
+        [patch.teacher, &patch.student]
+            .iter()
+            .all(|g| crate::params::check_memory(g, o.inputs, false, "").is_ok())
+    };
     match (proof, patch.proof_costs()) {
-        (Proof::Local(o), Some((local, full))) if local > full => (
+        (Proof::Local(o), Some((local, full))) if local > full && fits(o) => (
             Proof::Full(o),
             Some(format!(
                 "proved in full rather than locally: the local proof's regions overlap, so running them costs {} multiply-accumulates per input and mode against {} for teacher and student whole",

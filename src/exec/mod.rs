@@ -189,7 +189,6 @@ fn parallel_images(batch: usize) -> bool {
 /// A parameter tensor in `T`, converted on every core for big tensors (a fresh vector's
 /// pages are faulted in as it fills, which one core alone waits for).
 fn convert<T: Float>(a: &ArrayD<f64>) -> Vec<T> {
-    use rayon::prelude::*;
     match a.as_slice() {
         Some(v) if v.len() >= 1 << 16 => v
             .par_iter()

@@ -4,7 +4,8 @@
 //!
 //! [`step`] plans the same [`Patch`] as the in-memory pipeline, proves it on its region
 //! (`--prove local`: from the teacher tensors the region reads, computed by the same
-//! per-tensor edits) or not at all, and then [`write`]s the student in file order: a
+//! per-tensor edits; in full, both networks loaded for the proof only, where that costs
+//! less and fits: [`crate::pipeline::cheaper_proof`]) or not at all, and then [`write`]s the student in file order: a
 //! tensor no edit makes is copied from the teacher's map; an edited one is computed on its
 //! own ([`Patch::tensor`]: its draws are keyed by seed, step, tensor and part), encoded and
 //! handed to a writer thread, which writes through `O_DIRECT` where it can
@@ -199,7 +200,7 @@ pub fn step_with_state(
     let teacher = Mapped::new(job.src, graph, job.naming)?;
     let patch = Patch::plan(graph, step, job.seed, &teacher, job.teacher)?;
     let path = place(&patch.student)?;
-    let (proof, note) = streamed_proof(&patch, Proof::new(job.prove, true), graph);
+    let (proof, note) = crate::pipeline::cheaper_proof(&patch, Proof::new(job.prove, true));
     let mut report = judge_patch(&patch, proof, |o| match proof {
         Proof::Full(_) => {
             // Both networks whole, in memory, only for the proof; the writing below still
@@ -231,27 +232,6 @@ pub fn step_with_state(
         files,
         dtype: job.src.dtype(),
     })
-}
-
-/// The proof of a streamed rewrite: local, unless its regions cost more
-/// multiply-accumulates than teacher and student whole (`--all` widenings of a ResNet,
-/// whose residual streams every region reads: ResNet-50's took 7.6 s locally against 5 s
-/// whole) and both networks fit in memory, as the in-memory path decides
-/// ([`crate::pipeline::cheaper_proof`]).
-fn streamed_proof<'a>(
-    patch: &Patch,
-    proof: Proof<'a>,
-    graph: &Graph,
-) -> (Proof<'a>, Option<String>) {
-    match crate::pipeline::cheaper_proof(patch, proof) {
-        (Proof::Full(o), note)
-            if crate::params::check_memory(graph, o.inputs, false, "").is_ok()
-                && crate::params::check_memory(&patch.student, o.inputs, false, "").is_ok() =>
-        {
-            (Proof::Full(o), note)
-        }
-        _ => (proof, None),
-    }
 }
 
 /// Every tensor of `graph` read from the teacher's map.
@@ -512,6 +492,7 @@ fn write_lazy(
     if lazy.shape() != st.shape.as_slice() {
         return Ok(false);
     }
+    // The output's dtype and value size (the teacher file's may differ).
     let dtype = src.dtype();
     let size = dtype.size();
     let n = lazy.len();
@@ -534,7 +515,7 @@ fn write_lazy(
                 Ok::<_, crate::error::Error>(())
             })?;
         let last = at + len == n;
-        if !send(at * dtype.size(), bytes, last) {
+        if !send(at * size, bytes, last) {
             // The writer stopped on an error, which its join reports.
             break;
         }

@@ -1,6 +1,7 @@
 //! The element types the executor runs in (f32 and f64) and their GEMM: the `gemm`
 //! crate (pure Rust, runtime-dispatched AVX2/AVX-512/NEON kernels), measured here against
 //! matrixmultiply 0.3 on the executor's shapes at 1.1-2.4x in f32 and 1.2-2.4x in f64.
+//! In f64 on AVX-512 the product is r2rc's own (gemm64.rs).
 
 use std::cell::RefCell;
 use std::fmt::Debug;
@@ -47,10 +48,13 @@ pub trait Float:
     /// The slice as f32 when `Self` is f32 (the f32-only kernels), else `None`.
     fn as_f32(s: &[Self]) -> Option<&[f32]>;
     fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+    /// The slice as f64 when `Self` is f64 (the f64-only kernels), else `None`.
+    fn as_f64(s: &[Self]) -> Option<&[f64]>;
+    fn as_f64_mut(s: &mut [Self]) -> Option<&mut [f64]>;
 }
 
 macro_rules! float_impl {
-    ($t:ty, $name:literal, $as_f32:expr, $as_f32_mut:expr) => {
+    ($t:ty, $name:literal, $as_f32:expr, $as_f32_mut:expr, $as_f64:expr, $as_f64_mut:expr) => {
         impl Float for $t {
             const NAME: &'static str = $name;
             fn zero() -> Self {
@@ -105,12 +109,18 @@ macro_rules! float_impl {
             fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
                 $as_f32_mut(s)
             }
+            fn as_f64(s: &[Self]) -> Option<&[f64]> {
+                $as_f64(s)
+            }
+            fn as_f64_mut(s: &mut [Self]) -> Option<&mut [f64]> {
+                $as_f64_mut(s)
+            }
         }
     };
 }
 
-float_impl!(f32, "f32", Some, Some);
-float_impl!(f64, "f64", |_| None, |_| None);
+float_impl!(f32, "f32", Some, Some, |_| None, |_| None);
+float_impl!(f64, "f64", |_| None, |_| None, Some, Some);
 
 /// The sizes of one product `C[m x n] = A[m x k] B[k x n]` and the leading dimensions of
 /// its row-major operands. With `b_transposed`, `b` holds B^T as an `[n x k]` row-major
@@ -179,6 +189,27 @@ pub fn gemm<T: Float>(d: &GemmDims, a: &[T], b: &[T], c: &mut [T]) {
         assert!(b.len() >= (k - 1) * ldb + n, "gemm: B too small");
         (ldb as isize, 1)
     };
+    let parallelism = parallelism(m, k, n);
+    if let (Some(a), Some(b), Some(c), true) = (
+        T::as_f64(a),
+        T::as_f64(b),
+        T::as_f64_mut(c),
+        super::gemm64::available(),
+    ) {
+        let (rsb, csb) = (rsb as usize, csb as usize);
+        let d = super::gemm64::Operands {
+            m,
+            k,
+            n,
+            lda,
+            rsb,
+            csb,
+            ldc,
+        };
+        let parallel = !matches!(parallelism, gemm::Parallelism::None);
+        super::gemm64::product(&d, a, b, c, parallel);
+        return;
+    }
     // SAFETY: the asserts above keep every addressed element inside its slice, and `c` is
     // a unique borrow, so it aliases neither input. `read_dst` false: C is only written.
     unsafe {
@@ -201,7 +232,7 @@ pub fn gemm<T: Float>(d: &GemmDims, a: &[T], b: &[T], c: &mut [T]) {
             false,
             false,
             false,
-            parallelism(m, k, n),
+            parallelism,
         )
     }
 }

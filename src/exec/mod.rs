@@ -18,6 +18,7 @@ mod direct_conv;
 mod embed;
 mod fastmath;
 mod float;
+mod gemm64;
 mod linear;
 mod norm;
 mod pool;

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Slice};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -172,8 +173,10 @@ fn compare<T: Float>(t: &ArrayViewD<T>, s: &ArrayViewD<T>, floor: f64) -> Option
     }
     let (abs, scale, bad) = match (t.as_slice(), s.as_slice()) {
         (Some(tv), Some(sv)) => block_runs(t.shape(), s.shape())
+            .collect::<Vec<_>>()
+            .into_par_iter()
             .map(|(a, b, len)| errors(&tv[a..a + len], &sv[b..b + len]))
-            .fold((0f64, 0f64, false), merge),
+            .reduce(|| (0f64, 0f64, false), merge),
         _ => {
             let ts = t.shape().to_vec();
             let part = s.slice_each_axis(|ax| Slice::from(0..ts[ax.axis.index()]));
@@ -198,8 +201,19 @@ fn compare<T: Float>(t: &ArrayViewD<T>, s: &ArrayViewD<T>, floor: f64) -> Option
     Some((abs, rel))
 }
 
+/// Elements from which a pass over a value is split among the threads (the proof's steps
+/// keep both cores busy; these passes, on the calling thread alone, left one idle).
+const SPLIT: usize = 1 << 15;
+
 /// `(max |a - b|, max |a|, whether some difference is NaN or some `b` not finite)`.
 fn errors<T: Float>(a: &[T], b: &[T]) -> (f64, f64, bool) {
+    if a.len() > SPLIT {
+        return a
+            .par_chunks(SPLIT)
+            .zip(b.par_chunks(SPLIT))
+            .map(|(a, b)| errors(a, b))
+            .reduce(|| (0f64, 0f64, false), merge);
+    }
     a.iter()
         .zip(b)
         .fold((0f64, 0f64, false), |(abs, scale, bad), (&a, &b)| {
@@ -255,6 +269,10 @@ fn block_runs<'a>(
 /// The largest magnitude in `a` (0 for an empty array; NaN ignored), in independent lanes so
 /// that it vectorises.
 fn largest<T: Float>(a: &[T]) -> f64 {
+    if a.len() > SPLIT {
+        // `f64::max` ignores NaN as the loop below does.
+        return a.par_chunks(SPLIT).map(largest).reduce(|| 0.0, f64::max);
+    }
     let mut lanes = [0f64; 8];
     let chunks = a.chunks_exact(8);
     let rest = chunks.remainder();

@@ -119,7 +119,15 @@ pub fn product(d: &Operands, a: &[f64], b: &[f64], c: &mut [f64], parallel: bool
 
 /// Steps `p0..p0 + kc` of B's columns `j0..j0 + nc` as panels of `NR` columns (`KC * NR`
 /// apart), `[p][NR]` each, zero past column n.
-fn pack(packed: &mut Vec<f64>, b: &[f64], d: &Operands, p0: usize, kc: usize, j0: usize, nc: usize) {
+fn pack(
+    packed: &mut Vec<f64>,
+    b: &[f64],
+    d: &Operands,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+) {
     let panels = nc.div_ceil(NR);
     if packed.len() < panels * KC * NR {
         packed.resize(panels * KC * NR, 0.0);
@@ -287,7 +295,9 @@ mod tests {
 
     /// The exact chain the kernel computes: one fused multiply-add per step, in order.
     fn chain(d: &Operands, a: &[f64], b: &[f64], i: usize, j: usize) -> f64 {
-        (0..d.k).fold(0.0, |s, p| a[i * d.lda + p].mul_add(b[p * d.rsb + j * d.csb], s))
+        (0..d.k).fold(0.0, |s, p| {
+            a[i * d.lda + p].mul_add(b[p * d.rsb + j * d.csb], s)
+        })
     }
 
     #[test]

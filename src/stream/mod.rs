@@ -483,6 +483,13 @@ fn write_lazy(
         }
         Ok(())
     };
+    let base_f32 = |at: usize, out: &mut [f32]| -> Result<()> {
+        let raw = &raw[at * 4..(at + out.len()) * 4];
+        for (x, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
+            *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+        }
+        Ok(())
+    };
     // Refused as the whole tensor's decoding refuses it (non-finite values), before the
     // scales read it.
     let ready = &mut || shards::check_finite(raw, info.dtype, &file.name, &src.shown);
@@ -505,15 +512,26 @@ fn write_lazy(
         bytes.resize(pad + len * size, 0);
         // Each piece's values stay in the core's cache between computing and encoding.
         const SUB: usize = 1 << 15;
-        bytes[pad..]
-            .par_chunks_mut(SUB * size)
-            .enumerate()
-            .try_for_each_init(Vec::new, |values, (k, out)| {
+        let pieces = bytes[pad..].par_chunks_mut(SUB * size).enumerate();
+        if dt == DType::F32 && dtype == DType::F32 {
+            // f32 to f32: the teacher's values are copied, not taken through f64 and back
+            // (the same bits; a third of the values pass).
+            pieces.try_for_each_init(Vec::new, |values, (k, out)| {
+                values.resize(out.len() / 4, 0f32);
+                lazy.values_f32(at + k * SUB, values, &base_f32)?;
+                for (o, v) in out.chunks_exact_mut(4).zip(values.iter()) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+                Ok::<_, crate::error::Error>(())
+            })?;
+        } else {
+            pieces.try_for_each_init(Vec::new, |values, (k, out)| {
                 values.resize(out.len() / size, 0.0);
                 lazy.values(at + k * SUB, values, &base)?;
                 shards::encode_to(values, dtype, out);
                 Ok::<_, crate::error::Error>(())
             })?;
+        }
         let last = at + len == n;
         if !send(at * size, bytes, last) {
             // The writer stopped on an error, which its join reports.

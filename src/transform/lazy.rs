@@ -162,8 +162,25 @@ impl Lazy {
         self.fill(self.layers.len(), start, out, base)
     }
 
+    /// [`Lazy::values`] rounded to f32, from an f32 teacher (`base` its values): the
+    /// teacher's values pass through as they are, which is what f64 and back gives them.
+    pub fn values_f32(
+        &self,
+        start: usize,
+        out: &mut [f32],
+        base: &(dyn Fn(usize, &mut [f32]) -> Result<()> + Sync),
+    ) -> Result<()> {
+        self.fill(self.layers.len(), start, out, base)
+    }
+
     /// Values `[start, start + out.len())` of the tensor after its first `level` touches.
-    fn fill(&self, level: usize, start: usize, out: &mut [f64], base: &Base) -> Result<()> {
+    fn fill<E: Element>(
+        &self,
+        level: usize,
+        start: usize,
+        out: &mut [E],
+        base: &(dyn Fn(usize, &mut [E]) -> Result<()> + Sync),
+    ) -> Result<()> {
         let Some(layer) = level.checked_sub(1).map(|l| &self.layers[l]) else {
             return base(start, out);
         };
@@ -207,7 +224,7 @@ impl Lazy {
                         k
                     } else {
                         let k = (n + u - at).min(left);
-                        out[o..o + k].fill(0.0);
+                        out[o..o + k].fill(E::ZERO);
                         k
                     }
                 }
@@ -219,7 +236,7 @@ impl Lazy {
                         k
                     } else {
                         let k = (a + b - j).min(left);
-                        out[o..o + k].fill(0.0);
+                        out[o..o + k].fill(E::ZERO);
                         k
                     }
                 }
@@ -231,16 +248,41 @@ impl Lazy {
     }
 }
 
+/// What a tensor's values are computed in: f64, or f32 where both the teacher and the
+/// output are f32.
+trait Element: Copy {
+    const ZERO: Self;
+    /// `v` rounded to this type (as encoding the output rounds it).
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Element for f64 {
+    const ZERO: Self = 0.0;
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+impl Element for f32 {
+    const ZERO: Self = 0.0;
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
 impl Layer {
-    /// Values `j, j + 1, ...` of the touch's free tensor into `out`, negated if `neg`.
-    fn draws(&self, j: usize, out: &mut [f64], neg: bool) {
+    /// Values `j, j + 1, ...` of the touch's free tensor into `out`, negated if `neg` (the
+    /// same bits negated before or after rounding: rounding is symmetric).
+    fn draws<E: Element>(&self, j: usize, out: &mut [E], neg: bool) {
         let free = &self.free[j..j + out.len()];
         if neg {
             for (x, &v) in out.iter_mut().zip(free) {
-                *x = -v;
+                *x = E::from_f64(-v);
             }
         } else {
-            out.copy_from_slice(free);
+            for (x, &v) in out.iter_mut().zip(free) {
+                *x = E::from_f64(v);
+            }
         }
     }
 }
@@ -413,6 +455,20 @@ mod tests {
                 }
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(a.to_bits(), b.to_bits(), "{shape:?} {init:?} value {i}");
+                }
+                // From an f32 teacher into f32: what f64 and back gives, bit for bit.
+                let w32: Vec<f32> = w.iter().map(|&x| x as f32).collect();
+                let base32 = |at: usize, out: &mut [f32]| -> Result<()> {
+                    out.copy_from_slice(&w32[at..at + out.len()]);
+                    Ok(())
+                };
+                let mut got32 = vec![f32::NAN; want.len()];
+                for (k, chunk) in got32.chunks_mut(1000).enumerate() {
+                    lazy.values_f32(k * 1000, chunk, &base32).unwrap();
+                }
+                for (i, (a, b)) in got32.iter().zip(&want).enumerate() {
+                    let b = *b as f32;
+                    assert_eq!(a.to_bits(), b.to_bits(), "{shape:?} {init:?} f32 value {i}");
                 }
             }
         }

@@ -6,8 +6,8 @@ use rayon::prelude::*;
 
 use super::direct_conv::{self, Geometry};
 use super::float::{gemm, Float, GemmDims};
-use super::winograd;
 use super::Tensor;
+use super::{winograd, winograd64};
 use crate::ir::Conv2d;
 
 /// What runs on each image's output while it is still in cache: an eval-mode batch norm
@@ -18,18 +18,47 @@ pub struct Epilogue<T> {
     pub relu: bool,
 }
 
-/// [`conv2d`] for the forward pass: an f32 3x3 stride-1 layer with enough channels
-/// (`WINOGRAD_CHANNELS`) runs as Winograd F(4x4, 3x3), its filters transformed once into
-/// `cache`; anything else, and every f64 layer, as `conv2d`.
+/// [`conv2d`] with Winograd for wide 3x3 stride-1 layers, their filters transformed once
+/// into `cache`: F(4x4, 3x3) in an f32 forward pass (`WINOGRAD_CHANNELS`), F(2x2, 3x3) in
+/// every f64 run (winograd64.rs); anything else as `conv2d`.
 pub fn conv2d_fast<T: Float>(
     x: &Tensor<T>,
     c: &Conv2d,
     w: &[T],
     bias: Option<&[T]>,
     epilogue: Option<&Epilogue<T>>,
-    cache: &winograd::Cache,
+    cache: (&winograd::Cache, &winograd64::Cache),
 ) -> Tensor<T> {
     let [n, ci, h, wd] = x.dims4();
+    if let (true, Some(xf), Some(wf)) =
+        (winograd64::fits(c, h, wd), T::as_f64(&x.data), T::as_f64(w))
+    {
+        let s = winograd64::Shape {
+            ci,
+            co: c.out_channels,
+            h,
+            w: wd,
+            p: c.padding,
+        };
+        let (oh, ow) = s.out();
+        let u = cache.1.filters(wf, c.out_channels, ci);
+        let mut out = T::zeros(n * c.out_channels * oh * ow);
+        let image = |(img, y): (usize, &mut [T])| {
+            let yf = T::as_f64_mut(y).expect("T is f64: as_f64 answered");
+            winograd64::conv(&xf[img * ci * h * wd..][..ci * h * wd], &s, u, yf);
+            finish(y, oh * ow, bias, epilogue);
+        };
+        let per_image = c.out_channels * oh * ow;
+        if super::parallel_images(n) {
+            out.par_chunks_mut(per_image).enumerate().for_each(image);
+        } else {
+            out.chunks_mut(per_image).enumerate().for_each(image);
+        }
+        return Tensor {
+            shape: vec![n, c.out_channels, oh, ow],
+            data: out,
+        };
+    }
     let wide = c.in_channels >= WINOGRAD_CHANNELS && c.out_channels >= WINOGRAD_CHANNELS;
     if let (true, true, Some(xf), Some(wf)) = (
         wide,
@@ -56,7 +85,7 @@ pub fn conv2d_fast<T: Float>(
         };
         let mut out = T::zeros(n * c.out_channels * oh * ow);
         let yf = T::as_f32_mut(&mut out).expect("T is f32: as_f32 answered");
-        winograd::conv(xf, &s, wf, cache, &fin, yf);
+        winograd::conv(xf, &s, wf, cache.0, &fin, yf);
         return Tensor {
             shape: vec![n, c.out_channels, oh, ow],
             data: out,

@@ -28,6 +28,7 @@ mod stepper;
 mod testutil;
 mod tnorm;
 mod winograd;
+mod winograd64;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -280,6 +281,8 @@ struct Step<T> {
     weights: Weights<T>,
     /// A conv's Winograd filters, made by its first f32 `forward`.
     winograd: winograd::Cache,
+    /// The same for F(2x2, 3x3), made by its first f64 run.
+    winograd64: winograd64::Cache,
     /// A linear layer's weight packed for the f32 kernel, made by its first f32 run.
     packed: dense_nt::Packed,
 }
@@ -404,6 +407,7 @@ impl<T: Float> Executor<T> {
                 fused_bn: None,
                 weights,
                 winograd: Default::default(),
+                winograd64: Default::default(),
                 packed: Default::default(),
             });
         }
@@ -724,8 +728,10 @@ fn eval<T: Float>(
         Op::Input => unreachable!("the input is placed before the loop"),
         Op::Conv2d(c) => {
             let (w, b) = dense();
-            if fast {
-                conv::conv2d_fast(&args[0], c, w, b, epilogue, &step.winograd)
+            // f64 runs take Winograd F(2x2, 3x3) in every pass (its rounding is a few ulps).
+            if fast || T::as_f64(w).is_some() {
+                let cache = (&step.winograd, &step.winograd64);
+                conv::conv2d_fast(&args[0], c, w, b, epilogue, cache)
             } else {
                 conv::conv2d(&args[0], c, w, b, epilogue)
             }

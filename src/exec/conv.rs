@@ -34,6 +34,7 @@ pub fn conv2d_fast<T: Float>(
         (winograd64::fits(c, h, wd), T::as_f64(&x.data), T::as_f64(w))
     {
         let s = winograd64::Shape {
+            n,
             ci,
             co: c.out_channels,
             h,

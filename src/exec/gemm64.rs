@@ -92,17 +92,17 @@ pub fn product(d: &Operands, a: &[f64], b: &[f64], c: &mut [f64], parallel: bool
                         // rows i.., columns j..j+cols of C inside their slices; the packed
                         // panel holds kc * NR values; tasks own disjoint column blocks.
                         unsafe {
-                            x86::tile(
+                            x86::tile(&Tile {
                                 rows,
                                 kc,
-                                a.as_ptr().add(i * d.lda + p0),
-                                d.lda,
-                                packed.as_ptr().add(panel * KC * NR),
-                                out.add(i * d.ldc + j),
-                                d.ldc,
-                                NR.min(d.n - j),
-                                p0 == 0,
-                            );
+                                a: a.as_ptr().add(i * d.lda + p0),
+                                lda: d.lda,
+                                b: packed.as_ptr().add(panel * KC * NR),
+                                c: out.add(i * d.ldc + j),
+                                ldc: d.ldc,
+                                cols: NR.min(d.n - j),
+                                first: p0 == 0,
+                            });
                         }
                     }
                 }
@@ -149,84 +149,76 @@ fn pack(
     }
 }
 
+/// One tile: `c[r][..cols] = (first ? 0 : c[r][..cols]) + sum_p a[r][p] b[p][..]` for rows
+/// `r < rows` (1..=MR), A's rows `lda` apart, B packed `[kc][NR]`.
+struct Tile {
+    rows: usize,
+    kc: usize,
+    a: *const f64,
+    lda: usize,
+    b: *const f64,
+    c: *mut f64,
+    ldc: usize,
+    cols: usize,
+    first: bool,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{MR, NR};
+    use super::{Tile, MR, NR};
     use std::arch::x86_64::*;
 
     /// Vectors per tile row.
     const NV: usize = NR / 8;
 
-    /// One tile: `c[r][..cols] = (first ? 0 : c[r][..cols]) + sum_p a[r][p] b[p][..]` for
-    /// rows `r < rows` (1..=MR), A's rows `lda` apart.
+    /// Computes `t`.
     ///
     /// # Safety
-    /// AVX-512F present; rows `< rows` of `a` hold `kc` values, `b` holds `kc * NR`; rows
-    /// `< rows` of `c` (leading dim `ldc`) hold `cols` (<= NR) values.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn tile(
-        rows: usize,
-        kc: usize,
-        a: *const f64,
-        lda: usize,
-        b: *const f64,
-        c: *mut f64,
-        ldc: usize,
-        cols: usize,
-        first: bool,
-    ) {
+    /// AVX-512F present; rows `< t.rows` of `t.a` hold `t.kc` values, `t.b` holds
+    /// `t.kc * NR`; rows `< t.rows` of `t.c` (leading dim `t.ldc`) hold `t.cols` (<= NR).
+    pub unsafe fn tile(t: &Tile) {
         // A tile of fewer columns takes fewer vectors (the last panel of a 7x7 map has one).
         // SAFETY: forwarded from the caller.
         unsafe {
-            match cols.div_ceil(8) {
-                3 => rows_of::<3>(rows, kc, a, lda, b, c, ldc, cols, first),
-                2 => rows_of::<2>(rows, kc, a, lda, b, c, ldc, cols, first),
-                _ => rows_of::<1>(rows, kc, a, lda, b, c, ldc, cols, first),
+            match t.cols.div_ceil(8) {
+                3 => rows_of::<3>(t),
+                2 => rows_of::<2>(t),
+                _ => rows_of::<1>(t),
             }
         }
     }
 
     /// [`tile`] with `V` vectors per row.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn rows_of<const V: usize>(
-        rows: usize,
-        kc: usize,
-        a: *const f64,
-        lda: usize,
-        b: *const f64,
-        c: *mut f64,
-        ldc: usize,
-        cols: usize,
-        first: bool,
-    ) {
+    unsafe fn rows_of<const V: usize>(t: &Tile) {
         // SAFETY: forwarded from the caller.
         unsafe {
-            match rows {
-                8 => tile_r::<8, V>(kc, a, lda, b, c, ldc, cols, first),
-                7 => tile_r::<7, V>(kc, a, lda, b, c, ldc, cols, first),
-                6 => tile_r::<6, V>(kc, a, lda, b, c, ldc, cols, first),
-                5 => tile_r::<5, V>(kc, a, lda, b, c, ldc, cols, first),
-                4 => tile_r::<4, V>(kc, a, lda, b, c, ldc, cols, first),
-                3 => tile_r::<3, V>(kc, a, lda, b, c, ldc, cols, first),
-                2 => tile_r::<2, V>(kc, a, lda, b, c, ldc, cols, first),
-                _ => tile_r::<1, V>(kc, a, lda, b, c, ldc, cols, first),
+            match t.rows {
+                8 => tile_r::<8, V>(t),
+                7 => tile_r::<7, V>(t),
+                6 => tile_r::<6, V>(t),
+                5 => tile_r::<5, V>(t),
+                4 => tile_r::<4, V>(t),
+                3 => tile_r::<3, V>(t),
+                2 => tile_r::<2, V>(t),
+                _ => tile_r::<1, V>(t),
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile_r<const R: usize, const V: usize>(
-        kc: usize,
-        a: *const f64,
-        lda: usize,
-        b: *const f64,
-        c: *mut f64,
-        ldc: usize,
-        cols: usize,
-        first: bool,
-    ) {
+    unsafe fn tile_r<const R: usize, const V: usize>(t: &Tile) {
         const { assert!(R <= MR && V <= NV) };
+        let &Tile {
+            kc,
+            a,
+            lda,
+            b,
+            c,
+            ldc,
+            cols,
+            first,
+            ..
+        } = t;
         let mask = |v: usize| -> __mmask8 {
             let left = cols.saturating_sub(8 * v).min(8);
             ((1u32 << left) - 1) as __mmask8
@@ -266,18 +258,7 @@ mod x86 {
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
     /// Never called: `available()` is false off x86-64.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn tile(
-        _: usize,
-        _: usize,
-        _: *const f64,
-        _: usize,
-        _: *const f64,
-        _: *mut f64,
-        _: usize,
-        _: usize,
-        _: bool,
-    ) {
+    pub unsafe fn tile(_: &super::Tile) {
         unreachable!("the AVX-512 kernel runs on x86-64 only")
     }
 }

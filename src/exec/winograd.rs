@@ -52,7 +52,8 @@ pub struct Shape {
 }
 
 impl Shape {
-    fn out(&self) -> (usize, usize) {
+    /// Output rows and columns.
+    pub fn out(&self) -> (usize, usize) {
         (self.h + 2 * self.p - 2, self.w + 2 * self.p - 2)
     }
     /// Tile rows and columns of one image.

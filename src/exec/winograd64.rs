@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::gemm64::{self, Operands};
+pub use super::winograd::Shape;
 use crate::ir::Conv2d;
 
 /// Input and output channels from which a layer runs here: narrower layers spend more in
@@ -51,24 +52,10 @@ pub fn fits(c: &Conv2d, h: usize, w: usize) -> bool {
         && gemm64::available()
 }
 
-/// One layer's sizes.
-pub struct Shape {
-    pub ci: usize,
-    pub co: usize,
-    pub h: usize,
-    pub w: usize,
-    pub p: usize,
-}
-
-impl Shape {
-    pub fn out(&self) -> (usize, usize) {
-        (self.h + 2 * self.p - 2, self.w + 2 * self.p - 2)
-    }
-    /// Tile rows and columns (2x2 outputs each).
-    fn tiles(&self) -> (usize, usize) {
-        let (oh, ow) = self.out();
-        (oh.div_ceil(2), ow.div_ceil(2))
-    }
+/// Tile rows and columns (2x2 outputs each) of one image.
+fn tiles(s: &Shape) -> (usize, usize) {
+    let (oh, ow) = s.out();
+    (oh.div_ceil(2), ow.div_ceil(2))
 }
 
 thread_local! {
@@ -80,7 +67,7 @@ thread_local! {
 /// One image: `x` is `[C, H, W]`, `u` the layer's [`Cache::filters`]; writes `y`
 /// (`[O, OH, OW]`), without bias.
 pub fn conv(x: &[f64], s: &Shape, u: &[f64], y: &mut [f64]) {
-    let (th, tw) = s.tiles();
+    let (th, tw) = tiles(s);
     let t = th * tw;
     SCRATCH.with(|cell| {
         let (v, m, padded) = &mut *cell.borrow_mut();
@@ -138,7 +125,7 @@ fn filters(w: &[f64], co: usize, ci: usize) -> Vec<f64> {
 
 /// `V = B^T d B` for every channel and 4x4 input tile `d` (tiles 2 apart), `[16][C][tiles]`.
 fn transform_input(x: &[f64], s: &Shape, v: &mut [f64], padded: &mut Vec<f64>) {
-    let (th, tw) = s.tiles();
+    let (th, tw) = tiles(s);
     let t = th * tw;
     // The plane with its zero border, and room for the last tile of an odd size.
     let (ph, pw) = (2 * th + 2, 2 * tw + 2);
@@ -174,7 +161,7 @@ fn transform_input(x: &[f64], s: &Shape, v: &mut [f64], padded: &mut Vec<f64>) {
 /// `Y = A^T M A` for every output channel and tile, into `[O, OH, OW]` (the outputs of a
 /// tile past an odd edge are dropped).
 fn transform_output(m: &[f64], s: &Shape, y: &mut [f64]) {
-    let (th, tw) = s.tiles();
+    let (th, tw) = tiles(s);
     let t = th * tw;
     let (oh, ow) = s.out();
     for o in 0..s.co {
@@ -243,7 +230,14 @@ mod tests {
         }
         // Even, odd and unpadded maps (the kernel runs them whether or not `fits` would).
         for &(ci, co, h, w, p) in &[(64, 72, 6, 6, 1), (65, 64, 7, 5, 1), (64, 64, 5, 8, 0)] {
-            let s = Shape { ci, co, h, w, p };
+            let s = Shape {
+                n: 1,
+                ci,
+                co,
+                h,
+                w,
+                p,
+            };
             let x: Vec<f64> = (0..ci * h * w).map(|i| (i as f64 * 0.77).sin()).collect();
             let wt: Vec<f64> = (0..co * ci * 9)
                 .map(|i| (i as f64 * 1.31).cos() * 0.1 + 0.01)

@@ -269,53 +269,61 @@ pub(crate) fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
 
 /// Population standard deviation of a tensor's values.
 ///
-/// Summed in fixed chunks (8 lanes each, so it vectorises) whose partial sums are added in
-/// order: the same bits however many threads run it, and fast on the hundreds of millions
-/// of values of a wide layer (a plain sequential sum was a tenth of a large widening).
+/// Computed in fixed chunks (8 lanes each, so it vectorises): each chunk's sum and squared
+/// deviations from its own mean, the chunks then combined in order (Chan et al.'s pairwise
+/// update). The same bits however many threads run it, fast on the hundreds of millions of
+/// values of a wide layer (a plain sequential sum was a tenth of a large widening), and one
+/// pass over values that are computed on demand ([`std_by_chunks`]; the global mean first
+/// took a pass of its own).
 pub fn std_of(t: &ArrayD<f64>) -> f64 {
     let t = t.as_standard_layout();
     let v = t.as_slice().expect("standard layout");
-    let n = v.len().max(1) as f64;
-    let mean = chunked_sum(v, |x| x) / n;
-    (chunked_sum(v, |x| (x - mean) * (x - mean)) / n).sqrt()
+    let parts: Vec<Moments> = v.par_chunks(SUM_CHUNK).map(moments).collect();
+    combined_std(&parts, v.len())
 }
 
 /// Values `[start, start + out.len())` of a tensor computed on demand.
 pub type Values<'a> = dyn Fn(usize, &mut [f64]) -> crate::error::Result<()> + Sync + 'a;
 
-/// Values per chunk of [`chunked_sum`].
+/// Values per chunk of [`std_of`].
 pub(crate) const SUM_CHUNK: usize = 1 << 16;
 
-/// `sum f(x)` over `v`: fixed chunks in parallel, their sums added in order.
-fn chunked_sum(v: &[f64], f: impl Fn(f64) -> f64 + Sync) -> f64 {
-    let parts: Vec<f64> = v.par_chunks(SUM_CHUNK).map(|c| lanes_sum(c, &f)).collect();
-    parts.iter().sum()
+/// A chunk's sum, its squared deviations from its own mean, and its length.
+type Moments = (f64, f64, usize);
+
+fn moments(c: &[f64]) -> Moments {
+    let sum = lanes_sum(c, &|x| x);
+    let mean = sum / c.len().max(1) as f64;
+    (sum, lanes_sum(c, &|x| (x - mean) * (x - mean)), c.len())
+}
+
+/// The standard deviation of `n` values from their chunks' [`Moments`], in order.
+fn combined_std(parts: &[Moments], n: usize) -> f64 {
+    let count = n.max(1) as f64;
+    let mean = parts.iter().map(|p| p.0).sum::<f64>() / count;
+    let squares: f64 = parts
+        .iter()
+        .map(|&(sum, m2, k)| {
+            let d = sum / k.max(1) as f64 - mean;
+            m2 + k as f64 * d * d
+        })
+        .sum();
+    (squares / count).sqrt()
 }
 
 /// [`std_of`] of `n` values that `get(start, out)` computes range by range (into
 /// [`SUM_CHUNK`]-long chunks): the same bits, without the values in memory at once.
 pub(crate) fn std_by_chunks(n: usize, get: &Values) -> crate::error::Result<f64> {
-    let count = n.max(1) as f64;
-    let mean = sum_by_chunks(n, get, |x| x)? / count;
-    Ok((sum_by_chunks(n, get, |x| (x - mean) * (x - mean))? / count).sqrt())
-}
-
-/// [`chunked_sum`] of `n` values that `get` computes chunk by chunk.
-fn sum_by_chunks(
-    n: usize,
-    get: &Values,
-    f: impl Fn(f64) -> f64 + Sync,
-) -> crate::error::Result<f64> {
-    let parts: Vec<f64> = (0..n.div_ceil(SUM_CHUNK))
+    let parts: Vec<Moments> = (0..n.div_ceil(SUM_CHUNK))
         .into_par_iter()
         .map_init(Vec::new, |buf, k| {
             let start = k * SUM_CHUNK;
             buf.resize((n - start).min(SUM_CHUNK), 0.0);
             get(start, buf)?;
-            Ok(lanes_sum(buf, &f))
+            Ok(moments(buf))
         })
         .collect::<crate::error::Result<_>>()?;
-    Ok(parts.iter().sum())
+    Ok(combined_std(&parts, n))
 }
 
 /// `sum f(x)` over `c` in 8 interleaved lanes, then the lanes and the remainder in order.
@@ -487,6 +495,32 @@ mod tests {
                 assert_eq!(c.get_word_pos(), d.get_word_pos());
             }
         }
+    }
+
+    /// std_of agrees with a plain two-pass standard deviation (summed exactly enough in
+    /// f64 for the comparison) on sizes around the chunk length, offsets far from zero
+    /// included (where a one-pass sum of squares would cancel).
+    #[test]
+    fn std_of_matches_the_two_pass_definition() {
+        for (n, offset) in [
+            (1usize, 0.0),
+            (9, 3.0),
+            (65536, 0.0),
+            (65537, 1e3),
+            (200_003, -7.5),
+        ] {
+            let mut r = keyed_rng(2, 0, "s", Part::Rows);
+            let v = draw(&mut r, n, 2, |r| uniform(r, -0.2, 1.1) + offset);
+            let mean = v.iter().sum::<f64>() / n as f64;
+            let want = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64).sqrt();
+            let t = ArrayD::from_shape_vec(IxDyn(&[n]), v).unwrap();
+            let got = std_of(&t);
+            assert!(
+                (got - want).abs() <= 1e-12 * want.max(1e-300),
+                "{n}: {got} vs {want}"
+            );
+        }
+        assert_eq!(std_of(&ArrayD::zeros(IxDyn(&[0]))), 0.0);
     }
 
     /// The chunked standard deviation has std_of's bits.

@@ -105,8 +105,12 @@ impl Lazy {
             };
             plan.push((tc, ctx, map, n, fan_in, count));
         }
-        ready()?;
-        // Then each touch's scale (from the values before it) and free tensor.
+        // Then each touch's scale (from the values before it) and free tensor. The teacher's
+        // values must be finite (`ready` refuses them as the whole tensor's decoding does)
+        // before anything reads them, except that a first scale pass that comes out finite
+        // has shown it: a sum is finite only when every term is (one pass over the teacher
+        // fewer, while the writer may be waiting for this tensor's bytes).
+        let mut checked = false;
         let mut lazy = Lazy {
             layers: Vec::new(),
             shape,
@@ -121,11 +125,23 @@ impl Lazy {
                 continue;
             }
             let level = lazy.layers.len();
+            if level > 0 && !checked {
+                ready()?;
+                checked = true;
+            }
             let mut failed = None;
             let sampler = ctx.sampler(
                 || {
                     let get = |at, out: &mut [f64]| lazy.fill(level, at, out, base);
-                    std_by_chunks(n, &get).unwrap_or_else(|e| {
+                    let std = std_by_chunks(n, &get).and_then(|s| {
+                        if !checked && !s.is_finite() {
+                            // Values not finite, or finite ones whose squares overflow.
+                            ready()?;
+                        }
+                        checked = true;
+                        Ok(s)
+                    });
+                    std.unwrap_or_else(|e| {
                         failed = Some(e);
                         0.0
                     })
@@ -135,9 +151,17 @@ impl Lazy {
             if let Some(e) = failed {
                 return Err(e);
             }
+            if !checked {
+                // No scale pass ran (the fill's init needs none).
+                ready()?;
+                checked = true;
+            }
             let rng = &mut keyed_rng(seed, tc.step, name, tc.part);
             let free = draw_sampled(rng, count, sampler);
             lazy.layers.push(Layer { map, free });
+        }
+        if !checked {
+            ready()?;
         }
         Ok(Some(lazy))
     }
@@ -474,6 +498,46 @@ mod tests {
         }
     }
 
+    /// The caller's finiteness check runs unless a first scale pass came out finite (which
+    /// a non-finite teacher value cannot give), and its refusal comes back.
+    #[test]
+    fn a_finite_scale_pass_stands_for_the_finiteness_check() {
+        let run = |w: [f64; 12], init: Init| {
+            let base = |at: usize, out: &mut [f64]| -> Result<()> {
+                out.copy_from_slice(&w[at..at + out.len()]);
+                Ok(())
+            };
+            let ctx = Lazily::R2r(FillCtx { c: 3, e: 2, init });
+            let touches = [(touch(0, Part::Rows, 1, 3), Some(ctx))];
+            let mut asked = 0;
+            let got = Lazy::new(1, "x", &[3, 4], &touches, &base, &mut || {
+                asked += 1;
+                if w.iter().all(|x| x.is_finite()) {
+                    Ok(())
+                } else {
+                    Err(crate::error::Error::weights("x: not finite".to_string()))
+                }
+            });
+            (got.map(|l| l.is_some()), asked)
+        };
+        let mut w = [0.25f64; 12];
+        w[5] = -1.5;
+        assert!(matches!(run(w, Init::Match), (Ok(true), 0)));
+        // He's scale reads nothing: the check runs.
+        assert!(matches!(run(w, Init::He), (Ok(true), 1)));
+        for bad in [f64::NAN, f64::INFINITY] {
+            w[7] = bad;
+            for init in [Init::Match, Init::He] {
+                let (got, asked) = run(w, init);
+                assert_eq!(asked, 1, "{bad} {init:?}");
+                let e = got
+                    .expect_err("a non-finite teacher is refused")
+                    .to_string();
+                assert!(e.contains("not finite"), "{e}");
+            }
+        }
+    }
+
     /// A touch this cannot compute (another fill, a split space, an odd count) gives
     /// `None`, and a base error comes back.
     #[test]
@@ -497,8 +561,9 @@ mod tests {
             })
             .unwrap()
             .is_none();
-            // Readiness (the caller's check of the teacher) is asked only when computable.
-            assert_eq!(asked, !none);
+            // Readiness (the caller's check of the teacher) is never asked of what this
+            // declines.
+            assert!(!(asked && none));
             none
         };
         assert!(lazy(&[(t.clone(), None)]));
@@ -526,7 +591,12 @@ mod tests {
         };
         let ok = &mut || Ok(());
         assert!(Lazy::new(1, "x", &[3, 4], &[(t.clone(), Some(ctx))], &bad, ok).is_err());
+        // (He's scale reads no values, so the caller's check runs.)
+        let he = Lazily::R2r(FillCtx {
+            init: Init::He,
+            ..ctx.ctx()
+        });
         let refuse = &mut || Err(crate::error::Error::weights("not finite".to_string()));
-        assert!(Lazy::new(1, "x", &[3, 4], &[(t, Some(ctx))], &base, refuse).is_err());
+        assert!(Lazy::new(1, "x", &[3, 4], &[(t, Some(he))], &base, refuse).is_err());
     }
 }

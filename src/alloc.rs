@@ -17,8 +17,6 @@ use std::sync::Mutex;
 
 /// Blocks at least this large are whole mappings of their own.
 const LARGE: usize = 1 << 20;
-/// Fresh mappings at least this large ask for transparent huge pages.
-const HUGE: usize = 4 << 20;
 /// At most this many bytes of freed large blocks wait for reuse.
 const CACHE_BYTES: usize = 2 << 30;
 const SLOTS: usize = 32;
@@ -102,12 +100,6 @@ unsafe fn fresh(len: usize) -> (*mut u8, usize) {
     );
     if q == libc::MAP_FAILED {
         return (std::ptr::null_mut(), 0);
-    }
-    if len >= HUGE {
-        // Transparent huge pages where the system leaves them to the program ("madvise",
-        // Debian's default): one fault per 2 MiB instead of per 4 KiB. Advice only: it
-        // may be refused, and nothing depends on it.
-        libc::madvise(q, len + PAGE, libc::MADV_HUGEPAGE);
     }
     *(q as *mut usize) = len;
     ((q as usize + PAGE) as *mut u8, 0)

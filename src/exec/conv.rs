@@ -44,17 +44,11 @@ pub fn conv2d_fast<T: Float>(
         let (oh, ow) = s.out();
         let u = cache.1.filters(wf, c.out_channels, ci);
         let mut out = T::zeros(n * c.out_channels * oh * ow);
-        let image = |(img, y): (usize, &mut [T])| {
+        each_block(&mut out, c.out_channels * oh * ow, n, |img, y| {
             let yf = T::as_f64_mut(y).expect("T is f64: as_f64 answered");
             winograd64::conv(&xf[img * ci * h * wd..][..ci * h * wd], &s, u, yf);
             finish(y, oh * ow, bias, epilogue);
-        };
-        let per_image = c.out_channels * oh * ow;
-        if super::parallel_images(n) {
-            out.par_chunks_mut(per_image).enumerate().for_each(image);
-        } else {
-            out.chunks_mut(per_image).enumerate().for_each(image);
-        }
+        });
         return Tensor {
             shape: vec![n, c.out_channels, oh, ow],
             data: out,
@@ -183,17 +177,9 @@ pub fn conv2d<T: Float>(
             }
             finish(y);
         };
-        if super::parallel_images(n) {
-            out.par_chunks_mut(co * ohw)
-                .enumerate()
-                .for_each(|(img, y)| T::with_scratch(|buf, _| image(img, y, buf)));
-        } else {
-            T::with_scratch(|buf, _| {
-                for (img, y) in out.chunks_mut(co * ohw).enumerate() {
-                    image(img, y, buf);
-                }
-            });
-        }
+        each_block(&mut out, co * ohw, n, |img, y| {
+            T::with_scratch(|buf, _| image(img, y, buf))
+        });
     } else {
         let group = |first: usize, y: &mut [T], cols: &mut Vec<T>, prod: &mut Vec<T>| {
             let count = y.len() / (co * ohw);
@@ -220,23 +206,34 @@ pub fn conv2d<T: Float>(
             }
             y.chunks_mut(co * ohw).for_each(finish);
         };
-        if super::parallel_images(n.div_ceil(per_group)) {
-            out.par_chunks_mut(per_group * co * ohw)
-                .enumerate()
-                .for_each(|(k, y)| {
-                    T::with_scratch(|cols, prod| group(k * per_group, y, cols, prod))
-                });
-        } else {
-            T::with_scratch(|cols, prod| {
-                for (k, y) in out.chunks_mut(per_group * co * ohw).enumerate() {
-                    group(k * per_group, y, cols, prod);
-                }
-            });
-        }
+        each_block(
+            &mut out,
+            per_group * co * ohw,
+            n.div_ceil(per_group),
+            |k, y| T::with_scratch(|cols, prod| group(k * per_group, y, cols, prod)),
+        );
     }
     Tensor {
         shape: vec![n, co, oh, ow],
         data: out,
+    }
+}
+
+/// Runs `f` on each `len`-long block of `out` (an image's output, or a group's) with its
+/// index, on the pool's threads when the `blocks` of them are enough to share
+/// ([`super::parallel_images`]).
+fn each_block<T: Float>(
+    out: &mut [T],
+    len: usize,
+    blocks: usize,
+    f: impl Fn(usize, &mut [T]) + Send + Sync,
+) {
+    if super::parallel_images(blocks) {
+        out.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(k, y)| f(k, y));
+    } else {
+        out.chunks_mut(len).enumerate().for_each(|(k, y)| f(k, y));
     }
 }
 

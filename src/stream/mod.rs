@@ -472,22 +472,27 @@ fn write_lazy(
     }
     let raw = src.bytes(&file.name).expect("a known tensor");
     let size = dt.size();
+    // An f32 teacher's values `[at, at + len)`.
+    let f32s = |at: usize, len: usize| {
+        raw[at * 4..(at + len) * 4]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
     let base = |at: usize, out: &mut [f64]| -> Result<()> {
-        let raw = &raw[at * size..(at + out.len()) * size];
+        let len = out.len();
         if dt == DType::F32 {
-            for (x, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
-                *x = f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64;
-            }
+            out.iter_mut()
+                .zip(f32s(at, len))
+                .for_each(|(x, v)| *x = v as f64);
         } else {
+            let raw = &raw[at * size..(at + len) * size];
             out.copy_from_slice(&crate::params::decode_checked(raw, dt).0);
         }
         Ok(())
     };
     let base_f32 = |at: usize, out: &mut [f32]| -> Result<()> {
-        let raw = &raw[at * 4..(at + out.len()) * 4];
-        for (x, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
-            *x = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-        }
+        let len = out.len();
+        out.iter_mut().zip(f32s(at, len)).for_each(|(x, v)| *x = v);
         Ok(())
     };
     // Refused as the whole tensor's decoding refuses it (non-finite values), before the

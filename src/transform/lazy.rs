@@ -151,16 +151,13 @@ impl Lazy {
             if let Some(e) = failed {
                 return Err(e);
             }
-            if !checked {
-                // No scale pass ran (the fill's init needs none).
-                ready()?;
-                checked = true;
-            }
             let rng = &mut keyed_rng(seed, tc.step, name, tc.part);
             let free = draw_sampled(rng, count, sampler);
             lazy.layers.push(Layer { map, free });
         }
         if !checked {
+            // No scale pass read the teacher (zeros, or an init that needs no scale); the
+            // draws do not read it.
             ready()?;
         }
         Ok(Some(lazy))

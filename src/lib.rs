@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod analysis;
 pub mod api;
+pub mod cpu;
 pub mod direct;
 pub mod emit;
 pub mod error;

@@ -200,9 +200,14 @@ fn extra_tensor(name: &str, graph: &Graph, place: &str) -> Error {
 /// Draws from N(0, 1) (Box-Muller's cosine output; rand 0.9 has no normal distribution
 /// without rand_distr). Takes exactly four words: rewrites' parallel draws rely on it.
 pub(crate) fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln stays finite
-    let u2: f64 = rng.random::<f64>();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    let a = rng.random::<f64>();
+    box_muller(a, rng.random::<f64>())
+}
+
+/// [`normal`]'s value from its two uniform draws in [0, 1).
+pub(crate) fn box_muller(a: f64, b: f64) -> f64 {
+    let u1 = 1.0 - a; // (0, 1]: ln stays finite
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
 }
 
 /// Two independent draws from N(0, 1): both outputs of one Box-Muller transform, in f32

@@ -64,16 +64,7 @@ impl Out {
     }
 }
 
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+use crate::cpu::avx512;
 
 /// `y[m x n] = x[m x k] w[n x k]^T (+ bias[n])`, all row-major and dense. `packed` holds
 /// (or receives) `w` in the kernel's layout; it must belong to this `w` only.

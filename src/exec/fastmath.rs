@@ -11,16 +11,7 @@
 /// Elements below this go through the scalar loop (a vector's set-up costs more).
 const MIN_VECTOR: usize = 16;
 
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+use crate::cpu::avx512;
 
 /// GELU's tanh form, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, in place.
 pub fn gelu_tanh(x: &mut [f32]) {

@@ -31,14 +31,7 @@ const NC: usize = 8 * NR;
 
 /// Whether this CPU runs the kernel.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu::avx512()
 }
 
 /// The operands of one product: element `(i, p)` of A at `a[i * lda + p]`, `(p, j)` of B at

@@ -474,9 +474,8 @@ fn write_lazy(
     let size = dt.size();
     // An f32 teacher's values `[at, at + len)`.
     let f32s = |at: usize, len: usize| {
-        raw[at * 4..(at + len) * 4]
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        let (values, _) = raw[at * 4..(at + len) * 4].as_chunks::<4>();
+        values.iter().map(|&b| f32::from_le_bytes(b))
     };
     let base = |at: usize, out: &mut [f64]| -> Result<()> {
         let len = out.len();
@@ -522,10 +521,16 @@ fn write_lazy(
             // f32 to f32: the teacher's values are copied, not taken through f64 and back
             // (the same bits; a third of the values pass).
             pieces.try_for_each_init(Vec::new, |values, (k, out)| {
+                // SAFETY: any 4 bytes are an f32.
+                let (head, direct, tail) = unsafe { out.align_to_mut::<f32>() };
+                if cfg!(target_endian = "little") && head.is_empty() && tail.is_empty() {
+                    // The values' own bytes are the encoding: computed in place.
+                    return lazy.values_f32(at + k * SUB, direct, &base_f32);
+                }
                 values.resize(out.len() / 4, 0f32);
                 lazy.values_f32(at + k * SUB, values, &base_f32)?;
-                for (o, v) in out.chunks_exact_mut(4).zip(values.iter()) {
-                    o.copy_from_slice(&v.to_le_bytes());
+                for (o, v) in out.as_chunks_mut::<4>().0.iter_mut().zip(values.iter()) {
+                    *o = v.to_le_bytes();
                 }
                 Ok::<_, crate::error::Error>(())
             })?;

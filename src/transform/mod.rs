@@ -18,6 +18,7 @@
 //! Transforms are pure: `(graph, params, args, seed) -> (graph', params')`; they never run
 //! the network. Proving is [`crate::prove`]'s job.
 
+pub mod chacha;
 pub mod copy_deeper;
 pub mod deepen;
 pub mod fill;

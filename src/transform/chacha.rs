@@ -14,78 +14,81 @@ use rand_chacha::ChaCha8Rng;
 /// u32 words per block.
 const BLOCK: usize = 16;
 
-/// Where a stream is: its key, its stream number and the position of its next word.
+/// A keyed stream: its key and its stream number.
 #[derive(Debug, Clone, Copy)]
-pub struct Position {
+pub struct Stream {
     key: [u32; 8],
-    stream: u64,
+    number: u64,
+}
+
+/// Where a stream is: the position of its next word, with the last sixteen blocks made (a
+/// fill that ends inside them leaves the rest for the next).
+#[derive(Debug, Clone)]
+pub struct Position {
+    stream: Stream,
     word: u128,
+    /// Blocks `first .. first + WIDE`, when made.
+    made: Option<u64>,
+    blocks: [u32; WIDE * BLOCK],
 }
 
 impl Position {
     /// Where `rng` is now.
     pub fn of(rng: &ChaCha8Rng) -> Position {
         let seed = rng.get_seed();
-        Position {
+        let stream = Stream {
             key: std::array::from_fn(|i| {
                 u32::from_le_bytes(seed[4 * i..4 * i + 4].try_into().expect("4 bytes"))
             }),
-            stream: rng.get_stream(),
-            word: rng.get_word_pos(),
+            number: rng.get_stream(),
+        };
+        Position::new(stream, rng.get_word_pos())
+    }
+
+    /// Word `word` of `stream`.
+    pub fn new(stream: Stream, word: u128) -> Position {
+        Position {
+            stream,
+            word,
+            made: None,
+            blocks: [0; WIDE * BLOCK],
         }
+    }
+
+    /// Its stream.
+    pub fn stream(&self) -> Stream {
+        self.stream
     }
 
     /// The stream's next `out.len()` words, in order; the position moves past them.
     pub fn fill(&mut self, out: &mut [u32]) {
+        const GROUP: usize = WIDE * BLOCK;
         let mut o = 0;
-        // A block the position starts inside: its tail.
-        let skip = (self.word % BLOCK as u128) as usize;
-        if skip != 0 && !out.is_empty() {
-            let block = self.block(self.word / BLOCK as u128);
-            let k = (BLOCK - skip).min(out.len());
-            out[..k].copy_from_slice(&block[skip..skip + k]);
-            o = k;
+        while o < out.len() {
+            // The counter is 64 bits; higher bits wrap as rand_chacha's do.
+            let block = (self.word / BLOCK as u128) as u64;
+            let first = match self.made {
+                Some(first) if block.wrapping_sub(first) < WIDE as u64 => first,
+                _ if self.word.is_multiple_of(BLOCK as u128) && out.len() - o >= GROUP => {
+                    // Whole blocks straight into the output.
+                    let dst = (&mut out[o..o + GROUP]).try_into().expect("sixteen blocks");
+                    make(&self.stream, block, dst);
+                    o += GROUP;
+                    self.word += GROUP as u128;
+                    continue;
+                }
+                _ => {
+                    make(&self.stream, block, &mut self.blocks);
+                    self.made = Some(block);
+                    block
+                }
+            };
+            let at = (self.word - first as u128 * BLOCK as u128) as usize;
+            let k = (GROUP - at).min(out.len() - o);
+            out[o..o + k].copy_from_slice(&self.blocks[at..at + k]);
+            o += k;
+            self.word += k as u128;
         }
-        let mut counter = ((self.word + o as u128) / BLOCK as u128) as u64;
-        let whole = (out.len() - o) / BLOCK;
-        let mut b = 0;
-        #[cfg(target_arch = "x86_64")]
-        if whole >= WIDE && crate::cpu::avx512() {
-            while b + WIDE <= whole {
-                let dst: &mut [u32; WIDE * BLOCK] = (&mut out[o..o + WIDE * BLOCK])
-                    .try_into()
-                    .expect("sixteen blocks");
-                // SAFETY: the CPU has AVX-512 (checked above).
-                unsafe { wide::blocks(&self.key, self.stream, counter, dst) };
-                counter = counter.wrapping_add(WIDE as u64);
-                o += WIDE * BLOCK;
-                b += WIDE;
-            }
-        }
-        for _ in b..whole {
-            out[o..o + BLOCK].copy_from_slice(&self.block(counter as u128));
-            counter = counter.wrapping_add(1);
-            o += BLOCK;
-        }
-        if o < out.len() {
-            let block = self.block(counter as u128);
-            let k = out.len() - o;
-            out[o..].copy_from_slice(&block[..k]);
-        }
-        self.word += out.len() as u128;
-    }
-
-    /// Block `counter` of the stream (the counter is 64 bits; higher bits wrap as
-    /// rand_chacha's do).
-    fn block(&self, counter: u128) -> [u32; BLOCK] {
-        let init = state(&self.key, self.stream, counter as u64);
-        let mut x = init;
-        for _ in 0..4 {
-            for [a, b, c, d] in ROUNDS {
-                quarter(&mut x, a, b, c, d);
-            }
-        }
-        std::array::from_fn(|i| x[i].wrapping_add(init[i]))
     }
 
     /// The position of its next word.
@@ -94,18 +97,45 @@ impl Position {
     }
 }
 
+/// Blocks `counter .. counter + 16` of a stream into `out`, in stream order.
+fn make(stream: &Stream, counter: u64, out: &mut [u32; WIDE * BLOCK]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::avx512() {
+        // SAFETY: the CPU has AVX-512 (checked above).
+        unsafe { wide::blocks(stream, counter, out) };
+        return;
+    }
+    make_plain(stream, counter, out);
+}
+
+/// [`make`] without vector registers.
+fn make_plain(stream: &Stream, counter: u64, out: &mut [u32; WIDE * BLOCK]) {
+    for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
+        let init = state(stream, counter.wrapping_add(b as u64));
+        let mut x = init;
+        for _ in 0..4 {
+            for [a, b, c, d] in ROUNDS {
+                quarter(&mut x, a, b, c, d);
+            }
+        }
+        for ((o, x), i) in out.iter_mut().zip(x).zip(init) {
+            *o = x.wrapping_add(i);
+        }
+    }
+}
+
 /// Blocks per AVX-512 call.
 const WIDE: usize = 16;
 
 /// The first state of block `counter`: "expand 32-byte k", the key, the counter, the stream.
-fn state(key: &[u32; 8], stream: u64, counter: u64) -> [u32; BLOCK] {
+fn state(stream: &Stream, counter: u64) -> [u32; BLOCK] {
     let mut s = [0u32; BLOCK];
     s[..4].copy_from_slice(&[0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]);
-    s[4..12].copy_from_slice(key);
+    s[4..12].copy_from_slice(&stream.key);
     s[12] = counter as u32;
     s[13] = (counter >> 32) as u32;
-    s[14] = stream as u32;
-    s[15] = (stream >> 32) as u32;
+    s[14] = stream.number as u32;
+    s[15] = (stream.number >> 32) as u32;
     s
 }
 
@@ -136,17 +166,12 @@ fn quarter(x: &mut [u32; BLOCK], a: usize, b: usize, c: usize, d: usize) {
 mod wide {
     use std::arch::x86_64::*;
 
-    use super::{state, BLOCK, WIDE};
+    use super::{state, Stream, BLOCK, WIDE};
 
     /// Blocks `counter .. counter + 16` into `out`, in stream order.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn blocks(
-        key: &[u32; 8],
-        stream: u64,
-        counter: u64,
-        out: &mut [u32; WIDE * BLOCK],
-    ) {
-        let first = state(key, stream, counter);
+    pub(super) unsafe fn blocks(stream: &Stream, counter: u64, out: &mut [u32; WIDE * BLOCK]) {
+        let first = state(stream, counter);
         let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
         let mut init = [_mm512_setzero_si512(); BLOCK];
         for (v, &w) in init.iter_mut().zip(&first) {
@@ -276,6 +301,20 @@ mod tests {
                     assert_eq!(pos.word(), base + skip + n as u128);
                 }
             }
+        }
+    }
+
+    /// The plain blocks (machines without AVX-512) are rand_chacha's too.
+    #[test]
+    fn plain_blocks_are_rand_chachas() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        rng.set_stream(5);
+        for block in [0u64, 3, (1 << 32) - 7] {
+            rng.set_word_pos(block as u128 * 16);
+            let pos = Position::of(&rng);
+            let mut got = [0u32; WIDE * BLOCK];
+            make_plain(&pos.stream, block, &mut got);
+            assert_eq!(got.to_vec(), reference(&rng, WIDE * BLOCK), "block {block}");
         }
     }
 

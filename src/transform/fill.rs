@@ -6,6 +6,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use super::chacha::Position;
 use super::Init;
 use crate::ir::ParamKind;
 
@@ -179,15 +180,22 @@ impl Sampler {
     }
 
     /// Fills `out` with the next values from `rng`, as [`Sampler::value`] one after
-    /// another would, from the stream's words in bulk ([`super::chacha`]): rand's `f64` is
-    /// the top 53 bits of two consecutive words, low word first, times 2^-53.
+    /// another would.
     pub fn fill(self, rng: &mut ChaCha8Rng, out: &mut [f64]) {
+        let mut pos = Position::of(rng);
+        self.fill_at(&mut pos, out);
+        rng.set_word_pos(pos.word());
+    }
+
+    /// [`Sampler::fill`] from a stream's position, from its words in bulk
+    /// ([`super::chacha`]): rand's `f64` is the top 53 bits of two consecutive words, low
+    /// word first, times 2^-53.
+    pub fn fill_at(self, pos: &mut Position, out: &mut [f64]) {
         let words = self.words() as usize;
         if words == 0 {
             out.fill(0.0);
             return;
         }
-        let mut pos = super::chacha::Position::of(rng);
         // Pairs of words as rand reads a u64: the low word first.
         let mut buf = [0u64; 512];
         for c in out.chunks_mut(2 * buf.len() / words) {
@@ -209,7 +217,6 @@ impl Sampler {
                 Sampler::Zero => unreachable!("draws no words"),
             }
         }
-        rng.set_word_pos(pos.word());
     }
 }
 

@@ -7,7 +7,8 @@
 //! from the same keyed streams at the same word positions ([`super::fill::draw`]), the
 //! scales from [`std_by_chunks`], which sums as [`super::std_of`] does.
 
-use super::fill::{draw_sampled, keyed_rng, std_by_chunks, Lazily, Part};
+use super::chacha::{Position, Stream};
+use super::fill::{draw_sampled, keyed_rng, std_by_chunks, Lazily, Part, Sampler};
 use super::{whole, Touch};
 use crate::error::Result;
 
@@ -30,8 +31,23 @@ enum Map {
 #[derive(Debug, Clone)]
 struct Layer {
     map: Map,
-    /// The touch's free tensor (`u` or `v`, a fraction of the tensor), drawn whole.
-    free: Vec<f64>,
+    /// The touch's free tensor (`u` or `v`, a fraction of the tensor).
+    free: Free,
+}
+
+/// A free tensor's values.
+#[derive(Debug, Clone)]
+enum Free {
+    /// Drawn whole: normal draws, whose log and cosine cost more than reading them back.
+    Stored(Vec<f64>),
+    /// Drawn where used from the stream's words (`start`: value 0's first), a value's bits the
+    /// same wherever it is drawn: uniform draws, cheaper to draw again than to keep (a wide
+    /// layer's are hundreds of megabytes).
+    Keyed {
+        stream: Stream,
+        start: u128,
+        sampler: Sampler,
+    },
 }
 
 /// A widened tensor whose every value can be computed on its own.
@@ -120,7 +136,7 @@ impl Lazy {
                 // Zeros: no scale pass, no draws.
                 lazy.layers.push(Layer {
                     map,
-                    free: Vec::new(),
+                    free: Free::Stored(Vec::new()),
                 });
                 continue;
             }
@@ -152,7 +168,17 @@ impl Lazy {
                 return Err(e);
             }
             let rng = &mut keyed_rng(seed, tc.step, name, tc.part);
-            let free = draw_sampled(rng, count, sampler);
+            let free = match sampler {
+                Sampler::Normal(_) => Free::Stored(draw_sampled(rng, count, sampler)),
+                _ => {
+                    let pos = Position::of(rng);
+                    Free::Keyed {
+                        stream: pos.stream(),
+                        start: pos.word(),
+                        sampler,
+                    }
+                }
+            };
             lazy.layers.push(Layer { map, free });
         }
         if !checked {
@@ -295,14 +321,31 @@ impl Layer {
     /// Values `j, j + 1, ...` of the touch's free tensor into `out`, negated if `neg` (the
     /// same bits negated before or after rounding: rounding is symmetric).
     fn draws<E: Element>(&self, j: usize, out: &mut [E], neg: bool) {
-        let free = &self.free[j..j + out.len()];
-        if neg {
-            for (x, &v) in out.iter_mut().zip(free) {
-                *x = E::from_f64(-v);
+        let put = |out: &mut [E], free: &[f64]| {
+            if neg {
+                out.iter_mut()
+                    .zip(free)
+                    .for_each(|(x, &v)| *x = E::from_f64(-v));
+            } else {
+                out.iter_mut()
+                    .zip(free)
+                    .for_each(|(x, &v)| *x = E::from_f64(v));
             }
-        } else {
-            for (x, &v) in out.iter_mut().zip(free) {
-                *x = E::from_f64(v);
+        };
+        match &self.free {
+            Free::Stored(free) => put(out, &free[j..j + out.len()]),
+            &Free::Keyed {
+                stream,
+                start,
+                sampler,
+            } => {
+                let mut pos = Position::new(stream, start + j as u128 * sampler.words());
+                let mut buf = [0.0; 1024];
+                for c in out.chunks_mut(buf.len()) {
+                    let free = &mut buf[..c.len()];
+                    sampler.fill_at(&mut pos, free);
+                    put(c, free);
+                }
             }
         }
     }

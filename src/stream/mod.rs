@@ -34,6 +34,7 @@ use crate::progress::Progress;
 use crate::prove::ProveOptions;
 use crate::report::StepReport;
 use crate::shards::{self, Source, Writer};
+use crate::transform::lazy::Lazy;
 
 /// A streamed step's result.
 pub struct Streamed {
@@ -329,15 +330,34 @@ pub fn write(
             queued.close();
             res.map(|()| writer)
         });
+        // The next widened tensors' scale passes run on a thread of their own while this
+        // one computes the current tensor's values, so that the writer does not wait for
+        // them (a wide layer's take a tenth of a second).
+        let (ready, prepared) = std::sync::mpsc::sync_channel(1);
+        let (stored, entries) = (&stored, &entries);
+        s.spawn(move || {
+            for (st, entry) in stored.iter().zip(entries) {
+                let p = if entry.counter {
+                    Ok(None)
+                } else {
+                    prepare(patch, teacher, st)
+                };
+                if ready.send(p).is_err() {
+                    // The computing side stopped.
+                    break;
+                }
+            }
+        });
         let computed = || -> Result<()> {
-            for ((st, entry), &pad) in stored.iter().zip(&entries).zip(&pads) {
+            for ((st, entry), &pad) in stored.iter().zip(entries).zip(&pads) {
                 let out = st.name.clone();
-                if !entry.counter {
+                let ahead = prepared.recv().expect("one per stored tensor")?;
+                if let Some(p) = ahead {
                     let send =
                         &mut |at, bytes, last| tx(Job::Part(out.clone(), at, bytes, pad, last));
-                    if write_lazy(patch, teacher, st, &spare, pad, send)? {
-                        continue;
-                    }
+                    write_prepared(&p, dtype, &spare, pad, send)?;
+                    src.release(p.file);
+                    continue;
                 }
                 let job = match teacher.whole(patch, st) {
                     Some(file) => Job::Copy(file.to_string(), out),
@@ -437,74 +457,113 @@ impl Queued {
 /// the writer while the next is computed).
 const LAZY_CHUNK: usize = 1 << 22;
 
-/// Computes student file tensor `st` chunk by chunk when it is one widened tensor that
-/// [`Patch::lazy`] computes range by range from a plain teacher tensor, handing each
-/// chunk's bytes (after `pad` spare bytes, in a buffer from `spare` when one came back) to
-/// `send` (offset in the tensor's bytes, buffer, whether last; `false` back: the writer
-/// stopped). Every chunk but the last is whole pages, so `pad` ([`Writer::pad`]) holds for
-/// each and the writer writes them in place. Returns whether it did; if not, nothing was
-/// sent.
-fn write_lazy(
-    patch: &Patch,
-    teacher: &Mapped,
-    st: &Stored,
-    spare: &std::sync::mpsc::Receiver<Vec<u8>>,
-    pad: usize,
-    send: &mut dyn FnMut(usize, Vec<u8>, bool) -> bool,
-) -> Result<bool> {
-    use rayon::prelude::*;
+/// A plain float teacher tensor's values, read from its bytes.
+#[derive(Clone, Copy)]
+struct TeacherValues<'t> {
+    raw: &'t [u8],
+    dtype: DType,
+}
+
+impl TeacherValues<'_> {
+    /// Values `[at, at + out.len())` in f64.
+    fn f64s(&self, at: usize, out: &mut [f64]) -> Result<()> {
+        let len = out.len();
+        if self.dtype == DType::F32 {
+            f32_to_f64(self.raw[at * 4..(at + len) * 4].as_chunks::<4>().0, out);
+        } else {
+            let size = self.dtype.size();
+            let raw = &self.raw[at * size..(at + len) * size];
+            out.copy_from_slice(&crate::params::decode_checked(raw, self.dtype).0);
+        }
+        Ok(())
+    }
+
+    /// Values `[at, at + len)` of an f32 teacher.
+    fn f32s(&self, at: usize, len: usize) -> impl Iterator<Item = f32> + '_ {
+        let (values, _) = self.raw[at * 4..(at + len) * 4].as_chunks::<4>();
+        values.iter().map(|&b| f32::from_le_bytes(b))
+    }
+}
+
+crate::avx512_twice! {
+    /// Little-endian f32 values widened to f64.
+    fn f32_to_f64(raw: &[[u8; 4]], out: &mut [f64]) {
+        for (x, &b) in out.iter_mut().zip(raw) {
+            *x = f32::from_le_bytes(b) as f64;
+        }
+    }
+}
+
+/// A widened student tensor whose scale passes and stored draws are done ([`prepare`]):
+/// what is left is computing its values chunk by chunk ([`write_prepared`]).
+struct Prepared<'t> {
+    lazy: Lazy,
+    teacher: TeacherValues<'t>,
+    /// The teacher's file tensor, released once read.
+    file: &'t str,
+}
+
+/// The [`Lazy`] of student file tensor `st` when it is one widened tensor that
+/// [`Patch::lazy`] computes range by range from a plain float teacher tensor; `None` when
+/// it is not (then nothing was read).
+fn prepare<'t>(patch: &Patch, teacher: &'t Mapped, st: &Stored) -> Result<Option<Prepared<'t>>> {
     if !st.is_plain() {
-        return Ok(false);
+        return Ok(None);
     }
     let name = &st.parts[0].0;
     let id = TensorId::parse(name);
     let Some(&(i, 0)) = teacher.part.get(name) else {
-        return Ok(false);
+        return Ok(None);
     };
     let file = &teacher.stored[i];
     let src = teacher.src;
     let info = &src.tensors[&file.name];
-    let Some(dt) = shards::float_dtype(info.dtype) else {
-        return Ok(false);
+    let Some(dtype) = shards::float_dtype(info.dtype) else {
+        return Ok(None);
     };
     if !file.is_plain() || !patch.edits.contains_key(&id) {
-        return Ok(false);
+        return Ok(None);
     }
     let raw = src.bytes(&file.name).expect("a known tensor");
-    let size = dt.size();
-    // An f32 teacher's values `[at, at + len)`.
-    let f32s = |at: usize, len: usize| {
-        let (values, _) = raw[at * 4..(at + len) * 4].as_chunks::<4>();
-        values.iter().map(|&b| f32::from_le_bytes(b))
-    };
-    let base = |at: usize, out: &mut [f64]| -> Result<()> {
-        let len = out.len();
-        if dt == DType::F32 {
-            out.iter_mut()
-                .zip(f32s(at, len))
-                .for_each(|(x, v)| *x = v as f64);
-        } else {
-            let raw = &raw[at * size..(at + len) * size];
-            out.copy_from_slice(&crate::params::decode_checked(raw, dt).0);
-        }
-        Ok(())
-    };
-    let base_f32 = |at: usize, out: &mut [f32]| -> Result<()> {
-        let len = out.len();
-        out.iter_mut().zip(f32s(at, len)).for_each(|(x, v)| *x = v);
-        Ok(())
-    };
+    let values = TeacherValues { raw, dtype };
     // Refused as the whole tensor's decoding refuses it (non-finite values), before the
     // scales read it.
     let ready = &mut || shards::check_finite(raw, info.dtype, &file.name, &src.shown);
-    let Some(lazy) = patch.lazy(&id, &info.shape, &base, ready)? else {
-        return Ok(false);
+    let Some(lazy) = patch.lazy(&id, &info.shape, &|at, out| values.f64s(at, out), ready)? else {
+        return Ok(None);
     };
     if lazy.shape() != st.shape.as_slice() {
-        return Ok(false);
+        return Ok(None);
     }
-    // The output's dtype and value size (the teacher file's may differ).
-    let dtype = src.dtype();
+    Ok(Some(Prepared {
+        lazy,
+        teacher: values,
+        file: &file.name,
+    }))
+}
+
+/// Computes a [`Prepared`] tensor chunk by chunk in `dtype`, handing each chunk's bytes
+/// (after `pad` spare bytes, in a buffer from `spare` when one came back) to `send`
+/// (offset in the tensor's bytes, buffer, whether last; `false` back: the writer
+/// stopped). Every chunk but the last is whole pages, so `pad` ([`Writer::pad`]) holds for
+/// each and the writer writes them in place.
+fn write_prepared(
+    p: &Prepared,
+    dtype: DType,
+    spare: &std::sync::mpsc::Receiver<Vec<u8>>,
+    pad: usize,
+    send: &mut dyn FnMut(usize, Vec<u8>, bool) -> bool,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let (lazy, teacher) = (&p.lazy, p.teacher);
+    let base = |at: usize, out: &mut [f64]| teacher.f64s(at, out);
+    let base_f32 = |at: usize, out: &mut [f32]| -> Result<()> {
+        let len = out.len();
+        out.iter_mut()
+            .zip(teacher.f32s(at, len))
+            .for_each(|(x, v)| *x = v);
+        Ok(())
+    };
     let size = dtype.size();
     let n = lazy.len();
     let mut at = 0;
@@ -517,7 +576,7 @@ fn write_lazy(
         // Each piece's values stay in the core's cache between computing and encoding.
         const SUB: usize = 1 << 15;
         let pieces = bytes[pad..].par_chunks_mut(SUB * size).enumerate();
-        if dt == DType::F32 && dtype == DType::F32 {
+        if teacher.dtype == DType::F32 && dtype == DType::F32 {
             // f32 to f32: the teacher's values are copied, not taken through f64 and back
             // (the same bits; a third of the values pass).
             pieces.try_for_each_init(Vec::new, |values, (k, out)| {
@@ -549,8 +608,7 @@ fn write_lazy(
         }
         at += len;
     }
-    src.release(&file.name);
-    Ok(true)
+    Ok(())
 }
 
 /// Copies an untouched tensor from the teacher (file name `file`) to the output (`out`),

@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 const BLOCK: usize = 16;
 
 /// A keyed stream: its key and its stream number.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stream {
     key: [u32; 8],
     number: u64,

@@ -2,7 +2,7 @@
 # Issue 16's benchmark in one run: r2rc's executor (ResNet-18 b16, ResNetCifar-18 1/8 b128,
 # GPT-2 small on 256 tokens) and proof cost (ResNet-50 widen, full and local) against ONNX
 # Runtime on r2rc's own ONNX export, 2 threads, then a summary table against the targets.
-# About 1.5 minutes on 2 cores (plus the build). STREAM=1 adds scripts/bench_large.sh's streaming ratio
+# About 2 minutes on 2 cores (plus the build). STREAM=1 adds scripts/bench_large.sh's streaming ratio
 # (needs ~6 GB of disk). Extra arguments go to scripts/bench_forward.py (see its --help).
 # Usage: [R2RC=path/to/r2rc] [STREAM=1] scripts/bench.sh [bench_forward.py options]
 # Without R2RC it builds this tree's release binary first. Exits 0 when every case ran

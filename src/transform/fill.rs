@@ -150,7 +150,7 @@ impl FillCtx {
 }
 
 /// How one free value is drawn (the same bits as [`he`] and [`FillCtx::free`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampler {
     /// U(-b, b) from one f64 draw (two words).
     Uniform(f64),

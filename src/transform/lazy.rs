@@ -299,8 +299,9 @@ impl Lazy {
 /// `[w, v, -v]`, so each `v` is asked for twice in a row and drawn once.
 #[derive(Default)]
 struct Drawn {
-    /// The stream and its first word.
-    key: Option<(Stream, u128)>,
+    /// The stream, its first word and the sampler (a later widening in this process may
+    /// draw from the same stream at another scale).
+    key: Option<(Stream, u128, Sampler)>,
     /// The index of `values[0]` in the free tensor.
     from: usize,
     values: Vec<f64>,
@@ -360,7 +361,7 @@ impl Layer {
                 start,
                 sampler,
             } => LAST.with_borrow_mut(|last| {
-                let key = Some((stream, start));
+                let key = Some((stream, start, sampler));
                 let held = last.key == key && last.from <= j && j + out.len() <= last.to();
                 if !held {
                     last.key = key;
@@ -560,6 +561,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Two tensors drawn from the same stream at different scales (the same layer of two
+    /// teachers, widened with the same seed in one process) each get their own values,
+    /// read in turns on one thread.
+    #[test]
+    fn a_thread_keeps_no_draws_of_another_tensor() {
+        let shape = [4usize, 6];
+        let w: Vec<f64> = (0..24).map(|i| (i as f64 * 0.37).sin() * 0.5).collect();
+        let w2: Vec<f64> = w.iter().map(|x| 3.0 * x).collect();
+        let ctx = FillCtx {
+            c: 6,
+            e: 4,
+            init: Init::Match,
+        };
+        let touches = [(touch(0, Part::Columns, 1, 6), Lazily::R2r(ctx))];
+        let lazy_touches = [(touches[0].0.clone(), Some(touches[0].1))];
+        let mut got = Vec::new();
+        let mut want = Vec::new();
+        let lazies: Vec<_> = [&w, &w2]
+            .iter()
+            .map(|w| {
+                let base = |at: usize, out: &mut [f64]| -> Result<()> {
+                    out.copy_from_slice(&w[at..at + out.len()]);
+                    Ok(())
+                };
+                let t = ArrayD::from_shape_vec(IxDyn(&shape), w.to_vec()).unwrap();
+                want.push(eager(5, "l.weight", t, &touches));
+                Lazy::new(5, "l.weight", &shape, &lazy_touches, &base, &mut || Ok(()))
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
+        for (lazy, w) in lazies.iter().zip([&w, &w2]) {
+            let base = |at: usize, out: &mut [f64]| -> Result<()> {
+                out.copy_from_slice(&w[at..at + out.len()]);
+                Ok(())
+            };
+            // In order, then the second from its last row: where the first's last
+            // draws were.
+            let mut v = vec![f64::NAN; lazy.len()];
+            let row = lazy.len() / shape[0];
+            let (head, last) = v.split_at_mut(lazy.len() - row);
+            if got.is_empty() {
+                lazy.values(0, head, &base).unwrap();
+                lazy.values(lazy.len() - row, last, &base).unwrap();
+            } else {
+                lazy.values(lazy.len() - row, last, &base).unwrap();
+                lazy.values(0, head, &base).unwrap();
+            }
+            got.push(v);
+        }
+        assert_ne!(want[0], want[1]);
+        assert_eq!(got, want);
     }
 
     /// The caller's finiteness check runs unless a first scale pass came out finite (which

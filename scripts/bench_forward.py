@@ -270,17 +270,14 @@ def bench(args, work):
             layer = ["widen", arch, "--layer", "conv3_2", "--by", "1.5"] + w
             every = ["widen", arch, "--all", "--by", "1.5"] + w
             times, totals, instead, ratios = {}, {}, {}, {}
-
-            def key_of(pair):
-                return pair[0][0]
-
             local = ["--prove", "local"]
             # Each pair alternates full and local round by round, each first in half the
             # rounds, so that drift in the machine's speed (and whatever one command leaves
             # the next) falls on both alike.
-            for pair, rounds in [
-                ((("full", layer), ("local", layer + local)), args.proof_rounds),
-                ((("all full", every), ("all local", every + local)), args.all_rounds),
+            # (the pair, its rounds, whether each round gets its own ORT unit)
+            for pair, rounds, per_round in [
+                ((("full", layer), ("local", layer + local)), args.proof_rounds, True),
+                ((("all full", every), ("all local", every + local)), args.all_rounds, False),
             ]:
                 if rounds < 1:
                     continue
@@ -289,7 +286,7 @@ def bench(args, work):
                 # speed drifts by a third within minutes), for the conv3_2 pair.
                 units = []
                 for r in range(rounds):
-                    if key_of(pair) == "full":
+                    if per_round:
                         units.append(ort_best(sess, x, args.big_repeat))
                         time.sleep(ORT_SPIN_PAUSE)
                     for key, cmd in pair if r % 2 == 0 else pair[::-1]:

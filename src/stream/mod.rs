@@ -478,10 +478,13 @@ impl TeacherValues<'_> {
         Ok(())
     }
 
-    /// Values `[at, at + len)` of an f32 teacher.
-    fn f32s(&self, at: usize, len: usize) -> impl Iterator<Item = f32> + '_ {
-        let (values, _) = self.raw[at * 4..(at + len) * 4].as_chunks::<4>();
-        values.iter().map(|&b| f32::from_le_bytes(b))
+    /// Values `[at, at + out.len())` of an f32 teacher.
+    fn f32s(&self, at: usize, out: &mut [f32]) -> Result<()> {
+        let (values, _) = self.raw[at * 4..(at + out.len()) * 4].as_chunks::<4>();
+        for (x, &b) in out.iter_mut().zip(values) {
+            *x = f32::from_le_bytes(b);
+        }
+        Ok(())
     }
 }
 
@@ -557,13 +560,7 @@ fn write_prepared(
     use rayon::prelude::*;
     let (lazy, teacher) = (&p.lazy, p.teacher);
     let base = |at: usize, out: &mut [f64]| teacher.f64s(at, out);
-    let base_f32 = |at: usize, out: &mut [f32]| -> Result<()> {
-        let len = out.len();
-        out.iter_mut()
-            .zip(teacher.f32s(at, len))
-            .for_each(|(x, v)| *x = v);
-        Ok(())
-    };
+    let base_f32 = |at: usize, out: &mut [f32]| teacher.f32s(at, out);
     let size = dtype.size();
     let n = lazy.len();
     let mut at = 0;

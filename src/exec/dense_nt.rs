@@ -141,13 +141,20 @@ fn pack_left(xp: &mut Vec<f32>, x: &[f32], m: usize, k: usize, parallel: bool) {
     }
     let one = |(i, panel): (usize, &mut [f32])| {
         let rows = MR.min(m - i * MR);
-        for (r, row) in x[i * MR * k..(i * MR + rows) * k].chunks(k).enumerate() {
-            for (p, &v) in row.iter().enumerate() {
-                panel[p * MR + r] = v;
+        let src = &x[i * MR * k..(i * MR + rows) * k];
+        // Whole 8 x 8 blocks by register transposes (element by element, the packing
+        // took 6% of a GPT-2 forward), the rest element by element.
+        let done = if rows == MR {
+            // SAFETY: `src` holds MR rows of k values and `panel` k * MR values; this is
+            // the AVX-512 path, so AVX is present.
+            unsafe { x86::pack_rows(src.as_ptr(), k, panel.as_mut_ptr()) }
+        } else {
+            0
+        };
+        for (p, dst) in panel.chunks_exact_mut(MR).enumerate().skip(done) {
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = if r < rows { src[r * k + p] } else { 0.0 };
             }
-        }
-        for r in rows..MR {
-            (0..k).for_each(|p| panel[p * MR + r] = 0.0);
         }
     };
     if parallel {
@@ -316,6 +323,51 @@ mod x86 {
         }
     }
 
+    /// Steps `p` of `MR` rows of `src` (leading dim `k`) as `dst[p * MR + r]`, eight steps
+    /// at a time; returns the steps done (a multiple of 8, the rest is the caller's).
+    ///
+    /// # Safety
+    /// AVX present; `src` holds `MR` rows of `k` values, `dst` `k * MR` values.
+    #[target_feature(enable = "avx")]
+    pub unsafe fn pack_rows(src: *const f32, k: usize, dst: *mut f32) -> usize {
+        const { assert!(MR == 8) };
+        let mut p = 0;
+        // SAFETY: reads p..p + 8 of each row and writes steps p..p + 8, all below k.
+        unsafe {
+            while p + 8 <= k {
+                let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * k + p)));
+                // The classic 8 x 8 transpose: pairs, quads, then 128-bit halves.
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let d = dst.add(p * MR);
+                _mm256_storeu_ps(d, _mm256_permute2f128_ps::<0x20>(s0, s4));
+                _mm256_storeu_ps(d.add(8), _mm256_permute2f128_ps::<0x20>(s1, s5));
+                _mm256_storeu_ps(d.add(16), _mm256_permute2f128_ps::<0x20>(s2, s6));
+                _mm256_storeu_ps(d.add(24), _mm256_permute2f128_ps::<0x20>(s3, s7));
+                _mm256_storeu_ps(d.add(32), _mm256_permute2f128_ps::<0x31>(s0, s4));
+                _mm256_storeu_ps(d.add(40), _mm256_permute2f128_ps::<0x31>(s1, s5));
+                _mm256_storeu_ps(d.add(48), _mm256_permute2f128_ps::<0x31>(s2, s6));
+                _mm256_storeu_ps(d.add(56), _mm256_permute2f128_ps::<0x31>(s3, s7));
+                p += 8;
+            }
+        }
+        p
+    }
+
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile_r<const R: usize>(
@@ -387,6 +439,11 @@ mod x86 {
         _: bool,
         _: Option<*const f32>,
     ) {
+        unreachable!("the AVX-512 kernel runs on x86-64 only")
+    }
+
+    /// Never called: `avx512()` is false off x86-64.
+    pub unsafe fn pack_rows(_: *const f32, _: usize, _: *mut f32) -> usize {
         unreachable!("the AVX-512 kernel runs on x86-64 only")
     }
 }
@@ -481,6 +538,34 @@ mod tests {
                         assert!(
                             (g as f64 - v).abs() <= tol,
                             "{path} {m}x{k}x{n} [{j}]: {g} vs {v}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_left_side_packs_into_row_panels() {
+        if !avx512() {
+            return; // the packing serves the AVX-512 kernel only
+        }
+        // Whole and partial panels, k below, at and past the 8-step blocks.
+        for (m, k) in [(8, 8), (8, 3), (9, 17), (16, 24), (13, 40), (3, 9)] {
+            let x = f32s(random(m * k, (m * k) as u64));
+            // Stale values from a bigger earlier call must not survive.
+            let mut xp = vec![f32::NAN; (m + MR) * k * MR];
+            pack_left(&mut xp, &x, m, k, false);
+            for i in 0..m.div_ceil(MR) {
+                for p in 0..k {
+                    for r in 0..MR {
+                        let got = xp[(i * k + p) * MR + r];
+                        let row = i * MR + r;
+                        let want = if row < m { x[row * k + p] } else { 0.0 };
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{m}x{k} panel {i} step {p} row {r}"
                         );
                     }
                 }

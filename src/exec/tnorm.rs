@@ -2,7 +2,10 @@
 //!
 //! The statistics of each token are accumulated in f64 (at least the float32 transformers
 //! and PyTorch use), then the normalised value is rounded to the run's precision and
-//! scaled there, as PyTorch does after its statistics.
+//! scaled there, as PyTorch does after its statistics. In f32 the sums run in 16 lanes
+//! (a fixed order, so the bits do not depend on the threads) rather than one chain: one
+//! chain's additions wait on each other, and GPT-2's 25 norms took 8 ms of a 330 ms
+//! forward.
 
 use rayon::prelude::*;
 
@@ -21,6 +24,13 @@ pub fn layer_norm<T: Float>(
     eps: f64,
 ) -> Tensor<T> {
     let d = weight.len();
+    if let (Some(xs), Some(w)) = (T::as_f32_mut(&mut x.data), T::as_f32(weight)) {
+        let b = bias.map(|b| T::as_f32(b).expect("f32 like the weights"));
+        xs.par_chunks_mut(d)
+            .with_min_len(MIN_TOKENS)
+            .for_each(|token| layer_norm_f32(token, w, b, eps));
+        return x;
+    }
     x.data
         .par_chunks_mut(d)
         .with_min_len(MIN_TOKENS)
@@ -47,6 +57,12 @@ pub fn layer_norm<T: Float>(
 /// place. The statistics are at least float32, as there (an f64 run keeps f64).
 pub fn rms_norm<T: Float>(mut x: Tensor<T>, weight: &[T], eps: f64) -> Tensor<T> {
     let d = weight.len();
+    if let (Some(xs), Some(w)) = (T::as_f32_mut(&mut x.data), T::as_f32(weight)) {
+        xs.par_chunks_mut(d)
+            .with_min_len(MIN_TOKENS)
+            .for_each(|token| rms_norm_f32(token, w, eps));
+        return x;
+    }
     x.data
         .par_chunks_mut(d)
         .with_min_len(MIN_TOKENS)
@@ -58,6 +74,57 @@ pub fn rms_norm<T: Float>(mut x: Tensor<T>, weight: &[T], eps: f64) -> Tensor<T>
             }
         });
     x
+}
+
+/// Lanes of the f32 sums.
+const LANES: usize = 16;
+
+/// `sum f(v)` over `token` in f64: lane `i` adds the values at `i mod LANES`, then the
+/// lanes are added in order, then the values past the last whole group.
+#[inline(always)]
+fn lane_sum(token: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0f64; LANES];
+    let groups = token.chunks_exact(LANES);
+    let rest = groups.remainder();
+    for g in groups {
+        for (l, &v) in lanes.iter_mut().zip(g) {
+            *l += f(v as f64);
+        }
+    }
+    lanes.iter().sum::<f64>() + rest.iter().map(|&v| f(v as f64)).sum::<f64>()
+}
+
+crate::avx512_twice! {
+    /// [`layer_norm`] of one f32 token.
+    fn layer_norm_f32(token: &mut [f32], weight: &[f32], bias: Option<&[f32]>, eps: f64) {
+        let d = token.len() as f64;
+        let mean = lane_sum(token, |v| v) / d;
+        let var = lane_sum(token, |v| (v - mean) * (v - mean)) / d;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let scaled = |v: f32, w: f32| ((v as f64 - mean) * rstd) as f32 * w;
+        match bias {
+            Some(b) => token
+                .iter_mut()
+                .zip(weight.iter().zip(b))
+                .for_each(|(v, (&w, &b))| *v = scaled(*v, w) + b),
+            None => token
+                .iter_mut()
+                .zip(weight)
+                .for_each(|(v, &w)| *v = scaled(*v, w)),
+        }
+    }
+}
+
+crate::avx512_twice! {
+    /// [`rms_norm`] of one f32 token.
+    fn rms_norm_f32(token: &mut [f32], weight: &[f32], eps: f64) {
+        let var = lane_sum(token, |v| v * v) / token.len() as f64;
+        let r = 1.0 / (var + eps).sqrt();
+        token
+            .iter_mut()
+            .zip(weight)
+            .for_each(|(v, &w)| *v = w * (*v as f64 * r) as f32);
+    }
 }
 
 #[cfg(test)]
@@ -117,22 +184,30 @@ mod tests {
 
     #[test]
     fn f32_norms_agree_with_f64() {
-        let (n, d) = (3, 64);
-        let x = tokens(n, d, 31);
-        let w: Vec<f64> = random(d, 32).iter().map(|v| v + 1.1).collect();
-        let b = random(d, 33);
-        let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        let x32 = Tensor {
-            shape: x.shape.clone(),
-            data: to32(&x.data),
-        };
-        let want = layer_norm(x.clone(), &w, Some(&b), 1e-5);
-        let got = layer_norm(x32.clone(), &to32(&w), Some(&to32(&b)), 1e-5);
-        let up: Vec<f64> = got.data.iter().map(|&v| v as f64).collect();
-        assert_close(&up, &want.data, 1e-6);
-        let want = rms_norm(x, &w, 1e-5);
-        let got = rms_norm(x32, &to32(&w), 1e-5);
-        let up: Vec<f64> = got.data.iter().map(|&v| v as f64).collect();
-        assert_close(&up, &want.data, 1e-6);
+        // Whole groups of lanes, a remainder past them, and fewer values than lanes.
+        for (i, d) in [64, 70, 9].into_iter().enumerate() {
+            let s = 10 * i as u64;
+            let n = 3;
+            let x = tokens(n, d, 31 + s);
+            let w: Vec<f64> = random(d, 32 + s).iter().map(|v| v + 1.1).collect();
+            let b = random(d, 33 + s);
+            let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let x32 = Tensor {
+                shape: x.shape.clone(),
+                data: to32(&x.data),
+            };
+            let want = layer_norm(x.clone(), &w, Some(&b), 1e-5);
+            let got = layer_norm(x32.clone(), &to32(&w), Some(&to32(&b)), 1e-5);
+            let up: Vec<f64> = got.data.iter().map(|&v| v as f64).collect();
+            assert_close(&up, &want.data, 1e-6);
+            let want = layer_norm(x.clone(), &w, None, 1e-5);
+            let got = layer_norm(x32.clone(), &to32(&w), None, 1e-5);
+            let up: Vec<f64> = got.data.iter().map(|&v| v as f64).collect();
+            assert_close(&up, &want.data, 1e-6);
+            let want = rms_norm(x, &w, 1e-5);
+            let got = rms_norm(x32, &to32(&w), 1e-5);
+            let up: Vec<f64> = got.data.iter().map(|&v| v as f64).collect();
+            assert_close(&up, &want.data, 1e-6);
+        }
     }
 }

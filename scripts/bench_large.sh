@@ -5,7 +5,7 @@
 # checkpoint and the direct-write floor of the student in the same run. Prints the times,
 # their ratios, and peak resident memory against the student checkpoint's size.
 # Targets: widen <= 2x cp's time; peak RSS <= 1.5x the student checkpoint; widen <= 1.2x
-# the direct-write floor (issue 16; median over ROUNDS=3 alternating rounds).
+# the direct-write floor (issue 16; median over ROUNDS=5 alternating rounds).
 # Needs ~6 GB of free disk in $R2RC_BENCH_DIR (default target/bench_large); removes the big
 # files afterwards unless KEEP=1.
 set -euo pipefail
@@ -64,12 +64,12 @@ sync "$D/copy.safetensors"
 t2=$(date +%s.%N)
 rm -f "$D/copy.safetensors"; sync
 
-# ROUNDS rounds (default 3) of the widen and of the direct-write floor, taking turns going
+# ROUNDS rounds (default 5) of the widen and of the direct-write floor, taking turns going
 # first: this VM's disk speed drifts by 2x within minutes, so one of each was a coin toss.
 # The floor writes the student's bytes from /dev/zero into a new file with O_DIRECT (as the
 # widen writes where the file system allows); no rewrite writes its output faster. The
 # student is 2.25x the teacher's bytes for --by 1.5.
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 rounds="$D/rounds.txt"
 : > "$rounds"
 widen_once() {

@@ -41,3 +41,20 @@ macro_rules! avx512_twice {
         }
     };
 }
+
+/// `sum f(x)` over `c` in `L` interleaved f64 lanes (lane `i` adds the values at `i mod L`),
+/// then the lanes in order, then the values past the last whole group: a fixed order, so
+/// the bits do not depend on threads, and `L` independent chains instead of one, so the
+/// loop vectorises (inside [`avx512_twice!`], to the wide registers).
+#[inline(always)]
+pub fn lanes_sum<const L: usize, T: Copy>(c: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0.0f64; L];
+    let groups = c.chunks_exact(L);
+    let rest = groups.remainder();
+    for g in groups {
+        for (a, &x) in acc.iter_mut().zip(g) {
+            *a += f(x);
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|&x| f(x)).sum::<f64>()
+}

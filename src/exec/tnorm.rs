@@ -79,19 +79,10 @@ pub fn rms_norm<T: Float>(mut x: Tensor<T>, weight: &[T], eps: f64) -> Tensor<T>
 /// Lanes of the f32 sums.
 const LANES: usize = 16;
 
-/// `sum f(v)` over `token` in f64: lane `i` adds the values at `i mod LANES`, then the
-/// lanes are added in order, then the values past the last whole group.
+/// `sum f(v)` over a token's values in f64, in [`LANES`] lanes.
 #[inline(always)]
 fn lane_sum(token: &[f32], f: impl Fn(f64) -> f64) -> f64 {
-    let mut lanes = [0f64; LANES];
-    let groups = token.chunks_exact(LANES);
-    let rest = groups.remainder();
-    for g in groups {
-        for (l, &v) in lanes.iter_mut().zip(g) {
-            *l += f(v as f64);
-        }
-    }
-    lanes.iter().sum::<f64>() + rest.iter().map(|&v| f(v as f64)).sum::<f64>()
+    crate::cpu::lanes_sum::<LANES, f32>(token, |v| f(v as f64))
 }
 
 crate::avx512_twice! {

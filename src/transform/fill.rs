@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::chacha::Position;
 use super::Init;
+use crate::cpu::lanes_sum;
 use crate::ir::ParamKind;
 
 /// What a method puts into the new rows, entries and columns of one space. Every call gets
@@ -324,9 +325,9 @@ type Moments = (f64, f64, usize);
 
 crate::avx512_twice! {
     fn moments(c: &[f64]) -> Moments {
-        let sum = lanes_sum(c, &|x| x);
+        let sum = lanes_sum::<8, f64>(c, |x| x);
         let mean = sum / c.len().max(1) as f64;
-        (sum, lanes_sum(c, &|x| (x - mean) * (x - mean)), c.len())
+        (sum, lanes_sum::<8, f64>(c, |x| (x - mean) * (x - mean)), c.len())
     }
 }
 
@@ -357,19 +358,6 @@ pub(crate) fn std_by_chunks(n: usize, get: &Values) -> crate::error::Result<f64>
         })
         .collect::<crate::error::Result<_>>()?;
     Ok(combined_std(&parts, n))
-}
-
-/// `sum f(x)` over `c` in 8 interleaved lanes, then the lanes and the remainder in order.
-#[inline(always)]
-fn lanes_sum(c: &[f64], f: &impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut it = c.chunks_exact(8);
-    for ch in &mut it {
-        for (a, &x) in acc.iter_mut().zip(ch) {
-            *a += f(x);
-        }
-    }
-    acc.iter().sum::<f64>() + it.remainder().iter().map(|&x| f(x)).sum::<f64>()
 }
 
 /// The shape of `t` with dimension `axis` set to `len`.

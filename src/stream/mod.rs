@@ -297,6 +297,7 @@ pub fn write(
     let (sender, rx) = std::sync::mpsc::channel::<Job>();
     let (back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
     let queued = &Queued::new(AHEAD);
+    let widened_ahead = &Queued::new(PREPARED_AHEAD);
     // `false`: the writer stopped (on an error, which its join reports).
     let tx = move |job: Job| {
         queued.add(job.bytes());
@@ -332,16 +333,25 @@ pub fn write(
         });
         // The next widened tensors' scale passes run on a thread of their own while this
         // one computes the current tensor's values, so that the writer does not wait for
-        // them (a wide layer's take a tenth of a second).
-        let (ready, prepared) = std::sync::mpsc::sync_channel(1);
+        // them (a wide layer's take a tenth of a second). It runs ahead by widened tensors,
+        // not by entries: counted by entries, the norm parameters between two wide layers
+        // held it back until the first was nearly written, and the writer then idled
+        // through the second's scale passes (50 ms at a time in a 1 GB widen).
+        let (ready, prepared) = std::sync::mpsc::channel();
         let (stored, entries) = (&stored, &entries);
+        let background = background_pool();
         s.spawn(move || {
+            let prepare = |st| match &background {
+                Some(pool) => pool.install(|| prepare(patch, teacher, st)),
+                None => prepare(patch, teacher, st),
+            };
             for (st, entry) in stored.iter().zip(entries) {
-                let p = if entry.counter {
-                    Ok(None)
-                } else {
-                    prepare(patch, teacher, st)
-                };
+                let p = if entry.counter { Ok(None) } else { prepare(st) };
+                if matches!(p, Ok(Some(_))) {
+                    // Waits while PREPARED_AHEAD are prepared and their values not all
+                    // computed (their stored draws stay in memory until then).
+                    widened_ahead.add(1);
+                }
                 if ready.send(p).is_err() {
                     // The computing side stopped.
                     break;
@@ -355,7 +365,9 @@ pub fn write(
                 if let Some(p) = ahead {
                     let send =
                         &mut |at, bytes, last| tx(Job::Part(out.clone(), at, bytes, pad, last));
-                    write_prepared(&p, dtype, &spare, pad, send)?;
+                    let written = write_prepared(&p, dtype, &spare, pad, send);
+                    widened_ahead.done(1);
+                    written?;
                     src.release(p.file);
                     continue;
                 }
@@ -391,6 +403,9 @@ pub fn write(
             Ok(())
         };
         let res = computed();
+        // The preparing thread must not wait for room that will not come.
+        widened_ahead.close();
+        drop(prepared);
         // The writer's loop ends when the sender, which `tx` owns, goes.
         drop(tx);
         let w = handle.join().expect("the writer thread does not panic");
@@ -404,6 +419,37 @@ pub fn write(
 /// 0.15 s of writing at 1.6 GB/s, which covers the scale pass and draws of the next widened
 /// tensor (the writer idled 1.1 s of a 2.7 s 1.1 GB widen with one chunk ahead).
 const AHEAD: usize = 256 << 20;
+
+/// Threads for the scale passes, as many as rayon's, at a lower priority than the ones
+/// that compute values. In one pool, a big tensor's scale passes took every thread for up
+/// to 0.1 s (rayon finishes the job a thread holds before it takes another) while the
+/// values the writer was waiting for queued behind them; at low priority they take only
+/// the time the values leave. `None` where no pool could be made: then rayon's own.
+fn background_pool() -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("r2rc-scales-{i}"))
+        .start_handler(|_| lower_priority())
+        .build()
+        .ok()
+}
+
+/// Lowers the calling thread's scheduling priority by 10 nice levels (on Linux, where
+/// each thread has its own, and `PRIO_PROCESS` of 0 is the calling thread); elsewhere
+/// nothing.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: getpriority and setpriority take no pointers; a failure leaves the priority.
+    unsafe {
+        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+        libc::setpriority(libc::PRIO_PROCESS, 0, (nice + 10).min(19));
+    }
+}
+
+/// Widened tensors whose scale passes may be done before the writer has the earlier ones
+/// (the one being computed included): as many as when the preparing thread ran one stored
+/// tensor ahead, so no more stored draws are held.
+const PREPARED_AHEAD: usize = 2;
 
 /// Bytes queued for the writer thread and not yet written: [`Queued::add`] waits while
 /// they would pass the limit (one job of any size may always wait alone).
@@ -566,9 +612,15 @@ fn write_prepared(
     let mut at = 0;
     while at < n {
         let len = (n - at).min(LAZY_CHUNK);
-        let mut bytes = spare.try_recv().unwrap_or_default();
         // A buffer that comes back has this length already: no zero fill (every byte
-        // after `pad` is written below).
+        // after `pad` is written below). A new one is zeroed by the allocator without
+        // touching it (a fresh mapping is zero), so its pages are first touched by the
+        // pieces below, on every core, and not by a zero fill on this thread: up to 16 of
+        // them are made while the writer's queue fills, and filling each took 8 ms, in
+        // which the writer could run dry.
+        let mut bytes = spare
+            .try_recv()
+            .unwrap_or_else(|_| vec![0; pad + len * size]);
         bytes.resize(pad + len * size, 0);
         // Each piece's values stay in the core's cache between computing and encoding.
         const SUB: usize = 1 << 15;
@@ -648,6 +700,24 @@ pub(crate) fn copy_tensor(
 #[cfg(test)]
 mod tests {
     use super::Queued;
+
+    /// The scale passes' threads run 10 nice levels below the caller's (19 at most), so
+    /// the values the writer waits for go first.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn scale_passes_run_at_a_lower_priority() {
+        // SAFETY: getpriority takes no pointers.
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let own = nice();
+        let pool = super::background_pool().expect("a thread pool");
+        let theirs = pool.broadcast(|_| nice());
+        assert_eq!(theirs.len(), rayon::current_num_threads());
+        assert!(
+            theirs.iter().all(|&n| n == (own + 10).min(19)),
+            "{own} {theirs:?}"
+        );
+        assert_eq!(nice(), own, "the caller's priority is unchanged");
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]

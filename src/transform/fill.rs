@@ -301,9 +301,10 @@ pub(crate) fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
 
 /// Population standard deviation of a tensor's values.
 ///
-/// Computed in fixed chunks (8 lanes each, so it vectorises): each chunk's sum and squared
-/// deviations from its own mean, the chunks then combined in order (Chan et al.'s pairwise
-/// update). The same bits however many threads run it, fast on the hundreds of millions of
+/// Computed in fixed chunks, each summed in 32 lanes (four chains of 8-wide adds, which
+/// overlap: with one chain the sums waited on each add's latency): each chunk's sum and
+/// squared deviations from its own mean, the chunks then combined in order (Chan et al.'s
+/// pairwise update). The same bits however many threads run it, fast on the hundreds of millions of
 /// values of a wide layer (a plain sequential sum was a tenth of a large widening), and one
 /// pass over values that are computed on demand ([`std_by_chunks`]; the global mean first
 /// took a pass of its own).
@@ -325,9 +326,9 @@ type Moments = (f64, f64, usize);
 
 crate::avx512_twice! {
     fn moments(c: &[f64]) -> Moments {
-        let sum = lanes_sum::<8, f64>(c, |x| x);
+        let sum = lanes_sum::<32, f64>(c, |x| x);
         let mean = sum / c.len().max(1) as f64;
-        (sum, lanes_sum::<8, f64>(c, |x| (x - mean) * (x - mean)), c.len())
+        (sum, lanes_sum::<32, f64>(c, |x| (x - mean) * (x - mean)), c.len())
     }
 }
 

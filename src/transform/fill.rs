@@ -306,7 +306,7 @@ pub(crate) fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
 /// squared deviations from its own mean, the chunks then combined in order (Chan et al.'s
 /// pairwise update). The same bits however many threads run it, fast on the hundreds of millions of
 /// values of a wide layer (a plain sequential sum was a tenth of a large widening), and one
-/// pass over values that are computed on demand ([`std_by_chunks`]; the global mean first
+/// pass over values that are computed on demand ([`chunk_moments`]; the global mean first
 /// took a pass of its own).
 pub fn std_of(t: &ArrayD<f64>) -> f64 {
     let t = t.as_standard_layout();
@@ -322,7 +322,7 @@ pub type Values<'a> = dyn Fn(usize, &mut [f64]) -> crate::error::Result<()> + Sy
 pub(crate) const SUM_CHUNK: usize = 1 << 16;
 
 /// A chunk's sum, its squared deviations from its own mean, and its length.
-type Moments = (f64, f64, usize);
+pub(crate) type Moments = (f64, f64, usize);
 
 crate::avx512_twice! {
     fn moments(c: &[f64]) -> Moments {
@@ -333,7 +333,7 @@ crate::avx512_twice! {
 }
 
 /// The standard deviation of `n` values from their chunks' [`Moments`], in order.
-fn combined_std(parts: &[Moments], n: usize) -> f64 {
+pub(crate) fn combined_std(parts: &[Moments], n: usize) -> f64 {
     let count = n.max(1) as f64;
     let mean = parts.iter().map(|p| p.0).sum::<f64>() / count;
     let squares: f64 = parts
@@ -346,19 +346,27 @@ fn combined_std(parts: &[Moments], n: usize) -> f64 {
     (squares / count).sqrt()
 }
 
-/// [`std_of`] of `n` values that `get(start, out)` computes range by range (into
-/// [`SUM_CHUNK`]-long chunks): the same bits, without the values in memory at once.
-pub(crate) fn std_by_chunks(n: usize, get: &Values) -> crate::error::Result<f64> {
-    let parts: Vec<Moments> = (0..n.div_ceil(SUM_CHUNK))
+/// The [`Moments`] of each [`SUM_CHUNK`]-long chunk of `n` values that `get(start, out)`
+/// computes range by range, in order, the first `known.len()` taken from `known` (whole
+/// chunks of the same values, summed before). With [`combined_std`], [`std_of`]'s bits
+/// without the values in memory at once.
+pub(crate) fn chunk_moments(
+    n: usize,
+    get: &Values,
+    known: &[Moments],
+) -> crate::error::Result<Vec<Moments>> {
+    (0..n.div_ceil(SUM_CHUNK))
         .into_par_iter()
         .map_init(Vec::new, |buf, k| {
+            if let Some(&m) = known.get(k) {
+                return Ok(m);
+            }
             let start = k * SUM_CHUNK;
             buf.resize((n - start).min(SUM_CHUNK), 0.0);
             get(start, buf)?;
             Ok(moments(buf))
         })
-        .collect::<crate::error::Result<_>>()?;
-    Ok(combined_std(&parts, n))
+        .collect()
 }
 
 /// The shape of `t` with dimension `axis` set to `len`.
@@ -546,19 +554,52 @@ mod tests {
         assert_eq!(std_of(&ArrayD::zeros(IxDyn(&[0]))), 0.0);
     }
 
-    /// The chunked standard deviation has std_of's bits.
+    /// The chunked standard deviation has std_of's bits, computing every chunk or taking
+    /// the front ones from an earlier pass over a prefix of the values (which `get` is then
+    /// never asked for).
     #[test]
-    fn std_by_chunks_matches_std_of() {
+    fn chunk_moments_give_std_of() {
         for n in [0usize, 1, 9, 65535, 65536, 200_003] {
             let mut r = keyed_rng(1, 0, "s", Part::Rows);
             let v = draw(&mut r, n, 2, |r| uniform(r, -0.2, 1.1));
             let t = ArrayD::from_shape_vec(IxDyn(&[n]), v.clone()).unwrap();
-            let got = std_by_chunks(n, &|at, out: &mut [f64]| {
-                out.copy_from_slice(&v[at..at + out.len()]);
-                Ok(())
-            })
+            let want = std_of(&t).to_bits();
+            let all = chunk_moments(
+                n,
+                &|at, out: &mut [f64]| {
+                    out.copy_from_slice(&v[at..at + out.len()]);
+                    Ok(())
+                },
+                &[],
+            )
             .unwrap();
-            assert_eq!(got.to_bits(), std_of(&t).to_bits(), "{n}");
+            assert_eq!(combined_std(&all, n).to_bits(), want, "{n}");
+            // A prefix's whole chunks, summed on their own.
+            let front = n * 2 / 3 / SUM_CHUNK * SUM_CHUNK;
+            let known = chunk_moments(
+                front,
+                &|at, out: &mut [f64]| {
+                    out.copy_from_slice(&v[at..at + out.len()]);
+                    Ok(())
+                },
+                &[],
+            )
+            .unwrap();
+            let parts = chunk_moments(
+                n,
+                &|at, out: &mut [f64]| {
+                    assert!(at >= front, "chunk at {at} computed again");
+                    out.copy_from_slice(&v[at..at + out.len()]);
+                    Ok(())
+                },
+                &known,
+            )
+            .unwrap();
+            assert_eq!(
+                combined_std(&parts, n).to_bits(),
+                want,
+                "{n}, {front} known"
+            );
         }
     }
 }

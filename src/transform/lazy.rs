@@ -5,10 +5,13 @@
 //! without the f64 intermediates of [`super::apply_touches`] (whose fresh pages cost more
 //! than the arithmetic). Every value has the bits `apply_touches` gives it: draws come
 //! from the same keyed streams at the same word positions ([`super::fill::draw`]), the
-//! scales from [`std_by_chunks`], which sums as [`super::std_of`] does.
+//! scales from [`chunk_moments`], which sums as [`super::std_of`] does (a scale pass after
+//! a `[w; u; u]` touch takes the whole chunks of `w` from the pass before).
 
 use super::chacha::{Position, Stream};
-use super::fill::{draw_sampled, keyed_rng, std_by_chunks, Lazily, Part, Sampler};
+use super::fill::{
+    chunk_moments, combined_std, draw_sampled, keyed_rng, Lazily, Moments, Part, Sampler, SUM_CHUNK,
+};
 use super::{whole, Touch};
 use crate::error::Result;
 
@@ -26,6 +29,16 @@ enum Map {
     Zeros { n: usize, u: usize },
     /// Per row: `[prev_row (a), b zeros]` (held features).
     ZeroColumns { a: usize, b: usize },
+}
+
+impl Map {
+    /// How many values at the front of the tensor the touch keeps where they were.
+    fn kept_front(&self) -> usize {
+        match *self {
+            Map::Rows { n, .. } | Map::Zeros { n, .. } => n,
+            Map::Columns { .. } | Map::ZeroColumns { .. } => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +144,9 @@ impl Lazy {
             layers: Vec::new(),
             shape,
         };
+        // The last scale pass's level and chunk moments: a touch that keeps the front of
+        // the tensor (`[w; u; u]`) leaves its whole chunks to the next pass as they were.
+        let mut summed: Option<(usize, Vec<Moments>)> = None;
         for (tc, ctx, map, n, fan_in, count) in plan {
             if count == 0 {
                 // Zeros: no scale pass, no draws.
@@ -145,16 +161,25 @@ impl Lazy {
                 ready()?;
                 checked = true;
             }
+            let known = match (summed.take(), level.checked_sub(1)) {
+                (Some((l, mut parts)), Some(prev)) if l == prev => {
+                    parts.truncate(lazy.layers[prev].map.kept_front() / SUM_CHUNK);
+                    parts
+                }
+                _ => Vec::new(),
+            };
             let mut failed = None;
             let sampler = ctx.sampler(
                 || {
                     let get = |at, out: &mut [f64]| lazy.fill(level, at, out, base);
-                    let std = std_by_chunks(n, &get).and_then(|s| {
+                    let std = chunk_moments(n, &get, &known).and_then(|parts| {
+                        let s = combined_std(&parts, n);
                         if !checked && !s.is_finite() {
                             // Values not finite, or finite ones whose squares overflow.
                             ready()?;
                         }
                         checked = true;
+                        summed = Some((level, parts));
                         Ok(s)
                     });
                     std.unwrap_or_else(|e| {
@@ -470,6 +495,12 @@ mod tests {
             // Draws past draw's parallel chunk (32768 values).
             (vec![200, 401], vec![(Part::Rows, 1, 200, 200)]),
             (vec![100, 701], vec![(Part::Columns, 1, 701, 702)]),
+            // Rows first, past SUM_CHUNK: the columns' scale pass takes the teacher's
+            // whole chunks from the rows' pass.
+            (
+                vec![300, 500],
+                vec![(Part::Rows, 1, 300, 100), (Part::Columns, 1, 500, 200)],
+            ),
         ])
         .collect();
         cases.extend([

@@ -628,17 +628,20 @@ fn write_prepared(
         if teacher.dtype == DType::F32 && dtype == DType::F32 {
             // f32 to f32: the teacher's values are copied, not taken through f64 and back
             // (the same bits; a third of the values pass).
+            // Each piece is computed in a buffer that stays in the core's cache, then
+            // stored to the output without reading it first ([`crate::cpu::copy_streaming`]).
             pieces.try_for_each_init(Vec::new, |values, (k, out)| {
-                // SAFETY: any 4 bytes are an f32.
-                let (head, direct, tail) = unsafe { out.align_to_mut::<f32>() };
-                if cfg!(target_endian = "little") && head.is_empty() && tail.is_empty() {
-                    // The values' own bytes are the encoding: computed in place.
-                    return lazy.values_f32(at + k * SUB, direct, &base_f32);
-                }
                 values.resize(out.len() / 4, 0f32);
                 lazy.values_f32(at + k * SUB, values, &base_f32)?;
-                for (o, v) in out.as_chunks_mut::<4>().0.iter_mut().zip(values.iter()) {
-                    *o = v.to_le_bytes();
+                if cfg!(target_endian = "little") {
+                    // The values' own bytes are the encoding.
+                    // SAFETY: an f32 slice's memory is readable as bytes.
+                    let (_, bytes, _) = unsafe { values.align_to::<u8>() };
+                    crate::cpu::copy_streaming(out, bytes);
+                } else {
+                    for (o, v) in out.as_chunks_mut::<4>().0.iter_mut().zip(values.iter()) {
+                        *o = v.to_le_bytes();
+                    }
                 }
                 Ok::<_, crate::error::Error>(())
             })?;

@@ -627,9 +627,9 @@ fn write_prepared(
         let pieces = bytes[pad..].par_chunks_mut(SUB * size).enumerate();
         if teacher.dtype == DType::F32 && dtype == DType::F32 {
             // f32 to f32: the teacher's values are copied, not taken through f64 and back
-            // (the same bits; a third of the values pass).
-            // Each piece is computed in a buffer that stays in the core's cache, then
-            // stored to the output without reading it first ([`crate::cpu::copy_streaming`]).
+            // (the same bits; a third of the values pass). Each piece is computed in a
+            // buffer that stays in the core's cache, then stored to the output without
+            // reading the output first ([`crate::cpu::copy_streaming`]).
             pieces.try_for_each_init(Vec::new, |values, (k, out)| {
                 values.resize(out.len() / 4, 0f32);
                 lazy.values_f32(at + k * SUB, values, &base_f32)?;
@@ -703,6 +703,7 @@ pub(crate) fn copy_tensor(
 #[cfg(test)]
 mod tests {
     use super::Queued;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The scale passes' threads run 10 nice levels below the caller's (19 at most), so
     /// the values the writer waits for go first.
@@ -721,7 +722,6 @@ mod tests {
         );
         assert_eq!(nice(), own, "the caller's priority is unchanged");
     }
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn the_queue_holds_at_most_its_limit_and_never_blocks_once_closed() {

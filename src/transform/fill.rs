@@ -304,10 +304,10 @@ pub(crate) fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
 /// Computed in fixed chunks, each summed in 32 lanes (four chains of 8-wide adds, which
 /// overlap: with one chain the sums waited on each add's latency): each chunk's sum and
 /// squared deviations from its own mean, the chunks then combined in order (Chan et al.'s
-/// pairwise update). The same bits however many threads run it, fast on the hundreds of millions of
-/// values of a wide layer (a plain sequential sum was a tenth of a large widening), and one
-/// pass over values that are computed on demand ([`chunk_moments`]; the global mean first
-/// took a pass of its own).
+/// pairwise update). The same bits however many threads run it, fast on the hundreds of
+/// millions of values of a wide layer (a plain sequential sum was a tenth of a large
+/// widening), and one pass over values that are computed on demand ([`chunk_moments`]; the
+/// global mean first took a pass of its own).
 pub fn std_of(t: &ArrayD<f64>) -> f64 {
     let t = t.as_standard_layout();
     let v = t.as_slice().expect("standard layout");
@@ -564,37 +564,21 @@ mod tests {
             let v = draw(&mut r, n, 2, |r| uniform(r, -0.2, 1.1));
             let t = ArrayD::from_shape_vec(IxDyn(&[n]), v.clone()).unwrap();
             let want = std_of(&t).to_bits();
-            let all = chunk_moments(
-                n,
-                &|at, out: &mut [f64]| {
-                    out.copy_from_slice(&v[at..at + out.len()]);
-                    Ok(())
-                },
-                &[],
-            )
-            .unwrap();
-            assert_eq!(combined_std(&all, n).to_bits(), want, "{n}");
-            // A prefix's whole chunks, summed on their own.
+            // A prefix's whole chunks, summed on their own; `get` is not asked for them
+            // again when they are known.
             let front = n * 2 / 3 / SUM_CHUNK * SUM_CHUNK;
-            let known = chunk_moments(
-                front,
-                &|at, out: &mut [f64]| {
+            let get = |from: usize| {
+                let v = &v;
+                move |at: usize, out: &mut [f64]| {
+                    assert!(at >= from, "chunk at {at} computed again");
                     out.copy_from_slice(&v[at..at + out.len()]);
                     Ok(())
-                },
-                &[],
-            )
-            .unwrap();
-            let parts = chunk_moments(
-                n,
-                &|at, out: &mut [f64]| {
-                    assert!(at >= front, "chunk at {at} computed again");
-                    out.copy_from_slice(&v[at..at + out.len()]);
-                    Ok(())
-                },
-                &known,
-            )
-            .unwrap();
+                }
+            };
+            let all = chunk_moments(n, &get(0), &[]).unwrap();
+            assert_eq!(combined_std(&all, n).to_bits(), want, "{n}");
+            let known = chunk_moments(front, &get(0), &[]).unwrap();
+            let parts = chunk_moments(n, &get(front), &known).unwrap();
             assert_eq!(
                 combined_std(&parts, n).to_bits(),
                 want,

@@ -25,7 +25,6 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -34,6 +33,7 @@ import torchvision
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workdir  # noqa: E402  (scratch folders, removed when every check passed)
 from check_torch import compare, forward, r2rc, r2rc_run, randomise, torch_model  # noqa: E402
 
 NETS = ["resnext50_32x4d", "densenet121"]
@@ -95,8 +95,7 @@ def main():
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    work = args.keep or tempfile.mkdtemp(prefix="r2rc-families-")
-    os.makedirs(work, exist_ok=True)
+    work = workdir.folder(args.keep, "r2rc-families-")
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
     print(f"{'check':<70} {'max|out|':>10} {'max|err|':>10} {'err/max':>9}  result")
     passed = failed = 0
@@ -117,4 +116,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(workdir.finish(main()))

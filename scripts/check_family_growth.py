@@ -22,9 +22,9 @@ Usage: check_family_growth.py [--r2rc target/release/r2rc] [--examples examples]
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workdir  # noqa: E402  (scratch folders, removed when every check passed)
 import check_torch as ct  # noqa: E402  (the shared module loader and comparisons)
 
 from family_cases import arch_for, cases  # noqa: E402
@@ -38,8 +38,7 @@ def main():
     ap.add_argument("--examples", default="examples", help="folder of .arch files")
     ap.add_argument("--keep", help="write files here instead of a temporary folder")
     args = ap.parse_args()
-    work = args.keep or tempfile.mkdtemp(prefix="r2rc-family-growth-")
-    os.makedirs(work, exist_ok=True)
+    work = workdir.folder(args.keep, "r2rc-family-growth-")
     failed = 0
     rows = 0
     for stem, src, grows in cases():
@@ -64,4 +63,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(workdir.finish(main()))

@@ -30,7 +30,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -39,6 +38,7 @@ import onnxruntime as ort
 from safetensors.numpy import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workdir  # noqa: E402  (scratch folders, removed when every check passed)
 import family_cases  # noqa: E402  (the grown students of issue 17, shared with check_family_growth.py)
 
 TOLERANCE = 1e-4
@@ -245,8 +245,7 @@ def main():
         print(f"no .arch files in {args.examples}", file=sys.stderr)
         return 2
     arches += sorted(glob.glob(os.path.join(args.fixtures, "*.arch")))
-    work = args.keep or tempfile.mkdtemp(prefix="r2rc-interop-")
-    os.makedirs(work, exist_ok=True)
+    work = workdir.folder(args.keep, "r2rc-interop-")
     cases = []
     for arch in arches:
         stem = os.path.splitext(os.path.basename(arch))[0]
@@ -313,4 +312,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(workdir.finish(main()))

@@ -27,13 +27,15 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
 import torchvision
 from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workdir  # noqa: E402  (scratch folders, removed when every check passed)
 
 TOLERANCE = 1e-4
 
@@ -265,8 +267,7 @@ def main():
         print(f"no .arch files in {args.examples}", file=sys.stderr)
         return 2
     arches += sorted(glob.glob(os.path.join(args.fixtures, "*.arch")))
-    work = args.keep or tempfile.mkdtemp(prefix="r2rc-torch-")
-    os.makedirs(work, exist_ok=True)
+    work = workdir.folder(args.keep, "r2rc-torch-")
 
     checks = []
     for i, arch in enumerate(arches):
@@ -311,4 +312,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(workdir.finish(main()))

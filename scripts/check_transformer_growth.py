@@ -49,7 +49,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -58,6 +57,7 @@ from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workdir  # noqa: E402  (scratch folders, removed when every check passed)
 from check_transformers import VIT_ARCH, randomise  # noqa: E402
 
 TOLERANCE = 1e-4  # f32 logits against the teacher's, times max |logit|
@@ -509,8 +509,7 @@ def main():
     print(f"seed {seed}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    work = args.keep or tempfile.mkdtemp(prefix="r2rc-grow-")
-    os.makedirs(work, exist_ok=True)
+    work = workdir.folder(args.keep, "r2rc-grow-")
     start = time.time()
     passed = total = 0
     for kind in ("llama", "gpt2", "vit"):
@@ -532,8 +531,8 @@ def main():
                 print(f"FAIL {label}: {e}", flush=True)
             except Exception as e:  # a library error fails this case, not the rest
                 print(f"FAIL {label}: {type(e).__name__}: {e}", flush=True)
-    print(f"{passed}/{total} passed in {time.time() - start:.0f} s (files in {work})")
-    sys.exit(0 if passed == total else 1)
+    print(f"{passed}/{total} passed in {time.time() - start:.0f} s")
+    sys.exit(workdir.finish(0 if passed == total else 1))
 
 
 if __name__ == "__main__":

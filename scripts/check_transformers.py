@@ -22,10 +22,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workdir  # noqa: E402  (scratch folders, removed when every check passed)
 
 TOLERANCE = 1e-4
 VOCAB, TOKENS, WIDTH, BATCH = 64, 16, 32, 2
@@ -174,8 +176,7 @@ def main():
     print(f"seed {seed}")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    work = args.keep or tempfile.mkdtemp(prefix="r2rc-tf-")
-    os.makedirs(work, exist_ok=True)
+    work = workdir.folder(args.keep, "r2rc-tf-")
     checks = [
         ("llama", lambda: hf_model("llama", args.r2rc, work, gen)),
         ("gpt2", lambda: hf_model("gpt2", args.r2rc, work, gen)),
@@ -189,8 +190,8 @@ def main():
             ok, line = False, f"{name}: error: {type(e).__name__}: {e}"
         failed += not ok
         print(line, flush=True)
-    print(f"{len(checks) - failed} of {len(checks)} models agree (files in {work})")
-    sys.exit(1 if failed else 0)
+    print(f"{len(checks) - failed} of {len(checks)} models agree")
+    sys.exit(workdir.finish(1 if failed else 0))
 
 
 if __name__ == "__main__":

@@ -187,18 +187,19 @@ mod tests {
                 shape: x.shape.clone(),
                 data: to32(&x.data),
             };
-            let want = layer_norm(x.clone(), &w, Some(&b), 1e-5);
-            let got = layer_norm(x32.clone(), &to32(&w), Some(&to32(&b)), 1e-5);
-            let up: Vec<f64> = got.data.iter().map(|&v| v as f64).collect();
-            assert_close(&up, &want.data, 1e-6);
-            let want = layer_norm(x.clone(), &w, None, 1e-5);
-            let got = layer_norm(x32.clone(), &to32(&w), None, 1e-5);
-            let up: Vec<f64> = got.data.iter().map(|&v| v as f64).collect();
-            assert_close(&up, &want.data, 1e-6);
-            let want = rms_norm(x, &w, 1e-5);
-            let got = rms_norm(x32, &to32(&w), 1e-5);
-            let up: Vec<f64> = got.data.iter().map(|&v| v as f64).collect();
-            assert_close(&up, &want.data, 1e-6);
+            let agree = |got: Tensor<f32>, want: Tensor<f64>| {
+                let up: Vec<f64> = got.data.iter().map(|&v| v as f64).collect();
+                assert_close(&up, &want.data, 1e-6);
+            };
+            agree(
+                layer_norm(x32.clone(), &to32(&w), Some(&to32(&b)), 1e-5),
+                layer_norm(x.clone(), &w, Some(&b), 1e-5),
+            );
+            agree(
+                layer_norm(x32.clone(), &to32(&w), None, 1e-5),
+                layer_norm(x.clone(), &w, None, 1e-5),
+            );
+            agree(rms_norm(x32, &to32(&w), 1e-5), rms_norm(x, &w, 1e-5));
         }
     }
 }

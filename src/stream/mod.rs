@@ -341,12 +341,16 @@ pub fn write(
         let (stored, entries) = (&stored, &entries);
         let background = background_pool();
         s.spawn(move || {
-            let prepare = |st| match &background {
+            let prepare_in_background = |st| match &background {
                 Some(pool) => pool.install(|| prepare(patch, teacher, st)),
                 None => prepare(patch, teacher, st),
             };
             for (st, entry) in stored.iter().zip(entries) {
-                let p = if entry.counter { Ok(None) } else { prepare(st) };
+                let p = if entry.counter {
+                    Ok(None)
+                } else {
+                    prepare_in_background(st)
+                };
                 if matches!(p, Ok(Some(_))) {
                     // Waits while PREPARED_AHEAD are prepared and their values not all
                     // computed (their stored draws stay in memory until then).

@@ -19,42 +19,112 @@ const CHUNK: usize = 32 << 20;
 /// common block size).
 pub(crate) const ALIGN: usize = 4096;
 
-/// A page-aligned byte buffer of [`CHUNK`] bytes.
-struct Aligned {
-    ptr: *mut u8,
+/// The size of a huge page (x86-64 and aarch64 with 4 KiB base pages).
+const HUGE: usize = 2 << 20;
+
+/// A byte buffer for data on its way to the device: a private mapping of its own, zero
+/// when made, that (from [`HUGE`] bytes) starts on a huge-page boundary and asks the kernel
+/// for huge pages.
+///
+/// Why: a disk request carries a bounded number of segments, one per physically
+/// contiguous run of memory (254 on this machine's virtio disk). From 4 KiB pages a
+/// request held about 1 MB; from 2 MiB pages it holds 4 MB (the queue's `max_sectors_kb`),
+/// and the device takes fewer, larger requests faster: writing 2.5 GB with `O_DIRECT` in
+/// 16 MB calls took 1.28-1.40 s from 4 KiB pages and 0.77-0.97 s from huge pages, in the
+/// same eight alternations (`dd oflag=direct`: 1.24-2.03 s). Where huge pages are off, the
+/// advice does nothing and the buffer works the same.
+pub struct DeviceBuffer {
+    /// The mapping's first byte, [`HUGE`]-aligned when `cap` is at least [`HUGE`].
+    map: std::ptr::NonNull<u8>,
+    /// The mapping's length, a multiple of [`HUGE`] or, below it, of [`ALIGN`].
+    cap: usize,
+    len: usize,
 }
 
-// SAFETY: the buffer is owned and only reached through `&mut`.
-unsafe impl Send for Aligned {}
+// SAFETY: the mapping is owned and only reached through `&self` or `&mut self`.
+unsafe impl Send for DeviceBuffer {}
 
-impl Aligned {
-    fn layout() -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(CHUNK, ALIGN).expect("a valid layout")
+impl DeviceBuffer {
+    /// `len` zero bytes. Below a huge page, a plain mapping of whole pages: a huge page
+    /// would be zeroed whole for the few kilobytes of a norm's parameters.
+    pub fn zeroed(len: usize) -> io::Result<DeviceBuffer> {
+        let huge = len >= HUGE;
+        let cap = len.max(1).next_multiple_of(if huge { HUGE } else { ALIGN });
+        // A huge buffer is mapped a huge page longer, then cut to the aligned stretch
+        // inside.
+        let over = if huge { HUGE } else { 0 };
+        // SAFETY: an anonymous private mapping; the calls after it unmap and advise only
+        // ranges inside it.
+        unsafe {
+            let raw = libc::mmap(
+                std::ptr::null_mut(),
+                cap + over,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if raw == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let mut start = raw as usize;
+            if huge {
+                start = start.next_multiple_of(HUGE);
+                let head = start - raw as usize;
+                if head > 0 {
+                    libc::munmap(raw, head);
+                }
+                libc::munmap((start + cap) as *mut libc::c_void, HUGE - head);
+                #[cfg(target_os = "linux")]
+                libc::madvise(start as *mut libc::c_void, cap, libc::MADV_HUGEPAGE);
+            }
+            Ok(DeviceBuffer {
+                map: std::ptr::NonNull::new(start as *mut u8).expect("mmap succeeded"),
+                cap,
+                len,
+            })
+        }
     }
 
-    fn new() -> Option<Aligned> {
-        // SAFETY: a non-zero-sized layout; a null result is handled.
-        let ptr = unsafe { std::alloc::alloc(Self::layout()) };
-        (!ptr.is_null()).then_some(Aligned { ptr })
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` points at CHUNK bytes owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, CHUNK) }
+    /// Makes the buffer `len` bytes long. Bytes it gains hold what they last held (zero
+    /// in memory never written): callers overwrite them. Past its capacity it is a new
+    /// zero buffer.
+    pub fn resize(&mut self, len: usize) -> io::Result<()> {
+        if len > self.cap {
+            *self = DeviceBuffer::zeroed(len)?;
+        } else {
+            self.len = len;
+        }
+        Ok(())
     }
 }
 
-impl Drop for Aligned {
+impl std::ops::Deref for DeviceBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len <= cap` mapped, readable bytes.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for DeviceBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, borrowed mutably through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with the same layout.
-        unsafe { std::alloc::dealloc(self.ptr, Self::layout()) }
+        // SAFETY: the mapping made in `zeroed`.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.cap) };
     }
 }
 
 /// A file being written in order from offset 0. Bytes before `start` are on the device;
 /// `buf[..len]` are the next ones.
 pub struct Sequential {
-    buf: Aligned,
+    buf: DeviceBuffer,
     start: u64,
     len: usize,
 }
@@ -64,13 +134,13 @@ impl Sequential {
     /// system refuses it.
     pub fn new(file: &File) -> Option<Sequential> {
         set_direct(file, true).ok()?;
-        match Aligned::new() {
-            Some(buf) => Some(Sequential {
+        match DeviceBuffer::zeroed(CHUNK) {
+            Ok(buf) => Some(Sequential {
                 buf,
                 start: 0,
                 len: 0,
             }),
-            None => {
+            Err(_) => {
                 let _ = set_direct(file, false);
                 None
             }
@@ -86,11 +156,11 @@ impl Sequential {
     pub fn append(&mut self, file: &File, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
             let n = (CHUNK - self.len).min(bytes.len());
-            self.buf.bytes()[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+            self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
             self.len += n;
             bytes = &bytes[n..];
             if self.len == CHUNK {
-                write_chunk(file, &self.buf.bytes()[..CHUNK], self.start)?;
+                write_chunk(file, &self.buf[..CHUNK], self.start)?;
                 self.start += CHUNK as u64;
                 self.len = 0;
             }
@@ -120,15 +190,15 @@ impl Sequential {
         // the front of `buf`, which then starts on a page boundary of the file too.
         let full = self.len - pad;
         if full > 0 {
-            write_chunk(file, &self.buf.bytes()[..full], self.start)?;
+            write_chunk(file, &self.buf[..full], self.start)?;
             self.start += full as u64;
         }
-        buf[..pad].copy_from_slice(&self.buf.bytes()[full..self.len]);
+        buf[..pad].copy_from_slice(&self.buf[full..self.len]);
         let body = buf.len() / ALIGN * ALIGN;
         write_chunk(file, &buf[..body], self.start)?;
         self.start += body as u64;
         let tail = buf.len() - body;
-        self.buf.bytes()[..tail].copy_from_slice(&buf[body..]);
+        self.buf[..tail].copy_from_slice(&buf[body..]);
         self.len = tail;
         Ok(())
     }
@@ -138,8 +208,8 @@ impl Sequential {
     pub fn finish(mut self, file: &File, end: u64) -> io::Result<()> {
         if self.len > 0 {
             let padded = self.len.next_multiple_of(ALIGN);
-            self.buf.bytes()[self.len..padded].fill(0);
-            write_chunk(file, &self.buf.bytes()[..padded], self.start)?;
+            self.buf[self.len..padded].fill(0);
+            write_chunk(file, &self.buf[..padded], self.start)?;
         }
         set_direct(file, false)?;
         file.set_len(end)
@@ -233,6 +303,67 @@ mod tests {
 
     /// Page-aligned buffers written in place and pieces copied through the chunk buffer,
     /// mixed, land exactly; so does an unaligned buffer (copied).
+    /// Whether the kernel may back the mapping holding `p` with huge pages (its smaps
+    /// entry's `THPeligible`).
+    fn huge_eligible(p: *const u8) -> bool {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((lo, hi)) = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+            {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = (lo..hi).contains(&(p as usize));
+                    continue;
+                }
+            }
+            if inside && line.starts_with("THPeligible:") {
+                return line.ends_with('1');
+            }
+        }
+        panic!("no smaps entry holds {p:?}");
+    }
+
+    #[test]
+    fn device_buffers_are_zero_aligned_and_ask_for_huge_pages() {
+        let mut big = DeviceBuffer::zeroed(3 * HUGE + 5).unwrap();
+        assert_eq!(big.len(), 3 * HUGE + 5);
+        assert!(big.iter().all(|&b| b == 0));
+        assert_eq!(big.as_ptr() as usize % HUGE, 0);
+        big[HUGE] = 9;
+        // Within its capacity the bytes stay; past it, a new zero buffer.
+        big.resize(HUGE + 1).unwrap();
+        assert_eq!((big.len(), big[HUGE]), (HUGE + 1, 9));
+        big.resize(4 * HUGE).unwrap();
+        assert_eq!(big[HUGE], 9);
+        big.resize(4 * HUGE + 1).unwrap();
+        assert_eq!(big.len(), 4 * HUGE + 1);
+        assert!(big.iter().all(|&b| b == 0));
+        let small = DeviceBuffer::zeroed(100).unwrap();
+        assert_eq!((small.len(), small.as_ptr() as usize % ALIGN), (100, 0));
+        assert!(small.iter().all(|&b| b == 0));
+        let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+        match mode {
+            Ok(m) if !m.contains("[never]") => {
+                assert!(
+                    huge_eligible(big.as_ptr()),
+                    "THP {m:?}: the big buffer is not advised"
+                );
+                if m.contains("[madvise]") {
+                    assert!(
+                        !huge_eligible(small.as_ptr()),
+                        "a small buffer takes no huge pages"
+                    );
+                }
+            }
+            _ => eprintln!("huge pages are off here; the advice is not checked"),
+        }
+    }
+
     #[test]
     fn aligned_buffers_land_in_order() {
         let (_dir, path, file) = scratch_file();
@@ -254,15 +385,14 @@ mod tests {
             eprintln!("this file system refuses O_DIRECT; nothing to test here");
             return;
         };
-        let mut page = Aligned::new().unwrap();
+        let mut page = DeviceBuffer::zeroed(CHUNK).unwrap();
         let mut at = 0;
         for &(n, aligned) in &pieces {
             let bytes = &want[at..at + n];
             if aligned {
                 let pad = s.pad();
-                page.bytes()[pad..pad + n].copy_from_slice(bytes);
-                s.append_aligned(&file, &mut page.bytes()[..pad + n], pad)
-                    .unwrap();
+                page[pad..pad + n].copy_from_slice(bytes);
+                s.append_aligned(&file, &mut page[..pad + n], pad).unwrap();
             } else {
                 s.append(&file, bytes).unwrap();
             }

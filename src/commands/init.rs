@@ -118,10 +118,9 @@ fn write(
         let t = t.as_standard_layout();
         // Encoded after the page offset of its place in the file: written in place.
         let pad = w.pad(&e.name);
-        let mut buf = Vec::with_capacity(pad + e.nbytes(dtype));
-        buf.resize(pad, 0);
         let values = t.as_slice().expect("standard layout");
-        r2rc::shards::encode_append(values, dtype, e.counter, &mut buf);
+        let mut buf = r2rc::shards::encode_padded(values, dtype, e.counter, pad)
+            .map_err(|err| r2rc::error::Error::io(path.display(), err))?;
         w.write_padded(&e.name, &mut buf, pad)?;
     }
     w.finish()

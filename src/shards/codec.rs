@@ -173,6 +173,31 @@ pub fn encode_append(values: &[f64], dtype: DType, counter: bool, out: &mut Vec<
     unsafe { out.set_len(at + n) };
 }
 
+/// `values` encoded as [`encode_into`] does, after `pad` zero bytes, in a buffer the
+/// device writes from in large requests ([`crate::direct::DeviceBuffer`]); floats are
+/// converted in parallel chunks.
+pub fn encode_padded(
+    values: &[f64],
+    dtype: DType,
+    counter: bool,
+    pad: usize,
+) -> std::io::Result<crate::direct::DeviceBuffer> {
+    let size = if counter { 8 } else { dtype.size() };
+    let mut out = crate::direct::DeviceBuffer::zeroed(pad + values.len() * size)?;
+    if counter {
+        // A step count: a handful of values.
+        let mut v = Vec::new();
+        encode_into(values.iter().copied(), dtype, true, &mut v);
+        out[pad..].copy_from_slice(&v);
+    } else {
+        out[pad..]
+            .par_chunks_mut(PAR_CHUNK * size)
+            .zip(values.par_chunks(PAR_CHUNK))
+            .for_each(|(out, v)| encode_to(v, dtype, out));
+    }
+    Ok(out)
+}
+
 /// Writes `v` as little-endian f32 into `out` (`4 * v.len()` bytes).
 fn f32_bytes(v: &[f64], out: &mut [std::mem::MaybeUninit<u8>]) {
     assert_eq!(out.len(), v.len() * 4, "four bytes per value");

@@ -26,7 +26,9 @@ mod writer;
 mod tests;
 
 pub(crate) use crate::params::float_dtype;
-pub use codec::{check_finite, decode_values, encode, encode_append, encode_into, encode_to};
+pub use codec::{
+    check_finite, decode_values, encode, encode_append, encode_into, encode_padded, encode_to,
+};
 pub use source::{Source, TensorInfo, ZERO_FILE};
 pub use variants::{partial_prefix_hint, Variants, WRAPPER_PREFIXES};
 pub(crate) use writer::write_at;

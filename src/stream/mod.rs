@@ -23,6 +23,7 @@ use std::sync::Mutex;
 
 use ndarray::ArrayD;
 
+use crate::direct::DeviceBuffer;
 use crate::error::Result;
 use crate::ir::Graph;
 use crate::names::layout::Stored;
@@ -270,10 +271,10 @@ pub fn write(
         Copy(String, String),
         /// Write these bytes, after the first `pad` ([`Writer::pad`]), as the output's
         /// tensor.
-        Bytes(String, Vec<u8>, usize),
+        Bytes(String, DeviceBuffer, usize),
         /// Write these bytes, after the first `pad`, at this offset in the output's
         /// tensor (`true`: its last); the buffer comes back for the next part.
-        Part(String, usize, Vec<u8>, usize, bool),
+        Part(String, usize, DeviceBuffer, usize, bool),
     }
     let metadata = &crate::hf_config_out::file_metadata(metadata, naming);
     let src = teacher.src;
@@ -295,7 +296,7 @@ pub fn write(
         }
     }
     let (sender, rx) = std::sync::mpsc::channel::<Job>();
-    let (back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (back, spare) = std::sync::mpsc::channel::<DeviceBuffer>();
     let queued = &Queued::new(AHEAD);
     let widened_ahead = &Queued::new(PREPARED_AHEAD);
     // `false`: the writer stopped (on an error, which its join reports).
@@ -391,11 +392,9 @@ pub fn write(
                         let t = t.as_standard_layout();
                         let values = t.as_slice().expect("standard layout");
                         // Encoded after `pad` spare bytes, so that the writer can write
-                        // the buffer to the device in place (large buffers start on a
-                        // page: crate::alloc).
-                        let mut bytes = Vec::with_capacity(pad + entry.nbytes(dtype));
-                        bytes.resize(pad, 0);
-                        shards::encode_append(values, dtype, entry.counter, &mut bytes);
+                        // the buffer to the device in place.
+                        let bytes = shards::encode_padded(values, dtype, entry.counter, pad)
+                            .map_err(|e| crate::error::Error::io(path.display(), e))?;
                         Job::Bytes(out, bytes, pad)
                     }
                 };
@@ -603,9 +602,9 @@ fn prepare<'t>(patch: &Patch, teacher: &'t Mapped, st: &Stored) -> Result<Option
 fn write_prepared(
     p: &Prepared,
     dtype: DType,
-    spare: &std::sync::mpsc::Receiver<Vec<u8>>,
+    spare: &std::sync::mpsc::Receiver<DeviceBuffer>,
     pad: usize,
-    send: &mut dyn FnMut(usize, Vec<u8>, bool) -> bool,
+    send: &mut dyn FnMut(usize, DeviceBuffer, bool) -> bool,
 ) -> Result<()> {
     use rayon::prelude::*;
     let (lazy, teacher) = (&p.lazy, p.teacher);
@@ -613,19 +612,28 @@ fn write_prepared(
     let base_f32 = |at: usize, out: &mut [f32]| teacher.f32s(at, out);
     let size = dtype.size();
     let n = lazy.len();
+    let no_buffer = |e| {
+        crate::error::Error::usage(
+            format!(
+                "could not map a buffer of {} MB for the student's bytes: {e}",
+                (LAZY_CHUNK * size) >> 20
+            ),
+            Some("free some memory and run again".to_string()),
+        )
+    };
     let mut at = 0;
     while at < n {
         let len = (n - at).min(LAZY_CHUNK);
-        // A buffer that comes back has this length already: no zero fill (every byte
-        // after `pad` is written below). A new one is zeroed by the allocator without
-        // touching it (a fresh mapping is zero), so its pages are first touched by the
-        // pieces below, on every core, and not by a zero fill on this thread: up to 16 of
-        // them are made while the writer's queue fills, and filling each took 8 ms, in
-        // which the writer could run dry.
-        let mut bytes = spare
-            .try_recv()
-            .unwrap_or_else(|_| vec![0; pad + len * size]);
-        bytes.resize(pad + len * size, 0);
+        // A buffer that comes back is not zeroed again (every byte after `pad` is written
+        // below). A new one is a fresh mapping, zero untouched, so its pages are first
+        // touched by the pieces below, on every core, and not by a zero fill on this
+        // thread: up to 16 of them are made while the writer's queue fills, and filling
+        // each took 8 ms, in which the writer could run dry.
+        let mut bytes = match spare.try_recv() {
+            Ok(b) => b,
+            Err(_) => DeviceBuffer::zeroed(pad + len * size).map_err(no_buffer)?,
+        };
+        bytes.resize(pad + len * size).map_err(no_buffer)?;
         // Each piece's values stay in the core's cache between computing and encoding.
         const SUB: usize = 1 << 15;
         let pieces = bytes[pad..].par_chunks_mut(SUB * size).enumerate();

@@ -67,8 +67,10 @@ rm -f "$D/copy.safetensors"; sync
 # ROUNDS rounds (default 5) of the widen and of the direct-write floor, taking turns going
 # first: this VM's disk speed drifts by 2x within minutes, so one of each was a coin toss.
 # The floor writes the student's bytes from /dev/zero into a new file with O_DIRECT (as the
-# widen writes where the file system allows); no rewrite writes its output faster. The
-# student is 2.25x the teacher's bytes for --by 1.5.
+# widen writes where the file system allows). dd's buffer is in 4 KiB pages, so on a disk
+# that caps segments per request (this VM's virtio disk: 254) its requests hold ~1 MB; r2rc
+# writes from huge pages (direct::DeviceBuffer, 4 MB requests) and can finish under the
+# floor. The student is 2.25x the teacher's bytes for --by 1.5.
 ROUNDS=${ROUNDS:-5}
 rounds="$D/rounds.txt"
 : > "$rounds"

@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Worker threads for any command (default: one per core).
+    #[arg(long, global = true, value_name = "T")]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +70,9 @@ fn one_set(
 fn main() {
     r2rc::alloc::keep_small_blocks();
     let cli = Cli::parse();
+    if let Err(e) = commands::start_pool(cli.threads) {
+        std::process::exit(commands::report_error(&e));
+    }
     let result = match cli.command {
         Command::Check(a) => commands::check::run(a),
         Command::Print(a) => commands::check::print(a),

@@ -121,3 +121,20 @@ pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, Error> {
         })
         .collect()
 }
+
+/// Sizes rayon's global pool to `--threads` (the default pool has one thread per core).
+/// Called before any command runs: loading weights already uses the pool, which can be
+/// sized only before its first use.
+pub fn start_pool(threads: Option<usize>) -> Result<(), Error> {
+    match threads {
+        None => Ok(()),
+        Some(0) => Err(Error::usage(
+            "--threads must be at least 1",
+            Some("leave it out for one thread per core".to_string()),
+        )),
+        Some(t) => rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .map_err(|e| Error::usage(format!("cannot start {t} threads: {e}"), None)),
+    }
+}

@@ -1,5 +1,5 @@
 //! `r2rc run FILE --weights W [--input X.npy | --random N] [--seed S] [--mode eval|train]
-//! [--dtype f32|f64] [--output Y.npy] [--repeat K] [--threads T] [--names r2rc|torchvision]`.
+//! [--dtype f32|f64] [--output Y.npy] [--repeat K] [--names r2rc|torchvision]`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -47,9 +47,6 @@ pub struct Args {
     /// stderr.
     #[arg(long, value_name = "K")]
     repeat: Option<usize>,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_name = "T")]
-    threads: Option<usize>,
     /// Tensor names: r2rc, torchvision (ResNets: `bn1`, `layer1.0.conv1`, `fc`), hf
     /// (transformers' LlamaForCausalLM, GPT2LMHeadModel) or timm (VisionTransformer).
     #[arg(long, default_value = "r2rc", value_name = "NAMING")]
@@ -60,12 +57,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.threads == Some(0) {
-        return Err(Error::usage("--threads must be at least 1", None));
-    }
-    // Before anything runs in parallel: loading the weights already uses rayon's global
-    // pool, which can be sized only before its first use.
-    start_pool(args.threads)?;
     let mode = Mode::parse(&args.mode)?;
     let graph = super::load_arch(&args.file, &args.sets)?;
     let (p, notes) = names::load_with_notes(&graph, &args.weights, Naming::parse(&args.names)?)?;
@@ -89,17 +80,6 @@ pub fn run(args: Args) -> Result<()> {
             None,
         )),
     }
-}
-
-/// Sizes rayon's global pool to `--threads` (the default pool has one thread per core).
-fn start_pool(threads: Option<usize>) -> Result<()> {
-    if let Some(t) = threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t)
-            .build_global()
-            .map_err(|e| Error::usage(format!("cannot start {t} threads: {e}"), None))?;
-    }
-    Ok(())
 }
 
 /// Reads an f32 or f64 `.npy` into f64; for a token input, int64 (or int32) token ids,

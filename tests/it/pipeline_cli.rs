@@ -1,7 +1,7 @@
 //! What the rewrite pipeline promises at the command line: a rewrite's outputs appear
 //! together or not at all (killed at every step of the commit, streamed, sharded, over an
-//! earlier set with --force), `run --threads N` works, and targets may be written in the
-//! weights' naming scheme.
+//! earlier set with --force), `--threads N` works on every command, and targets may be
+//! written in the weights' naming scheme.
 
 use std::path::Path;
 
@@ -179,6 +179,49 @@ fn run_threads_one_and_two_work_and_agree() {
     }
     assert_eq!(outs[0], outs[1]);
     let (code, _, err) = run(&["run", &arch, "--weights", s(&w), "--threads", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--threads must be at least 1"), "{err}");
+}
+
+#[test]
+fn every_command_takes_threads_and_a_rewrite_gives_the_same_bytes_on_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("t.safetensors");
+    let arch = ex("smallconv");
+    init_weights(&arch, &w, &["--random-stats"]);
+    let mut outs = Vec::new();
+    for t in ["1", "2"] {
+        let o = dir.path().join(format!("wide{t}"));
+        // Before the command and after it: a global option.
+        let (code, _, err) = run(&[
+            "--threads",
+            t,
+            "widen",
+            &arch,
+            "--all",
+            "--by",
+            "1.5",
+            "--weights",
+            s(&w),
+            "-o",
+            s(&o),
+        ]);
+        assert_eq!(code, 0, "--threads {t}: {err}");
+        let (code, _, err) = run(&["deepen", &arch, "--after", "conv1", "--threads", t]);
+        assert_eq!(code, 0, "deepen --threads {t}: {err}");
+        outs.push(visible(&o));
+    }
+    assert!(!outs[0].is_empty());
+    let bytes = |v: &[(String, Vec<u8>)], n: &str| v.iter().find(|f| f.0 == n).unwrap().1.clone();
+    assert_eq!(
+        bytes(&outs[0], "smallconv.safetensors"),
+        bytes(&outs[1], "smallconv.safetensors")
+    );
+    assert_eq!(
+        bytes(&outs[0], "smallconv.arch"),
+        bytes(&outs[1], "smallconv.arch")
+    );
+    let (code, _, err) = run(&["check", &arch, "--threads", "0"]);
     assert_eq!(code, 2);
     assert!(err.contains("--threads must be at least 1"), "{err}");
 }

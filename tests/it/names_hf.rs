@@ -242,10 +242,32 @@ fn random_params(g: &Graph, seed: u64) -> Params {
     p.with_dtype(DType::F32)
 }
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("r2rc-names-hf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A path for `name` in a folder of its own, removed when this goes.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+fn tmp(name: &str) -> Scratch {
+    let dir = tempfile::Builder::new()
+        .prefix("r2rc-names-hf-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join(name);
+    Scratch { _dir: dir, path }
 }
 
 /// Writes `p` under `naming`, reads the file back, and returns the file's own tensors.
@@ -254,7 +276,7 @@ fn round_trip(
     p: &Params,
     naming: Naming,
     file: &str,
-) -> (std::path::PathBuf, BTreeMap<String, ArrayD<f64>>) {
+) -> (Scratch, BTreeMap<String, ArrayD<f64>>) {
     let path = tmp(file);
     names::save(p, g, &path, None, naming).unwrap();
     let back = names::load(g, &path, naming).unwrap();

@@ -14,7 +14,7 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use super::Naming;
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Node};
-use crate::params::{DType, Params};
+use crate::params::Params;
 use crate::shards::Source;
 
 /// An r2rc tensor's name and shape.
@@ -216,42 +216,6 @@ impl Layout {
         })
     }
 
-    /// The bytes of a safetensors file holding `p` (r2rc's names) in this layout.
-    pub fn to_bytes(
-        &self,
-        p: &Params,
-        metadata: Option<&BTreeMap<String, String>>,
-    ) -> Result<Vec<u8>> {
-        let theirs = self.write(p)?;
-        let dtype = safetensors_dtype(p.dtype);
-        let data: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .stored
-            .iter()
-            .map(|s| {
-                let t = &theirs.tensors[&s.name];
-                let values: Vec<f64> = t.iter().copied().collect();
-                let bytes = crate::shards::encode(&values, p.dtype, false);
-                (s.name.clone(), s.shape.clone(), bytes)
-            })
-            .collect();
-        let mut views = Vec::with_capacity(data.len());
-        for (name, shape, bytes) in &data {
-            let v = safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes)
-                .map_err(|e| Error::weights(format!("tensor `{name}`: {e}")))?;
-            views.push((name.clone(), v));
-        }
-        let mut meta: HashMap<String, String> = metadata
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        // transformers' from_pretrained refuses a safetensors file without format "pt".
-        if self.naming == Naming::Hf {
-            meta.entry("format".into()).or_insert_with(|| "pt".into());
-        }
-        let meta = (!meta.is_empty()).then_some(meta);
-        safetensors::tensor::serialize(views, meta)
-            .map_err(|e| Error::weights(format!("cannot write the safetensors file: {e}")))
-    }
-
     /// r2rc layer -> the file's module that holds its tensors (`layers_1.attention.q` ->
     /// `transformer.h.0.attn.c_attn`), for reports.
     pub fn modules(&self) -> BTreeMap<String, String> {
@@ -295,15 +259,6 @@ fn holds(s: &Stored) -> String {
         (_, true) => format!(" transposed and joined along axis {}", s.axis),
     };
     format!("r2rc's {}{how}", parts.join(", "))
-}
-
-fn safetensors_dtype(d: DType) -> safetensors::Dtype {
-    match d {
-        DType::F16 => safetensors::Dtype::F16,
-        DType::BF16 => safetensors::Dtype::BF16,
-        DType::F32 => safetensors::Dtype::F32,
-        DType::F64 => safetensors::Dtype::F64,
-    }
 }
 
 /// Where a scheme puts one r2rc tensor: the file tensor's name, and for a tensor joined

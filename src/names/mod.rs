@@ -390,8 +390,21 @@ pub fn to_bytes(
         return params::to_bytes(params, graph, metadata);
     }
     if let Some(l) = layout(graph, naming)? {
+        // The bytes the streaming writer gives ([`crate::shards::Writer`]): tensors in file
+        // order, metadata sorted, `format: pt` under hf.
         params.check(graph)?;
-        return l.to_bytes(params, metadata);
+        let theirs = l.write(params)?;
+        let meta =
+            crate::hf_config_out::file_metadata(metadata.unwrap_or(&BTreeMap::new()), naming);
+        let entries = file_entries(graph, naming)?;
+        let mut out =
+            crate::shards::header(&entries, params.dtype, (!meta.is_empty()).then_some(&meta));
+        for e in &entries {
+            let t = theirs.tensors[&e.name].as_standard_layout();
+            let values = t.as_slice().expect("standard layout");
+            crate::shards::encode_append(values, params.dtype, e.counter, &mut out);
+        }
+        return Ok(out);
     }
     let theirs = renamed_graph(graph, naming)?;
     params::to_bytes(&to_naming(params, graph, naming)?, &theirs, metadata)

@@ -32,7 +32,7 @@ pub use codec::{
 pub use source::{Source, TensorInfo, ZERO_FILE};
 pub use variants::{partial_prefix_hint, Variants, WRAPPER_PREFIXES};
 pub(crate) use writer::write_at;
-pub use writer::{entries, output_paths, save, Entry, Writer};
+pub use writer::{entries, header, output_paths, save, Entry, Writer};
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -57,7 +57,11 @@ pub fn entries(graph: &Graph) -> Vec<Entry> {
 
 /// The header of a safetensors file holding `entries` in order, padded so the data starts
 /// 8-byte aligned: the same bytes [`crate::params::to_bytes`] writes.
-fn header(entries: &[Entry], dtype: DType, metadata: Option<&BTreeMap<String, String>>) -> Vec<u8> {
+pub fn header(
+    entries: &[Entry],
+    dtype: DType,
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Vec<u8> {
     let mut header = String::from("{");
     if let Some(meta) = metadata {
         let meta = serde_json::to_string(meta).expect("a string map serialises");

@@ -440,7 +440,7 @@ pub fn channel_spaces(graph: &Graph) -> Spaces {
                 )
             }) {
                 s.blockers.push(format!(
-                    "norm `{name}` feeds `{}` ({}), not only projections: a post-norm stream has no norm-aware fill here",
+                    "norm `{name}` feeds `{}` ({}), not a projection: the norm-aware fill gives the new features their columns in the projections a norm feeds (a post-norm stream, whose norms feed residual adds, cannot grow)",
                     graph.g[c].name,
                     graph.g[c].op.kind_name()
                 ));

@@ -1,4 +1,4 @@
-//! Random networks x random rewrite chains.
+//! Random networks x random rewrite chains, convolutional and transformers.
 //!
 //! A seeded generator writes random valid architectures (plain and residual rows, basic
 //! and bottleneck blocks, grouped 3x3 convs, strides, projection/pad/no shortcuts, odd and even widths, every
@@ -312,10 +312,24 @@ fn kind(step: &Step) -> String {
     }
 }
 
+/// What a family's chains are made of: its random architectures and random steps.
+struct Family {
+    /// Seeds its cases apart from the other family's.
+    seed: u64,
+    architecture: fn(&mut ChaCha8Rng, u64) -> String,
+    step: fn(&mut ChaCha8Rng, &Graph) -> Step,
+}
+
+const CONVOLUTIONAL: Family = Family {
+    seed: 0xC4A1_0000,
+    architecture,
+    step: random_step,
+};
+
 /// Runs one case; `Err` describes a broken property.
-fn run_case(case: u64, tally: &mut Tally) -> Result<(), String> {
-    let mut rng = ChaCha8Rng::seed_from_u64(0xC4A1_0000 + case);
-    let text = architecture(&mut rng, case);
+fn run_case(case: u64, tally: &mut Tally, family: &Family) -> Result<(), String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(family.seed + case);
+    let text = (family.architecture)(&mut rng, case);
     let graph = compile(&text, &[]).map_err(|e| format!("generated text fails: {e:?}\n{text}"))?;
     // f64 storage: Net2WiderNet divides by replica counts, which f32 storage rounds, and
     // train-mode batch norm on 2x2 maps of 2 images can amplify that rounding past the f32
@@ -344,7 +358,7 @@ fn run_case(case: u64, tally: &mut Tally) -> Result<(), String> {
     let mut relocated = false;
     let steps = rng.random_range(1..6);
     for i in 0..steps {
-        let step = random_step(&mut rng, &g);
+        let step = (family.step)(&mut rng, &g);
         log.push_str(&format!("step {}: {step:?}\n", i + 1));
         let ctx = |m: String| {
             format!(
@@ -450,12 +464,15 @@ fn run_case(case: u64, tally: &mut Tally) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn random_chains_prove_and_round_trip() {
+/// Runs `R2RC_CHAIN_CASES` cases (else `default`) of `family` from `R2RC_CHAIN_FIRST`,
+/// panics on a broken property, prints the tallies, and checks that every method in
+/// `methods` was applied in at least one case in 20 and that a quarter of the chains
+/// proved end to end.
+fn run_cases(family: &Family, default: u64, methods: &[&str]) {
     let cases: u64 = std::env::var("R2RC_CHAIN_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(default);
     let first: u64 = std::env::var("R2RC_CHAIN_FIRST")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -464,7 +481,7 @@ fn random_chains_prove_and_round_trip() {
     for case in first..first + cases {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut t = Tally::default();
-            run_case(case, &mut t).map(|_| t)
+            run_case(case, &mut t, family).map(|_| t)
         }));
         match r {
             Ok(Ok(t)) => {
@@ -495,18 +512,9 @@ fn random_chains_prove_and_round_trip() {
     }
     assert_eq!(tally.cases as u64, cases);
     // The generator must exercise every method, not only hit refusals.
-    for k in [
-        "widen r2r",
-        "widen netmorph",
-        "widen net2net",
-        "deepen r2r",
-        "deepen netmorph",
-        "deepen netmorph-dense",
-        "deepen net2net",
-        "morph",
-    ] {
+    for k in methods {
         assert!(
-            tally.applied.get(k).copied().unwrap_or(0) * 20 >= cases as usize,
+            tally.applied.get(*k).copied().unwrap_or(0) * 20 >= cases as usize,
             "too few `{k}` steps applied: {:?}",
             tally.applied
         );
@@ -515,6 +523,160 @@ fn random_chains_prove_and_round_trip() {
         tally.end_to_end * 4 >= cases as usize,
         "too few chains proved end to end"
     );
+}
+
+#[test]
+fn random_chains_prove_and_round_trip() {
+    let methods = [
+        "widen r2r",
+        "widen netmorph",
+        "widen net2net",
+        "deepen r2r",
+        "deepen netmorph",
+        "deepen netmorph-dense",
+        "deepen net2net",
+        "morph",
+    ];
+    run_cases(&CONVOLUTIONAL, 300, &methods);
+}
+
+/// A random small transformer (the header's options, RoPE or learned positions, grouped
+/// or full attention, gated or plain MLPs, extra ReLU MLPs, tied, biased or class-token
+/// heads, sometimes post-norm, which growth refuses).
+fn transformer(rng: &mut ChaCha8Rng, _case: u64) -> String {
+    let (kv, group) = (rng.random_range(1..3), rng.random_range(1..3));
+    let heads = kv * group;
+    let d = heads * 4;
+    let rope = rng.random_bool(0.5);
+    let mut src = format!(
+        "arch T\nnorm {}, act {}{}\n",
+        pick(rng, &["rms", "layer"]),
+        pick(rng, &["silu", "gelu_tanh"]),
+        if rng.random_bool(0.5) {
+            ", no bias"
+        } else {
+            ""
+        }
+    );
+    if rng.random_ratio(1, 10) {
+        src.push_str("postnorm\n");
+    }
+    src.push_str(&format!(
+        "input 6 tokens, vocab 20\n\nembed  6x{d}  {d}-d token embedding"
+    ));
+    if !rope {
+        src.push_str(", learned positions");
+    }
+    let mut attn = format!("attention {heads} heads");
+    if kv != heads {
+        attn.push_str(&format!(", {kv} kv heads"));
+    }
+    if rope {
+        attn.push_str(", rope 10000");
+    }
+    if rng.random_bool(0.7) {
+        attn.push_str(", causal");
+    }
+    let gated = if rng.random_bool(0.5) { " gated" } else { "" };
+    let mut subs = vec![attn, format!("mlp {}{gated}", 2 * d)];
+    if rng.random_ratio(1, 4) {
+        subs.push(format!("mlp {d}, act relu"));
+    }
+    src.push_str(&format!(
+        "\nlayers_x  [{}] x {}\n",
+        subs.join("; "),
+        rng.random_range(1..3)
+    ));
+    src.push_str(*pick(
+        rng,
+        &[
+            "head  norm, 20-d fc, tied\n",
+            "head  norm, 20-d fc, bias\n",
+            "head  norm, class token, 3-d fc\n",
+        ],
+    ));
+    src
+}
+
+/// A random widening (the stream, every layer's MLPs or heads, one layer's, or all) or
+/// deepening (after a layer) of a transformer.
+fn transformer_step(rng: &mut ChaCha8Rng, g: &Graph) -> Step {
+    // Sublayers (`layers_1.mlp`, `layers_2.attention`) and their layers, in order.
+    let mut subs: Vec<String> = Vec::new();
+    let mut layers: Vec<String> = Vec::new();
+    for n in g.order() {
+        let node = &g.g[n];
+        if node.block.is_none() {
+            continue;
+        }
+        let mut parts = node.name.split('.');
+        let (Some(layer), Some(sub)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let sub = format!("{layer}.{sub}");
+        if !subs.contains(&sub) {
+            subs.push(sub);
+        }
+        if !layers.iter().any(|l| l == layer) {
+            layers.push(layer.to_string());
+        }
+    }
+    if rng.random_range(0..10) < 7 {
+        let sub = pick(rng, &subs).clone();
+        let every = sub.replacen(sub.split('.').next().unwrap_or(""), "layers_x", 1);
+        let target = match rng.random_range(0..6) {
+            0 => Target::Name("layers_x".into()),
+            1 | 2 => Target::Name(every),
+            3 | 4 => Target::Name(sub),
+            _ => Target::All,
+        };
+        let amount = match rng.random_range(0..3) {
+            0 => Amount::By(2.0),
+            1 => Amount::By(1.5),
+            _ => Amount::Add(rng.random_range(1..3)),
+        };
+        Step::Widen(WidenArgs {
+            target,
+            amount,
+            method: *pick(rng, &[Method::R2r, Method::Netmorph, Method::Net2net]),
+            init: *pick(rng, &[Init::Match, Init::He]),
+            noise: None,
+        })
+    } else {
+        Step::Deepen(DeepenArgs {
+            after: pick(rng, &layers).clone(),
+            method: *pick(
+                rng,
+                &[
+                    DeepenMethod::R2r,
+                    DeepenMethod::Netmorph,
+                    DeepenMethod::Copy,
+                ],
+            ),
+            width: None,
+        })
+    }
+}
+
+const TRANSFORMERS: Family = Family {
+    seed: 0x7F0A_0000,
+    architecture: transformer,
+    step: transformer_step,
+};
+
+/// The same properties for transformers: widenings of the stream (norm-aware), MLPs and
+/// heads, and deepenings, chained.
+#[test]
+fn random_transformer_chains_prove_and_round_trip() {
+    let methods = [
+        "widen r2r",
+        "widen netmorph",
+        "widen net2net",
+        "deepen r2r",
+        "deepen netmorph",
+        "deepen copy",
+    ];
+    run_cases(&TRANSFORMERS, 200, &methods);
 }
 
 /// Found by the chains: a 5x5 kernel on a 1x1 feature map (every tap but the centre reads

@@ -587,14 +587,15 @@ fn transformer(rng: &mut ChaCha8Rng, _case: u64) -> String {
         subs.join("; "),
         rng.random_range(1..3)
     ));
-    src.push_str(*pick(
+    let head: &&str = pick(
         rng,
         &[
             "head  norm, 20-d fc, tied\n",
             "head  norm, 20-d fc, bias\n",
             "head  norm, class token, 3-d fc\n",
         ],
-    ));
+    );
+    src.push_str(head);
     src
 }
 

@@ -394,7 +394,7 @@ pub fn write(
                         // Encoded after `pad` spare bytes, so that the writer can write
                         // the buffer to the device in place.
                         let bytes = shards::encode_padded(values, dtype, entry.counter, pad)
-                            .map_err(|e| crate::error::Error::io(path.display(), e))?;
+                            .map_err(no_buffer)?;
                         Job::Bytes(out, bytes, pad)
                     }
                 };
@@ -594,6 +594,14 @@ fn prepare<'t>(patch: &Patch, teacher: &'t Mapped, st: &Stored) -> Result<Option
     }))
 }
 
+/// The error for a buffer of the student's bytes that could not be mapped.
+fn no_buffer(e: std::io::Error) -> crate::error::Error {
+    crate::error::Error::usage(
+        format!("could not map a buffer for the student's bytes: {e}"),
+        Some("free some memory and run again".to_string()),
+    )
+}
+
 /// Computes a [`Prepared`] tensor chunk by chunk in `dtype`, handing each chunk's bytes
 /// (after `pad` spare bytes, in a buffer from `spare` when one came back) to `send`
 /// (offset in the tensor's bytes, buffer, whether last; `false` back: the writer
@@ -612,15 +620,6 @@ fn write_prepared(
     let base_f32 = |at: usize, out: &mut [f32]| teacher.f32s(at, out);
     let size = dtype.size();
     let n = lazy.len();
-    let no_buffer = |e| {
-        crate::error::Error::usage(
-            format!(
-                "could not map a buffer of {} MB for the student's bytes: {e}",
-                (LAZY_CHUNK * size) >> 20
-            ),
-            Some("free some memory and run again".to_string()),
-        )
-    };
     let mut at = 0;
     while at < n {
         let len = (n - at).min(LAZY_CHUNK);

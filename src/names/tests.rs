@@ -15,32 +15,14 @@ fn example(name: &str) -> Graph {
     compile(&std::fs::read_to_string(path).unwrap(), &[]).unwrap()
 }
 
-/// A path for `name` in a folder of its own, removed when this goes.
-struct Scratch {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.path
-    }
-}
-
-impl AsRef<std::path::Path> for Scratch {
-    fn as_ref(&self) -> &std::path::Path {
-        &self.path
-    }
-}
-
-fn tmp(name: &str) -> Scratch {
+/// A path for `name` in a folder of its own, and the folder (removed when it goes).
+fn tmp(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::Builder::new()
         .prefix("r2rc-names-")
         .tempdir()
         .unwrap();
     let path = dir.path().join(name);
-    Scratch { _dir: dir, path }
+    (dir, path)
 }
 
 #[test]
@@ -103,7 +85,7 @@ fn layer_names_round_trip_on_every_resnet() {
 fn weights_round_trip_through_torchvision_names() {
     let g = example("resnet_cifar10");
     let p = params::init(&g, 3, true);
-    let path = tmp("cifar10_tv.safetensors");
+    let (_dir, path) = tmp("cifar10_tv.safetensors");
     save(&p, &g, &path, None, Naming::Torchvision).unwrap();
     // The file holds torchvision's names only...
     let names: BTreeSet<String> = file_tensors(&path).unwrap().into_keys().collect();
@@ -121,7 +103,7 @@ fn weights_round_trip_through_torchvision_names() {
     let hint = e.hint_text().unwrap_or_default();
     assert!(hint.contains("--names torchvision"), "{hint}");
     // And the other way round.
-    let ours = tmp("cifar10_r2rc.safetensors");
+    let (_dir, ours) = tmp("cifar10_r2rc.safetensors");
     save(&p, &g, &ours, None, Naming::R2rc).unwrap();
     let e = load(&g, &ours, Naming::Torchvision).unwrap_err();
     assert!(e.hint_text().unwrap_or_default().contains("r2rc"), "{e}");
@@ -138,7 +120,7 @@ fn unknown_tensor_in_a_torchvision_file_is_named() {
     p2.tensors.insert("layer9.0.conv1.weight".into(), t);
     // Written by hand (r2rc refuses to write tensors the network lacks).
     let bytes = raw_safetensors(&p2);
-    let path = tmp("unknown.safetensors");
+    let (_dir, path) = tmp("unknown.safetensors");
     std::fs::write(&path, bytes).unwrap();
     let e = load(&g, &path, Naming::Torchvision)
         .unwrap_err()
@@ -158,7 +140,7 @@ fn a_ddp_torchvision_checkpoint_without_counters_loads_with_notes() {
         .into_iter()
         .map(|(k, v)| (format!("module.{k}"), v))
         .collect();
-    let path = tmp("ddp_tv.safetensors");
+    let (_dir, path) = tmp("ddp_tv.safetensors");
     std::fs::write(&path, raw_safetensors(&tv)).unwrap();
     let (back, notes) = load_with_notes(&g, &path, Naming::Torchvision).unwrap();
     assert_eq!(back, p, "the counters of init are 0 too");
@@ -187,7 +169,7 @@ fn another_networks_torchvision_checkpoint_is_not_taken_for_a_naming_slip() {
     // shapes differ: the error keeps its "another architecture" hint.
     let c10 = example("resnet_cifar10");
     let r18 = example("resnet18");
-    let path = tmp("r18_tv.safetensors");
+    let (_dir, path) = tmp("r18_tv.safetensors");
     save(
         &params::init(&r18, 1, false),
         &r18,

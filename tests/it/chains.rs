@@ -221,6 +221,17 @@ fn morph_step(layer: String, kernel: usize) -> Step {
     Step::Morph(MorphArgs { layer, kernel })
 }
 
+/// A widening of `target` by `amount` with a random exact method and init.
+fn exact_widening(rng: &mut ChaCha8Rng, target: Target, amount: Amount) -> Step {
+    Step::Widen(WidenArgs {
+        target,
+        amount,
+        method: *pick(rng, &[Method::R2r, Method::Netmorph, Method::Net2net]),
+        init: *pick(rng, &[Init::Match, Init::He]),
+        noise: None,
+    })
+}
+
 fn random_step(rng: &mut ChaCha8Rng, g: &Graph) -> Step {
     let n = names(g);
     match rng.random_range(0..10) {
@@ -239,13 +250,7 @@ fn random_step(rng: &mut ChaCha8Rng, g: &Graph) -> Step {
                 (1, _) => Amount::By(*pick(rng, &[1.5, 2.0, 1.34])),
                 _ => Amount::Add(rng.random_range(1..4)),
             };
-            Step::Widen(WidenArgs {
-                target,
-                amount,
-                method: *pick(rng, &[Method::R2r, Method::Netmorph, Method::Net2net]),
-                init: *pick(rng, &[Init::Match, Init::He]),
-                noise: None,
-            })
+            exact_widening(rng, target, amount)
         }
         5..=7 => {
             let mut sites = n.blocks.clone();
@@ -318,12 +323,27 @@ struct Family {
     seed: u64,
     architecture: fn(&mut ChaCha8Rng, u64) -> String,
     step: fn(&mut ChaCha8Rng, &Graph) -> Step,
+    /// Cases run by default.
+    cases: u64,
+    /// The methods a run must apply, each in at least one case in 20.
+    methods: &'static [&'static str],
 }
 
 const CONVOLUTIONAL: Family = Family {
     seed: 0xC4A1_0000,
     architecture,
     step: random_step,
+    cases: 300,
+    methods: &[
+        "widen r2r",
+        "widen netmorph",
+        "widen net2net",
+        "deepen r2r",
+        "deepen netmorph",
+        "deepen netmorph-dense",
+        "deepen net2net",
+        "morph",
+    ],
 };
 
 /// Runs one case; `Err` describes a broken property.
@@ -464,15 +484,15 @@ fn run_case(case: u64, tally: &mut Tally, family: &Family) -> Result<(), String>
     Ok(())
 }
 
-/// Runs `R2RC_CHAIN_CASES` cases (else `default`) of `family` from `R2RC_CHAIN_FIRST`,
-/// panics on a broken property, prints the tallies, and checks that every method in
-/// `methods` was applied in at least one case in 20 and that a quarter of the chains
-/// proved end to end.
-fn run_cases(family: &Family, default: u64, methods: &[&str]) {
+/// Runs `R2RC_CHAIN_CASES` cases (else the family's) of `family` from `R2RC_CHAIN_FIRST`,
+/// panics on a broken property, prints the tallies, and checks that every method of the
+/// family was applied in at least one case in 20 and that a quarter of the chains proved
+/// end to end.
+fn run_cases(family: &Family) {
     let cases: u64 = std::env::var("R2RC_CHAIN_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
+        .unwrap_or(family.cases);
     let first: u64 = std::env::var("R2RC_CHAIN_FIRST")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -512,7 +532,7 @@ fn run_cases(family: &Family, default: u64, methods: &[&str]) {
     }
     assert_eq!(tally.cases as u64, cases);
     // The generator must exercise every method, not only hit refusals.
-    for k in methods {
+    for k in family.methods {
         assert!(
             tally.applied.get(*k).copied().unwrap_or(0) * 20 >= cases as usize,
             "too few `{k}` steps applied: {:?}",
@@ -527,17 +547,7 @@ fn run_cases(family: &Family, default: u64, methods: &[&str]) {
 
 #[test]
 fn random_chains_prove_and_round_trip() {
-    let methods = [
-        "widen r2r",
-        "widen netmorph",
-        "widen net2net",
-        "deepen r2r",
-        "deepen netmorph",
-        "deepen netmorph-dense",
-        "deepen net2net",
-        "morph",
-    ];
-    run_cases(&CONVOLUTIONAL, 300, &methods);
+    run_cases(&CONVOLUTIONAL);
 }
 
 /// A random small transformer (the header's options, RoPE or learned positions, grouped
@@ -567,16 +577,7 @@ fn transformer(rng: &mut ChaCha8Rng, _case: u64) -> String {
     if !rope {
         src.push_str(", learned positions");
     }
-    let mut attn = format!("attention {heads} heads");
-    if kv != heads {
-        attn.push_str(&format!(", {kv} kv heads"));
-    }
-    if rope {
-        attn.push_str(", rope 10000");
-    }
-    if rng.random_bool(0.7) {
-        attn.push_str(", causal");
-    }
+    let attn = crate::transformers::attention(heads, kv, rope, rng.random_bool(0.7));
     let gated = if rng.random_bool(0.5) { " gated" } else { "" };
     let mut subs = vec![attn, format!("mlp {}{gated}", 2 * d)];
     if rng.random_ratio(1, 4) {
@@ -636,13 +637,7 @@ fn transformer_step(rng: &mut ChaCha8Rng, g: &Graph) -> Step {
             1 => Amount::By(1.5),
             _ => Amount::Add(rng.random_range(1..3)),
         };
-        Step::Widen(WidenArgs {
-            target,
-            amount,
-            method: *pick(rng, &[Method::R2r, Method::Netmorph, Method::Net2net]),
-            init: *pick(rng, &[Init::Match, Init::He]),
-            noise: None,
-        })
+        exact_widening(rng, target, amount)
     } else {
         Step::Deepen(DeepenArgs {
             after: pick(rng, &layers).clone(),
@@ -663,21 +658,22 @@ const TRANSFORMERS: Family = Family {
     seed: 0x7F0A_0000,
     architecture: transformer,
     step: transformer_step,
-};
-
-/// The same properties for transformers: widenings of the stream (norm-aware), MLPs and
-/// heads, and deepenings, chained.
-#[test]
-fn random_transformer_chains_prove_and_round_trip() {
-    let methods = [
+    cases: 200,
+    methods: &[
         "widen r2r",
         "widen netmorph",
         "widen net2net",
         "deepen r2r",
         "deepen netmorph",
         "deepen copy",
-    ];
-    run_cases(&TRANSFORMERS, 200, &methods);
+    ],
+};
+
+/// The same properties for transformers: widenings of the stream (norm-aware), MLPs and
+/// heads, and deepenings, chained.
+#[test]
+fn random_transformer_chains_prove_and_round_trip() {
+    run_cases(&TRANSFORMERS);
 }
 
 /// Found by the chains: a 5x5 kernel on a 1x1 feature map (every tap but the centre reads

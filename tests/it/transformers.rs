@@ -205,6 +205,22 @@ fn bad_transformer_rows_are_located_diagnostics_with_hints() {
     });
 }
 
+/// An attention sublayer's text: `heads` query heads in `kv` groups, RoPE or not, causal
+/// or not.
+pub fn attention(heads: usize, kv: usize, rope: bool, causal: bool) -> String {
+    let mut attn = format!("attention {heads} heads");
+    if kv != heads {
+        attn.push_str(&format!(", {kv} kv heads"));
+    }
+    if rope {
+        attn.push_str(", rope 10000");
+    }
+    if causal {
+        attn.push_str(", causal");
+    }
+    attn
+}
+
 /// A random transformer: header defaults, sublayer options, gated or plain MLPs, heads
 /// that divide, tied or untied heads, a class-token head or a per-token head.
 fn transformer() -> impl Strategy<Value = String> {
@@ -238,16 +254,7 @@ fn transformer() -> impl Strategy<Value = String> {
             if !rope {
                 src.push_str(", learned positions");
             }
-            let mut attn = format!("attention {heads} heads");
-            if kv != heads {
-                attn.push_str(&format!(", {kv} kv heads"));
-            }
-            if rope {
-                attn.push_str(", rope 10000");
-            }
-            if causal {
-                attn.push_str(", causal");
-            }
+            let attn = attention(heads, kv, rope, causal);
             let mlp = format!("mlp {}{}", 2 * d, if gated { " gated" } else { "" });
             let subs: Vec<String> = (0..per)
                 .flat_map(|_| [attn.clone(), mlp.clone()])

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Cross-checks r2rc's ResNeXt and DenseNet (issue 17) against torchvision (Debian's 1.13).
 
-For torchvision.models.resnext50_32x4d() and densenet121(), with random weights and random
-BN statistics, BN affine parameters and classifier biases (DenseNet initialises its
-classifier bias to zero, which would hide a missing bias), saved with
-safetensors.torch.save_file:
+For torchvision.models.resnext50_32x4d(), resnext101_32x8d() and densenet121(), with
+random weights and random BN statistics, BN affine parameters and classifier biases
+(DenseNet initialises its classifier bias to zero, which would hide a missing bias), saved
+with safetensors.torch.save_file:
 
 1. `r2rc check examples/NET.arch` counts torchvision's `sum(p.numel() for p in
    model.parameters())`;
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workdir  # noqa: E402  (scratch folders, removed when every check passed)
 from check_torch import compare, forward, r2rc, r2rc_run, randomise, torch_model  # noqa: E402
 
-NETS = ["resnext50_32x4d", "densenet121"]
+NETS = ["resnext50_32x4d", "resnext101_32x8d", "densenet121"]
 
 
 def teacher(net, seed):

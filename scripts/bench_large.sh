@@ -94,6 +94,10 @@ floor_once() {
     f1=$(date +%s.%N)
     rm -f "$D/floor.bin"
     echo "floor $1 $f0 $f1" >> "$rounds"
+    # The same bytes from a buffer in huge pages, as r2rc writes them (timed inside).
+    sync
+    echo "huge $1 $(python3 scripts/huge_page_floor.py "$D/floor.bin" "$size")" >> "$rounds"
+    rm -f "$D/floor.bin"
 }
 for r in $(seq "$ROUNDS"); do
     # The floor needs the student's size, so the first round widens first.
@@ -114,10 +118,11 @@ python3 - "$teacher" "$student" "$t0" "$t1" "$t2" "$f0" "$f1" "$f2" "$rounds" <<
 import os, statistics, sys
 teacher, student = int(sys.argv[1]), int(sys.argv[2])
 t0, t1, t2, f0, f1, f2 = (float(x) for x in sys.argv[3:9])
-widen, direct = {}, {}
+runs = {"widen": {}, "floor": {}, "huge": {}}
 for line in open(sys.argv[9]):
     kind, r, *v = line.split()
-    (widen if kind == "widen" else direct)[int(r)] = [float(x) for x in v]
+    runs[kind][int(r)] = [float(x) for x in v]
+widen, direct, huge = runs["widen"], runs["floor"], runs["huge"]
 rounds = sorted(widen)
 walls = [widen[r][0] for r in rounds]
 cpus = [widen[r][2] for r in rounds]
@@ -138,6 +143,11 @@ print(f"write floor          {floor:.2f} s   (dd of the student's {student / 1e9
 print(f"direct write floor   {d:.2f} s median ({span(floors_direct)}; the same with oflag=direct: {d / cp:.2f}x cp)")
 print(f"round ratios         {' '.join(f'{r:.2f}' for r in ratios)} (widen / the direct floor of its round)")
 print(f"ratio widen / floor  {w / floors:.2f} of (floor + sync), {statistics.median(ratios):.2f} of the direct floor (median of rounds)")
+floors_huge = [huge[r][0] for r in rounds]
+ratios_huge = [wall / fl for wall, fl in zip(walls, floors_huge)]
+print(f"huge-page floor      {statistics.median(floors_huge):.2f} s median ({span(floors_huge)}; "
+      f"O_DIRECT from 2 MiB pages, as r2rc writes: scripts/huge_page_floor.py)")
+print(f"ratio widen / huge   {statistics.median(ratios_huge):.2f} (median of rounds; not a target)")
 # On shared cores the wall-clock ratios follow the load; the CPU time steadies them.
 print(f"load average         {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
 print(f"peak RSS             {rss / 1e9:.3f} GB = {rss / student:.2f} x the student checkpoint (target <= 1.5)")

@@ -36,7 +36,7 @@ const HUGE: usize = 2 << 20;
 pub struct DeviceBuffer {
     /// The mapping's first byte, [`HUGE`]-aligned when `cap` is at least [`HUGE`].
     map: std::ptr::NonNull<u8>,
-    /// The mapping's length, a multiple of [`HUGE`] or, below it, of [`ALIGN`].
+    /// The mapping's length, whole pages ([`ALIGN`]).
     cap: usize,
     len: usize,
 }
@@ -49,7 +49,9 @@ impl DeviceBuffer {
     /// would be zeroed whole for the few kilobytes of a norm's parameters.
     pub fn zeroed(len: usize) -> io::Result<DeviceBuffer> {
         let huge = len >= HUGE;
-        let cap = len.max(1).next_multiple_of(if huge { HUGE } else { ALIGN });
+        // Whole pages: a last partial huge page's worth stays in small pages, so a 16 MB
+        // buffer with its pad holds 16 MB and a page, not 18 MB.
+        let cap = len.max(1).next_multiple_of(ALIGN);
         // A huge buffer is mapped a huge page longer, then cut to the aligned stretch
         // inside.
         let over = if huge { HUGE } else { 0 };
@@ -338,10 +340,10 @@ mod tests {
         // Within its capacity the bytes stay; past it, a new zero buffer.
         big.resize(HUGE + 1).unwrap();
         assert_eq!((big.len(), big[HUGE]), (HUGE + 1, 9));
-        big.resize(4 * HUGE).unwrap();
+        big.resize(3 * HUGE + ALIGN).unwrap();
         assert_eq!(big[HUGE], 9);
-        big.resize(4 * HUGE + 1).unwrap();
-        assert_eq!(big.len(), 4 * HUGE + 1);
+        big.resize(3 * HUGE + ALIGN + 1).unwrap();
+        assert_eq!(big.len(), 3 * HUGE + ALIGN + 1);
         assert!(big.iter().all(|&b| b == 0));
         let small = DeviceBuffer::zeroed(100).unwrap();
         assert_eq!((small.len(), small.as_ptr() as usize % ALIGN), (100, 0));

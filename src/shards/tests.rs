@@ -281,3 +281,47 @@ fn encode_to_matches_encode() {
         assert_eq!(got, want, "{dtype:?}");
     }
 }
+
+/// Written in order, each shard's direct writer is finished (its buffer freed) as soon as
+/// the shard has every byte, not at the end; the files hold the tensors all the same.
+#[test]
+fn each_shard_finishes_when_its_last_tensor_is_written() {
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let path = dir.path().join("w.safetensors");
+    let e = |n: &str, k: usize| Entry {
+        name: n.into(),
+        shape: vec![k],
+        counter: false,
+    };
+    // 3000 f32 values per shard: two shards of one tensor each, then one of two.
+    let entries = vec![e("a", 3000), e("b", 3000), e("c", 1000), e("d", 2000)];
+    let mut w = Writer::create(&path, &entries, DType::F32, None, Some(12_000), 0).unwrap();
+    w.sequential().unwrap();
+    let open = w.direct_writers();
+    if open == 0 {
+        eprintln!("this file system refuses O_DIRECT; nothing to test here");
+        return;
+    }
+    assert_eq!(open, 3);
+    let values =
+        |n: usize, at: f64| ndarray::Array1::from_iter((0..n).map(|i| at + i as f64)).into_dyn();
+    w.write_values("a", &values(3000, 0.0)).unwrap();
+    assert_eq!(w.direct_writers(), 2, "the first shard is complete");
+    w.write_values("b", &values(3000, 1e4)).unwrap();
+    w.write_values("c", &values(1000, 2e4)).unwrap();
+    assert_eq!(w.direct_writers(), 1, "the last shard still lacks `d`");
+    w.write_values("d", &values(2000, 3e4)).unwrap();
+    assert_eq!(w.direct_writers(), 0);
+    let files = w.finish().unwrap();
+    assert_eq!(files.len(), 4, "three shards and the index: {files:?}");
+    // The index, written last, lists the shards.
+    let src = Source::open(&files[3]).unwrap();
+    for (name, n, at) in [
+        ("a", 3000, 0.0),
+        ("b", 3000, 1e4),
+        ("c", 1000, 2e4),
+        ("d", 2000, 3e4),
+    ] {
+        assert_eq!(src.decode(name).unwrap(), values(n, at), "{name}");
+    }
+}

@@ -166,7 +166,8 @@ pub struct Writer {
     counters: HashSet<String>,
     /// Per file: its entries and the header length reserved for it.
     heads: Vec<(Vec<Entry>, usize)>,
-    /// Per file, after [`Writer::sequential`]: the direct writer it is written through.
+    /// Per file, after [`Writer::sequential`]: the direct writer it is written through,
+    /// until the file has every byte (then it is finished and its buffer freed).
     direct: Vec<Option<crate::direct::Sequential>>,
     done: bool,
 }
@@ -294,6 +295,7 @@ impl Writer {
                 d.append(f, bytes)
                     .map_err(|e| Error::io(fin.display(), e))?;
                 self.direct[k] = Some(d);
+                self.finish_if_complete(k)?;
             }
             other => {
                 if let Some(d) = other {
@@ -338,7 +340,7 @@ impl Writer {
         d.append_aligned(f.as_file(), buf, pad)
             .map_err(|e| Error::io(fin.display(), e))?;
         self.at.get_mut(name).expect("known").3 = true;
-        Ok(())
+        self.finish_if_complete(k)
     }
 
     /// Writes `buf[pad..]` at `offset` within tensor `name`'s data (`last` marks it
@@ -376,7 +378,34 @@ impl Writer {
         if last {
             self.at.get_mut(name).expect("known").3 = true;
         }
-        Ok(())
+        self.finish_if_complete(k)
+    }
+
+    /// Finishes file `k`'s direct writer once it has every byte of the file (the file was
+    /// sized at [`Writer::create`]): a sharded output then holds one writer's buffer at a
+    /// time, not one per shard until the end.
+    fn finish_if_complete(&mut self, k: usize) -> Result<()> {
+        let (f, fin) = &self.files[k];
+        let Some(d) = self.direct[k].take() else {
+            return Ok(());
+        };
+        let end = f
+            .as_file()
+            .metadata()
+            .map_err(|e| Error::io(fin.display(), e))?
+            .len();
+        if d.position() < end {
+            self.direct[k] = Some(d);
+            return Ok(());
+        }
+        d.finish(f.as_file(), end)
+            .map_err(|e| Error::io(fin.display(), e))
+    }
+
+    /// How many files still have a direct writer (and its buffer).
+    #[cfg(test)]
+    pub(crate) fn direct_writers(&self) -> usize {
+        self.direct.iter().flatten().count()
     }
 
     /// Writes tensor `name` from f64 values (rounded to the output dtype).

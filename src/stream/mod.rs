@@ -630,7 +630,8 @@ fn write_prepared(
         // each took 8 ms, in which the writer could run dry.
         let mut bytes = match spare.try_recv() {
             Ok(b) => b,
-            Err(_) => DeviceBuffer::zeroed(pad + len * size).map_err(no_buffer)?,
+            // Room for any pad: a buffer that comes back serves every tensor's chunks.
+            Err(_) => DeviceBuffer::zeroed(crate::direct::ALIGN + len * size).map_err(no_buffer)?,
         };
         bytes.resize(pad + len * size).map_err(no_buffer)?;
         // Each piece's values stay in the core's cache between computing and encoding.

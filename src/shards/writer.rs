@@ -385,15 +385,14 @@ impl Writer {
     /// sized at [`Writer::create`]): a sharded output then holds one writer's buffer at a
     /// time, not one per shard until the end.
     fn finish_if_complete(&mut self, k: usize) -> Result<()> {
-        let (f, fin) = &self.files[k];
         let Some(d) = self.direct[k].take() else {
             return Ok(());
         };
-        let end = f
-            .as_file()
-            .metadata()
-            .map_err(|e| Error::io(fin.display(), e))?
-            .len();
+        // The length the file was sized to: its header and its tensors' bytes (known
+        // here, so no stat per write).
+        let (entries, head) = &self.heads[k];
+        let end = (head + entries.iter().map(|e| e.nbytes(self.dtype)).sum::<usize>()) as u64;
+        let (f, fin) = &self.files[k];
         if d.position() < end {
             self.direct[k] = Some(d);
             return Ok(());
